@@ -1,2 +1,36 @@
-//! ringcast engine.
+//! ringcast: a push tier for Linux. It holds very large numbers of mostly idle client
+//! connections and pushes each event a backend publishes to every subscriber at once.
+//!
+//! # Bird's-eye view
+//!
+//! ```text
+//!  publishers --unix socket--> ingest thread --broadcast ring + MSG_RING doorbell--> loop 0..N
+//!                                   |                                                 |
+//!                                history <------------- Last-Event-ID replay ---------'
+//! ```
+//!
+//! Each loop is one thread on one core with its own io_uring: multishot accept into
+//! direct descriptors, multishot receive from a provided-buffer ring (an idle connection
+//! holds no buffer), a slab of 40-byte connection records, and subscriber lists per topic.
+//! An event is encoded once and the same bytes are queued on every subscriber.
+//!
+//! # Modules
+//!
+//! - [`config`]: every limit and budget, validated once.
+//! - [`proto`]: sans-IO codecs: HTTP request heads, SSE encoding, the ingest protocol.
+//! - [`event`]: a published event, its encodings and its id.
+//! - [`conn`]: the per-connection record and out-queue.
+//! - [`ring`]: the broadcast ring between threads and the replay history.
+//! - [`shard`]: one event loop per core, the only code that sees completions.
+//! - [`ingest`]: the publisher socket, and the client `ringcast publish` uses.
+//! - [`sys`]: io_uring setup, buffers, sockets, signals: the home of `unsafe`.
+//! - [`engine`]: starts it all.
+pub mod config;
+pub mod conn;
+pub mod engine;
+pub mod event;
+pub mod ingest;
 pub mod proto;
+pub mod ring;
+pub mod shard;
+pub mod sys;

@@ -1,0 +1,1044 @@
+//! HTTP/1.1 request heads (RFC 9112), subscription query strings and small plain-text
+//! responses.
+//!
+//! Owns: turning the bytes a client sent into a [`Request`] (on top of `httparse`), the
+//! limits on a request head ([`HEAD_MAX`], [`HEADERS_MAX`]), the rules for framing a
+//! request body safely (RFC 9112 §6.1, §6.3), topic names ([`is_valid_topic`]) and the
+//! `?topic=...&last_event_id=...` query ([`parse_subscription`]).
+//!
+//! Must never: touch a socket or a clock, buffer or read a request body, allocate while
+//! parsing a head, or accept a head whose body framing is ambiguous (request smuggling).
+
+use std::fmt;
+
+/// Largest request head accepted, in bytes, including the blank line that ends it.
+/// A head that does not end within this many bytes is answered with 431, or 414 when
+/// the request line alone does not end within it.
+pub const HEAD_MAX: usize = 8192;
+/// Most header fields accepted in one request head; more is answered with 431.
+pub const HEADERS_MAX: usize = 64;
+/// Most distinct topics one subscription may name.
+pub const TOPICS_MAX: usize = 64;
+/// Longest topic name, in bytes.
+pub const TOPIC_LEN_MAX: usize = 200;
+/// Longest prefix of a rejected topic name quoted back in an error, in chars.
+const TOPIC_ECHO_MAX: usize = 64;
+
+// `HttpError::reason` spells these numbers out as literals.
+const _: () = assert!(
+    HEAD_MAX == 8192 && HEADERS_MAX == 64,
+    "update HttpError::reason"
+);
+
+/// The request method (RFC 9110 §9). Method names are case-sensitive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// `GET`
+    Get,
+    /// `HEAD`
+    Head,
+    /// `POST`
+    Post,
+    /// Any other method token; the caller answers 405 or 501.
+    Other,
+}
+
+impl Method {
+    fn from_token(token: &str) -> Self {
+        match token {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            _ => Method::Other,
+        }
+    }
+}
+
+/// A parsed request head. Every slice borrows from the buffer given to [`parse_request`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// The request method.
+    pub method: Method,
+    /// The request target before the first `?`, as sent (not percent-decoded).
+    pub path: &'a str,
+    /// The request target after the first `?`, or `""` when there is none.
+    pub query: &'a str,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// Whether the connection stays open after the response (RFC 9112 §9.3): for
+    /// HTTP/1.1 unless `Connection: close`; for HTTP/1.0 only with
+    /// `Connection: keep-alive` (and no `close`).
+    pub keep_alive: bool,
+    /// The value of the first `Last-Event-ID` header field, if any (WHATWG HTML §9.2.4).
+    pub last_event_id: Option<&'a [u8]>,
+    /// A body follows the head: `Content-Length` above 0 or any `Transfer-Encoding`.
+    pub has_body: bool,
+    /// Bytes of the head, blank line included; a pipelined request starts at
+    /// `buf[head_len..]` (after the body, when `has_body`).
+    pub head_len: usize,
+}
+
+/// The outcome of [`parse_request`] on a buffer that is not (yet) invalid.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed<'a> {
+    /// A whole head was found at the start of the buffer.
+    Complete(Request<'a>),
+    /// The buffer is a proper prefix of a head that may still be valid: read more.
+    Partial,
+}
+
+/// Why a request head was rejected. The connection answers with [`HttpError::status`]
+/// and closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpError {
+    /// Bad syntax or ambiguous body framing; the text says which.
+    Malformed(&'static str),
+    /// The head does not end within [`HEAD_MAX`] bytes.
+    HeadTooLarge,
+    /// The request line does not end within [`HEAD_MAX`] bytes.
+    UriTooLong,
+    /// More than [`HEADERS_MAX`] header fields.
+    TooManyHeaders,
+    /// A well-formed HTTP version other than 1.0 and 1.1.
+    VersionNotSupported,
+}
+
+impl HttpError {
+    /// The status code to answer with: 400, 431, 414, 431 or 505.
+    pub fn status(self) -> u16 {
+        match self {
+            HttpError::Malformed(_) => 400,
+            HttpError::HeadTooLarge | HttpError::TooManyHeaders => 431,
+            HttpError::UriTooLong => 414,
+            HttpError::VersionNotSupported => 505,
+        }
+    }
+
+    /// A short sentence for the response body.
+    pub fn reason(self) -> &'static str {
+        match self {
+            HttpError::Malformed(why) => why,
+            HttpError::HeadTooLarge => "request head is larger than 8192 bytes",
+            HttpError::UriTooLong => "request line is longer than 8192 bytes",
+            HttpError::TooManyHeaders => "request has more than 64 header fields",
+            HttpError::VersionNotSupported => "only HTTP/1.0 and HTTP/1.1 are supported",
+        }
+    }
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status(), self.reason())
+    }
+}
+
+impl std::error::Error for HttpError {}
+
+/// Parses the request head at the start of `buf` (RFC 9112 §2-§3, §5).
+///
+/// Only the first [`HEAD_MAX`] bytes are looked at, so the answer for a buffer depends
+/// only on its bytes, never on how they arrived: every proper prefix of a valid head is
+/// `Partial`, and any buffer that starts with a whole head gives the same `Complete`.
+/// Leading empty lines are skipped (RFC 9112 §2.2).
+///
+/// # Errors
+///
+/// - [`HttpError::HeadTooLarge`] when `buf` holds `HEAD_MAX` bytes without a whole head,
+///   or [`HttpError::UriTooLong`] when those bytes do not even hold a `\n`.
+/// - [`HttpError::TooManyHeaders`] past [`HEADERS_MAX`] fields.
+/// - [`HttpError::VersionNotSupported`] for a well-formed `HTTP/x.y` other than 1.0/1.1.
+/// - [`HttpError::Malformed`] for bad syntax, a request target that is not UTF-8, an
+///   unparsable or conflicting `Content-Length`, `Content-Length` together with
+///   `Transfer-Encoding` (RFC 9112 §6.3 ¶3), a `Transfer-Encoding` whose last coding is not
+///   `chunked` (§6.3 ¶4), or `Transfer-Encoding` in an HTTP/1.0 request (§6.1).
+pub fn parse_request(buf: &[u8]) -> Result<Parsed<'_>, HttpError> {
+    let window = &buf[..buf.len().min(HEAD_MAX)];
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(window) {
+        Ok(httparse::Status::Complete(head_len)) => build(&req, head_len).map(Parsed::Complete),
+        Ok(httparse::Status::Partial) => partial_or_too_large(buf),
+        Err(httparse::Error::Version) => match classify_version(window) {
+            VersionToken::Unsupported => Err(HttpError::VersionNotSupported),
+            VersionToken::Incomplete => partial_or_too_large(buf),
+            VersionToken::Malformed => Err(HttpError::Malformed("malformed HTTP version")),
+        },
+        Err(e) => Err(map_httparse_error(e)),
+    }
+}
+
+fn partial_or_too_large(buf: &[u8]) -> Result<Parsed<'_>, HttpError> {
+    if buf.len() < HEAD_MAX {
+        Ok(Parsed::Partial)
+    } else if buf[..HEAD_MAX].contains(&b'\n') {
+        Err(HttpError::HeadTooLarge)
+    } else {
+        Err(HttpError::UriTooLong)
+    }
+}
+
+fn map_httparse_error(e: httparse::Error) -> HttpError {
+    match e {
+        httparse::Error::TooManyHeaders => HttpError::TooManyHeaders,
+        httparse::Error::HeaderName => HttpError::Malformed("invalid header field name"),
+        httparse::Error::HeaderValue => HttpError::Malformed("invalid header field value"),
+        httparse::Error::NewLine => HttpError::Malformed("invalid line ending"),
+        // Token covers the method and a request target with bad bytes or bad UTF-8.
+        _ => HttpError::Malformed("malformed request line"),
+    }
+}
+
+/// What the HTTP-version token of a request line `httparse` refused looks like.
+enum VersionToken {
+    /// A whole `HTTP/DIGIT.DIGIT` (RFC 9112 §2.3) that is not 1.0 or 1.1.
+    Unsupported,
+    /// Not ended by a line break yet, and still a prefix of `HTTP/DIGIT.DIGIT`.
+    Incomplete,
+    /// Anything else.
+    Malformed,
+}
+
+/// `httparse` rejects `HTTP/2` on its first byte; this decides between 505 and 400 the
+/// same way whether or not the rest of the line has arrived.
+fn classify_version(window: &[u8]) -> VersionToken {
+    let start = window
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(window.len());
+    let line = &window[start..];
+    // Method SP request-target SP HTTP-version (RFC 9112 §3); httparse already accepted
+    // the first two, each ended by exactly one space.
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let version_and_rest = parts.nth(2).unwrap_or_default();
+    let end = version_and_rest.iter().position(|&b| b == b'\r' || b == b'\n');
+    let token = &version_and_rest[..end.unwrap_or(version_and_rest.len())];
+    let pattern_matches = token.len() <= 8
+        && token.iter().enumerate().all(|(i, &b)| match i {
+            0..=4 => b == b"HTTP/"[i],
+            5 | 7 => b.is_ascii_digit(),
+            _ => b == b'.',
+        });
+    match (pattern_matches, end.is_some()) {
+        (true, true) if token.len() == 8 => VersionToken::Unsupported,
+        (true, false) => VersionToken::Incomplete,
+        _ => VersionToken::Malformed,
+    }
+}
+
+/// What the header fields say about the connection and the body.
+#[derive(Default)]
+struct Fields<'a> {
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    chunked_last: bool,
+    close: bool,
+    keep_alive: bool,
+    last_event_id: Option<&'a [u8]>,
+}
+
+fn build<'a>(req: &httparse::Request<'_, 'a>, head_len: usize) -> Result<Request<'a>, HttpError> {
+    let target = req.path.unwrap_or_default();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let minor_version = req.version.unwrap_or(1);
+    let fields = read_fields(req.headers)?;
+    if fields.transfer_encoding {
+        if fields.content_length.is_some() {
+            return Err(HttpError::Malformed(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        if minor_version == 0 {
+            return Err(HttpError::Malformed("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        if !fields.chunked_last {
+            return Err(HttpError::Malformed(
+                "Transfer-Encoding does not end in chunked",
+            ));
+        }
+    }
+    Ok(Request {
+        method: Method::from_token(req.method.unwrap_or_default()),
+        path,
+        query,
+        minor_version,
+        keep_alive: !fields.close && (minor_version == 1 || fields.keep_alive),
+        last_event_id: fields.last_event_id,
+        has_body: fields.transfer_encoding || fields.content_length.is_some_and(|n| n > 0),
+        head_len,
+    })
+}
+
+fn read_fields<'a>(headers: &[httparse::Header<'a>]) -> Result<Fields<'a>, HttpError> {
+    let mut fields = Fields::default();
+    for header in headers {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = parse_content_length(header.value)?;
+            if fields.content_length.is_some_and(|seen| seen != n) {
+                return Err(HttpError::Malformed("conflicting Content-Length values"));
+            }
+            fields.content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Codings apply in order; only the last one of the last field line counts
+            // for framing (RFC 9112 §6.1).
+            fields.transfer_encoding = true;
+            fields.chunked_last = list_items(header.value)
+                .last()
+                .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case("connection") {
+            for option in list_items(header.value) {
+                fields.close |= option.eq_ignore_ascii_case(b"close");
+                fields.keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("last-event-id") && fields.last_event_id.is_none() {
+            fields.last_event_id = Some(header.value);
+        }
+    }
+    Ok(fields)
+}
+
+/// The non-empty members of a comma-separated list, optional whitespace trimmed
+/// (RFC 9110 §5.6.1).
+fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(trim_ows)
+        .filter(|item| !item.is_empty())
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// `Content-Length = 1*DIGIT` (RFC 9110 §8.6); a list of identical values such as
+/// `5, 5` is accepted as that value, as §8.6 allows.
+fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
+    const BAD: HttpError = HttpError::Malformed("invalid Content-Length");
+    let mut result = None;
+    for item in value.split(|&b| b == b',').map(trim_ows) {
+        if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
+            return Err(BAD);
+        }
+        let n = item.iter().try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        });
+        let n = n.ok_or(BAD)?;
+        if result.is_some_and(|seen| seen != n) {
+            return Err(HttpError::Malformed("conflicting Content-Length values"));
+        }
+        result = Some(n);
+    }
+    result.ok_or(BAD)
+}
+
+/// The topics and resume point a client asked for in its query string.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Subscription {
+    /// Distinct valid topics, in the order first named; never empty.
+    pub topics: Vec<String>,
+    /// The first `last_event_id=` value, percent-decoded.
+    pub last_event_id: Option<String>,
+}
+
+/// Why a subscription query was refused; the caller answers 400 with the `Display` text.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubscriptionError {
+    /// No `topic=` parameter.
+    NoTopic,
+    /// More than [`TOPICS_MAX`] distinct topics.
+    TooManyTopics,
+    /// A topic that fails [`is_valid_topic`]: its decoded name (lossy UTF-8), cut to 64
+    /// chars.
+    BadTopic(String),
+    /// A malformed `%` escape, or a `last_event_id` that is not UTF-8 once decoded.
+    BadEncoding,
+}
+
+impl fmt::Display for SubscriptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubscriptionError::NoTopic => {
+                write!(f, "no topic: subscribe with ?topic=NAME, repeated for more topics")
+            }
+            SubscriptionError::TooManyTopics => {
+                write!(f, "too many topics: at most {TOPICS_MAX} per subscription")
+            }
+            // `{:?}` quotes the name and escapes control characters.
+            SubscriptionError::BadTopic(name) => write!(
+                f,
+                "invalid topic {name:?}: topics are 1-{TOPIC_LEN_MAX} bytes of [A-Za-z0-9._~:/-]"
+            ),
+            SubscriptionError::BadEncoding => {
+                write!(f, "malformed percent-encoding in the query string")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SubscriptionError {}
+
+/// Parses a subscription query such as `topic=a&topic=b%2Fc&last_event_id=42`.
+///
+/// Pairs are `key=value` separated by `&` (a pair without `=` has an empty value, empty
+/// pairs are skipped); keys and values are percent-decoded with `+` as a space
+/// (`application/x-www-form-urlencoded`). Every `topic` is collected in order with
+/// duplicates dropped; the first `last_event_id` is kept; other keys are ignored and
+/// their values not decoded.
+///
+/// # Errors
+///
+/// [`SubscriptionError::NoTopic`] without a `topic`, [`SubscriptionError::TooManyTopics`]
+/// past [`TOPICS_MAX`] distinct ones, [`SubscriptionError::BadTopic`] for the first
+/// invalid one, [`SubscriptionError::BadEncoding`] for a `%` not followed by two hex
+/// digits in a key or a decoded value, or a `last_event_id` that is not UTF-8.
+pub fn parse_subscription(query: &str) -> Result<Subscription, SubscriptionError> {
+    let mut topics: Vec<String> = Vec::new();
+    let mut last_event_id = None;
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match percent_decode(key)?.as_slice() {
+            b"topic" => add_topic(&mut topics, percent_decode(value)?)?,
+            b"last_event_id" if last_event_id.is_none() => {
+                let id = String::from_utf8(percent_decode(value)?);
+                last_event_id = Some(id.map_err(|_| SubscriptionError::BadEncoding)?);
+            }
+            _ => {}
+        }
+    }
+    if topics.is_empty() {
+        return Err(SubscriptionError::NoTopic);
+    }
+    Ok(Subscription {
+        topics,
+        last_event_id,
+    })
+}
+
+fn add_topic(topics: &mut Vec<String>, raw: Vec<u8>) -> Result<(), SubscriptionError> {
+    let topic = match String::from_utf8(raw) {
+        Ok(topic) if is_valid_topic(topic.as_bytes()) => topic,
+        Ok(topic) => return Err(bad_topic(topic.as_bytes())),
+        Err(e) => return Err(bad_topic(e.as_bytes())),
+    };
+    // A linear scan: at most TOPICS_MAX short strings.
+    if topics.contains(&topic) {
+        return Ok(());
+    }
+    if topics.len() == TOPICS_MAX {
+        return Err(SubscriptionError::TooManyTopics);
+    }
+    topics.push(topic);
+    Ok(())
+}
+
+fn bad_topic(raw: &[u8]) -> SubscriptionError {
+    SubscriptionError::BadTopic(
+        String::from_utf8_lossy(raw)
+            .chars()
+            .take(TOPIC_ECHO_MAX)
+            .collect(),
+    )
+}
+
+/// Decodes `%XX` escapes and `+` (as a space).
+fn percent_decode(s: &str) -> Result<Vec<u8>, SubscriptionError> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        out.push(match b {
+            b'+' => b' ',
+            b'%' => {
+                let hi = bytes.next().and_then(hex_value);
+                let lo = bytes.next().and_then(hex_value);
+                match (hi, lo) {
+                    (Some(hi), Some(lo)) => hi << 4 | lo,
+                    _ => return Err(SubscriptionError::BadEncoding),
+                }
+            }
+            _ => b,
+        });
+    }
+    Ok(out)
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok())
+}
+
+/// Whether `topic` is a valid topic name: 1 to [`TOPIC_LEN_MAX`] bytes, each in
+/// `[A-Za-z0-9._~:/-]` (URL-safe, so a topic needs no escaping in a query or a log line).
+pub fn is_valid_topic(topic: &[u8]) -> bool {
+    (1..=TOPIC_LEN_MAX).contains(&topic.len()) && topic.iter().all(|&b| is_topic_byte(b))
+}
+
+const fn is_topic_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b':' | b'/' | b'-')
+}
+
+/// A complete HTTP/1.1 response with a `text/plain; charset=utf-8` body, its
+/// `Content-Length`, `Connection: close` when `!keep_alive`, then `extra_headers` in
+/// order. An HTTP/1.0 client that should keep the connection needs
+/// `("Connection", "keep-alive")` among `extra_headers` (RFC 9112 §9.3).
+///
+/// # Panics
+///
+/// If a name or value in `extra_headers` contains CR or LF, which would let it forge
+/// header fields (response splitting).
+pub fn simple_response(
+    status: u16,
+    body: &str,
+    keep_alive: bool,
+    extra_headers: &[(&str, &str)],
+) -> Vec<u8> {
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+        status_text(status),
+        body.len()
+    );
+    if !keep_alive {
+        head.push_str("Connection: close\r\n");
+    }
+    for &(name, value) in extra_headers {
+        assert!(
+            !name.contains(['\r', '\n']) && !value.contains(['\r', '\n']),
+            "header field {name:?}: {value:?} contains CR or LF"
+        );
+        head.push_str(name);
+        head.push_str(": ");
+        head.push_str(value);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// The reason phrase for `status` (RFC 9110 §15), or `""` for a code not listed here
+/// (an empty reason phrase is valid, RFC 9112 §4).
+pub fn status_text(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SIMPLE: &[u8] = b"GET /events?topic=a HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    fn complete(buf: &[u8]) -> Request<'_> {
+        match parse_request(buf) {
+            Ok(Parsed::Complete(req)) => req,
+            other => panic!("expected Complete for {:?}, got {other:?}", String::from_utf8_lossy(buf)),
+        }
+    }
+
+    fn error(buf: &[u8]) -> HttpError {
+        match parse_request(buf) {
+            Err(e) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn simple_get() {
+        let req = complete(SIMPLE);
+        assert_eq!(
+            req,
+            Request {
+                method: Method::Get,
+                path: "/events",
+                query: "topic=a",
+                minor_version: 1,
+                keep_alive: true,
+                last_event_id: None,
+                has_body: false,
+                head_len: SIMPLE.len(),
+            }
+        );
+    }
+
+    #[test]
+    fn methods() {
+        for (token, method) in [
+            ("GET", Method::Get),
+            ("HEAD", Method::Head),
+            ("POST", Method::Post),
+            ("OPTIONS", Method::Other),
+            ("get", Method::Other),
+        ] {
+            let buf = format!("{token} / HTTP/1.1\r\n\r\n");
+            assert_eq!(complete(buf.as_bytes()).method, method, "{token}");
+        }
+    }
+
+    #[test]
+    fn target_without_query() {
+        let req = complete(b"GET /a/b HTTP/1.1\r\n\r\n");
+        assert_eq!((req.path, req.query), ("/a/b", ""));
+        let req = complete(b"GET /a?x=1?y HTTP/1.1\r\n\r\n");
+        assert_eq!((req.path, req.query), ("/a", "x=1?y"));
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        let cases: [(&[u8], bool); 8] = [
+            (b"GET / HTTP/1.1\r\n\r\n", true),
+            (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
+            (b"GET / HTTP/1.1\r\nconnection: Upgrade, CLOSE\r\n\r\n", false),
+            (b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n", true),
+            (b"GET / HTTP/1.0\r\n\r\n", false),
+            (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
+            (b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", false),
+            (b"GET / HTTP/1.0\r\nConnection: x\r\nConnection: keep-alive\r\n\r\n", true),
+        ];
+        for (buf, keep_alive) in cases {
+            assert_eq!(complete(buf).keep_alive, keep_alive, "{}", String::from_utf8_lossy(buf));
+        }
+        assert_eq!(complete(b"GET / HTTP/1.0\r\n\r\n").minor_version, 0);
+    }
+
+    #[test]
+    fn last_event_id_header() {
+        let req = complete(b"GET / HTTP/1.1\r\nLast-Event-ID: 42-7\r\nlast-event-id: 9\r\n\r\n");
+        assert_eq!(req.last_event_id, Some(&b"42-7"[..]));
+        let req = complete(b"GET / HTTP/1.1\r\nLast-Event-ID:\r\n\r\n");
+        assert_eq!(req.last_event_id, Some(&b""[..]));
+    }
+
+    #[test]
+    fn body_framing() {
+        let cases: [(&[u8], bool); 5] = [
+            (b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", false),
+            (b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n", true),
+            (b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n", true),
+            (b"POST / HTTP/1.1\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n", true),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n", true),
+        ];
+        for (buf, has_body) in cases {
+            assert_eq!(complete(buf).has_body, has_body, "{}", String::from_utf8_lossy(buf));
+        }
+    }
+
+    #[test]
+    fn smuggling_and_bad_lengths_are_malformed() {
+        let cases: [&[u8]; 10] = [
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length:\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ];
+        for buf in cases {
+            let e = error(buf);
+            assert!(matches!(e, HttpError::Malformed(_)), "{}: {e:?}", String::from_utf8_lossy(buf));
+            assert_eq!(e.status(), 400);
+        }
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let cases: [&[u8]; 8] = [
+            b"\x00\x01\x02\x03 garbage\r\n\r\n",
+            b"GET  / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\rX\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nName: a\x00b\r\n\r\n",
+            b"GET /\xff\xfe HTTP/1.1\r\n\r\n",
+            b"GET /?q=\xc3 HTTP/1.1\r\n\r\n",
+            b"GET / HTTX/1.1\r\n\r\n",
+        ];
+        for buf in cases {
+            let e = error(buf);
+            assert!(matches!(e, HttpError::Malformed(_)), "{}: {e:?}", String::from_utf8_lossy(buf));
+        }
+    }
+
+    #[test]
+    fn unsupported_versions() {
+        for version in ["HTTP/2.0", "HTTP/1.2", "HTTP/0.9", "HTTP/3.0"] {
+            let buf = format!("GET / {version}\r\n\r\n");
+            assert_eq!(error(buf.as_bytes()), HttpError::VersionNotSupported, "{version}");
+            assert_eq!(HttpError::VersionNotSupported.status(), 505);
+            // Decided the same way before the line ends.
+            for cut in 1..buf.len() - 4 {
+                let r = parse_request(&buf.as_bytes()[..cut]);
+                assert!(matches!(r, Ok(Parsed::Partial)), "{version} cut at {cut}: {r:?}");
+            }
+        }
+        assert_eq!(error(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), HttpError::VersionNotSupported);
+        for bad in ["HTTP/2", "HTTP/2.0.1", "HTTP/a.b", "HTTP/10.0"] {
+            let buf = format!("GET / {bad}\r\n\r\n");
+            assert!(matches!(error(buf.as_bytes()), HttpError::Malformed(_)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn leading_empty_lines_are_skipped() {
+        let buf = b"\r\n\nGET / HTTP/1.1\r\n\r\n";
+        assert_eq!(complete(buf).head_len, buf.len());
+        assert_eq!(parse_request(b"\r\n\r\n"), Ok(Parsed::Partial));
+    }
+
+    #[test]
+    fn bare_lf_line_endings() {
+        let req = complete(b"GET /x HTTP/1.1\nConnection: close\n\n");
+        assert_eq!((req.path, req.keep_alive, req.head_len), ("/x", false, 35));
+    }
+
+    #[test]
+    fn pipelined_requests() {
+        let first = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let second = b"HEAD /b?c HTTP/1.1\r\nConnection: close\r\n\r\n";
+        let mut buf = first.to_vec();
+        buf.extend_from_slice(second);
+        buf.extend_from_slice(b"GET /c HT");
+        let a = complete(&buf);
+        assert_eq!((a.path, a.head_len), ("/a", first.len()));
+        let b = complete(&buf[a.head_len..]);
+        assert_eq!((b.method, b.path, b.query, b.keep_alive), (Method::Head, "/b", "c", false));
+        assert_eq!(b.head_len, second.len());
+        let rest = &buf[a.head_len + b.head_len..];
+        assert_eq!(parse_request(rest), Ok(Parsed::Partial));
+    }
+
+    #[test]
+    fn every_proper_prefix_is_partial() {
+        let cases: [&[u8]; 4] = [
+            SIMPLE,
+            b"\r\nPOST /p?q=%20 HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\n",
+            b"GET / HTTP/1.1\nLast-Event-ID: 7\nX:\n\n",
+            b"HEAD /h HTTP/1.1\r\nA: b\r\nC:  d e \r\n\r\n",
+        ];
+        for buf in cases {
+            let whole = complete(buf);
+            assert_eq!(whole.head_len, buf.len());
+            for cut in 0..buf.len() {
+                assert_eq!(parse_request(&buf[..cut]), Ok(Parsed::Partial), "cut at {cut}");
+            }
+            let mut longer = buf.to_vec();
+            longer.extend_from_slice(b"trailing bytes");
+            assert_eq!(complete(&longer), whole);
+        }
+    }
+
+    fn head_with_header_bytes(n: usize) -> Vec<u8> {
+        let mut buf = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        buf.resize(buf.len() + n, b'a');
+        buf.extend_from_slice(b"\r\n\r\n");
+        buf
+    }
+
+    #[test]
+    fn head_size_boundary() {
+        let overhead = head_with_header_bytes(0).len();
+        let exact = head_with_header_bytes(HEAD_MAX - overhead);
+        assert_eq!(exact.len(), HEAD_MAX);
+        assert_eq!(complete(&exact).head_len, HEAD_MAX);
+        let over = head_with_header_bytes(HEAD_MAX - overhead + 1);
+        assert_eq!(error(&over), HttpError::HeadTooLarge);
+        assert_eq!(parse_request(&over[..HEAD_MAX - 1]), Ok(Parsed::Partial));
+    }
+
+    #[test]
+    fn huge_header_is_head_too_large() {
+        let buf = head_with_header_bytes(20 * 1024);
+        let e = error(&buf);
+        assert_eq!((e, e.status()), (HttpError::HeadTooLarge, 431));
+    }
+
+    #[test]
+    fn huge_uri_is_uri_too_long() {
+        let mut buf = b"GET /".to_vec();
+        buf.resize(10 * 1024, b'a');
+        buf.extend_from_slice(b" HTTP/1.1\r\n\r\n");
+        let e = error(&buf);
+        assert_eq!((e, e.status()), (HttpError::UriTooLong, 414));
+        assert_eq!(error(&buf[..HEAD_MAX]), HttpError::UriTooLong);
+        assert_eq!(parse_request(&buf[..HEAD_MAX - 1]), Ok(Parsed::Partial));
+    }
+
+    fn head_with_headers(n: usize) -> Vec<u8> {
+        let mut buf = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..n {
+            buf.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        buf.extend_from_slice(b"\r\n");
+        buf
+    }
+
+    #[test]
+    fn header_count_boundary() {
+        assert!(matches!(parse_request(&head_with_headers(HEADERS_MAX)), Ok(Parsed::Complete(_))));
+        let e = error(&head_with_headers(HEADERS_MAX + 1));
+        assert_eq!((e, e.status()), (HttpError::TooManyHeaders, 431));
+    }
+
+    #[test]
+    fn error_statuses_and_reasons() {
+        let cases = [
+            (HttpError::Malformed("why"), 400, "why"),
+            (HttpError::HeadTooLarge, 431, "8192"),
+            (HttpError::UriTooLong, 414, "8192"),
+            (HttpError::TooManyHeaders, 431, "64"),
+            (HttpError::VersionNotSupported, 505, "HTTP/1.1"),
+        ];
+        for (e, status, needle) in cases {
+            assert_eq!(e.status(), status);
+            assert!(e.reason().contains(needle), "{e:?}: {}", e.reason());
+            assert!(status_text(status).len() > 2);
+        }
+    }
+
+    #[test]
+    fn simple_response_bytes() {
+        let r = simple_response(404, "no such topic\n", true, &[]);
+        assert_eq!(
+            r,
+            b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\n\
+              Content-Length: 14\r\n\r\nno such topic\n"
+        );
+        let r = simple_response(405, "", false, &[("Allow", "GET, HEAD")]);
+        assert_eq!(
+            r,
+            b"HTTP/1.1 405 Method Not Allowed\r\nContent-Type: text/plain; charset=utf-8\r\n\
+              Content-Length: 0\r\nConnection: close\r\nAllow: GET, HEAD\r\n\r\n"
+        );
+        assert!(simple_response(599, "x", true, &[]).starts_with(b"HTTP/1.1 599 \r\n"));
+    }
+
+    #[test]
+    #[should_panic(expected = "contains CR or LF")]
+    fn simple_response_refuses_header_injection() {
+        simple_response(200, "", true, &[("X", "a\r\nSet-Cookie: b")]);
+    }
+
+    #[test]
+    fn topic_length_boundaries() {
+        assert!(!is_valid_topic(b""));
+        assert!(is_valid_topic(b"a"));
+        assert!(is_valid_topic(&[b'a'; TOPIC_LEN_MAX]));
+        assert!(!is_valid_topic(&[b'a'; TOPIC_LEN_MAX + 1]));
+    }
+
+    #[test]
+    fn topic_bytes_exhaustive() {
+        let allowed = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~:/-";
+        for b in 0..=u8::MAX {
+            assert_eq!(is_valid_topic(&[b]), allowed.contains(&b), "byte {b:#04x}");
+            assert_eq!(is_valid_topic(&[b'x', b, b'y']), allowed.contains(&b), "byte {b:#04x}");
+        }
+    }
+
+    #[test]
+    fn subscription_basics() {
+        let sub = parse_subscription("topic=a&x=1&topic=b%2Fc&topic=a&last_event_id=4%3A2&last_event_id=9")
+            .unwrap();
+        assert_eq!(sub.topics, ["a", "b/c"]);
+        assert_eq!(sub.last_event_id.as_deref(), Some("4:2"));
+        let sub = parse_subscription("&&to%70ic=z&").unwrap();
+        assert_eq!((sub.topics, sub.last_event_id), (vec!["z".to_owned()], None));
+        let sub = parse_subscription("topic=a&last_event_id=a+b%20c").unwrap();
+        assert_eq!(sub.last_event_id.as_deref(), Some("a b c"));
+        // Unknown parameters are not decoded, so bad escapes there do not matter.
+        assert!(parse_subscription("topic=a&cb=%zz").is_ok());
+    }
+
+    #[test]
+    fn subscription_errors() {
+        use SubscriptionError::*;
+        assert_eq!(parse_subscription(""), Err(NoTopic));
+        assert_eq!(parse_subscription("last_event_id=3&x"), Err(NoTopic));
+        assert_eq!(parse_subscription("topic=a+b"), Err(BadTopic("a b".into())));
+        assert_eq!(parse_subscription("topic"), Err(BadTopic(String::new())));
+        assert_eq!(parse_subscription("topic=%ff"), Err(BadTopic("\u{fffd}".into())));
+        assert_eq!(parse_subscription("topic=%4"), Err(BadEncoding));
+        assert_eq!(parse_subscription("topic=%zz"), Err(BadEncoding));
+        assert_eq!(parse_subscription("t%opic=a"), Err(BadEncoding));
+        assert_eq!(parse_subscription("topic=a&last_event_id=%ff"), Err(BadEncoding));
+        let long = "b".repeat(TOPIC_LEN_MAX + 1);
+        assert_eq!(parse_subscription(&format!("topic={long}")), Err(BadTopic("b".repeat(64))));
+    }
+
+    #[test]
+    fn subscription_topic_count_boundary() {
+        let query = |n: usize| (0..n).map(|i| format!("topic=t{i}")).collect::<Vec<_>>().join("&");
+        assert_eq!(parse_subscription(&query(TOPICS_MAX)).unwrap().topics.len(), TOPICS_MAX);
+        assert_eq!(parse_subscription(&query(TOPICS_MAX + 1)), Err(SubscriptionError::TooManyTopics));
+        // Duplicates do not count against the limit.
+        let dup = format!("{}&topic=t0&topic=t1", query(TOPICS_MAX));
+        assert_eq!(parse_subscription(&dup).unwrap().topics.len(), TOPICS_MAX);
+    }
+
+    #[test]
+    fn subscription_error_texts() {
+        assert_eq!(
+            SubscriptionError::BadTopic("a b".into()).to_string(),
+            "invalid topic \"a b\": topics are 1-200 bytes of [A-Za-z0-9._~:/-]"
+        );
+        assert!(SubscriptionError::TooManyTopics.to_string().contains("64"));
+        assert!(SubscriptionError::NoTopic.to_string().contains("?topic="));
+        assert!(SubscriptionError::BadEncoding.to_string().contains("percent"));
+    }
+
+    /// A request head generated from its parts, and the fields it must parse to.
+    #[derive(Debug, Clone)]
+    struct Model {
+        bytes: Vec<u8>,
+        method: Method,
+        path: String,
+        query: String,
+        minor_version: u8,
+        keep_alive: bool,
+        last_event_id: Option<Vec<u8>>,
+        has_body: bool,
+    }
+
+    fn model() -> impl Strategy<Value = Model> {
+        (
+            prop::sample::select(vec![("GET", Method::Get), ("HEAD", Method::Head), ("POST", Method::Post), ("DELETE", Method::Other)]),
+            "/[a-z0-9/._-]{0,20}",
+            prop::option::of("[a-z0-9=&%+_-]{0,30}"),
+            0u8..=1,
+            prop::option::of(prop::sample::select(vec!["close", "keep-alive", "Upgrade"])),
+            prop::option::of("[ -~]{0,20}"),
+            prop::option::of(0u64..100_000),
+            prop::collection::vec(("[A-Za-z][A-Za-z0-9-]{0,15}", "[!-~]([ -~]{0,30}[!-~])?"), 0..10),
+            any::<bool>(),
+        )
+            .prop_map(|(method, path, query, minor, connection, leid, length, others, crlf)| {
+                let eol = if crlf { "\r\n" } else { "\n" };
+                let target = match &query {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path.clone(),
+                };
+                let mut text = format!("{} {target} HTTP/1.{minor}{eol}", method.0);
+                for (name, value) in &others {
+                    text.push_str(&format!("X-{name}: {value}{eol}"));
+                }
+                if let Some(c) = connection {
+                    text.push_str(&format!("Connection: {c}{eol}"));
+                }
+                if let Some(id) = &leid {
+                    text.push_str(&format!("Last-Event-ID:{id}{eol}"));
+                }
+                if let Some(n) = length {
+                    text.push_str(&format!("content-length: {n}{eol}"));
+                }
+                text.push_str(eol);
+                let keep_alive = match connection {
+                    Some("close") => false,
+                    Some("keep-alive") => true,
+                    _ => minor == 1,
+                };
+                Model {
+                    bytes: text.into_bytes(),
+                    method: method.1,
+                    path,
+                    query: query.unwrap_or_default(),
+                    minor_version: minor,
+                    keep_alive,
+                    // httparse trims the value's surrounding whitespace.
+                    last_event_id: leid.map(|id| trim_ows(id.as_bytes()).to_vec()),
+                    has_body: length.is_some_and(|n| n > 0),
+                }
+            })
+    }
+
+    fn check_model(m: &Model, req: &Request<'_>) {
+        assert_eq!(req.method, m.method);
+        assert_eq!(req.path, m.path);
+        assert_eq!(req.query, m.query);
+        assert_eq!(req.minor_version, m.minor_version);
+        assert_eq!(req.keep_alive, m.keep_alive);
+        assert_eq!(req.last_event_id, m.last_event_id.as_deref());
+        assert_eq!(req.has_body, m.has_body);
+        assert_eq!(req.head_len, m.bytes.len());
+    }
+
+    proptest! {
+        #[test]
+        fn generated_requests_parse_and_every_prefix_is_partial(m in model()) {
+            let req = complete(&m.bytes);
+            check_model(&m, &req);
+            for cut in 0..m.bytes.len() {
+                prop_assert_eq!(parse_request(&m.bytes[..cut]), Ok(Parsed::Partial));
+            }
+        }
+
+        #[test]
+        fn pipelined_generated_requests(a in model(), b in model()) {
+            let mut buf = a.bytes.clone();
+            buf.extend_from_slice(&b.bytes);
+            let first = complete(&buf);
+            check_model(&a, &first);
+            check_model(&b, &complete(&buf[first.head_len..]));
+        }
+
+        /// Whatever the bytes, growing the buffer gives Partial until the first
+        /// non-Partial answer, and that answer never changes afterwards.
+        #[test]
+        fn answers_are_stable_as_bytes_arrive(
+            m in model(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        ) {
+            let mut bytes = m.bytes.clone();
+            for (at, byte) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+            let mut settled = None;
+            for cut in 0..=bytes.len() {
+                let r = parse_request(&bytes[..cut]);
+                match (&settled, r) {
+                    (None, Ok(Parsed::Partial)) => {}
+                    (None, r) => settled = Some(r),
+                    (Some(s), r) => prop_assert_eq!(s, &r, "cut at {}", cut),
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+            let r = parse_request(&bytes);
+            if let Ok(Parsed::Complete(req)) = r {
+                prop_assert!(req.head_len <= bytes.len());
+            }
+        }
+    }
+}

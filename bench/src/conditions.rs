@@ -1,0 +1,141 @@
+//! The conditions recorded beside every number (STYLE.md §8): kernel, CPU, core count,
+//! tool version, the full command line, the engine's command line and the date.
+//!
+//! Gathering never fails: a value that cannot be read is recorded as `unknown`.
+
+use std::fs;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::procfs;
+
+/// Where and how a measurement was taken.
+#[derive(Debug, Clone)]
+pub struct Conditions {
+    /// `uname -r`.
+    pub kernel: String,
+    /// First `model name` in `/proc/cpuinfo`.
+    pub cpu: String,
+    /// Cores this process may run on.
+    pub nproc: usize,
+    /// `ringcast-bench` version.
+    pub version: String,
+    /// This tool's command line, shell-quoted.
+    pub command: String,
+    /// The measured process's command line.
+    pub engine_command: String,
+    /// Start time, RFC 3339 UTC.
+    pub date: String,
+}
+
+impl Conditions {
+    /// Gathers the conditions now, for the engine process `pid`.
+    pub fn collect(pid: u32) -> Conditions {
+        let unknown = || "unknown".to_owned();
+        let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| unknown());
+        let cpu = fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|text| cpu_model(&text))
+            .unwrap_or_else(unknown);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Conditions {
+            kernel,
+            cpu,
+            nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            command: shell_join(std::env::args()),
+            engine_command: procfs::read_cmdline(pid).unwrap_or_else(unknown),
+            date: rfc3339_utc(now),
+        }
+    }
+}
+
+/// The first `model name` value in `/proc/cpuinfo` text.
+pub fn cpu_model(cpuinfo: &str) -> Option<String> {
+    cpuinfo.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == "model name").then(|| value.trim().to_owned())
+    })
+}
+
+/// Joins arguments into one line a POSIX shell would split back the same way.
+pub fn shell_join(args: impl IntoIterator<Item = String>) -> String {
+    let quoted: Vec<String> = args
+        .into_iter()
+        .map(|arg| {
+            let plain = !arg.is_empty()
+                && arg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c));
+            if plain {
+                arg
+            } else {
+                format!("'{}'", arg.replace('\'', r"'\''"))
+            }
+        })
+        .collect();
+    quoted.join(" ")
+}
+
+/// Formats seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn rfc3339_utc(unix_secs: u64) -> String {
+    let days = (unix_secs / 86_400) as i64;
+    let secs = unix_secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant,
+/// "chrono-Compatible Low-Level Date Algorithms", `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_format_across_leap_days_and_centuries() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_utc(951_955_199), "2000-03-01T23:59:59Z");
+        assert_eq!(rfc3339_utc(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339_utc(4_107_542_400), "2100-03-01T00:00:00Z");
+    }
+
+    #[test]
+    fn shell_join_quotes_only_what_needs_it() {
+        let args = ["ringcast-bench", "--path", "/sse?topic=bench", "it's", ""];
+        assert_eq!(
+            shell_join(args.iter().map(|s| s.to_string())),
+            r"ringcast-bench --path '/sse?topic=bench' 'it'\''s' ''"
+        );
+    }
+
+    #[test]
+    fn cpu_model_is_the_first_model_name() {
+        let text = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n\
+            processor\t: 1\nmodel name\t: Other\n";
+        assert_eq!(cpu_model(text).as_deref(), Some("AMD EPYC"));
+        assert_eq!(cpu_model("processor: 0\n"), None);
+    }
+}

@@ -1,0 +1,174 @@
+//! Every limit and budget of the engine, with its unit and default, parsed from the
+//! command line and validated once at start. Nothing else in the engine picks a number.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::ring::history::HistoryLimits;
+
+/// Largest registered file table the kernel allows per ring.
+pub const FILE_TABLE_MAX: u32 = 1 << 20;
+
+/// `ringcast serve` flags. Doc comments are the `--help` text.
+#[derive(Args, Clone, Debug)]
+pub struct Config {
+    /// Address to accept clients on (repeat for several).
+    #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: Vec<SocketAddr>,
+
+    /// Unix socket publishers connect to.
+    #[arg(long, value_name = "PATH", default_value = "./ringcast.sock")]
+    pub ingest: PathBuf,
+
+    /// Event loops, one thread each [default: the number of CPUs].
+    #[arg(long, value_name = "N")]
+    pub loops: Option<usize>,
+
+    /// Client connections each loop may hold. Capped at RLIMIT_NOFILE (each loop's
+    /// registered file table is) and at 2^20.
+    #[arg(long, value_name = "N", default_value_t = 262_144)]
+    pub max_conns_per_loop: u32,
+
+    /// Events kept per topic for Last-Event-ID resume.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub history_events: usize,
+
+    /// Bytes of events kept per topic (encodings included).
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub history_bytes: usize,
+
+    /// Seconds an event stays replayable.
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub history_age_secs: u64,
+
+    /// Topics the history keeps; the least recently published goes first.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub history_topics: usize,
+
+    /// Bytes the history keeps across all topics.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
+    pub history_bytes_total: usize,
+
+    /// Largest payload a publisher may send, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub payload_max: usize,
+
+    /// Publisher connections held at once.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub publishers_max: usize,
+
+    /// Slots of the broadcast ring between the ingest thread and the loops (a power of two).
+    #[arg(long, value_name = "N", default_value_t = 16_384)]
+    pub ring_slots: usize,
+
+    /// Bytes queued for one client before it is disconnected as too slow (it resumes
+    /// from the history with Last-Event-ID).
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
+    pub out_queue_bytes_max: usize,
+
+    /// The reconnection delay sent to SSE clients (`retry:`), in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 3000)]
+    pub retry_ms: u32,
+
+    /// Receive buffers in each loop's provided-buffer ring (a power of two).
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub recv_buffers: u16,
+
+    /// Bytes per receive buffer.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    pub recv_buffer_bytes: u32,
+}
+
+/// A flag value that cannot work, with the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag} {value}: {why}")]
+pub struct ConfigError {
+    flag: &'static str,
+    value: String,
+    why: &'static str,
+}
+
+fn check(ok: bool, flag: &'static str, value: impl ToString, why: &'static str) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            flag,
+            value: value.to_string(),
+            why,
+        })
+    }
+}
+
+impl Config {
+    /// Checks every value once, so the loops can trust them.
+    ///
+    /// # Errors
+    /// The first flag whose value cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(!self.listen.is_empty(), "listen", "", "at least one address is needed")?;
+        if let Some(n) = self.loops {
+            check((1..=1024).contains(&n), "loops", n, "must be 1 to 1024")?;
+        }
+        check(self.max_conns_per_loop >= 1, "max-conns-per-loop", self.max_conns_per_loop, "must be at least 1")?;
+        check(self.history_events >= 1, "history-events", self.history_events, "must be at least 1")?;
+        check(self.history_topics >= 1, "history-topics", self.history_topics, "must be at least 1")?;
+        check(
+            self.payload_max >= 1 && self.payload_max <= 64 << 20,
+            "payload-max",
+            self.payload_max,
+            "must be 1 byte to 64 MiB",
+        )?;
+        check(self.publishers_max >= 1, "publishers-max", self.publishers_max, "must be at least 1")?;
+        check(
+            self.ring_slots.is_power_of_two() && (64..=1 << 22).contains(&self.ring_slots),
+            "ring-slots",
+            self.ring_slots,
+            "must be a power of two from 64 to 4194304",
+        )?;
+        check(
+            self.recv_buffers.is_power_of_two() && self.recv_buffers <= 32_768,
+            "recv-buffers",
+            self.recv_buffers,
+            "must be a power of two up to 32768",
+        )?;
+        check(
+            (512..=1 << 20).contains(&self.recv_buffer_bytes),
+            "recv-buffer-bytes",
+            self.recv_buffer_bytes,
+            "must be 512 bytes to 1 MiB",
+        )?;
+        check(
+            self.out_queue_bytes_max >= 64 << 10,
+            "out-queue-bytes-max",
+            self.out_queue_bytes_max,
+            "must be at least 64 KiB",
+        )?;
+        Ok(())
+    }
+
+    /// The number of loops to run.
+    pub fn loop_count(&self) -> usize {
+        self.loops
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// Connections per loop after the kernel's caps: the registered file table is bounded
+    /// by `RLIMIT_NOFILE` (already raised to its hard limit) and by 2^20.
+    pub fn conns_per_loop(&self, nofile: u64) -> u32 {
+        let cap = nofile.min(u64::from(FILE_TABLE_MAX)) as u32;
+        self.max_conns_per_loop.min(cap)
+    }
+
+    pub fn history_limits(&self) -> HistoryLimits {
+        HistoryLimits {
+            events_per_topic: self.history_events,
+            bytes_per_topic: self.history_bytes,
+            max_age: Duration::from_secs(self.history_age_secs),
+            topics_max: self.history_topics,
+            bytes_total: self.history_bytes_total,
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The per-connection record the loops keep in their slabs, and the out-queue a
+//! connection has only while something waits to be sent.
+//!
+//! State diagram (transitions made by the shard):
+//!
+//! ```text
+//!            accept
+//!              |
+//!              v        response with keep-alive
+//!          Request  <---------------------------.
+//!           |   |  \_______________________________|
+//!  /sse OK  |   |  error or Connection: close
+//!           v   v
+//!       Stream  Draining --(queue empty)--> Lingering --(EOF or deadline)--.
+//!           |                                                               v
+//!           `------------(EOF, error, too slow)-------------------------> Closing --(all ops done)--> freed
+//! ```
+//!
+//! Never does I/O itself: it records what is queued and what the kernel still owns.
+pub mod outq;
+
+pub use outq::OutQueue;
+
+/// "No link" in the u32 links that thread subscriptions through their slab.
+pub const NIL: u32 = u32::MAX;
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    /// Reading HTTP requests; keep-alive and pipelining are allowed.
+    Request,
+    /// An SSE stream: events are queued, input is read only to notice the close.
+    Stream,
+    /// A final response is queued; once sent, the write side is shut down.
+    Draining,
+    /// Write side shut down; input is discarded until EOF or the linger deadline, so the
+    /// peer reads our answer instead of a reset.
+    Lingering,
+    /// Cancel and close are submitted; the record waits for its last completions.
+    Closing,
+}
+
+/// Kernel operations of one connection whose final completion is still to come. The
+/// record may be freed only when none remain: the kernel still owns their buffers.
+pub mod ops {
+    pub const RECV: u8 = 1;
+    pub const SEND: u8 = 1 << 1;
+    pub const CLOSE: u8 = 1 << 2;
+    pub const CANCEL: u8 = 1 << 3;
+    pub const SHUTDOWN: u8 = 1 << 4;
+}
+
+/// One client connection: 40 bytes, asserted below, because an idle connection costs
+/// exactly this record (plus its subscriptions) in user space.
+#[derive(Debug)]
+pub struct Conn {
+    /// Index in the loop's registered file table (a direct descriptor).
+    pub file: u32,
+    /// Generation, so a completion for a previous occupant of the slot is recognised.
+    pub generation: u32,
+    /// Head of this connection's chain of subscriptions in the loop's subscription slab.
+    pub first_sub: u32,
+    /// Loop tick at which a lingering close gives up waiting for the peer's EOF.
+    pub linger_until: u32,
+    pub state: State,
+    /// Bits of [`ops`] in flight.
+    pub ops: u8,
+    /// The stream uses HTTP/1.1 chunked framing (false for HTTP/1.0 clients).
+    pub chunked: bool,
+    /// A request split across reads, staged until its head is complete.
+    pub staging: Option<Box<Vec<u8>>>,
+    /// Bytes waiting to be sent; `None` while nothing is queued.
+    pub out: Option<Box<OutQueue>>,
+}
+
+const _: () = assert!(std::mem::size_of::<Conn>() == 40);
+
+impl Conn {
+    pub fn new(file: u32, generation: u32) -> Self {
+        Conn {
+            file,
+            generation,
+            first_sub: NIL,
+            linger_until: 0,
+            state: State::Request,
+            ops: 0,
+            chunked: true,
+            staging: None,
+            out: None,
+        }
+    }
+
+    pub fn has_op(&self, op: u8) -> bool {
+        self.ops & op != 0
+    }
+
+    /// Bytes queued and not yet acknowledged by the kernel.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.as_ref().map_or(0, |q| q.bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_connection_record_is_small() {
+        // The slab adds its own tag word around each record.
+        assert_eq!(std::mem::size_of::<Conn>(), 40);
+        assert!(std::mem::size_of::<slab::Slab<Conn>>() <= 48);
+        let mut slab = slab::Slab::<Conn>::with_capacity(1024);
+        for i in 0..1024 {
+            slab.insert(Conn::new(i, 0));
+        }
+        assert!(slab.capacity() * std::mem::size_of::<Conn>() <= 1024 * 48);
+    }
+}

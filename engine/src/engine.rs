@@ -1,0 +1,164 @@
+//! Wiring: validates the configuration, checks that io_uring works, starts one loop per
+//! core and the ingest thread, and waits for a termination signal or a fatal error.
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{bounded, Sender};
+
+use crate::config::Config;
+use crate::event::{Epoch, Event};
+use crate::ingest::IngestThread;
+use crate::ring::broadcast::Broadcast;
+use crate::ring::history::History;
+use crate::shard::Shard;
+use crate::sys;
+
+/// Per-loop counters. Each has a single writer, its loop; anyone may read them.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub accepted: AtomicU64,
+    pub open: AtomicU64,
+    /// Accepts that failed because the file table or the process was full.
+    pub accept_full: AtomicU64,
+    pub accept_errors: AtomicU64,
+    pub recv_enobufs: AtomicU64,
+    pub bad_requests: AtomicU64,
+    pub streams: AtomicU64,
+    pub resets: AtomicU64,
+    pub replayed: AtomicU64,
+    /// Events that had at least one subscriber on this loop.
+    pub events: AtomicU64,
+    /// Events queued to a subscriber.
+    pub deliveries: AtomicU64,
+    pub slow_closed: AtomicU64,
+    /// Events this loop missed in the broadcast ring by falling behind.
+    pub ring_overrun: AtomicU64,
+    /// Overruns the history could not fully refill.
+    pub ring_lost: AtomicU64,
+}
+
+/// State shared by the ingest thread and every loop.
+pub struct Shared {
+    pub epoch: Epoch,
+    pub broadcast: Arc<Broadcast<Event>>,
+    pub history: Mutex<History<Event>>,
+    pub config: Config,
+    pub counters: Vec<Arc<Counters>>,
+}
+
+/// Why the engine did not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Uring(#[from] sys::uring::UringError),
+    #[error(transparent)]
+    Ingest(#[from] sys::socket::IngestBindError),
+    #[error("{0}")]
+    Start(String),
+    #[error("{0}")]
+    Fatal(String),
+}
+
+enum Stop {
+    Signal(i32),
+    Fatal(String),
+}
+
+/// Runs the engine until SIGINT or SIGTERM.
+///
+/// # Errors
+/// An [`EngineError`] that says what went wrong and what to do.
+pub fn run(config: Config) -> Result<(), EngineError> {
+    config.validate()?;
+    // Probe once on this thread so the most common failure reads as one clear line.
+    drop(sys::uring::build_ring(sys::uring::RingSize {
+        sq_entries: 8,
+        cq_entries: 16,
+    })?);
+    let nofile = sys::socket::raise_nofile_limit().unwrap_or(1024);
+    let loops = config.loop_count();
+    let conns_per_loop = config.conns_per_loop(nofile);
+    let listener = sys::socket::ingest_listener(&config.ingest)?;
+    sys::signal::block_termination().map_err(|e| EngineError::Start(format!("cannot block signals: {e}")))?;
+
+    let shared = Arc::new(Shared {
+        epoch: Epoch::fresh(),
+        broadcast: Broadcast::new(config.ring_slots, loops),
+        history: Mutex::new(History::new(config.history_limits())),
+        counters: (0..loops).map(|_| Arc::new(Counters::default())).collect(),
+        config: config.clone(),
+    });
+    let (stop_tx, stop_rx) = bounded::<Stop>(loops + 2);
+    let mut ring_fds = Vec::with_capacity(loops);
+    for id in 0..loops {
+        ring_fds.push(start_shard(id, conns_per_loop, &shared, &stop_tx).inspect_err(|_| {
+            let _ = std::fs::remove_file(&config.ingest);
+        })?);
+    }
+    let ingest = IngestThread {
+        listener,
+        shared: Arc::clone(&shared),
+        shard_rings: ring_fds,
+    };
+    let tx = stop_tx.clone();
+    std::thread::Builder::new()
+        .name("ringcast-ingest".into())
+        .spawn(move || {
+            let err = ingest.run().err().map_or_else(|| "ingest thread stopped".into(), |e| format!("ingest: {e}"));
+            let _ = tx.send(Stop::Fatal(err));
+        })
+        .map_err(|e| EngineError::Start(format!("cannot start the ingest thread: {e}")))?;
+    let tx = stop_tx.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(Stop::Signal(sys::signal::wait_termination()));
+    });
+
+    let addrs: Vec<String> = config.listen.iter().map(ToString::to_string).collect();
+    eprintln!(
+        "ringcast: ready: clients on {} ({loops} loops x {conns_per_loop} connections), ingest {}, epoch {}",
+        addrs.join(", "),
+        config.ingest.display(),
+        shared.epoch.id(0).trim_end_matches("-0"),
+    );
+    let stop = stop_rx.recv().unwrap_or(Stop::Fatal("all threads ended".into()));
+    let _ = std::fs::remove_file(&config.ingest);
+    match stop {
+        Stop::Signal(sig) => {
+            eprintln!("ringcast: stopping on signal {sig}");
+            Ok(())
+        }
+        Stop::Fatal(msg) => Err(EngineError::Fatal(msg)),
+    }
+}
+
+fn start_shard(id: usize, conns: u32, shared: &Arc<Shared>, stop: &Sender<Stop>) -> Result<i32, EngineError> {
+    let (ready_tx, ready_rx) = bounded(1);
+    let shared = Arc::clone(shared);
+    let stop = stop.clone();
+    std::thread::Builder::new()
+        .name(format!("ringcast-loop-{id}"))
+        .spawn(move || {
+            sys::socket::pin_to_cpu(id);
+            let shard = match Shard::new(id, conns, shared) {
+                Ok((shard, started)) => {
+                    let _ = ready_tx.send(Ok(started.ring_fd));
+                    shard
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            if let Err(e) = shard.run() {
+                let _ = stop.send(Stop::Fatal(format!("loop {id}: {e}")));
+            }
+        })
+        .map_err(|e| EngineError::Start(format!("cannot start loop {id}: {e}")))?;
+    match ready_rx.recv() {
+        Ok(Ok(fd)) => Ok(fd),
+        Ok(Err(e)) => Err(EngineError::Start(e)),
+        Err(_) => Err(EngineError::Start(format!("loop {id} died while starting"))),
+    }
+}

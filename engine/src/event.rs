@@ -1,0 +1,168 @@
+//! A published event as every loop sees it, and the event ids clients resume from.
+//!
+//! An event is encoded for SSE once, by the thread that accepts the publish, as one
+//! HTTP/1.1 chunk; every subscriber on every loop is sent a refcounted slice of those
+//! same bytes (the chunk for HTTP/1.1, the SSE body inside it for HTTP/1.0).
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::proto::sse;
+use crate::ring::history::Retained;
+
+/// Identifies one run of the engine's history. Event ids are `<epoch>-<seq>`: the epoch in
+/// hex, the global sequence number in decimal. Within an epoch, ids increase with `seq`;
+/// a restart without history starts a new epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Epoch(u64);
+
+/// What a client's `Last-Event-ID` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LastId {
+    /// An id of this epoch: the client has seen everything up to this sequence number.
+    Seq(u64),
+    /// Well-formed, but issued by another run of the engine.
+    OtherEpoch,
+    /// Not an id this engine could have issued.
+    Malformed,
+}
+
+impl Epoch {
+    /// A fresh epoch from the wall clock (microseconds), distinct for every start.
+    pub fn fresh() -> Self {
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        Epoch(micros)
+    }
+
+    pub const fn from_raw(raw: u64) -> Self {
+        Epoch(raw)
+    }
+
+    /// The id of event `seq`.
+    pub fn id(self, seq: u64) -> String {
+        format!("{:x}-{seq}", self.0)
+    }
+
+    /// Parses a client's last event id.
+    pub fn parse(self, id: &[u8]) -> LastId {
+        let Ok(id) = std::str::from_utf8(id) else {
+            return LastId::Malformed;
+        };
+        let Some((epoch, seq)) = id.trim().split_once('-') else {
+            return LastId::Malformed;
+        };
+        let valid_epoch = !epoch.is_empty() && epoch.len() <= 16 && epoch.bytes().all(|b| b.is_ascii_hexdigit());
+        let seq = match seq.parse::<u64>() {
+            Ok(s) if valid_epoch && seq.bytes().all(|b| b.is_ascii_digit()) => s,
+            _ => return LastId::Malformed,
+        };
+        match u64::from_str_radix(epoch, 16) {
+            Ok(e) if e == self.0 => LastId::Seq(seq),
+            Ok(_) => LastId::OtherEpoch,
+            Err(_) => LastId::Malformed,
+        }
+    }
+}
+
+/// One published event, immutable once built, shared by `Arc` between the ring, the
+/// history and every loop.
+#[derive(Debug)]
+pub struct Event {
+    pub seq: u64,
+    pub id: Box<str>,
+    pub topic: Box<str>,
+    pub name: Option<Box<str>>,
+    pub key: Option<Box<str>>,
+    pub data: Bytes,
+    pub published: Instant,
+    /// The SSE encoding wrapped as one HTTP/1.1 chunk.
+    sse_chunk: Bytes,
+    /// Where the bare SSE encoding lies inside `sse_chunk`.
+    sse_start: u16,
+}
+
+/// Fixed bookkeeping per retained event, added to its byte cost.
+const EVENT_OVERHEAD: usize = std::mem::size_of::<Event>() + 64;
+
+impl Event {
+    /// Builds the event and its wire encodings.
+    pub fn new(
+        epoch: Epoch,
+        seq: u64,
+        topic: &str,
+        name: Option<&str>,
+        key: Option<&str>,
+        data: &[u8],
+        now: Instant,
+    ) -> Self {
+        let id = epoch.id(seq);
+        let mut body = Vec::with_capacity(sse::encoded_len(&id, name, data));
+        sse::encode_event(&mut body, &id, name, data);
+        let mut chunk = Vec::with_capacity(body.len() + 20);
+        sse::encode_chunk(&mut chunk, &body);
+        let sse_start = (chunk.len() - body.len() - 2) as u16;
+        Event {
+            seq,
+            id: id.into(),
+            topic: topic.into(),
+            name: name.map(Into::into),
+            key: key.map(Into::into),
+            data: Bytes::copy_from_slice(data),
+            published: now,
+            sse_chunk: Bytes::from(chunk),
+            sse_start,
+        }
+    }
+
+    /// The SSE bytes to send: one chunk for a chunked HTTP/1.1 stream, else the bare event.
+    pub fn sse(&self, chunked: bool) -> Bytes {
+        if chunked {
+            self.sse_chunk.clone()
+        } else {
+            let start = usize::from(self.sse_start);
+            self.sse_chunk.slice(start..self.sse_chunk.len() - 2)
+        }
+    }
+}
+
+impl Retained for Event {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+    fn cost(&self) -> usize {
+        self.data.len() + self.sse_chunk.len() + self.topic.len() + EVENT_OVERHEAD
+    }
+    fn published(&self) -> Instant {
+        self.published
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_within_an_epoch() {
+        let e = Epoch::from_raw(0xabc);
+        assert_eq!(e.id(42), "abc-42");
+        assert_eq!(e.parse(b"abc-42"), LastId::Seq(42));
+        assert_eq!(e.parse(b"abd-42"), LastId::OtherEpoch);
+        for bad in [&b""[..], b"abc", b"abc-", b"-1", b"abc-x", b"abc-+1", b"xyz-1", b"abc-1-2", b"\xff"] {
+            assert_eq!(e.parse(bad), LastId::Malformed, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn http10_body_is_the_chunk_without_framing() {
+        let ev = Event::new(Epoch::from_raw(1), 7, "t", Some("n"), None, b"a\nb", Instant::now());
+        let body = ev.sse(false);
+        assert_eq!(&body[..], b"id: 1-7\nevent: n\ndata: a\ndata: b\n\n");
+        let chunk = ev.sse(true);
+        assert_eq!(&chunk[..], format!("{:x}\r\n{}\r\n", body.len(), std::str::from_utf8(&body).unwrap()).as_bytes());
+    }
+}

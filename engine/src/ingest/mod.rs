@@ -1,0 +1,403 @@
+//! The ingest thread: publishers connect to a local Unix socket and speak the line
+//! protocol of [`crate::proto::ingest`]. Each publish is given the next sequence number,
+//! stored in the history, pushed onto the broadcast ring and acknowledged with its id;
+//! loops that sleep are woken with a `MSG_RING` doorbell.
+//!
+//! This thread is the broadcast ring's only producer. It runs its own small io_uring over
+//! plain descriptors: publishers are few and each owns an input buffer.
+pub mod client;
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::{Arc, PoisonError};
+use std::time::Instant;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use slab::Slab;
+
+use crate::engine::Shared;
+use crate::event::Event;
+use crate::proto::ingest::{Command, Decoded, IngestDecoder, IngestLimits, Publish};
+use crate::ring::broadcast::Producer;
+use crate::shard::DOORBELL_DATA;
+use crate::sys::uring::{self, RingSize};
+
+mod tag {
+    pub const ACCEPT: u8 = 1;
+    pub const RECV: u8 = 2;
+    pub const SEND: u8 = 3;
+    pub const TICK: u8 = 4;
+    pub const DOORBELL: u8 = 5;
+}
+
+const fn user_data(tag: u8, index: u32) -> u64 {
+    ((tag as u64) << 56) | index as u64
+}
+
+/// Bytes asked of each receive.
+const READ_CHUNK: usize = 64 << 10;
+/// A publisher whose unread replies exceed this is not read from until they drain.
+const REPLY_BACKLOG_MAX: usize = 1 << 20;
+/// Doorbell safety net and history expiry run on this tick.
+const TICK_MS: u64 = 100;
+const EXPIRE_EVERY_TICKS: u32 = 10;
+/// The longest line the decoder accepts before the payload.
+const LINE_MAX: usize = 1024;
+
+struct Publisher {
+    stream: UnixStream,
+    input: Vec<u8>,
+    decoder: IngestDecoder,
+    /// Replies not yet handed to the kernel.
+    replies: Vec<u8>,
+    /// Replies the kernel is sending; `sent` of them are done.
+    sending: Vec<u8>,
+    sent: usize,
+    recv_armed: bool,
+    send_armed: bool,
+    /// No more input is read (QUIT, EOF or lost framing); close once replies are out.
+    closing: bool,
+}
+
+struct Ingest {
+    ring: IoUring,
+    listener: UnixListener,
+    accept_armed: bool,
+    publishers: Slab<Publisher>,
+    producer: Producer<Event>,
+    shard_rings: Vec<RawFd>,
+    shared: Arc<Shared>,
+    limits: IngestLimits,
+    tick_spec: types::Timespec,
+    ticks: u32,
+    published: bool,
+}
+
+/// What the ingest thread needs; the thread itself builds its ring (`SINGLE_ISSUER`
+/// binds a ring to the thread that creates it).
+pub struct IngestThread {
+    pub listener: UnixListener,
+    pub shared: Arc<Shared>,
+    /// Each loop's ring descriptor, the target of its doorbell.
+    pub shard_rings: Vec<RawFd>,
+}
+
+impl IngestThread {
+    /// Runs the ingest loop on the calling thread until an unrecoverable ring error.
+    ///
+    /// # Errors
+    /// The ring setup error or that error.
+    pub fn run(self) -> io::Result<()> {
+        let ring = uring::build_ring(RingSize {
+            sq_entries: 256,
+            cq_entries: 2048,
+        })
+        .map_err(|e| io::Error::other(e.to_string()))?;
+        let limits = IngestLimits {
+            payload_max: self.shared.config.payload_max,
+            line_max: LINE_MAX,
+        };
+        Ingest {
+            ring,
+            listener: self.listener,
+            accept_armed: false,
+            publishers: Slab::new(),
+            producer: Producer::new(Arc::clone(&self.shared.broadcast)),
+            shard_rings: self.shard_rings,
+            shared: self.shared,
+            limits,
+            tick_spec: types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32),
+            ticks: 0,
+            published: false,
+        }
+        .run()
+    }
+}
+
+impl Ingest {
+    fn run(mut self) -> io::Result<()> {
+        self.arm_accept();
+        self.push(
+            opcode::Timeout::new(&self.tick_spec)
+                .flags(types::TimeoutFlags::MULTISHOT)
+                .build()
+                .user_data(user_data(tag::TICK, 0)),
+        );
+        let mut batch: Vec<(u64, i32, u32)> = Vec::with_capacity(256);
+        loop {
+            match self.ring.submitter().submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
+                Err(e) => return Err(e),
+            }
+            loop {
+                batch.clear();
+                batch.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+                if batch.is_empty() {
+                    break;
+                }
+                for &(data, res, flags) in &batch {
+                    self.dispatch(data, res, flags);
+                }
+            }
+            if std::mem::take(&mut self.published) {
+                self.ring_doorbells(false);
+            }
+        }
+    }
+
+    fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: receive buffers live in their publisher's `input` Vec and send buffers
+            // in its `sending` Vec; neither is touched (resized or dropped) while the matching
+            // `recv_armed`/`send_armed` flag says the kernel holds it. The timespec lives in self.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            let _ = self.ring.submit();
+        }
+    }
+
+    fn dispatch(&mut self, data: u64, res: i32, flags: u32) {
+        let index = data as u32 as usize;
+        match (data >> 56) as u8 {
+            tag::ACCEPT => self.on_accept(res, flags),
+            tag::RECV => self.on_recv(index, res),
+            tag::SEND => self.on_send(index, res),
+            tag::TICK => self.on_tick(flags),
+            tag::DOORBELL => {}
+            t => debug_assert!(false, "unknown ingest completion tag {t}"),
+        }
+    }
+
+    fn arm_accept(&mut self) {
+        self.accept_armed = true;
+        let fd = types::Fd(self.listener.as_raw_fd());
+        self.push(opcode::AcceptMulti::new(fd).flags(libc::SOCK_CLOEXEC).build().user_data(user_data(tag::ACCEPT, 0)));
+    }
+
+    fn on_accept(&mut self, res: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.accept_armed = false;
+        }
+        if res < 0 {
+            // Out of descriptors or memory: the tick re-arms, so this cannot spin.
+            return;
+        }
+        // SAFETY: a successful accept returns a new descriptor that nothing else owns.
+        let stream = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(res) };
+        if self.publishers.len() >= self.shared.config.publishers_max {
+            let _ = (&stream).write_reply(b"-ERR too many publishers connected; closing\r\n");
+            return;
+        }
+        let index = self.publishers.insert(Publisher {
+            stream,
+            input: Vec::new(),
+            decoder: IngestDecoder::new(self.limits),
+            replies: Vec::new(),
+            sending: Vec::new(),
+            sent: 0,
+            recv_armed: false,
+            send_armed: false,
+            closing: false,
+        });
+        self.arm_recv(index);
+        if !self.accept_armed {
+            self.arm_accept();
+        }
+    }
+
+    fn arm_recv(&mut self, index: usize) {
+        let p = &mut self.publishers[index];
+        if p.recv_armed || p.closing || p.replies.len() > REPLY_BACKLOG_MAX {
+            return;
+        }
+        p.input.reserve(READ_CHUNK);
+        let spare = p.input.spare_capacity_mut();
+        let entry = opcode::Recv::new(types::Fd(p.stream.as_raw_fd()), spare.as_mut_ptr().cast(), spare.len() as u32)
+            .build()
+            .user_data(user_data(tag::RECV, index as u32));
+        p.recv_armed = true;
+        self.push(entry);
+    }
+
+    fn on_recv(&mut self, index: usize, res: i32) {
+        let Some(p) = self.publishers.get_mut(index) else {
+            return;
+        };
+        p.recv_armed = false;
+        if res <= 0 {
+            // EOF or error: complete commands were handled; a partial one is dropped.
+            p.closing = true;
+        } else {
+            let len = p.input.len() + res as usize;
+            // SAFETY: the kernel wrote `res` bytes into the spare capacity handed to it by
+            // `arm_recv`, and the Vec was not touched while the receive was in flight.
+            unsafe { p.input.set_len(len) };
+            self.process(index);
+        }
+        self.arm_recv(index);
+        self.flush(index);
+    }
+
+    /// Decodes and executes every complete command in the publisher's input.
+    fn process(&mut self, index: usize) {
+        let mut input = std::mem::take(&mut self.publishers[index].input);
+        let mut at = 0;
+        while !self.publishers[index].closing {
+            let decoded = self.publishers[index].decoder.decode(&input[at..]);
+            match decoded {
+                Decoded::Command { command, consumed } => {
+                    at += consumed;
+                    self.execute(index, command);
+                }
+                Decoded::Error { error, consumed } => {
+                    at += consumed;
+                    let p = &mut self.publishers[index];
+                    p.replies.extend_from_slice(format!("-ERR {error}\r\n").as_bytes());
+                    if error.is_fatal() {
+                        p.closing = true;
+                    }
+                }
+                Decoded::Partial { consumed, need } => {
+                    at += consumed;
+                    if let Some(need) = need {
+                        input.reserve(need.saturating_sub(input.len() - at));
+                    }
+                    break;
+                }
+            }
+        }
+        input.drain(..at);
+        self.publishers[index].input = input;
+    }
+
+    fn execute(&mut self, index: usize, command: Command<'_>) {
+        let reply = match command {
+            Command::Publish(p) => format!("+OK {}\r\n", self.publish(&p)),
+            Command::Ping => "+PONG\r\n".into(),
+            Command::Quit => {
+                self.publishers[index].closing = true;
+                "+BYE\r\n".into()
+            }
+        };
+        self.publishers[index].replies.extend_from_slice(reply.as_bytes());
+    }
+
+    /// Assigns the next id, retains the event, and hands it to every loop. Returns the id.
+    fn publish(&mut self, p: &Publish<'_>) -> Box<str> {
+        let now = Instant::now();
+        let seq = self.producer.next_seq();
+        let event = Arc::new(Event::new(self.shared.epoch, seq, p.topic, p.event, p.key, p.payload, now));
+        let id = event.id.clone();
+        self.shared
+            .history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(Arc::clone(&event), now);
+        self.producer.push(event);
+        self.published = true;
+        id
+    }
+
+    /// Rings the loops that parked; with `all_behind`, also every loop whose cursor trails
+    /// the head (the safety net behind a doorbell that failed).
+    fn ring_doorbells(&mut self, all_behind: bool) {
+        let mut wake: Vec<usize> = self.producer.take_parked().collect();
+        if all_behind {
+            let ring = self.producer.ring();
+            wake.extend((0..ring.readers()).filter(|&r| ring.cursor(r) < ring.head()));
+            wake.sort_unstable();
+            wake.dedup();
+        }
+        for shard in wake {
+            let fd = types::Fd(self.shard_rings[shard]);
+            self.push(
+                opcode::MsgRingData::new(fd, 0, DOORBELL_DATA, None)
+                    .build()
+                    .user_data(user_data(tag::DOORBELL, shard as u32)),
+            );
+        }
+    }
+
+    fn flush(&mut self, index: usize) {
+        let p = &mut self.publishers[index];
+        if p.send_armed {
+            return;
+        }
+        if p.sent == p.sending.len() {
+            p.sending.clear();
+            p.sent = 0;
+            std::mem::swap(&mut p.sending, &mut p.replies);
+        }
+        if p.sending.is_empty() {
+            if p.closing && !p.recv_armed {
+                self.publishers.remove(index);
+            }
+            return;
+        }
+        let rest = &p.sending[p.sent..];
+        let entry = opcode::Send::new(types::Fd(p.stream.as_raw_fd()), rest.as_ptr(), rest.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data(tag::SEND, index as u32));
+        p.send_armed = true;
+        self.push(entry);
+    }
+
+    fn on_send(&mut self, index: usize, res: i32) {
+        let Some(p) = self.publishers.get_mut(index) else {
+            return;
+        };
+        p.send_armed = false;
+        if res <= 0 {
+            // The publisher is gone; what it did not read it cannot read.
+            p.closing = true;
+            p.sending.clear();
+            p.replies.clear();
+            p.sent = 0;
+        } else {
+            p.sent += res as usize;
+        }
+        self.arm_recv(index);
+        self.flush(index);
+    }
+
+    fn on_tick(&mut self, flags: u32) {
+        if !cqueue::more(flags) {
+            self.push(
+                opcode::Timeout::new(&self.tick_spec)
+                    .flags(types::TimeoutFlags::MULTISHOT)
+                    .build()
+                    .user_data(user_data(tag::TICK, 0)),
+            );
+        }
+        if !self.accept_armed {
+            self.arm_accept();
+        }
+        self.ring_doorbells(true);
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks % EXPIRE_EVERY_TICKS == 0 {
+            self.shared
+                .history
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .expire(Instant::now());
+        }
+    }
+}
+
+/// A best-effort one-off reply on a connection being turned away.
+trait WriteReply {
+    fn write_reply(self, bytes: &[u8]) -> io::Result<()>;
+}
+
+impl WriteReply for &UnixStream {
+    fn write_reply(self, bytes: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let mut s = self;
+        s.set_nonblocking(true)?;
+        s.write_all(bytes)
+    }
+}

@@ -1,0 +1,827 @@
+//! One event loop per core: the only code that sees completions.
+//!
+//! A shard owns an io_uring (`SINGLE_ISSUER` + `DEFER_TASKRUN`), a sparse registered file
+//! table that accepted sockets land in as direct descriptors, a provided-buffer ring that
+//! multishot receives draw from, one `SO_REUSEPORT` listener per listen address, and the
+//! slab of its connections. Between turns it drains the broadcast ring and queues each
+//! event's shared bytes on every local subscriber.
+//!
+//! It never blocks except in `io_uring_enter`, and it never sleeps while the broadcast
+//! ring holds something it has not read (see [`Broadcast::park`]).
+mod subs;
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use slab::Slab;
+
+use crate::conn::{ops, Conn, OutQueue, State};
+use crate::engine::{Counters, Shared};
+use crate::event::{Event, LastId};
+use crate::proto::http::{self, Method, Request};
+use crate::proto::sse;
+use crate::ring::broadcast::{Broadcast, Read};
+use crate::sys::bufring::BufRing;
+use crate::sys::uring::{self, RingSize};
+use subs::Subscriptions;
+
+/// Reserved `user_data` tags (the top byte). The low 32 bits carry a slab index or a
+/// listener index; bits 32..56 a connection generation.
+pub mod tag {
+    pub const ACCEPT: u8 = 1;
+    pub const RECV: u8 = 2;
+    pub const SEND: u8 = 3;
+    pub const CLOSE: u8 = 4;
+    pub const CANCEL: u8 = 5;
+    pub const SHUTDOWN: u8 = 6;
+    pub const TICK: u8 = 7;
+    /// A `MSG_RING` from the ingest thread: the broadcast ring has news.
+    pub const DOORBELL: u8 = 8;
+}
+
+const GENERATION_MASK: u32 = (1 << 24) - 1;
+
+/// Packs a tag, a generation and an index into a completion's `user_data`.
+pub const fn user_data(tag: u8, generation: u32, index: u32) -> u64 {
+    ((tag as u64) << 56) | (((generation & GENERATION_MASK) as u64) << 32) | index as u64
+}
+
+const fn unpack(data: u64) -> (u8, u32, u32) {
+    ((data >> 56) as u8, ((data >> 32) as u32) & GENERATION_MASK, data as u32)
+}
+
+/// The `user_data` every doorbell carries.
+pub const DOORBELL_DATA: u64 = user_data(tag::DOORBELL, 0, 0);
+
+/// The loop's clock: one tick per `TICK_MS`.
+const TICK_MS: u64 = 100;
+/// How long a closing connection waits for the peer's EOF after our final answer.
+const LINGER_TICKS: u32 = 20;
+/// Queues kept for reuse, so a burst of sends does not allocate per connection.
+const OUT_QUEUE_POOL_MAX: usize = 4096;
+/// Submission queue entries; the completion queue is eight times larger.
+const SQ_ENTRIES: u32 = 4096;
+/// Bytes of a request staged across reads: the head limit plus one read.
+const STAGING_MAX: usize = http::HEAD_MAX + 4096;
+
+/// What a shard reports to the thread that started it.
+pub struct Started {
+    pub ring_fd: RawFd,
+}
+
+/// One event loop.
+pub struct Shard {
+    // Field order is drop order: the ring closes before the memory it was lent.
+    ring: IoUring,
+    bufs: Option<BufRing>,
+    listeners: Vec<OwnedFd>,
+    accepting: Vec<bool>,
+    conns: Slab<Conn>,
+    subs: Subscriptions,
+    pool: Vec<Box<OutQueue>>,
+    lingering: Vec<(u32, u32)>,
+    cqes: Vec<(u64, i32, u32)>,
+    id: usize,
+    /// The next broadcast sequence number this loop will read.
+    next_seq: u64,
+    tick: u32,
+    tick_spec: types::Timespec,
+    generation: u32,
+    max_conns: usize,
+    stream_head: Bytes,
+    stream_head_http10: Bytes,
+    head_only: Bytes,
+    shared: Arc<Shared>,
+    counters: Arc<Counters>,
+}
+
+impl Shard {
+    /// Builds the loop on the calling thread: ring, file table, buffer ring, listeners.
+    ///
+    /// # Errors
+    /// A message naming what failed and what to do.
+    pub fn new(id: usize, max_conns: u32, shared: Arc<Shared>) -> Result<(Shard, Started), String> {
+        let cfg = &shared.config;
+        let ring = uring::build_ring(RingSize {
+            sq_entries: SQ_ENTRIES,
+            cq_entries: SQ_ENTRIES * 8,
+        })
+        .map_err(|e| e.to_string())?;
+        ring.submitter().register_files_sparse(max_conns).map_err(|e| {
+            format!("loop {id}: cannot register a file table of {max_conns} slots: {e}; lower --max-conns-per-loop")
+        })?;
+        let bufs = BufRing::new(&ring.submitter(), 0, cfg.recv_buffers, cfg.recv_buffer_bytes)
+            .map_err(|e| format!("loop {id}: cannot register the receive buffer ring: {e}"))?;
+        let mut listeners = Vec::new();
+        for addr in &cfg.listen {
+            let l = crate::sys::socket::tcp_listener(*addr, 4096)
+                .map_err(|e| format!("cannot listen on {addr}: {e}; is another program using it? pass --listen ADDR"))?;
+            listeners.push(l);
+        }
+        let started = Started {
+            ring_fd: ring.as_raw_fd(),
+        };
+        let retry = cfg.retry_ms;
+        let shard = Shard {
+            ring,
+            bufs: Some(bufs),
+            accepting: vec![false; listeners.len()],
+            listeners,
+            conns: Slab::new(),
+            subs: Subscriptions::default(),
+            pool: Vec::new(),
+            lingering: Vec::new(),
+            cqes: Vec::with_capacity(1024),
+            id,
+            next_seq: shared.broadcast.head(),
+            tick: 0,
+            tick_spec: types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32),
+            generation: 0,
+            max_conns: max_conns as usize,
+            stream_head: stream_head(true, retry),
+            stream_head_http10: stream_head(false, retry),
+            head_only: Bytes::from_static(SSE_HEADERS_HEAD),
+            counters: Arc::clone(&shared.counters[id]),
+            shared,
+        };
+        Ok((shard, started))
+    }
+
+    /// Runs the loop until the process exits.
+    ///
+    /// # Errors
+    /// Only an `io_uring_enter` failure the loop cannot recover from.
+    pub fn run(mut self) -> io::Result<()> {
+        for i in 0..self.listeners.len() {
+            self.arm_accept(i);
+        }
+        self.push(
+            opcode::Timeout::new(&self.tick_spec)
+                .flags(types::TimeoutFlags::MULTISHOT)
+                .build()
+                .user_data(user_data(tag::TICK, 0, 0)),
+        );
+        let broadcast = Arc::clone(&self.shared.broadcast);
+        loop {
+            self.drain_broadcast(&broadcast);
+            let sleep = broadcast.park(self.id, self.next_seq);
+            let res = if sleep {
+                self.ring.submitter().submit_and_wait(1)
+            } else {
+                uring::submit_and_reap(&self.ring)
+            };
+            if sleep {
+                broadcast.unpark(self.id);
+            }
+            match res {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
+                Err(e) => return Err(e),
+            }
+            self.reap();
+        }
+    }
+
+    /// Queues one submission, flushing the queue to the kernel when it is full.
+    fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: every entry's buffers (msghdr, iovecs, timespec, provided buffers) are
+            // owned by this shard or by a boxed out-queue that stays alive until the entry's
+            // final completion, which the `ops` bits of its connection track.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            if let Err(e) = self.ring.submit() {
+                if !matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EINTR | libc::EAGAIN)) {
+                    panic!("loop {}: io_uring_enter failed while submitting: {e}", self.id);
+                }
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        let mut batch = std::mem::take(&mut self.cqes);
+        loop {
+            batch.clear();
+            batch.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+            if batch.is_empty() {
+                break;
+            }
+            for &(data, res, flags) in &batch {
+                self.dispatch(data, res, flags);
+            }
+        }
+        self.cqes = batch;
+    }
+
+    fn dispatch(&mut self, data: u64, res: i32, flags: u32) {
+        let (tag, generation, index) = unpack(data);
+        match tag {
+            tag::ACCEPT => self.on_accept(index as usize, res, flags),
+            tag::RECV => self.on_recv(index, generation, res, flags),
+            tag::SEND => self.on_send(index, generation, res),
+            tag::CLOSE => self.op_done(index, generation, ops::CLOSE),
+            tag::CANCEL => self.op_done(index, generation, ops::CANCEL),
+            tag::SHUTDOWN => self.op_done(index, generation, ops::SHUTDOWN),
+            tag::TICK => self.on_tick(flags),
+            tag::DOORBELL => {}
+            _ => debug_assert!(false, "unknown completion tag {tag} (user_data {data:#x})"),
+        }
+    }
+
+    // ----- accepting -------------------------------------------------------------------
+
+    fn arm_accept(&mut self, listener: usize) {
+        let fd = types::Fd(self.listeners[listener].as_raw_fd());
+        self.accepting[listener] = true;
+        self.push(
+            opcode::AcceptMulti::new(fd)
+                .allocate_file_index(true)
+                .build()
+                .user_data(user_data(tag::ACCEPT, 0, listener as u32)),
+        );
+    }
+
+    fn on_accept(&mut self, listener: usize, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        if !more {
+            self.accepting[listener] = false;
+        }
+        if res >= 0 {
+            self.admit(res as u32);
+            if !more {
+                self.arm_accept(listener);
+            }
+            return;
+        }
+        match -res {
+            // The file table or the process is full: the kernel has closed (ENFILE) or left
+            // queued (EMFILE) the connection. Re-arming now would spin on the same error;
+            // the tick resumes accepting once a slot frees up.
+            libc::ENFILE | libc::EMFILE | libc::ENOMEM | libc::ENOBUFS => {
+                bump(&self.counters.accept_full);
+            }
+            _ => {
+                bump(&self.counters.accept_errors);
+                if !more {
+                    self.arm_accept(listener);
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, file: u32) {
+        if self.conns.len() >= self.max_conns {
+            bump(&self.counters.accept_full);
+            self.push(opcode::Close::new(types::Fixed(file)).build().user_data(user_data(tag::CLOSE, 0, u32::MAX)));
+            return;
+        }
+        self.generation = self.generation.wrapping_add(1) & GENERATION_MASK;
+        let index = self.conns.insert(Conn::new(file, self.generation)) as u32;
+        bump(&self.counters.accepted);
+        add(&self.counters.open, 1);
+        self.arm_recv(index);
+    }
+
+    fn arm_recv(&mut self, index: u32) {
+        let conn = &mut self.conns[index as usize];
+        conn.ops |= ops::RECV;
+        let entry = opcode::RecvMulti::new(types::Fixed(conn.file), self.bufs.as_ref().expect("buffer ring").group())
+            .build()
+            .user_data(user_data(tag::RECV, conn.generation, index));
+        self.push(entry);
+    }
+
+    fn on_tick(&mut self, flags: u32) {
+        self.tick = self.tick.wrapping_add(1);
+        if !cqueue::more(flags) {
+            self.push(
+                opcode::Timeout::new(&self.tick_spec)
+                    .flags(types::TimeoutFlags::MULTISHOT)
+                    .build()
+                    .user_data(user_data(tag::TICK, 0, 0)),
+            );
+        }
+        if self.conns.len() < self.max_conns {
+            for i in 0..self.listeners.len() {
+                if !self.accepting[i] {
+                    self.arm_accept(i);
+                }
+            }
+        }
+        let now = self.tick;
+        let mut expired = Vec::new();
+        let lingering = std::mem::take(&mut self.lingering);
+        for (index, generation) in lingering {
+            match self.conns.get(index as usize) {
+                Some(c) if c.generation == generation && c.state == State::Lingering => {
+                    if now.wrapping_sub(c.linger_until) < u32::MAX / 2 {
+                        expired.push(index);
+                    } else {
+                        self.lingering.push((index, generation));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for index in expired {
+            self.close(index);
+        }
+    }
+
+    // ----- receiving and requests --------------------------------------------------------
+
+    fn live(&self, index: u32, generation: u32) -> bool {
+        self.conns.get(index as usize).is_some_and(|c| c.generation == generation)
+    }
+
+    fn on_recv(&mut self, index: u32, generation: u32, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        let buffer = cqueue::buffer_select(flags);
+        if !self.live(index, generation) {
+            if let Some(bid) = buffer {
+                self.bufs.as_mut().expect("buffer ring").recycle(bid);
+            }
+            return;
+        }
+        if !more {
+            self.conns[index as usize].ops &= !ops::RECV;
+        }
+        if res > 0 {
+            let bid = buffer.expect("a multishot receive always selects a buffer");
+            let bufs = self.bufs.take().expect("buffer ring");
+            self.on_input(index, bufs.get(bid, res as usize));
+            self.bufs = Some(bufs);
+            self.bufs.as_mut().expect("buffer ring").recycle(bid);
+        } else if res == -libc::ENOBUFS {
+            // Every buffer was in use for a moment; the receive ended and is re-armed below.
+            bump(&self.counters.recv_enobufs);
+        } else {
+            // EOF or a socket error: the peer is gone.
+            self.close(index);
+        }
+        if !more {
+            self.rearm_or_finish(index);
+        }
+    }
+
+    fn rearm_or_finish(&mut self, index: u32) {
+        match self.conns.get(index as usize).map(|c| c.state) {
+            Some(State::Closing) => self.maybe_free(index),
+            Some(_) => self.arm_recv(index),
+            None => {}
+        }
+    }
+
+    fn on_input(&mut self, index: u32, data: &[u8]) {
+        let conn = &mut self.conns[index as usize];
+        if conn.state != State::Request {
+            // Streams and closing connections have nothing more to say to us.
+            return;
+        }
+        let (rest, staged) = match conn.staging.take() {
+            Some(mut staged) => {
+                let room = STAGING_MAX.saturating_sub(staged.len());
+                staged.extend_from_slice(&data[..data.len().min(room)]);
+                let used = self.on_requests(index, &staged);
+                staged.drain(..used);
+                (None, staged)
+            }
+            None => {
+                let used = self.on_requests(index, data);
+                (Some(&data[used..]), Box::default())
+            }
+        };
+        let Some(conn) = self.conns.get_mut(index as usize) else {
+            return;
+        };
+        if conn.state != State::Request {
+            return;
+        }
+        let mut staged = staged;
+        if let Some(rest) = rest {
+            staged.extend_from_slice(rest);
+        }
+        if !staged.is_empty() {
+            conn.staging = Some(staged);
+        }
+    }
+
+    /// Handles every complete request in `buf`; returns the bytes consumed.
+    fn on_requests(&mut self, index: u32, buf: &[u8]) -> usize {
+        let mut at = 0;
+        while at < buf.len() {
+            if self.conns[index as usize].state != State::Request {
+                return buf.len();
+            }
+            match http::parse_request(&buf[at..]) {
+                Ok(http::Parsed::Partial) => return at,
+                Ok(http::Parsed::Complete(req)) => {
+                    at += req.head_len;
+                    self.on_request(index, &req);
+                }
+                Err(e) => {
+                    bump(&self.counters.bad_requests);
+                    self.respond(index, e.status(), e.reason(), false, &[]);
+                    return buf.len();
+                }
+            }
+        }
+        at
+    }
+
+    fn on_request(&mut self, index: u32, req: &Request<'_>) {
+        // A request body is never expected here; rather than skip it, answer and close.
+        let keep_alive = req.keep_alive && !req.has_body;
+        match (req.path, req.method) {
+            ("/sse", Method::Get | Method::Head) => self.subscribe(index, req, keep_alive),
+            ("/sse", _) => self.respond(index, 405, "method not allowed: use GET", keep_alive, &[("Allow", "GET, HEAD")]),
+            _ => self.respond(index, 404, "not found: subscribe at /sse?topic=NAME", keep_alive, &[]),
+        }
+    }
+
+    /// Queues a plain-text answer; without keep-alive the connection closes after it.
+    fn respond(&mut self, index: u32, status: u16, body: &str, keep_alive: bool, headers: &[(&str, &str)]) {
+        let bytes = http::simple_response(status, body, keep_alive, headers);
+        self.enqueue(index, Bytes::from(bytes));
+        if !keep_alive {
+            self.conns[index as usize].state = State::Draining;
+        }
+        self.flush(index);
+    }
+
+    // ----- SSE ----------------------------------------------------------------------------
+
+    fn subscribe(&mut self, index: u32, req: &Request<'_>, keep_alive: bool) {
+        let sub = match http::parse_subscription(req.query) {
+            Ok(sub) => sub,
+            Err(e) => {
+                bump(&self.counters.bad_requests);
+                self.respond(index, 400, &e.to_string(), false, &[]);
+                return;
+            }
+        };
+        if req.method == Method::Head {
+            self.enqueue(index, self.head_only.clone());
+            if !keep_alive {
+                self.conns[index as usize].state = State::Draining;
+            }
+            self.flush(index);
+            return;
+        }
+        let chunked = req.minor_version >= 1;
+        let head = if chunked { self.stream_head.clone() } else { self.stream_head_http10.clone() };
+        {
+            let conn = &mut self.conns[index as usize];
+            conn.state = State::Stream;
+            conn.chunked = chunked;
+            conn.staging = None;
+        }
+        self.enqueue(index, head);
+        let last = req
+            .last_event_id
+            .map(<[u8]>::to_vec)
+            .or_else(|| sub.last_event_id.as_ref().map(|s| s.clone().into_bytes()));
+        if let Some(last) = last {
+            self.replay(index, &sub.topics, &last, chunked);
+        }
+        for topic in &sub.topics {
+            self.subs.add(&mut self.conns, index, topic);
+        }
+        bump(&self.counters.streams);
+        self.flush(index);
+    }
+
+    /// Queues what a client resuming from `last` missed, or a `ringcast.reset` event and
+    /// then everything retained when the history cannot fill the gap.
+    fn replay(&mut self, index: u32, topics: &[String], last: &[u8], chunked: bool) {
+        let epoch = self.shared.epoch;
+        let mut parsed = epoch.parse(last);
+        if let LastId::Seq(seen) = parsed {
+            if seen >= self.next_seq {
+                // Another loop may already have delivered `seen`; catch up so that live
+                // events after it come from this loop's cursor, not a replay.
+                let broadcast = Arc::clone(&self.shared.broadcast);
+                self.drain_broadcast(&broadcast);
+                if seen >= self.next_seq {
+                    parsed = LastId::Malformed;
+                }
+            }
+        }
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let upto = self.next_seq - 1;
+        let now = std::time::Instant::now();
+        let history = self.shared.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (reason, replay) = match parsed {
+            LastId::Seq(seen) => {
+                let r = history.since(&names, seen, upto, now);
+                if r.complete {
+                    (None, r)
+                } else {
+                    (Some("expired"), history.since(&names, 0, upto, now))
+                }
+            }
+            LastId::OtherEpoch => (Some("unknown-epoch"), history.since(&names, 0, upto, now)),
+            LastId::Malformed => (Some("malformed-id"), history.since(&names, 0, upto, now)),
+        };
+        drop(history);
+        if let Some(reason) = reason {
+            bump(&self.counters.resets);
+            let oldest = replay.events.first().map(|e| e.seq);
+            let reset_seq = oldest.map_or(upto, |s| s - 1);
+            let mut body = Vec::new();
+            let data = reset_json(reason, last, oldest.map(|s| epoch.id(s)));
+            sse::encode_event(&mut body, &epoch.id(reset_seq), Some("ringcast.reset"), data.as_bytes());
+            self.enqueue(index, frame(&body, chunked));
+        }
+        bump_by(&self.counters.replayed, replay.events.len() as u64);
+        for event in replay.events {
+            self.enqueue(index, event.sse(chunked));
+        }
+    }
+
+    fn drain_broadcast(&mut self, broadcast: &Broadcast<Event>) {
+        let head = broadcast.head();
+        while self.next_seq < head {
+            match broadcast.read(self.next_seq) {
+                Read::Item(event) => {
+                    self.deliver(&event);
+                    self.next_seq += 1;
+                }
+                Read::Overrun => self.recover(broadcast),
+                Read::Empty => break,
+            }
+        }
+        broadcast.set_cursor(self.id, self.next_seq);
+    }
+
+    /// This loop fell more than the ring's capacity behind: refill the lost range from
+    /// the history for the topics it serves, and count what even the history lost.
+    fn recover(&mut self, broadcast: &Broadcast<Event>) {
+        let resume = broadcast.head().saturating_sub(broadcast.capacity()).max(self.next_seq + 1);
+        let lost = resume - self.next_seq;
+        bump_by(&self.counters.ring_overrun, lost);
+        let names = self.subs.topic_names();
+        let names: Vec<&str> = names.iter().map(|s| &**s).collect();
+        let replay = {
+            let history = self.shared.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            history.since(&names, self.next_seq - 1, resume - 1, std::time::Instant::now())
+        };
+        if !replay.complete {
+            bump(&self.counters.ring_lost);
+        }
+        for event in &replay.events {
+            self.deliver(event);
+        }
+        self.next_seq = resume;
+    }
+
+    fn deliver(&mut self, event: &Arc<Event>) {
+        // The subscriber list is lent out while the bytes are queued: queueing touches
+        // connections and the ring, never subscriptions. Slow connections are closed after.
+        let Some((topic, subscribers)) = self.subs.take(&event.topic) else {
+            return;
+        };
+        bump(&self.counters.events);
+        let limit = self.shared.config.out_queue_bytes_max;
+        let mut slow = Vec::new();
+        for &index in &subscribers {
+            let conn = &self.conns[index as usize];
+            if conn.state != State::Stream {
+                continue;
+            }
+            let bytes = event.sse(conn.chunked);
+            if conn.queued_bytes() + bytes.len() > limit {
+                slow.push(index);
+                continue;
+            }
+            self.enqueue(index, bytes);
+            self.flush(index);
+        }
+        bump_by(&self.counters.deliveries, (subscribers.len() - slow.len()) as u64);
+        self.subs.put_back(topic, subscribers);
+        for index in slow {
+            bump(&self.counters.slow_closed);
+            self.close(index);
+        }
+    }
+
+    // ----- sending --------------------------------------------------------------------------
+
+    fn enqueue(&mut self, index: u32, bytes: Bytes) {
+        let conn = &mut self.conns[index as usize];
+        let out = conn.out.get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+        out.push(bytes);
+    }
+
+    fn flush(&mut self, index: u32) {
+        let conn = &mut self.conns[index as usize];
+        if conn.has_op(ops::SEND) || conn.state == State::Closing {
+            return;
+        }
+        let Some(out) = conn.out.as_mut() else {
+            return;
+        };
+        if out.is_empty() {
+            return;
+        }
+        let msg = out.prepare();
+        conn.ops |= ops::SEND;
+        let entry = opcode::SendMsg::new(types::Fixed(conn.file), msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(user_data(tag::SEND, conn.generation, index));
+        self.push(entry);
+    }
+
+    fn on_send(&mut self, index: u32, generation: u32, res: i32) {
+        if !self.live(index, generation) {
+            return;
+        }
+        let conn = &mut self.conns[index as usize];
+        conn.ops &= !ops::SEND;
+        if conn.state == State::Closing {
+            self.maybe_free(index);
+            return;
+        }
+        if res <= 0 {
+            self.close(index);
+            return;
+        }
+        let out = conn.out.as_mut().expect("a send completed, so a queue exists");
+        out.sent(res as usize);
+        if !out.is_empty() {
+            self.flush(index);
+            return;
+        }
+        let mut out = conn.out.take().expect("checked above");
+        if self.pool.len() < OUT_QUEUE_POOL_MAX {
+            out.clear();
+            self.pool.push(out);
+        }
+        if conn.state == State::Draining {
+            self.linger(index);
+        }
+    }
+
+    // ----- closing --------------------------------------------------------------------------
+
+    /// Shuts our side down and waits (bounded) for the peer's EOF, so that a final answer
+    /// is read rather than lost to a reset caused by unread input.
+    fn linger(&mut self, index: u32) {
+        let tick = self.tick;
+        let conn = &mut self.conns[index as usize];
+        conn.state = State::Lingering;
+        conn.linger_until = tick.wrapping_add(LINGER_TICKS);
+        conn.ops |= ops::SHUTDOWN;
+        let entry = opcode::Shutdown::new(types::Fixed(conn.file), libc::SHUT_WR)
+            .build()
+            .user_data(user_data(tag::SHUTDOWN, conn.generation, index));
+        self.lingering.push((index, conn.generation));
+        self.push(entry);
+    }
+
+    /// Starts closing: unsubscribes, cancels whatever the kernel holds for the connection,
+    /// and closes its direct descriptor. The record is freed when the last op completes.
+    fn close(&mut self, index: u32) {
+        let Some(conn) = self.conns.get_mut(index as usize) else {
+            return;
+        };
+        if conn.state == State::Closing {
+            return;
+        }
+        conn.state = State::Closing;
+        conn.staging = None;
+        let (file, generation) = (conn.file, conn.generation);
+        conn.ops |= ops::CANCEL | ops::CLOSE;
+        self.subs.remove_all(&mut self.conns, index);
+        self.push(
+            opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(file)).all())
+                .build()
+                .user_data(user_data(tag::CANCEL, generation, index)),
+        );
+        self.push(
+            opcode::Close::new(types::Fixed(file))
+                .build()
+                .user_data(user_data(tag::CLOSE, generation, index)),
+        );
+    }
+
+    fn op_done(&mut self, index: u32, generation: u32, op: u8) {
+        if !self.live(index, generation) {
+            return;
+        }
+        self.conns[index as usize].ops &= !op;
+        self.maybe_free(index);
+    }
+
+    fn maybe_free(&mut self, index: u32) {
+        let conn = &self.conns[index as usize];
+        if conn.state != State::Closing || conn.ops != 0 {
+            return;
+        }
+        let conn = self.conns.remove(index as usize);
+        add(&self.counters.open, -1);
+        if let Some(mut out) = conn.out {
+            if self.pool.len() < OUT_QUEUE_POOL_MAX {
+                out.clear();
+                self.pool.push(out);
+            }
+        }
+    }
+}
+
+const SSE_HEADERS: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\n";
+const SSE_HEADERS_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 0\r\n\r\n";
+
+/// The response head and the opening `retry:` field, built once per loop.
+fn stream_head(chunked: bool, retry_ms: u32) -> Bytes {
+    let mut out = Vec::from(SSE_HEADERS);
+    let mut retry = Vec::new();
+    sse::encode_retry(&mut retry, retry_ms);
+    if chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+        sse::encode_chunk(&mut out, &retry);
+    } else {
+        out.extend_from_slice(b"Connection: close\r\n\r\n");
+        out.extend_from_slice(&retry);
+    }
+    Bytes::from(out)
+}
+
+fn frame(body: &[u8], chunked: bool) -> Bytes {
+    if chunked {
+        let mut out = Vec::with_capacity(body.len() + 12);
+        sse::encode_chunk(&mut out, body);
+        Bytes::from(out)
+    } else {
+        Bytes::copy_from_slice(body)
+    }
+}
+
+/// The data of a `ringcast.reset` event: why the resume failed and where replay starts.
+fn reset_json(reason: &str, last: &[u8], oldest: Option<String>) -> String {
+    let mut out = String::from("{\"reason\":\"");
+    out.push_str(reason);
+    out.push_str("\",\"last_event_id\":");
+    json_string(&mut out, &String::from_utf8_lossy(last));
+    out.push_str(",\"oldest_id\":");
+    match oldest {
+        Some(id) => json_string(&mut out, &id),
+        None => out.push_str("null"),
+    }
+    out.push('}');
+    out
+}
+
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn bump(counter: &std::sync::atomic::AtomicU64) {
+    bump_by(counter, 1);
+}
+
+/// Counters have one writer (their loop); a relaxed load and store is enough.
+fn bump_by(counter: &std::sync::atomic::AtomicU64, n: u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+fn add(counter: &std::sync::atomic::AtomicU64, n: i64) {
+    bump_by(counter, n as u64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips() {
+        for (t, g, i) in [(tag::RECV, 0, 0), (tag::SEND, GENERATION_MASK, u32::MAX), (tag::DOORBELL, 12345, 7)] {
+            assert_eq!(unpack(user_data(t, g, i)), (t, g, i));
+        }
+        assert_eq!(unpack(user_data(tag::RECV, GENERATION_MASK + 2, 1)).1, 1, "generation wraps at 24 bits");
+    }
+
+    #[test]
+    fn reset_data_is_json_with_the_client_id_escaped() {
+        let s = reset_json("expired", b"a\"b\\\n", Some("1-2".into()));
+        assert_eq!(s, r#"{"reason":"expired","last_event_id":"a\"b\\\u000a","oldest_id":"1-2"}"#);
+        assert_eq!(reset_json("malformed-id", b"", None), r#"{"reason":"malformed-id","last_event_id":"","oldest_id":null}"#);
+    }
+}

@@ -1,0 +1,94 @@
+//! io_uring setup with the flags every loop uses, and a diagnosis of why io_uring is not
+//! available when it is not. Owns no connection state.
+use std::io;
+
+use io_uring::{squeue, IoUring};
+
+/// Why the engine cannot run on this host; the message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum UringError {
+    #[error("io_uring is switched off by the sysctl kernel.io_uring_disabled={0}; run `sysctl -w kernel.io_uring_disabled=0` (see tuning/sysctl.conf)")]
+    DisabledBySysctl(u32),
+    #[error("io_uring_setup was refused with EPERM: a seccomp profile blocks io_uring (Docker's and containerd's default profiles do); run the engine with a profile that allows io_uring_setup, io_uring_enter and io_uring_register (e.g. docker --security-opt seccomp=tuning/seccomp-io_uring.json)")]
+    BlockedBySeccomp,
+    #[error("this kernel has no io_uring (io_uring_setup: ENOSYS); ringcast needs Linux 6.1 or newer built with CONFIG_IO_URING=y")]
+    NoKernelSupport,
+    #[error("this kernel's io_uring lacks SINGLE_ISSUER/DEFER_TASKRUN (io_uring_setup: EINVAL); ringcast needs Linux 6.1 or newer")]
+    KernelTooOld,
+    #[error("io_uring_setup failed: {0}; if memory is short, raise `ulimit -l` or lower --loops")]
+    Other(io::Error),
+}
+
+/// Ring sizes for one loop.
+#[derive(Clone, Copy, Debug)]
+pub struct RingSize {
+    pub sq_entries: u32,
+    pub cq_entries: u32,
+}
+
+/// Builds a ring for the calling thread, which becomes its only submitter
+/// (`SINGLE_ISSUER`); completions run only when that thread enters the kernel
+/// (`DEFER_TASKRUN`), so no interrupt-driven task work disturbs the loop.
+///
+/// # Errors
+/// A [`UringError`] naming the cause and the fix when io_uring cannot be used.
+pub fn build_ring(size: RingSize) -> Result<IoUring, UringError> {
+    IoUring::<squeue::Entry>::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_submit_all()
+        .setup_cqsize(size.cq_entries)
+        .setup_clamp()
+        .build(size.sq_entries)
+        .map_err(diagnose)
+}
+
+/// Turns an `io_uring_setup` failure into the reason an operator can act on.
+fn diagnose(err: io::Error) -> UringError {
+    match err.raw_os_error() {
+        Some(libc::ENOSYS) => UringError::NoKernelSupport,
+        Some(libc::EINVAL) => UringError::KernelTooOld,
+        Some(libc::EPERM) => match sysctl_io_uring_disabled() {
+            Some(v) if v > 0 => UringError::DisabledBySysctl(v),
+            _ => UringError::BlockedBySeccomp,
+        },
+        _ => UringError::Other(err),
+    }
+}
+
+fn sysctl_io_uring_disabled() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Submits pending entries and runs deferred completions without waiting.
+///
+/// `Submitter::submit` leaves out `IORING_ENTER_GETEVENTS` when it has nothing to wait
+/// for, and with `DEFER_TASKRUN` completions are only reaped by an enter that carries it.
+///
+/// # Errors
+/// The `io_uring_enter` error, `EBUSY` included (the caller reaps and retries).
+pub fn submit_and_reap(ring: &IoUring) -> io::Result<usize> {
+    let submitter = ring.submitter();
+    let pending = ring_sq_len(ring);
+    // SAFETY: no argument pointer is passed (`None`), and every queued entry's buffers are
+    // owned by the loop until their completions return (the loop's own invariant).
+    unsafe {
+        submitter.enter::<libc::sigset_t>(
+            pending,
+            0,
+            io_uring::EnterFlags::GETEVENTS.bits(),
+            None,
+        )
+    }
+}
+
+fn ring_sq_len(ring: &IoUring) -> u32 {
+    // SAFETY: the loop thread is the only user of the ring; reading the queue length through
+    // a shared view while no `submission()` borrow is alive cannot race with a push.
+    let len = unsafe { ring.submission_shared().len() };
+    len as u32
+}
