@@ -206,7 +206,6 @@ proptest! {
     }
 }
 
-
 /// The parser itself, against WHATWG HTML §9.2.6 and its examples.
 mod parser_follows_the_spec {
     use ringcast_tests::whatwg::{Event, EventStreamParser};
@@ -243,7 +242,8 @@ mod parser_follows_the_spec {
 
     #[test]
     fn spec_example_four_blocks() {
-        let stream = b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n";
+        let stream =
+            b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n";
         let mut p = EventStreamParser::new();
         let events = p.feed(stream);
         assert_eq!(
@@ -271,13 +271,19 @@ mod parser_follows_the_spec {
     #[test]
     fn spec_example_space_after_colon() {
         let events = parse_checking_splits(b"data:test\n\ndata: test\n\n");
-        assert_eq!(events, [event("", "message", "test"), event("", "message", "test")]);
+        assert_eq!(
+            events,
+            [event("", "message", "test"), event("", "message", "test")]
+        );
     }
 
     #[test]
     fn line_endings_crlf_lf_cr() {
         let events = parse_checking_splits(b"data: a\r\ndata: b\rdata: c\n\r\ndata: d\r\r");
-        assert_eq!(events, [event("", "message", "a\nb\nc"), event("", "message", "d")]);
+        assert_eq!(
+            events,
+            [event("", "message", "a\nb\nc"), event("", "message", "d")]
+        );
         // CR at the end of one feed and LF at the start of the next are one line break.
         let mut p = EventStreamParser::new();
         assert!(p.feed(b"data: x\r").is_empty());
@@ -300,7 +306,11 @@ mod parser_follows_the_spec {
         let events = p.feed(b"id: 7\n\ndata: a\n\nid: 8\0\ndata: b\n\nid\ndata: c\n\nid: 9\n");
         assert_eq!(
             events,
-            [event("7", "message", "a"), event("7", "message", "b"), event("", "message", "c")]
+            [
+                event("7", "message", "a"),
+                event("7", "message", "b"),
+                event("", "message", "c")
+            ]
         );
         // The id field is kept in the buffer but only reaches the last event ID string
         // at the next dispatch, even one that fires no event.
@@ -316,7 +326,13 @@ mod parser_follows_the_spec {
         assert_eq!(p.retry_ms(), None);
         p.feed(b"retry: 3000\n");
         assert_eq!(p.retry_ms(), Some(3000));
-        for ignored in [&b"retry: 12a\n"[..], b"retry: -1\n", b"retry:\n", b"retry:  5\n", b"retry: 1.5\n"] {
+        for ignored in [
+            &b"retry: 12a\n"[..],
+            b"retry: -1\n",
+            b"retry:\n",
+            b"retry:  5\n",
+            b"retry: 1.5\n",
+        ] {
             p.feed(ignored);
             assert_eq!(p.retry_ms(), Some(3000), "{}", String::from_utf8_lossy(ignored));
         }

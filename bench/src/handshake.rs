@@ -71,8 +71,7 @@ pub fn scan(received: &[u8]) -> Scan {
         None => return Scan::Refused(Refusal::Malformed),
     }
     let chunked = response.headers.iter().any(|h| {
-        h.name.eq_ignore_ascii_case("transfer-encoding")
-            && contains_ignore_case(h.value, b"chunked")
+        h.name.eq_ignore_ascii_case("transfer-encoding") && contains_ignore_case(h.value, b"chunked")
     });
     let body = &received[head_len..];
     let verdict = if chunked {
@@ -217,11 +216,7 @@ mod tests {
     /// Every strict prefix must be `Partial`, the whole must be `expected`.
     fn assert_prefixes(whole: &[u8], held_at: usize) {
         for len in 0..whole.len() {
-            let expected = if len >= held_at {
-                Scan::Held
-            } else {
-                Scan::Partial
-            };
+            let expected = if len >= held_at { Scan::Held } else { Scan::Partial };
             assert_eq!(scan(&whole[..len]), expected, "prefix of {len} bytes");
         }
         assert_eq!(scan(whole), Scan::Held);

@@ -221,8 +221,7 @@ impl Fleet {
     /// Spawns one worker per share; if one fails to spawn, those already spawned are
     /// killed (by [`Drop`]).
     fn spawn(args: &HoldArgs, target: SocketAddrV4, shares: &[Share]) -> Result<Fleet, String> {
-        let exe =
-            std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
         let life_secs = args.timeout_secs
             + RESULT_GRACE.as_secs()
             + args.settle_secs
@@ -349,11 +348,7 @@ impl Fleet {
             .expect("constant histogram bounds are valid");
         for m in &self.members {
             let Some(r) = &m.result else {
-                let kind = if m.eof {
-                    "worker/died"
-                } else {
-                    "worker/no-result"
-                };
+                let kind = if m.eof { "worker/died" } else { "worker/no-result" };
                 *failures.entry(kind.to_owned()).or_insert(0) += m.share.count;
                 continue;
             };

@@ -129,9 +129,9 @@ mod tests {
                     next += s.count;
                 }
                 assert_eq!(next, total);
-                let (min, max) = shares.iter().fold((u64::MAX, 0), |(lo, hi), s| {
-                    (lo.min(s.count), hi.max(s.count))
-                });
+                let (min, max) = shares
+                    .iter()
+                    .fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s.count), hi.max(s.count)));
                 assert!(shares.is_empty() || max - min <= 1, "uneven: {shares:?}");
             }
         }

@@ -28,10 +28,9 @@ impl Snapshot {
         let path = format!("/proc/{pid}/status");
         let status = fs::read_to_string(&path)
             .map_err(|e| format!("cannot read {path} ({e}): is the engine pid {pid} running?"))?;
-        let meminfo = fs::read_to_string("/proc/meminfo")
-            .map_err(|e| format!("cannot read /proc/meminfo: {e}"))?;
-        Snapshot::parse(&status, &meminfo)
-            .map_err(|field| format!("no {field} in {path} or /proc/meminfo"))
+        let meminfo =
+            fs::read_to_string("/proc/meminfo").map_err(|e| format!("cannot read /proc/meminfo: {e}"))?;
+        Snapshot::parse(&status, &meminfo).map_err(|field| format!("no {field} in {path} or /proc/meminfo"))
     }
 
     /// Builds a snapshot from the text of `/proc/<pid>/status` and `/proc/meminfo`.

@@ -302,10 +302,7 @@ impl JsonObject {
     }
 
     fn opt_num(&mut self, key: &str, value: Option<u64>) {
-        self.raw(
-            key,
-            &value.map_or_else(|| "null".to_owned(), |v| v.to_string()),
-        );
+        self.raw(key, &value.map_or_else(|| "null".to_owned(), |v| v.to_string()));
     }
 
     fn opt_f64(&mut self, key: &str, value: Option<f64>) {
@@ -404,10 +401,7 @@ mod tests {
         assert_eq!(r.bytes_per_conn(), Some(2_000.0 * 1024.0 / 1_000.0));
         assert_eq!(r.slab_bytes_per_pair(), Some(7_500.0 * 1024.0 / 1_000.0));
         assert!(!r.success(), "two failed");
-        let none_held = Report {
-            held: 0,
-            ..report()
-        };
+        let none_held = Report { held: 0, ..report() };
         assert_eq!(none_held.bytes_per_conn(), None);
         let all = Report {
             requested: 1_000,

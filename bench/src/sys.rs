@@ -254,15 +254,6 @@ pub struct Epoll {
     fd: OwnedFd,
 }
 
-/// One ready registration: its token and the `EPOLL*` bits.
-#[derive(Debug, Clone, Copy)]
-pub struct Ready {
-    /// The token given at registration.
-    pub token: u64,
-    /// Ready bits (`EPOLLIN`, `EPOLLOUT`, `EPOLLERR`, ...).
-    pub events: u32,
-}
-
 impl Epoll {
     /// Creates the instance.
     ///
@@ -305,12 +296,13 @@ impl Epoll {
         self.ctl(libc::EPOLL_CTL_MOD, fd, events, token)
     }
 
-    /// Waits up to `timeout_ms` and fills `out` (cleared first) with ready registrations,
-    /// at most `max` of them. An interrupted wait returns none.
+    /// Waits up to `timeout_ms` and fills `tokens` (cleared first) with the tokens of
+    /// ready registrations, at most `max` of them. An interrupted wait returns none.
+    /// Callers learn what is ready by trying the descriptor (level-triggered).
     ///
     /// # Errors
     /// If `epoll_wait` fails other than by `EINTR`.
-    pub fn wait(&self, out: &mut Vec<Ready>, max: usize, timeout_ms: i32) -> io::Result<()> {
+    pub fn wait(&self, tokens: &mut Vec<u64>, max: usize, timeout_ms: i32) -> io::Result<()> {
         let mut raw = vec![libc::epoll_event { events: 0, u64: 0 }; max];
         // SAFETY: `raw` holds `max` writable epoll_event slots for the duration of the call.
         let n = unsafe {
@@ -321,7 +313,7 @@ impl Epoll {
                 timeout_ms,
             )
         };
-        out.clear();
+        tokens.clear();
         if n < 0 {
             let err = io::Error::last_os_error();
             return match err.kind() {
@@ -329,11 +321,8 @@ impl Epoll {
                 _ => Err(err),
             };
         }
-        // Copy the fields out: epoll_event is packed on x86-64, so no references to them.
-        out.extend(raw[..n as usize].iter().map(|ev| Ready {
-            token: ev.u64,
-            events: ev.events,
-        }));
+        // Copy the field out: epoll_event is packed on x86-64, so no references into it.
+        tokens.extend(raw[..n as usize].iter().map(|ev| ev.u64));
         Ok(())
     }
 }

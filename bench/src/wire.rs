@@ -70,11 +70,7 @@ pub fn encode(line: &Line) -> String {
                 .iter()
                 .map(|(k, n)| format!("{}:{n}", sanitize_kind(k)))
                 .collect();
-            let lat: Vec<String> = r
-                .latency_us
-                .iter()
-                .map(|(v, n)| format!("{v}:{n}"))
-                .collect();
+            let lat: Vec<String> = r.latency_us.iter().map(|(v, n)| format!("{v}:{n}")).collect();
             format!(
                 "result held={} ramp_ms={} fail={} lat={}",
                 r.held,

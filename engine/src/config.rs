@@ -108,20 +108,45 @@ impl Config {
     /// # Errors
     /// The first flag whose value cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check(!self.listen.is_empty(), "listen", "", "at least one address is needed")?;
+        check(
+            !self.listen.is_empty(),
+            "listen",
+            "",
+            "at least one address is needed",
+        )?;
         if let Some(n) = self.loops {
             check((1..=1024).contains(&n), "loops", n, "must be 1 to 1024")?;
         }
-        check(self.max_conns_per_loop >= 1, "max-conns-per-loop", self.max_conns_per_loop, "must be at least 1")?;
-        check(self.history_events >= 1, "history-events", self.history_events, "must be at least 1")?;
-        check(self.history_topics >= 1, "history-topics", self.history_topics, "must be at least 1")?;
+        check(
+            self.max_conns_per_loop >= 1,
+            "max-conns-per-loop",
+            self.max_conns_per_loop,
+            "must be at least 1",
+        )?;
+        check(
+            self.history_events >= 1,
+            "history-events",
+            self.history_events,
+            "must be at least 1",
+        )?;
+        check(
+            self.history_topics >= 1,
+            "history-topics",
+            self.history_topics,
+            "must be at least 1",
+        )?;
         check(
             self.payload_max >= 1 && self.payload_max <= 64 << 20,
             "payload-max",
             self.payload_max,
             "must be 1 byte to 64 MiB",
         )?;
-        check(self.publishers_max >= 1, "publishers-max", self.publishers_max, "must be at least 1")?;
+        check(
+            self.publishers_max >= 1,
+            "publishers-max",
+            self.publishers_max,
+            "must be at least 1",
+        )?;
         check(
             self.ring_slots.is_power_of_two() && (64..=1 << 22).contains(&self.ring_slots),
             "ring-slots",

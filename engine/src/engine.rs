@@ -93,9 +93,11 @@ pub fn run(config: Config) -> Result<(), EngineError> {
     let (stop_tx, stop_rx) = bounded::<Stop>(loops + 2);
     let mut ring_fds = Vec::with_capacity(loops);
     for id in 0..loops {
-        ring_fds.push(start_shard(id, conns_per_loop, &shared, &stop_tx).inspect_err(|_| {
-            let _ = std::fs::remove_file(&config.ingest);
-        })?);
+        ring_fds.push(
+            start_shard(id, conns_per_loop, &shared, &stop_tx).inspect_err(|_| {
+                let _ = std::fs::remove_file(&config.ingest);
+            })?,
+        );
     }
     let ingest = IngestThread {
         listener,
@@ -106,7 +108,10 @@ pub fn run(config: Config) -> Result<(), EngineError> {
     std::thread::Builder::new()
         .name("ringcast-ingest".into())
         .spawn(move || {
-            let err = ingest.run().err().map_or_else(|| "ingest thread stopped".into(), |e| format!("ingest: {e}"));
+            let err = ingest
+                .run()
+                .err()
+                .map_or_else(|| "ingest thread stopped".into(), |e| format!("ingest: {e}"));
             let _ = tx.send(Stop::Fatal(err));
         })
         .map_err(|e| EngineError::Start(format!("cannot start the ingest thread: {e}")))?;

@@ -53,7 +53,8 @@ impl Epoch {
         let Some((epoch, seq)) = id.trim().split_once('-') else {
             return LastId::Malformed;
         };
-        let valid_epoch = !epoch.is_empty() && epoch.len() <= 16 && epoch.bytes().all(|b| b.is_ascii_hexdigit());
+        let valid_epoch =
+            !epoch.is_empty() && epoch.len() <= 16 && epoch.bytes().all(|b| b.is_ascii_hexdigit());
         let seq = match seq.parse::<u64>() {
             Ok(s) if valid_epoch && seq.bytes().all(|b| b.is_ascii_digit()) => s,
             _ => return LastId::Malformed,
@@ -152,17 +153,43 @@ mod tests {
         assert_eq!(e.id(42), "abc-42");
         assert_eq!(e.parse(b"abc-42"), LastId::Seq(42));
         assert_eq!(e.parse(b"abd-42"), LastId::OtherEpoch);
-        for bad in [&b""[..], b"abc", b"abc-", b"-1", b"abc-x", b"abc-+1", b"xyz-1", b"abc-1-2", b"\xff"] {
-            assert_eq!(e.parse(bad), LastId::Malformed, "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"abc",
+            b"abc-",
+            b"-1",
+            b"abc-x",
+            b"abc-+1",
+            b"xyz-1",
+            b"abc-1-2",
+            b"\xff",
+        ] {
+            assert_eq!(
+                e.parse(bad),
+                LastId::Malformed,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn http10_body_is_the_chunk_without_framing() {
-        let ev = Event::new(Epoch::from_raw(1), 7, "t", Some("n"), None, b"a\nb", Instant::now());
+        let ev = Event::new(
+            Epoch::from_raw(1),
+            7,
+            "t",
+            Some("n"),
+            None,
+            b"a\nb",
+            Instant::now(),
+        );
         let body = ev.sse(false);
         assert_eq!(&body[..], b"id: 1-7\nevent: n\ndata: a\ndata: b\n\n");
         let chunk = ev.sse(true);
-        assert_eq!(&chunk[..], format!("{:x}\r\n{}\r\n", body.len(), std::str::from_utf8(&body).unwrap()).as_bytes());
+        assert_eq!(
+            &chunk[..],
+            format!("{:x}\r\n{}\r\n", body.len(), std::str::from_utf8(&body).unwrap()).as_bytes()
+        );
     }
 }

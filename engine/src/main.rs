@@ -78,7 +78,13 @@ fn publish(args: PublishArgs) -> ExitCode {
             buf
         }
     };
-    match ringcast::ingest::client::publish(&args.ingest, &args.topic, args.event.as_deref(), args.key.as_deref(), &data) {
+    match ringcast::ingest::client::publish(
+        &args.ingest,
+        &args.topic,
+        args.event.as_deref(),
+        args.key.as_deref(),
+        &data,
+    ) {
         Ok(id) => {
             println!("{id}");
             ExitCode::SUCCESS

@@ -126,7 +126,7 @@ mod tests {
     fn gathered(q: &mut OutQueue) -> Vec<u8> {
         let msg = q.prepare();
         // SAFETY: `prepare` just pointed the msghdr at live iovecs over queued `Bytes`.
-        let iovs = unsafe { std::slice::from_raw_parts((*msg).msg_iov, (*msg).msg_iovlen as usize) };
+        let iovs = unsafe { std::slice::from_raw_parts((*msg).msg_iov, (*msg).msg_iovlen) };
         iovs.iter()
             // SAFETY: each iovec covers the unsent tail of a queued `Bytes`.
             .flat_map(|v| unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) }.to_vec())

@@ -7,7 +7,9 @@ use std::path::Path;
 /// Why a publish did not return an id.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("cannot reach the engine at {path}: {source}; is `ringcast serve` running with --ingest {path}?")]
+    #[error(
+        "cannot reach the engine at {path}: {source}; is `ringcast serve` running with --ingest {path}?"
+    )]
     Connect { path: String, source: std::io::Error },
     #[error("talking to the engine failed: {0}")]
     Io(#[from] std::io::Error),
@@ -21,7 +23,13 @@ pub enum PublishError {
 ///
 /// # Errors
 /// [`PublishError::Refused`] carries the engine's reason (bad topic, payload too large...).
-pub fn publish(path: &Path, topic: &str, event: Option<&str>, key: Option<&str>, data: &[u8]) -> Result<String, PublishError> {
+pub fn publish(
+    path: &Path,
+    topic: &str,
+    event: Option<&str>,
+    key: Option<&str>,
+    data: &[u8],
+) -> Result<String, PublishError> {
     let stream = UnixStream::connect(path).map_err(|source| PublishError::Connect {
         path: path.display().to_string(),
         source,

@@ -133,7 +133,11 @@ impl Ingest {
             }
             loop {
                 batch.clear();
-                batch.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+                batch.extend(
+                    self.ring
+                        .completion()
+                        .map(|c| (c.user_data(), c.result(), c.flags())),
+                );
                 if batch.is_empty() {
                     break;
                 }
@@ -174,7 +178,12 @@ impl Ingest {
     fn arm_accept(&mut self) {
         self.accept_armed = true;
         let fd = types::Fd(self.listener.as_raw_fd());
-        self.push(opcode::AcceptMulti::new(fd).flags(libc::SOCK_CLOEXEC).build().user_data(user_data(tag::ACCEPT, 0)));
+        self.push(
+            opcode::AcceptMulti::new(fd)
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(user_data(tag::ACCEPT, 0)),
+        );
     }
 
     fn on_accept(&mut self, res: i32, flags: u32) {
@@ -215,9 +224,13 @@ impl Ingest {
         }
         p.input.reserve(READ_CHUNK);
         let spare = p.input.spare_capacity_mut();
-        let entry = opcode::Recv::new(types::Fd(p.stream.as_raw_fd()), spare.as_mut_ptr().cast(), spare.len() as u32)
-            .build()
-            .user_data(user_data(tag::RECV, index as u32));
+        let entry = opcode::Recv::new(
+            types::Fd(p.stream.as_raw_fd()),
+            spare.as_mut_ptr().cast(),
+            spare.len() as u32,
+        )
+        .build()
+        .user_data(user_data(tag::RECV, index as u32));
         p.recv_armed = true;
         self.push(entry);
     }
@@ -255,7 +268,8 @@ impl Ingest {
                 Decoded::Error { error, consumed } => {
                     at += consumed;
                     let p = &mut self.publishers[index];
-                    p.replies.extend_from_slice(format!("-ERR {error}\r\n").as_bytes());
+                    p.replies
+                        .extend_from_slice(format!("-ERR {error}\r\n").as_bytes());
                     if error.is_fatal() {
                         p.closing = true;
                     }
@@ -289,7 +303,15 @@ impl Ingest {
     fn publish(&mut self, p: &Publish<'_>) -> Box<str> {
         let now = Instant::now();
         let seq = self.producer.next_seq();
-        let event = Arc::new(Event::new(self.shared.epoch, seq, p.topic, p.event, p.key, p.payload, now));
+        let event = Arc::new(Event::new(
+            self.shared.epoch,
+            seq,
+            p.topic,
+            p.event,
+            p.key,
+            p.payload,
+            now,
+        ));
         let id = event.id.clone();
         self.shared
             .history
@@ -378,7 +400,7 @@ impl Ingest {
         }
         self.ring_doorbells(true);
         self.ticks = self.ticks.wrapping_add(1);
-        if self.ticks % EXPIRE_EVERY_TICKS == 0 {
+        if self.ticks.is_multiple_of(EXPIRE_EVERY_TICKS) {
             self.shared
                 .history
                 .lock()

@@ -25,10 +25,7 @@ pub const TOPIC_LEN_MAX: usize = 200;
 const TOPIC_ECHO_MAX: usize = 64;
 
 // `HttpError::reason` spells these numbers out as literals.
-const _: () = assert!(
-    HEAD_MAX == 8192 && HEADERS_MAX == 64,
-    "update HttpError::reason"
-);
+const _: () = assert!(HEAD_MAX == 8192 && HEADERS_MAX == 64, "update HttpError::reason");
 
 /// The request method (RFC 9110 §9). Method names are case-sensitive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +102,7 @@ pub enum HttpError {
 
 impl HttpError {
     /// The status code to answer with: 400, 431, 414, 431 or 505.
+    #[must_use]
     pub fn status(self) -> u16 {
         match self {
             HttpError::Malformed(_) => 400,
@@ -115,6 +113,7 @@ impl HttpError {
     }
 
     /// A short sentence for the response body.
+    #[must_use]
     pub fn reason(self) -> &'static str {
         match self {
             HttpError::Malformed(why) => why,
@@ -243,17 +242,13 @@ fn build<'a>(req: &httparse::Request<'_, 'a>, head_len: usize) -> Result<Request
     let fields = read_fields(req.headers)?;
     if fields.transfer_encoding {
         if fields.content_length.is_some() {
-            return Err(HttpError::Malformed(
-                "both Content-Length and Transfer-Encoding",
-            ));
+            return Err(HttpError::Malformed("both Content-Length and Transfer-Encoding"));
         }
         if minor_version == 0 {
             return Err(HttpError::Malformed("Transfer-Encoding in an HTTP/1.0 request"));
         }
         if !fields.chunked_last {
-            return Err(HttpError::Malformed(
-                "Transfer-Encoding does not end in chunked",
-            ));
+            return Err(HttpError::Malformed("Transfer-Encoding does not end in chunked"));
         }
     }
     Ok(Request {
@@ -325,9 +320,9 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
         if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
             return Err(BAD);
         }
-        let n = item.iter().try_fold(0u64, |n, &d| {
-            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        });
+        let n = item
+            .iter()
+            .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')));
         let n = n.ok_or(BAD)?;
         if result.is_some_and(|seen| seen != n) {
             return Err(HttpError::Malformed("conflicting Content-Length values"));
@@ -364,7 +359,10 @@ impl fmt::Display for SubscriptionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SubscriptionError::NoTopic => {
-                write!(f, "no topic: subscribe with ?topic=NAME, repeated for more topics")
+                write!(
+                    f,
+                    "no topic: subscribe with ?topic=NAME, repeated for more topics"
+                )
             }
             SubscriptionError::TooManyTopics => {
                 write!(f, "too many topics: at most {TOPICS_MAX} per subscription")
@@ -473,6 +471,7 @@ fn hex_value(b: u8) -> Option<u8> {
 
 /// Whether `topic` is a valid topic name: 1 to [`TOPIC_LEN_MAX`] bytes, each in
 /// `[A-Za-z0-9._~:/-]` (URL-safe, so a topic needs no escaping in a query or a log line).
+#[must_use]
 pub fn is_valid_topic(topic: &[u8]) -> bool {
     (1..=TOPIC_LEN_MAX).contains(&topic.len()) && topic.iter().all(|&b| is_topic_byte(b))
 }
@@ -490,12 +489,8 @@ const fn is_topic_byte(b: u8) -> bool {
 ///
 /// If a name or value in `extra_headers` contains CR or LF, which would let it forge
 /// header fields (response splitting).
-pub fn simple_response(
-    status: u16,
-    body: &str,
-    keep_alive: bool,
-    extra_headers: &[(&str, &str)],
-) -> Vec<u8> {
+#[must_use]
+pub fn simple_response(status: u16, body: &str, keep_alive: bool, extra_headers: &[(&str, &str)]) -> Vec<u8> {
     let mut head = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
         status_text(status),
@@ -522,6 +517,7 @@ pub fn simple_response(
 
 /// The reason phrase for `status` (RFC 9110 §15), or `""` for a code not listed here
 /// (an empty reason phrase is valid, RFC 9112 §4).
+#[must_use]
 pub fn status_text(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
@@ -559,7 +555,10 @@ mod tests {
     fn complete(buf: &[u8]) -> Request<'_> {
         match parse_request(buf) {
             Ok(Parsed::Complete(req)) => req,
-            other => panic!("expected Complete for {:?}, got {other:?}", String::from_utf8_lossy(buf)),
+            other => panic!(
+                "expected Complete for {:?}, got {other:?}",
+                String::from_utf8_lossy(buf)
+            ),
         }
     }
 
@@ -620,10 +619,18 @@ mod tests {
             (b"GET / HTTP/1.0\r\n\r\n", false),
             (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
             (b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", false),
-            (b"GET / HTTP/1.0\r\nConnection: x\r\nConnection: keep-alive\r\n\r\n", true),
+            (
+                b"GET / HTTP/1.0\r\nConnection: x\r\nConnection: keep-alive\r\n\r\n",
+                true,
+            ),
         ];
         for (buf, keep_alive) in cases {
-            assert_eq!(complete(buf).keep_alive, keep_alive, "{}", String::from_utf8_lossy(buf));
+            assert_eq!(
+                complete(buf).keep_alive,
+                keep_alive,
+                "{}",
+                String::from_utf8_lossy(buf)
+            );
         }
         assert_eq!(complete(b"GET / HTTP/1.0\r\n\r\n").minor_version, 0);
     }
@@ -642,11 +649,22 @@ mod tests {
             (b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", false),
             (b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n", true),
             (b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n", true),
-            (b"POST / HTTP/1.1\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n", true),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n", true),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n",
+                true,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
+                true,
+            ),
         ];
         for (buf, has_body) in cases {
-            assert_eq!(complete(buf).has_body, has_body, "{}", String::from_utf8_lossy(buf));
+            assert_eq!(
+                complete(buf).has_body,
+                has_body,
+                "{}",
+                String::from_utf8_lossy(buf)
+            );
         }
     }
 
@@ -666,7 +684,11 @@ mod tests {
         ];
         for buf in cases {
             let e = error(buf);
-            assert!(matches!(e, HttpError::Malformed(_)), "{}: {e:?}", String::from_utf8_lossy(buf));
+            assert!(
+                matches!(e, HttpError::Malformed(_)),
+                "{}: {e:?}",
+                String::from_utf8_lossy(buf)
+            );
             assert_eq!(e.status(), 400);
         }
     }
@@ -685,7 +707,11 @@ mod tests {
         ];
         for buf in cases {
             let e = error(buf);
-            assert!(matches!(e, HttpError::Malformed(_)), "{}: {e:?}", String::from_utf8_lossy(buf));
+            assert!(
+                matches!(e, HttpError::Malformed(_)),
+                "{}: {e:?}",
+                String::from_utf8_lossy(buf)
+            );
         }
     }
 
@@ -701,7 +727,10 @@ mod tests {
                 assert!(matches!(r, Ok(Parsed::Partial)), "{version} cut at {cut}: {r:?}");
             }
         }
-        assert_eq!(error(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), HttpError::VersionNotSupported);
+        assert_eq!(
+            error(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            HttpError::VersionNotSupported
+        );
         for bad in ["HTTP/2", "HTTP/2.0.1", "HTTP/a.b", "HTTP/10.0"] {
             let buf = format!("GET / {bad}\r\n\r\n");
             assert!(matches!(error(buf.as_bytes()), HttpError::Malformed(_)), "{bad}");
@@ -731,7 +760,10 @@ mod tests {
         let a = complete(&buf);
         assert_eq!((a.path, a.head_len), ("/a", first.len()));
         let b = complete(&buf[a.head_len..]);
-        assert_eq!((b.method, b.path, b.query, b.keep_alive), (Method::Head, "/b", "c", false));
+        assert_eq!(
+            (b.method, b.path, b.query, b.keep_alive),
+            (Method::Head, "/b", "c", false)
+        );
         assert_eq!(b.head_len, second.len());
         let rest = &buf[a.head_len + b.head_len..];
         assert_eq!(parse_request(rest), Ok(Parsed::Partial));
@@ -804,7 +836,10 @@ mod tests {
 
     #[test]
     fn header_count_boundary() {
-        assert!(matches!(parse_request(&head_with_headers(HEADERS_MAX)), Ok(Parsed::Complete(_))));
+        assert!(matches!(
+            parse_request(&head_with_headers(HEADERS_MAX)),
+            Ok(Parsed::Complete(_))
+        ));
         let e = error(&head_with_headers(HEADERS_MAX + 1));
         assert_eq!((e, e.status()), (HttpError::TooManyHeaders, 431));
     }
@@ -845,7 +880,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "contains CR or LF")]
     fn simple_response_refuses_header_injection() {
-        simple_response(200, "", true, &[("X", "a\r\nSet-Cookie: b")]);
+        let _ = simple_response(200, "", true, &[("X", "a\r\nSet-Cookie: b")]);
     }
 
     #[test]
@@ -861,7 +896,11 @@ mod tests {
         let allowed = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~:/-";
         for b in 0..=u8::MAX {
             assert_eq!(is_valid_topic(&[b]), allowed.contains(&b), "byte {b:#04x}");
-            assert_eq!(is_valid_topic(&[b'x', b, b'y']), allowed.contains(&b), "byte {b:#04x}");
+            assert_eq!(
+                is_valid_topic(&[b'x', b, b'y']),
+                allowed.contains(&b),
+                "byte {b:#04x}"
+            );
         }
     }
 
@@ -892,14 +931,28 @@ mod tests {
         assert_eq!(parse_subscription("t%opic=a"), Err(BadEncoding));
         assert_eq!(parse_subscription("topic=a&last_event_id=%ff"), Err(BadEncoding));
         let long = "b".repeat(TOPIC_LEN_MAX + 1);
-        assert_eq!(parse_subscription(&format!("topic={long}")), Err(BadTopic("b".repeat(64))));
+        assert_eq!(
+            parse_subscription(&format!("topic={long}")),
+            Err(BadTopic("b".repeat(64)))
+        );
     }
 
     #[test]
     fn subscription_topic_count_boundary() {
-        let query = |n: usize| (0..n).map(|i| format!("topic=t{i}")).collect::<Vec<_>>().join("&");
-        assert_eq!(parse_subscription(&query(TOPICS_MAX)).unwrap().topics.len(), TOPICS_MAX);
-        assert_eq!(parse_subscription(&query(TOPICS_MAX + 1)), Err(SubscriptionError::TooManyTopics));
+        let query = |n: usize| {
+            (0..n)
+                .map(|i| format!("topic=t{i}"))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        assert_eq!(
+            parse_subscription(&query(TOPICS_MAX)).unwrap().topics.len(),
+            TOPICS_MAX
+        );
+        assert_eq!(
+            parse_subscription(&query(TOPICS_MAX + 1)),
+            Err(SubscriptionError::TooManyTopics)
+        );
         // Duplicates do not count against the limit.
         let dup = format!("{}&topic=t0&topic=t1", query(TOPICS_MAX));
         assert_eq!(parse_subscription(&dup).unwrap().topics.len(), TOPICS_MAX);
@@ -931,7 +984,12 @@ mod tests {
 
     fn model() -> impl Strategy<Value = Model> {
         (
-            prop::sample::select(vec![("GET", Method::Get), ("HEAD", Method::Head), ("POST", Method::Post), ("DELETE", Method::Other)]),
+            prop::sample::select(vec![
+                ("GET", Method::Get),
+                ("HEAD", Method::Head),
+                ("POST", Method::Post),
+                ("DELETE", Method::Other),
+            ]),
             "/[a-z0-9/._-]{0,20}",
             prop::option::of("[a-z0-9=&%+_-]{0,30}"),
             0u8..=1,
@@ -941,43 +999,45 @@ mod tests {
             prop::collection::vec(("[A-Za-z][A-Za-z0-9-]{0,15}", "[!-~]([ -~]{0,30}[!-~])?"), 0..10),
             any::<bool>(),
         )
-            .prop_map(|(method, path, query, minor, connection, leid, length, others, crlf)| {
-                let eol = if crlf { "\r\n" } else { "\n" };
-                let target = match &query {
-                    Some(q) => format!("{path}?{q}"),
-                    None => path.clone(),
-                };
-                let mut text = format!("{} {target} HTTP/1.{minor}{eol}", method.0);
-                for (name, value) in &others {
-                    text.push_str(&format!("X-{name}: {value}{eol}"));
-                }
-                if let Some(c) = connection {
-                    text.push_str(&format!("Connection: {c}{eol}"));
-                }
-                if let Some(id) = &leid {
-                    text.push_str(&format!("Last-Event-ID:{id}{eol}"));
-                }
-                if let Some(n) = length {
-                    text.push_str(&format!("content-length: {n}{eol}"));
-                }
-                text.push_str(eol);
-                let keep_alive = match connection {
-                    Some("close") => false,
-                    Some("keep-alive") => true,
-                    _ => minor == 1,
-                };
-                Model {
-                    bytes: text.into_bytes(),
-                    method: method.1,
-                    path,
-                    query: query.unwrap_or_default(),
-                    minor_version: minor,
-                    keep_alive,
-                    // httparse trims the value's surrounding whitespace.
-                    last_event_id: leid.map(|id| trim_ows(id.as_bytes()).to_vec()),
-                    has_body: length.is_some_and(|n| n > 0),
-                }
-            })
+            .prop_map(
+                |(method, path, query, minor, connection, leid, length, others, crlf)| {
+                    let eol = if crlf { "\r\n" } else { "\n" };
+                    let target = match &query {
+                        Some(q) => format!("{path}?{q}"),
+                        None => path.clone(),
+                    };
+                    let mut text = format!("{} {target} HTTP/1.{minor}{eol}", method.0);
+                    for (name, value) in &others {
+                        text.push_str(&format!("X-{name}: {value}{eol}"));
+                    }
+                    if let Some(c) = connection {
+                        text.push_str(&format!("Connection: {c}{eol}"));
+                    }
+                    if let Some(id) = &leid {
+                        text.push_str(&format!("Last-Event-ID:{id}{eol}"));
+                    }
+                    if let Some(n) = length {
+                        text.push_str(&format!("content-length: {n}{eol}"));
+                    }
+                    text.push_str(eol);
+                    let keep_alive = match connection {
+                        Some("close") => false,
+                        Some("keep-alive") => true,
+                        _ => minor == 1,
+                    };
+                    Model {
+                        bytes: text.into_bytes(),
+                        method: method.1,
+                        path,
+                        query: query.unwrap_or_default(),
+                        minor_version: minor,
+                        keep_alive,
+                        // httparse trims the value's surrounding whitespace.
+                        last_event_id: leid.map(|id| trim_ows(id.as_bytes()).to_vec()),
+                        has_body: length.is_some_and(|n| n > 0),
+                    }
+                },
+            )
     }
 
     fn check_model(m: &Model, req: &Request<'_>) {

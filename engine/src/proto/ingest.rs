@@ -127,12 +127,11 @@ pub enum IngestError {
 
 impl IngestError {
     /// Whether the framing is lost: the caller sends the `-ERR` reply and closes.
+    #[must_use]
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            IngestError::MalformedPub
-                | IngestError::LineTooLong { .. }
-                | IngestError::MissingTerminator
+            IngestError::MalformedPub | IngestError::LineTooLong { .. } | IngestError::MissingTerminator
         )
     }
 }
@@ -263,6 +262,7 @@ fn terminator(rest: &[u8]) -> Terminator {
 
 impl IngestDecoder {
     /// A decoder in the `Idle` state.
+    #[must_use]
     pub fn new(limits: IngestLimits) -> Self {
         IngestDecoder { limits, skip: None }
     }
@@ -330,8 +330,7 @@ impl IngestDecoder {
         line_end: usize,
         mut tokens: impl Iterator<Item = &'a [u8]>,
     ) -> Decoded<'a> {
-        let (Some(topic), Some(len)) = (tokens.next(), tokens.next().and_then(parse_length))
-        else {
+        let (Some(topic), Some(len)) = (tokens.next(), tokens.next().and_then(parse_length)) else {
             return Decoded::Error {
                 error: IngestError::MalformedPub,
                 consumed: line_end,
@@ -343,10 +342,7 @@ impl IngestDecoder {
             .ok()
             .filter(|&n| n <= self.limits.payload_max);
         let Some(payload_len) = len_fits else {
-            let skip = Skip {
-                remaining: len,
-                len,
-            };
+            let skip = Skip { remaining: len, len };
             return self.continue_skip(skip, buf, line_end);
         };
         let payload_end = line_end.saturating_add(payload_len);
@@ -626,13 +622,19 @@ mod tests {
     #[test]
     fn publish_forms() {
         assert_eq!(single(b"PUB a 5\nhello\n"), publish("a", None, None, b"hello"));
-        assert_eq!(single(b"pub\ta/b:c  3\r\nxyz\r\n"), publish("a/b:c", None, None, b"xyz"));
+        assert_eq!(
+            single(b"pub\ta/b:c  3\r\nxyz\r\n"),
+            publish("a/b:c", None, None, b"xyz")
+        );
         assert_eq!(
             single(b"PUB t 2 event=price KEY=k-1\n\xc3\xa9\n"),
             publish("t", Some("price"), Some("k-1"), "é".as_bytes())
         );
         assert_eq!(single(b"PUB t 0\n\n"), publish("t", None, None, b""));
-        assert_eq!(single(b"PUB t 00000000000000000001\nx\n"), publish("t", None, None, b"x"));
+        assert_eq!(
+            single(b"PUB t 00000000000000000001\nx\n"),
+            publish("t", None, None, b"x")
+        );
     }
 
     #[test]
@@ -670,7 +672,12 @@ mod tests {
             let mut with_ping = stream.to_vec();
             with_ping.extend_from_slice(b"PING\n");
             let outs = whole(IngestLimits::default(), &with_ping);
-            assert_eq!(outs, [Out::Error(expected), Out::Ping], "{}", String::from_utf8_lossy(stream));
+            assert_eq!(
+                outs,
+                [Out::Error(expected), Out::Ping],
+                "{}",
+                String::from_utf8_lossy(stream)
+            );
         }
     }
 
@@ -679,19 +686,41 @@ mod tests {
         let line = |opt: &str| format!("PUB t 1 {opt}\nx\n");
         let name = |n: usize| format!("event={}", "e".repeat(n));
         let key = |n: usize| format!("key={}", "k".repeat(n));
-        assert!(matches!(single(line(&name(EVENT_NAME_MAX)).as_bytes()), Out::Publish { .. }));
-        assert_eq!(single(line(&name(EVENT_NAME_MAX + 1)).as_bytes()), err(IngestError::BadEventName));
-        assert!(matches!(single(line(&key(KEY_LEN_MAX)).as_bytes()), Out::Publish { .. }));
-        assert_eq!(single(line(&key(KEY_LEN_MAX + 1)).as_bytes()), err(IngestError::BadKey));
+        assert!(matches!(
+            single(line(&name(EVENT_NAME_MAX)).as_bytes()),
+            Out::Publish { .. }
+        ));
+        assert_eq!(
+            single(line(&name(EVENT_NAME_MAX + 1)).as_bytes()),
+            err(IngestError::BadEventName)
+        );
+        assert!(matches!(
+            single(line(&key(KEY_LEN_MAX)).as_bytes()),
+            Out::Publish { .. }
+        ));
+        assert_eq!(
+            single(line(&key(KEY_LEN_MAX + 1)).as_bytes()),
+            err(IngestError::BadKey)
+        );
         let topic = |n: usize| format!("PUB {} 1\nx\n", "t".repeat(n));
-        assert!(matches!(single(topic(TOPIC_LEN_MAX).as_bytes()), Out::Publish { .. }));
-        assert_eq!(single(topic(TOPIC_LEN_MAX + 1).as_bytes()), err(IngestError::BadTopic));
+        assert!(matches!(
+            single(topic(TOPIC_LEN_MAX).as_bytes()),
+            Out::Publish { .. }
+        ));
+        assert_eq!(
+            single(topic(TOPIC_LEN_MAX + 1).as_bytes()),
+            err(IngestError::BadTopic)
+        );
         for b in 0..=u8::MAX {
             let stream = [&b"PUB t 1 key=a"[..], &[b], b"\nx\n"].concat();
             let valid = (0x21..=0x7e).contains(&b);
             let split = b == b' ' || b == b'\t' || b == b'\n' || b == b'\r';
             if !split {
-                assert_eq!(matches!(single(&stream), Out::Publish { .. }), valid, "byte {b:#04x}");
+                assert_eq!(
+                    matches!(single(&stream), Out::Publish { .. }),
+                    valid,
+                    "byte {b:#04x}"
+                );
             }
         }
     }
@@ -721,39 +750,78 @@ mod tests {
 
     #[test]
     fn line_length_boundary() {
-        let limits = IngestLimits { payload_max: 16, line_max: 10 };
+        let limits = IngestLimits {
+            payload_max: 16,
+            line_max: 10,
+        };
         let line = |n: usize| [" ".repeat(n - 4).as_bytes(), b"PING\nPING\n"].concat();
         assert_eq!(whole(limits, &line(10)), [Out::Ping, Out::Ping]);
-        let too_long = err(IngestError::LineTooLong { max: 10 });
-        assert_eq!(whole(limits, &line(11)), [too_long.clone()]);
+        let too_long = || err(IngestError::LineTooLong { max: 10 });
+        assert_eq!(whole(limits, &line(11)), [too_long()]);
         // The CR counts toward the line.
-        assert_eq!(whole(limits, b"      PING\r\n"), [too_long.clone()]);
+        assert_eq!(whole(limits, b"      PING\r\n"), [too_long()]);
         // No LF yet: decided once more than line_max bytes are buffered.
         let mut dec = IngestDecoder::new(limits);
-        assert!(matches!(dec.decode(&[b'x'; 10]), Decoded::Partial { consumed: 0, need: None }));
+        assert!(matches!(
+            dec.decode(&[b'x'; 10]),
+            Decoded::Partial {
+                consumed: 0,
+                need: None
+            }
+        ));
         assert!(matches!(
             dec.decode(&[b'x'; 11]),
-            Decoded::Error { error: IngestError::LineTooLong { max: 10 }, consumed: 11 }
+            Decoded::Error {
+                error: IngestError::LineTooLong { max: 10 },
+                consumed: 11
+            }
         ));
     }
 
     #[test]
     fn empty_lines_are_ignored_and_released() {
         let mut dec = IngestDecoder::new(IngestLimits::default());
-        assert_eq!(dec.decode(b"\n\r\n \t\nPI"), Decoded::Partial { consumed: 6, need: None });
+        assert_eq!(
+            dec.decode(b"\n\r\n \t\nPI"),
+            Decoded::Partial {
+                consumed: 6,
+                need: None
+            }
+        );
         assert_eq!(
             dec.decode(b"\n\nPING\n"),
-            Decoded::Command { command: Command::Ping, consumed: 7 }
+            Decoded::Command {
+                command: Command::Ping,
+                consumed: 7
+            }
         );
-        assert_eq!(dec.decode(b""), Decoded::Partial { consumed: 0, need: None });
+        assert_eq!(
+            dec.decode(b""),
+            Decoded::Partial {
+                consumed: 0,
+                need: None
+            }
+        );
     }
 
     #[test]
     fn partial_pub_reports_need() {
         let mut dec = IngestDecoder::new(IngestLimits::default());
         let stream = b"\nPUB t 10\r\n0123";
-        assert_eq!(dec.decode(stream), Decoded::Partial { consumed: 1, need: Some(10 + 10 + 2) });
-        assert_eq!(dec.decode(b"PUB t 1\nx\r"), Decoded::Partial { consumed: 0, need: Some(8 + 1 + 2) });
+        assert_eq!(
+            dec.decode(stream),
+            Decoded::Partial {
+                consumed: 1,
+                need: Some(10 + 10 + 2)
+            }
+        );
+        assert_eq!(
+            dec.decode(b"PUB t 1\nx\r"),
+            Decoded::Partial {
+                consumed: 0,
+                need: Some(8 + 1 + 2)
+            }
+        );
     }
 
     #[test]
@@ -797,7 +865,10 @@ mod tests {
 
     #[test]
     fn oversized_payload_is_skipped_in_pieces_without_buffering() {
-        let limits = IngestLimits { payload_max: 100, line_max: 64 };
+        let limits = IngestLimits {
+            payload_max: 100,
+            line_max: 64,
+        };
         let mut stream = b"PUB t 1000 event=e\r\n".to_vec();
         stream.extend_from_slice(&[b'\n'; 1000]);
         stream.extend_from_slice(b"\r\nPUB t 2\nok\n");
@@ -811,23 +882,56 @@ mod tests {
         }
         // The decoder itself releases skipped bytes as soon as it sees them.
         let mut dec = IngestDecoder::new(limits);
-        assert_eq!(dec.decode(&stream[..30]), Decoded::Partial { consumed: 30, need: None });
-        assert_eq!(dec.decode(&stream[30..1020]), Decoded::Partial { consumed: 990, need: Some(2) });
-        assert_eq!(dec.decode(b"\r"), Decoded::Partial { consumed: 0, need: Some(2) });
+        assert_eq!(
+            dec.decode(&stream[..30]),
+            Decoded::Partial {
+                consumed: 30,
+                need: None
+            }
+        );
+        assert_eq!(
+            dec.decode(&stream[30..1020]),
+            Decoded::Partial {
+                consumed: 990,
+                need: Some(2)
+            }
+        );
+        assert_eq!(
+            dec.decode(b"\r"),
+            Decoded::Partial {
+                consumed: 0,
+                need: Some(2)
+            }
+        );
         assert_eq!(
             dec.decode(b"\r\n"),
-            Decoded::Error { error: IngestError::PayloadTooLarge { len: 1000, max: 100 }, consumed: 2 }
+            Decoded::Error {
+                error: IngestError::PayloadTooLarge { len: 1000, max: 100 },
+                consumed: 2
+            }
         );
     }
 
     #[test]
     fn oversized_payload_without_terminator_is_fatal() {
-        let limits = IngestLimits { payload_max: 4, line_max: 64 };
-        assert_eq!(whole(limits, b"PUB t 5\n12345xPING\n"), [err(IngestError::MissingTerminator)]);
+        let limits = IngestLimits {
+            payload_max: 4,
+            line_max: 64,
+        };
+        assert_eq!(
+            whole(limits, b"PUB t 5\n12345xPING\n"),
+            [err(IngestError::MissingTerminator)]
+        );
         // Lengths beyond usize and payload_max are skipped, not refused as malformed.
         let mut dec = IngestDecoder::new(limits);
         let line = b"PUB t 18446744073709551615\n";
-        assert_eq!(dec.decode(line), Decoded::Partial { consumed: line.len(), need: None });
+        assert_eq!(
+            dec.decode(line),
+            Decoded::Partial {
+                consumed: line.len(),
+                need: None
+            }
+        );
     }
 
     #[test]
@@ -847,7 +951,9 @@ mod tests {
 
     #[test]
     fn display_carries_the_numbers() {
-        assert!(IngestError::LineTooLong { max: 1024 }.to_string().contains("1024"));
+        assert!(IngestError::LineTooLong { max: 1024 }
+            .to_string()
+            .contains("1024"));
         assert!(IngestError::BadTopic.to_string().contains("200"));
         assert!(IngestError::BadEventName.to_string().contains("64"));
         assert!(IngestError::BadKey.to_string().contains("200"));
@@ -860,7 +966,10 @@ mod tests {
         PUB d 1\n\xc3\nPUB e 0\n\nping\nPUB f 2\nxyz\n";
 
     fn split_limits() -> IngestLimits {
-        IngestLimits { payload_max: 8, line_max: 40 }
+        IngestLimits {
+            payload_max: 8,
+            line_max: 40,
+        }
     }
 
     #[test]
@@ -878,7 +987,10 @@ mod tests {
 
     #[test]
     fn byte_at_a_time_decodes_like_the_whole() {
-        assert_eq!(drive(split_limits(), STREAM.chunks(1)), whole(split_limits(), STREAM));
+        assert_eq!(
+            drive(split_limits(), STREAM.chunks(1)),
+            whole(split_limits(), STREAM)
+        );
     }
 
     fn command_bytes() -> impl Strategy<Value = Vec<u8>> {
@@ -910,7 +1022,11 @@ mod tests {
     fn stream_and_cuts() -> impl Strategy<Value = (Vec<u8>, Vec<prop::sample::Index>)> {
         (
             prop::collection::vec(command_bytes(), 1..12),
-            prop::option::of(prop::sample::select(vec![&b"PUB x\n"[..], b"PUB x 1\nab\n", b"QUIT\n"])),
+            prop::option::of(prop::sample::select(vec![
+                &b"PUB x\n"[..],
+                b"PUB x 1\nab\n",
+                b"QUIT\n",
+            ])),
             prop::collection::vec(any::<prop::sample::Index>(), 0..8),
         )
             .prop_map(|(commands, last, cuts)| {

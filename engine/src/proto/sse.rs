@@ -52,6 +52,7 @@ pub fn encode_event(out: &mut Vec<u8>, id: &str, event: Option<&str>, data: &[u8
 }
 
 /// The exact number of bytes [`encode_event`] appends for these arguments.
+#[must_use]
 pub fn encoded_len(id: &str, event: Option<&str>, data: &[u8]) -> usize {
     let id_len = ID_PREFIX.len() + id.len() + 1;
     let event_len = event.map_or(0, |name| EVENT_PREFIX.len() + name.len() + 1);
@@ -68,10 +69,7 @@ pub fn encoded_len(id: &str, event: Option<&str>, data: &[u8]) -> usize {
 ///
 /// In debug builds, if `text` contains CR or LF.
 pub fn encode_comment(out: &mut Vec<u8>, text: &str) {
-    debug_assert!(
-        !text.contains(['\r', '\n']),
-        "comment {text:?} contains CR or LF"
-    );
+    debug_assert!(!text.contains(['\r', '\n']), "comment {text:?} contains CR or LF");
     out.reserve(COMMENT_PREFIX.len() + text.len() + 2);
     push_line(out, COMMENT_PREFIX, text.as_bytes());
     out.push(b'\n');
@@ -210,7 +208,9 @@ mod tests {
 
     #[test]
     fn small_events_exact_bytes() {
-        let cases: [(&str, Option<&str>, &[u8], &[u8]); 9] = [
+        /// id, event name, payload, expected bytes.
+        type Case = (&'static str, Option<&'static str>, &'static [u8], &'static [u8]);
+        let cases: [Case; 9] = [
             ("1", None, b"hello", b"id: 1\ndata: hello\n\n"),
             ("7", Some("price"), b"42", b"id: 7\nevent: price\ndata: 42\n\n"),
             ("2", None, b"", b"id: 2\ndata: \n\n"),
@@ -218,7 +218,12 @@ mod tests {
             ("3", None, b"a\nb", b"id: 3\ndata: a\ndata: b\n\n"),
             ("3", None, b"a\r\nb\rc", b"id: 3\ndata: a\ndata: b\ndata: c\n\n"),
             ("4", None, b"a\n", b"id: 4\ndata: a\ndata: \n\n"),
-            ("5", None, b"\r\n\n\r", b"id: 5\ndata: \ndata: \ndata: \ndata: \n\n"),
+            (
+                "5",
+                None,
+                b"\r\n\n\r",
+                b"id: 5\ndata: \ndata: \ndata: \ndata: \n\n",
+            ),
             ("6", None, b" lead: x", b"id: 6\ndata:  lead: x\n\n"),
         ];
         for (id, name, data, expected) in cases {
@@ -246,10 +251,7 @@ mod tests {
         encode_retry(&mut out, 0);
         encode_retry(&mut out, 3000);
         encode_retry(&mut out, u32::MAX);
-        assert_eq!(
-            out,
-            b": \n\nretry: 0\n\nretry: 3000\n\nretry: 4294967295\n\n"
-        );
+        assert_eq!(out, b": \n\nretry: 0\n\nretry: 3000\n\nretry: 4294967295\n\n");
     }
 
     #[test]

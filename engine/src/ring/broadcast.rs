@@ -56,7 +56,10 @@ impl<T> Broadcast<T> {
     /// # Panics
     /// If `capacity` is not a power of two.
     pub fn new(capacity: usize, readers: usize) -> Arc<Self> {
-        assert!(capacity.is_power_of_two(), "ring capacity {capacity} must be a power of two");
+        assert!(
+            capacity.is_power_of_two(),
+            "ring capacity {capacity} must be a power of two"
+        );
         let slots = (0..capacity)
             .map(|_| Mutex::new(Slot { seq: 0, item: None }))
             .collect();
@@ -144,7 +147,11 @@ impl<T> Producer<T> {
     /// The one producer of `ring`.
     pub fn new(ring: Arc<Broadcast<T>>) -> Self {
         let next = ring.head.load(Ordering::Relaxed);
-        Producer { ring, next, released: next }
+        Producer {
+            ring,
+            next,
+            released: next,
+        }
     }
 
     /// The sequence number the next `push` must carry.
@@ -250,7 +257,10 @@ mod tests {
         let ring = Broadcast::<u64>::new(8, 1);
         let mut p = Producer::new(Arc::clone(&ring));
         p.push(Arc::new(1));
-        assert!(!ring.park(0, 1), "an unread item must stop the consumer from sleeping");
+        assert!(
+            !ring.park(0, 1),
+            "an unread item must stop the consumer from sleeping"
+        );
         assert!(ring.park(0, 2));
         p.push(Arc::new(2));
         assert_eq!(p.take_parked().collect::<Vec<_>>(), vec![0]);

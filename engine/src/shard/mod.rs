@@ -50,7 +50,11 @@ pub const fn user_data(tag: u8, generation: u32, index: u32) -> u64 {
 }
 
 const fn unpack(data: u64) -> (u8, u32, u32) {
-    ((data >> 56) as u8, ((data >> 32) as u32) & GENERATION_MASK, data as u32)
+    (
+        (data >> 56) as u8,
+        ((data >> 32) as u32) & GENERATION_MASK,
+        data as u32,
+    )
 }
 
 /// The `user_data` every doorbell carries.
@@ -81,6 +85,9 @@ pub struct Shard {
     accepting: Vec<bool>,
     conns: Slab<Conn>,
     subs: Subscriptions,
+    /// Out-queues are boxed so their `msghdr` keeps its address while a send is in
+    /// flight; the pool keeps those boxes for the next connection that needs one.
+    #[allow(clippy::vec_box)]
     pool: Vec<Box<OutQueue>>,
     lingering: Vec<(u32, u32)>,
     cqes: Vec<(u64, i32, u32)>,
@@ -117,8 +124,9 @@ impl Shard {
             .map_err(|e| format!("loop {id}: cannot register the receive buffer ring: {e}"))?;
         let mut listeners = Vec::new();
         for addr in &cfg.listen {
-            let l = crate::sys::socket::tcp_listener(*addr, 4096)
-                .map_err(|e| format!("cannot listen on {addr}: {e}; is another program using it? pass --listen ADDR"))?;
+            let l = crate::sys::socket::tcp_listener(*addr, 4096).map_err(|e| {
+                format!("cannot listen on {addr}: {e}; is another program using it? pass --listen ADDR")
+            })?;
             listeners.push(l);
         }
         let started = Started {
@@ -141,8 +149,8 @@ impl Shard {
             tick_spec: types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32),
             generation: 0,
             max_conns: max_conns as usize,
-            stream_head: stream_head(true, retry),
-            stream_head_http10: stream_head(false, retry),
+            stream_head: stream_head(true, retry, id),
+            stream_head_http10: stream_head(false, retry, id),
             head_only: Bytes::from_static(SSE_HEADERS_HEAD),
             counters: Arc::clone(&shared.counters[id]),
             shared,
@@ -206,7 +214,11 @@ impl Shard {
         let mut batch = std::mem::take(&mut self.cqes);
         loop {
             batch.clear();
-            batch.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+            batch.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
             if batch.is_empty() {
                 break;
             }
@@ -276,7 +288,11 @@ impl Shard {
     fn admit(&mut self, file: u32) {
         if self.conns.len() >= self.max_conns {
             bump(&self.counters.accept_full);
-            self.push(opcode::Close::new(types::Fixed(file)).build().user_data(user_data(tag::CLOSE, 0, u32::MAX)));
+            self.push(
+                opcode::Close::new(types::Fixed(file))
+                    .build()
+                    .user_data(user_data(tag::CLOSE, 0, u32::MAX)),
+            );
             return;
         }
         self.generation = self.generation.wrapping_add(1) & GENERATION_MASK;
@@ -289,9 +305,12 @@ impl Shard {
     fn arm_recv(&mut self, index: u32) {
         let conn = &mut self.conns[index as usize];
         conn.ops |= ops::RECV;
-        let entry = opcode::RecvMulti::new(types::Fixed(conn.file), self.bufs.as_ref().expect("buffer ring").group())
-            .build()
-            .user_data(user_data(tag::RECV, conn.generation, index));
+        let entry = opcode::RecvMulti::new(
+            types::Fixed(conn.file),
+            self.bufs.as_ref().expect("buffer ring").group(),
+        )
+        .build()
+        .user_data(user_data(tag::RECV, conn.generation, index));
         self.push(entry);
     }
 
@@ -335,7 +354,9 @@ impl Shard {
     // ----- receiving and requests --------------------------------------------------------
 
     fn live(&self, index: u32, generation: u32) -> bool {
-        self.conns.get(index as usize).is_some_and(|c| c.generation == generation)
+        self.conns
+            .get(index as usize)
+            .is_some_and(|c| c.generation == generation)
     }
 
     fn on_recv(&mut self, index: u32, generation: u32, res: i32, flags: u32) {
@@ -438,8 +459,20 @@ impl Shard {
         let keep_alive = req.keep_alive && !req.has_body;
         match (req.path, req.method) {
             ("/sse", Method::Get | Method::Head) => self.subscribe(index, req, keep_alive),
-            ("/sse", _) => self.respond(index, 405, "method not allowed: use GET", keep_alive, &[("Allow", "GET, HEAD")]),
-            _ => self.respond(index, 404, "not found: subscribe at /sse?topic=NAME", keep_alive, &[]),
+            ("/sse", _) => self.respond(
+                index,
+                405,
+                "method not allowed: use GET",
+                keep_alive,
+                &[("Allow", "GET, HEAD")],
+            ),
+            _ => self.respond(
+                index,
+                404,
+                "not found: subscribe at /sse?topic=NAME",
+                keep_alive,
+                &[],
+            ),
         }
     }
 
@@ -473,7 +506,11 @@ impl Shard {
             return;
         }
         let chunked = req.minor_version >= 1;
-        let head = if chunked { self.stream_head.clone() } else { self.stream_head_http10.clone() };
+        let head = if chunked {
+            self.stream_head.clone()
+        } else {
+            self.stream_head_http10.clone()
+        };
         {
             let conn = &mut self.conns[index as usize];
             conn.state = State::Stream;
@@ -514,7 +551,11 @@ impl Shard {
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         let upto = self.next_seq - 1;
         let now = std::time::Instant::now();
-        let history = self.shared.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let history = self
+            .shared
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (reason, replay) = match parsed {
             LastId::Seq(seen) => {
                 let r = history.since(&names, seen, upto, now);
@@ -534,7 +575,12 @@ impl Shard {
             let reset_seq = oldest.map_or(upto, |s| s - 1);
             let mut body = Vec::new();
             let data = reset_json(reason, last, oldest.map(|s| epoch.id(s)));
-            sse::encode_event(&mut body, &epoch.id(reset_seq), Some("ringcast.reset"), data.as_bytes());
+            sse::encode_event(
+                &mut body,
+                &epoch.id(reset_seq),
+                Some("ringcast.reset"),
+                data.as_bytes(),
+            );
             self.enqueue(index, frame(&body, chunked));
         }
         bump_by(&self.counters.replayed, replay.events.len() as u64);
@@ -561,13 +607,20 @@ impl Shard {
     /// This loop fell more than the ring's capacity behind: refill the lost range from
     /// the history for the topics it serves, and count what even the history lost.
     fn recover(&mut self, broadcast: &Broadcast<Event>) {
-        let resume = broadcast.head().saturating_sub(broadcast.capacity()).max(self.next_seq + 1);
+        let resume = broadcast
+            .head()
+            .saturating_sub(broadcast.capacity())
+            .max(self.next_seq + 1);
         let lost = resume - self.next_seq;
         bump_by(&self.counters.ring_overrun, lost);
         let names = self.subs.topic_names();
         let names: Vec<&str> = names.iter().map(|s| &**s).collect();
         let replay = {
-            let history = self.shared.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let history = self
+                .shared
+                .history
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             history.since(&names, self.next_seq - 1, resume - 1, std::time::Instant::now())
         };
         if !replay.complete {
@@ -613,7 +666,9 @@ impl Shard {
 
     fn enqueue(&mut self, index: u32, bytes: Bytes) {
         let conn = &mut self.conns[index as usize];
-        let out = conn.out.get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+        let out = conn
+            .out
+            .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
         out.push(bytes);
     }
 
@@ -737,9 +792,11 @@ impl Shard {
 const SSE_HEADERS: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\n";
 const SSE_HEADERS_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 0\r\n\r\n";
 
-/// The response head and the opening `retry:` field, built once per loop.
-fn stream_head(chunked: bool, retry_ms: u32) -> Bytes {
+/// The response head and the opening `retry:` field, built once per loop. The
+/// `X-Ringcast-Loop` header names the loop that serves the stream.
+fn stream_head(chunked: bool, retry_ms: u32, loop_id: usize) -> Bytes {
     let mut out = Vec::from(SSE_HEADERS);
+    out.extend_from_slice(format!("X-Ringcast-Loop: {loop_id}\r\n").as_bytes());
     let mut retry = Vec::new();
     sse::encode_retry(&mut retry, retry_ms);
     if chunked {
@@ -812,16 +869,30 @@ mod tests {
 
     #[test]
     fn user_data_round_trips() {
-        for (t, g, i) in [(tag::RECV, 0, 0), (tag::SEND, GENERATION_MASK, u32::MAX), (tag::DOORBELL, 12345, 7)] {
+        for (t, g, i) in [
+            (tag::RECV, 0, 0),
+            (tag::SEND, GENERATION_MASK, u32::MAX),
+            (tag::DOORBELL, 12345, 7),
+        ] {
             assert_eq!(unpack(user_data(t, g, i)), (t, g, i));
         }
-        assert_eq!(unpack(user_data(tag::RECV, GENERATION_MASK + 2, 1)).1, 1, "generation wraps at 24 bits");
+        assert_eq!(
+            unpack(user_data(tag::RECV, GENERATION_MASK + 2, 1)).1,
+            1,
+            "generation wraps at 24 bits"
+        );
     }
 
     #[test]
     fn reset_data_is_json_with_the_client_id_escaped() {
         let s = reset_json("expired", b"a\"b\\\n", Some("1-2".into()));
-        assert_eq!(s, r#"{"reason":"expired","last_event_id":"a\"b\\\u000a","oldest_id":"1-2"}"#);
-        assert_eq!(reset_json("malformed-id", b"", None), r#"{"reason":"malformed-id","last_event_id":"","oldest_id":null}"#);
+        assert_eq!(
+            s,
+            r#"{"reason":"expired","last_event_id":"a\"b\\\u000a","oldest_id":"1-2"}"#
+        );
+        assert_eq!(
+            reset_json("malformed-id", b"", None),
+            r#"{"reason":"malformed-id","last_event_id":"","oldest_id":null}"#
+        );
     }
 }

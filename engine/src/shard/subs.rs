@@ -98,8 +98,11 @@ impl Subscriptions {
         self.topics.iter().map(|(_, t)| t.name.clone()).collect()
     }
 
+    #[cfg(test)]
     pub fn subscribers(&self, name: &str) -> usize {
-        self.by_name.get(name).map_or(0, |&t| self.topics[t as usize].conns.len())
+        self.by_name
+            .get(name)
+            .map_or(0, |&t| self.topics[t as usize].conns.len())
     }
 }
 
@@ -134,7 +137,10 @@ mod tests {
         for &c in &[1, 2, 4, 5] {
             subs.remove_all(&mut conns, c);
         }
-        assert!(subs.take("a").is_none() && subs.take("b").is_none(), "empty topics are dropped");
+        assert!(
+            subs.take("a").is_none() && subs.take("b").is_none(),
+            "empty topics are dropped"
+        );
         assert_eq!(subs.nodes.len(), 0);
         assert_eq!(subs.subscribers("a"), 0);
     }

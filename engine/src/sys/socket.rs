@@ -132,7 +132,9 @@ pub fn ingest_listener(path: &Path) -> Result<UnixListener, IngestBindError> {
     if path.exists() {
         match UnixStream::connect(path) {
             Ok(stream) => {
-                let pid = peer_pid(&stream).map(|p| format!(" (pid {p})")).unwrap_or_default();
+                let pid = peer_pid(&stream)
+                    .map(|p| format!(" (pid {p})"))
+                    .unwrap_or_default();
                 return Err(IngestBindError::InUse { path: shown, pid });
             }
             Err(_) => {
@@ -146,7 +148,11 @@ pub fn ingest_listener(path: &Path) -> Result<UnixListener, IngestBindError> {
 
 /// The pid of the process at the other end of a Unix stream (`SO_PEERCRED`).
 pub fn peer_pid(stream: &UnixStream) -> Option<i32> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: `cred` and `len` are valid for writes of the sizes given.
     let ret = unsafe {

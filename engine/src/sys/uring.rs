@@ -9,7 +9,7 @@ use io_uring::{squeue, IoUring};
 pub enum UringError {
     #[error("io_uring is switched off by the sysctl kernel.io_uring_disabled={0}; run `sysctl -w kernel.io_uring_disabled=0` (see tuning/sysctl.conf)")]
     DisabledBySysctl(u32),
-    #[error("io_uring_setup was refused with EPERM: a seccomp profile blocks io_uring (Docker's and containerd's default profiles do); run the engine with a profile that allows io_uring_setup, io_uring_enter and io_uring_register (e.g. docker --security-opt seccomp=tuning/seccomp-io_uring.json)")]
+    #[error("io_uring_setup was refused with EPERM: a seccomp profile blocks io_uring (Docker's and containerd's default profiles do); run it with a profile that allows io_uring_setup, io_uring_enter and io_uring_register (for Docker: --security-opt seccomp=PROFILE.json with those three added, or seccomp=unconfined)")]
     BlockedBySeccomp,
     #[error("this kernel has no io_uring (io_uring_setup: ENOSYS); ringcast needs Linux 6.1 or newer built with CONFIG_IO_URING=y")]
     NoKernelSupport,
@@ -76,14 +76,7 @@ pub fn submit_and_reap(ring: &IoUring) -> io::Result<usize> {
     let pending = ring_sq_len(ring);
     // SAFETY: no argument pointer is passed (`None`), and every queued entry's buffers are
     // owned by the loop until their completions return (the loop's own invariant).
-    unsafe {
-        submitter.enter::<libc::sigset_t>(
-            pending,
-            0,
-            io_uring::EnterFlags::GETEVENTS.bits(),
-            None,
-        )
-    }
+    unsafe { submitter.enter::<libc::sigset_t>(pending, 0, io_uring::EnterFlags::GETEVENTS.bits(), None) }
 }
 
 fn ring_sq_len(ring: &IoUring) -> u32 {
