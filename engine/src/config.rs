@@ -72,12 +72,14 @@ pub struct Config {
     #[arg(long, value_name = "MS", default_value_t = 3000)]
     pub retry_ms: u32,
 
-    /// Receive buffers in each loop's provided-buffer ring (a power of two).
-    #[arg(long, value_name = "N", default_value_t = 512)]
+    /// Receive buffers in each loop's provided-buffer ring (a power of two). Every buffer
+    /// becomes resident once used; a loop recycles each in the turn it arrives, so a few
+    /// hundred serve any number of connections.
+    #[arg(long, value_name = "N", default_value_t = 256)]
     pub recv_buffers: u16,
 
-    /// Bytes per receive buffer.
-    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    /// Bytes per receive buffer. Larger request heads are staged across buffers.
+    #[arg(long, value_name = "BYTES", default_value_t = 2048)]
     pub recv_buffer_bytes: u32,
 }
 

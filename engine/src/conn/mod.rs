@@ -49,6 +49,9 @@ pub mod ops {
     pub const CLOSE: u8 = 1 << 2;
     pub const CANCEL: u8 = 1 << 3;
     pub const SHUTDOWN: u8 = 1 << 4;
+    /// Qualifies `SEND`: the send in flight is the loop's shared stream head, sent
+    /// without an out-queue so that opening an idle stream allocates nothing.
+    pub const SEND_HEAD: u8 = 1 << 5;
 }
 
 /// One client connection: 40 bytes, asserted below, because an idle connection costs

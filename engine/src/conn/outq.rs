@@ -66,6 +66,14 @@ impl OutQueue {
         self.queue.push_back(bytes);
     }
 
+    /// Puts `bytes` ahead of everything queued. Only valid while no send from this queue
+    /// is in flight.
+    pub fn push_front(&mut self, bytes: Bytes) {
+        debug_assert_eq!(self.offset, 0, "push_front during a partial send");
+        self.bytes += bytes.len();
+        self.queue.push_front(bytes);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.bytes == 0
     }

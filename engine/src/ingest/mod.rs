@@ -71,6 +71,7 @@ struct Ingest {
     limits: IngestLimits,
     tick_spec: types::Timespec,
     ticks: u32,
+    /// Something was published since the last doorbell round.
     published: bool,
 }
 
@@ -144,9 +145,6 @@ impl Ingest {
                 for &(data, res, flags) in &batch {
                     self.dispatch(data, res, flags);
                 }
-            }
-            if std::mem::take(&mut self.published) {
-                self.ring_doorbells(false);
             }
         }
     }
@@ -249,6 +247,11 @@ impl Ingest {
             // `arm_recv`, and the Vec was not touched while the receive was in flight.
             unsafe { p.input.set_len(len) };
             self.process(index);
+            // Wake sleeping loops per read, not per batch of completions, so a long
+            // pipeline from one publisher cannot lap a loop that was never told.
+            if std::mem::take(&mut self.published) {
+                self.ring_doorbells(false);
+            }
         }
         self.arm_recv(index);
         self.flush(index);

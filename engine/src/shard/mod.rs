@@ -65,7 +65,7 @@ const TICK_MS: u64 = 100;
 /// How long a closing connection waits for the peer's EOF after our final answer.
 const LINGER_TICKS: u32 = 20;
 /// Queues kept for reuse, so a burst of sends does not allocate per connection.
-const OUT_QUEUE_POOL_MAX: usize = 4096;
+const OUT_QUEUE_POOL_MAX: usize = 1024;
 /// Submission queue entries; the completion queue is eight times larger.
 const SQ_ENTRIES: u32 = 4096;
 /// Bytes of a request staged across reads: the head limit plus one read.
@@ -138,8 +138,10 @@ impl Shard {
             bufs: Some(bufs),
             accepting: vec![false; listeners.len()],
             listeners,
-            conns: Slab::new(),
-            subs: Subscriptions::default(),
+            // Reserved, not touched: pages become resident only as connections arrive, and
+            // the slab never moves its records by growing.
+            conns: Slab::with_capacity(max_conns as usize),
+            subs: Subscriptions::with_capacity(max_conns as usize),
             pool: Vec::new(),
             lingering: Vec::new(),
             cqes: Vec::with_capacity(1024),
@@ -517,19 +519,39 @@ impl Shard {
             conn.chunked = chunked;
             conn.staging = None;
         }
-        self.enqueue(index, head);
         let last = req
             .last_event_id
             .map(<[u8]>::to_vec)
             .or_else(|| sub.last_event_id.as_ref().map(|s| s.clone().into_bytes()));
         if let Some(last) = last {
+            self.enqueue(index, head);
             self.replay(index, &sub.topics, &last, chunked);
+            self.flush(index);
+        } else {
+            self.send_head(index, &head);
         }
         for topic in &sub.topics {
             self.subs.add(&mut self.conns, index, topic);
         }
         bump(&self.counters.streams);
-        self.flush(index);
+    }
+
+    /// Sends the loop's shared stream head straight from its `Bytes`, which live as long as
+    /// the loop, so an idle stream never needs an out-queue. Falls back to the queue when
+    /// something is already queued or in flight.
+    fn send_head(&mut self, index: u32, head: &Bytes) {
+        let conn = &mut self.conns[index as usize];
+        if conn.has_op(ops::SEND) || conn.out.is_some() {
+            self.enqueue(index, head.clone());
+            self.flush(index);
+            return;
+        }
+        conn.ops |= ops::SEND | ops::SEND_HEAD;
+        let entry = opcode::Send::new(types::Fixed(conn.file), head.as_ptr(), head.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data(tag::SEND, conn.generation, index));
+        self.push(entry);
     }
 
     /// Queues what a client resuming from `last` missed, or a `ringcast.reset` event and
@@ -697,13 +719,25 @@ impl Shard {
             return;
         }
         let conn = &mut self.conns[index as usize];
-        conn.ops &= !ops::SEND;
+        let head = conn.has_op(ops::SEND_HEAD);
+        conn.ops &= !(ops::SEND | ops::SEND_HEAD);
         if conn.state == State::Closing {
             self.maybe_free(index);
             return;
         }
         if res <= 0 {
             self.close(index);
+            return;
+        }
+        if head {
+            let head = if conn.chunked { &self.stream_head } else { &self.stream_head_http10 };
+            let rest = head.slice(res as usize..);
+            if !rest.is_empty() {
+                // Rare: a short send. The rest goes ahead of anything queued meanwhile.
+                let out = conn.out.get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+                out.push_front(rest);
+            }
+            self.flush(index);
             return;
         }
         let out = conn.out.as_mut().expect("a send completed, so a queue exists");

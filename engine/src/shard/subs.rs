@@ -34,6 +34,14 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
+    /// Room for `n` subscriptions reserved up front (virtual memory, touched on use).
+    pub fn with_capacity(n: usize) -> Self {
+        Subscriptions {
+            nodes: Slab::with_capacity(n),
+            ..Default::default()
+        }
+    }
+
     /// Subscribes connection `conn` to `name`. The caller passes each topic once.
     pub fn add(&mut self, conns: &mut Slab<Conn>, conn: u32, name: &str) {
         let topic = match self.by_name.get(name) {

@@ -4,3 +4,4 @@ pub mod bufring;
 pub mod signal;
 pub mod socket;
 pub mod uring;
+

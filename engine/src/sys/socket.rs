@@ -51,6 +51,12 @@ fn set_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_
     .map(drop)
 }
 
+/// Seconds of silence before the kernel probes a client connection.
+const KEEPALIVE_IDLE_SECS: libc::c_int = 120;
+const KEEPALIVE_INTERVAL_SECS: libc::c_int = 30;
+/// Unanswered probes before the kernel declares the peer dead and the receive ends.
+const KEEPALIVE_PROBES: libc::c_int = 4;
+
 /// A listening TCP socket on `addr` with `SO_REUSEPORT`, so that each loop owns one
 /// listener on the same address and the kernel spreads new connections across them.
 ///
@@ -70,6 +76,15 @@ pub fn tcp_listener(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
     if family == libc::AF_INET6 {
         set_int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
     }
+    // Accepted sockets inherit these from the listener, which matters because direct
+    // descriptors cannot take a plain setsockopt. No Nagle delay: an event queued while
+    // the previous one is unacknowledged must leave at once. Keepalive probes find peers
+    // that vanished without a FIN (hosts powered off, NAT entries dropped).
+    set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, KEEPALIVE_IDLE_SECS)?;
+    set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECS)?;
+    set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE_PROBES)?;
     let (storage, len) = sockaddr_of(addr);
     // SAFETY: `storage` holds a sockaddr of `len` bytes for the socket's family.
     cvt(unsafe { libc::bind(fd, std::ptr::addr_of!(storage).cast(), len) })?;
