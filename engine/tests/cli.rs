@@ -55,3 +55,72 @@ fn publish_without_an_engine_says_where_it_looked() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/ringcast.sock"), "{err}");
 }
+
+/// Under a seccomp filter that refuses `io_uring_setup` (what Docker's default profile
+/// does), the engine must exit at once and name the cause and the fix.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn blocked_io_uring_is_reported_with_cause_and_fix() {
+    use std::os::unix::process::CommandExt;
+
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:1",
+        "--ingest",
+        "/nonexistent/ringcast.sock",
+    ]);
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // async-signal-safe prctl(2) with a filter that lives on its stack for the call.
+    unsafe {
+        cmd.pre_exec(|| {
+            const SYS_IO_URING_SETUP: u32 = 425;
+            let filter = [
+                // A = seccomp_data.nr
+                libc::sock_filter {
+                    code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+                    jt: 0,
+                    jf: 0,
+                    k: 0,
+                },
+                libc::sock_filter {
+                    code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                    jt: 0,
+                    jf: 1,
+                    k: SYS_IO_URING_SETUP,
+                },
+                libc::sock_filter {
+                    code: (libc::BPF_RET | libc::BPF_K) as u16,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+                },
+                libc::sock_filter {
+                    code: (libc::BPF_RET | libc::BPF_K) as u16,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ALLOW,
+                },
+            ];
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut _,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const _) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "the engine must not run without io_uring");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("seccomp") && err.contains("io_uring_setup"),
+        "cause not named: {err}"
+    );
+    assert!(err.contains("allows io_uring_setup"), "fix not named: {err}");
+}

@@ -18,7 +18,7 @@ use slab::Slab;
 
 use crate::engine::Shared;
 use crate::event::Event;
-use crate::proto::ingest::{Command, Decoded, IngestDecoder, IngestLimits, Publish};
+use crate::proto::ingest::{self, Command, Decoded, IngestDecoder, IngestLimits, Publish};
 use crate::ring::broadcast::Producer;
 use crate::shard::DOORBELL_DATA;
 use crate::sys::uring::{self, RingSize};
@@ -291,15 +291,18 @@ impl Ingest {
     }
 
     fn execute(&mut self, index: usize, command: Command<'_>) {
-        let reply = match command {
-            Command::Publish(p) => format!("+OK {}\r\n", self.publish(&p)),
-            Command::Ping => "+PONG\r\n".into(),
-            Command::Quit => {
-                self.publishers[index].closing = true;
-                "+BYE\r\n".into()
+        match command {
+            Command::Publish(p) => {
+                let id = self.publish(&p);
+                ingest::encode_ok(&mut self.publishers[index].replies, &id);
             }
-        };
-        self.publishers[index].replies.extend_from_slice(reply.as_bytes());
+            Command::Ping => self.publishers[index].replies.extend_from_slice(ingest::PONG),
+            Command::Quit => {
+                let p = &mut self.publishers[index];
+                p.closing = true;
+                p.replies.extend_from_slice(ingest::BYE);
+            }
+        }
     }
 
     /// Assigns the next id, retains the event, and hands it to every loop. Returns the id.

@@ -730,11 +730,17 @@ impl Shard {
             return;
         }
         if head {
-            let head = if conn.chunked { &self.stream_head } else { &self.stream_head_http10 };
+            let head = if conn.chunked {
+                &self.stream_head
+            } else {
+                &self.stream_head_http10
+            };
             let rest = head.slice(res as usize..);
             if !rest.is_empty() {
                 // Rare: a short send. The rest goes ahead of anything queued meanwhile.
-                let out = conn.out.get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+                let out = conn
+                    .out
+                    .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
                 out.push_front(rest);
             }
             self.flush(index);

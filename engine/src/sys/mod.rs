@@ -4,4 +4,3 @@ pub mod bufring;
 pub mod signal;
 pub mod socket;
 pub mod uring;
-

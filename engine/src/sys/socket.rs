@@ -83,7 +83,12 @@ pub fn tcp_listener(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
     set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
     set_int_opt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
     set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, KEEPALIVE_IDLE_SECS)?;
-    set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECS)?;
+    set_int_opt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPINTVL,
+        KEEPALIVE_INTERVAL_SECS,
+    )?;
     set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE_PROBES)?;
     let (storage, len) = sockaddr_of(addr);
     // SAFETY: `storage` holds a sockaddr of `len` bytes for the socket's family.
