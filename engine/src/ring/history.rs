@@ -85,12 +85,14 @@ impl<T: Retained> History<T> {
             while self.topics.len() >= self.limits.topics_max.max(1) {
                 self.forget_oldest_topic();
             }
+            // A topic may be one the table dropped earlier: it inherits everything ever
+            // forgotten as possibly its own, so resuming across the drop reports the hole.
             self.topics.insert(
                 event.topic().into(),
                 TopicLog {
                     events: VecDeque::new(),
                     bytes: 0,
-                    evicted_upto: 0,
+                    evicted_upto: self.forgotten_upto,
                 },
             );
         }
@@ -302,6 +304,12 @@ mod tests {
         assert!(!h.since(&["a"], 0, 3, now).complete);
         assert!(h.since(&["a"], 1, 3, now).complete, "a's last event was 1");
         assert!(h.since(&["zzz"], 3, 3, now).complete);
+        h.insert(ev(4, "a", now), now);
+        assert!(
+            !h.since(&["a"], 0, 4, now).complete,
+            "a came back, but event 1 is still gone"
+        );
+        assert_eq!(seqs(&h.since(&["a"], 1, 4, now)), vec![4]);
     }
 
     #[test]
@@ -315,6 +323,11 @@ mod tests {
         h.expire(later);
         assert_eq!(h.topics(), 0);
         assert_eq!(h.bytes(), 0);
+        h.insert(ev(2, "a", later), later);
+        assert!(
+            !h.since(&["a"], 0, 2, later).complete,
+            "expired event 1 stays a hole"
+        );
     }
 
     #[test]

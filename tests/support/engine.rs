@@ -1,0 +1,395 @@
+//! Starts the real `ringcast` binary for one test: a free loopback port, a fresh temporary
+//! directory for the ingest socket, `--loops 2` unless told otherwise, and the `ready`
+//! line parsed for the epoch.
+//!
+//! Owns: the child process, its stderr (drained by a thread so the engine never blocks
+//! on a full pipe), and the temporary directory.
+//!
+//! Must never: signal a process it did not start, or wait without a deadline.
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fmt;
+use std::io::{self, BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long the engine may take to print its `ready` line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the engine may take to exit after SIGTERM.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+const READY_MARK: &str = "ringcast: ready: ";
+
+/// The `ringcast` binary: `$RINGCAST_BIN`, else the one cargo built beside the test
+/// executable's `deps/` directory.
+///
+/// # Panics
+///
+/// If neither exists.
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("RINGCAST_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // Test executables live in target/<profile>/deps/; binaries in target/<profile>/.
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("ringcast"));
+    match bin {
+        Some(bin) if bin.is_file() => bin,
+        _ => panic!(
+            "no ringcast binary at {bin:?} (nor RINGCAST_BIN set): \
+             build it first: cargo build --release -p ringcast"
+        ),
+    }
+}
+
+/// A loopback address with a port nobody listens on, never the same twice in this
+/// process, so that tests running in parallel cannot meet on one port.
+///
+/// # Panics
+///
+/// If the kernel hands out only ports already given.
+pub fn free_addr() -> SocketAddr {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    for _ in 0..100 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local_addr");
+        drop(listener);
+        let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if given.get_or_insert_with(HashSet::new).insert(addr.port()) {
+            return addr;
+        }
+    }
+    panic!("100 ephemeral ports in a row were already handed out");
+}
+
+/// A fresh directory under the system temp dir, removed with its contents on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates the directory.
+    ///
+    /// # Panics
+    ///
+    /// If it cannot be created, or its path is too long to hold a Unix socket path.
+    pub fn new() -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        for _ in 0..100 {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = std::env::temp_dir().join(format!("ringcast-it-{}-{n}", std::process::id()));
+            match std::fs::create_dir(&path) {
+                Ok(()) => {
+                    // sun_path holds 108 bytes; leave room for the socket's file name.
+                    assert!(
+                        path.as_os_str().len() < 80,
+                        "temp dir {path:?} too long for a socket path"
+                    );
+                    return TempDir { path };
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => panic!("create {path:?}: {e}"),
+            }
+        }
+        panic!("100 temp dir names in a row already existed");
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        TempDir::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Why an engine did not become ready.
+#[derive(Debug)]
+pub struct StartError {
+    /// Its exit status, or `None` if it was killed for not being ready in time.
+    pub status: Option<ExitStatus>,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.status {
+            Some(status) => write!(f, "ringcast exited with {status}")?,
+            None => write!(f, "ringcast printed no ready line within {READY_TIMEOUT:?}")?,
+        }
+        write!(f, "; its stderr:\n{}", self.stderr)
+    }
+}
+
+/// One running `ringcast serve`, killed on drop.
+pub struct Engine {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    /// The ingest socket publishers connect to.
+    pub ingest: PathBuf,
+    /// The epoch from the ready line: the prefix of every event id of this run.
+    pub epoch: String,
+    /// The process id of the running engine.
+    pub pid: u32,
+    /// The whole ready line.
+    pub ready_line: String,
+    args: Vec<OsString>,
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    _dir: Option<TempDir>,
+}
+
+impl Engine {
+    /// Starts `ringcast serve` on a free port with an ingest socket in a fresh temp dir,
+    /// with `--loops 2` unless `extra_args` names `--loops`.
+    ///
+    /// # Panics
+    ///
+    /// If it does not print its ready line within [`READY_TIMEOUT`].
+    pub fn start(extra_args: &[&str]) -> Engine {
+        let dir = TempDir::new();
+        let ingest = dir.path().join("ringcast.sock");
+        let mut engine = Engine::try_start_on(free_addr(), &ingest, extra_args)
+            .unwrap_or_else(|e| panic!("ringcast serve {extra_args:?} did not start: {e}"));
+        engine._dir = Some(dir);
+        engine
+    }
+
+    /// Starts `ringcast serve` on `addr` and `ingest` (a path the caller owns), with
+    /// `--loops 2` unless `extra_args` names `--loops`.
+    ///
+    /// # Errors
+    ///
+    /// If the engine exits, or prints no ready line within [`READY_TIMEOUT`] (it is
+    /// killed then).
+    pub fn try_start_on(addr: SocketAddr, ingest: &Path, extra_args: &[&str]) -> Result<Engine, StartError> {
+        let mut args: Vec<OsString> = vec!["serve".into(), "--listen".into(), addr.to_string().into()];
+        args.extend(["--ingest".into(), ingest.as_os_str().to_owned()]);
+        if !extra_args.iter().any(|a| a.starts_with("--loops")) {
+            args.extend(["--loops".into(), "2".into()]);
+        }
+        args.extend(extra_args.iter().map(OsString::from));
+        let (child, stderr, ready_line) = spawn(&args)?;
+        let epoch = parse_ready(&ready_line, addr, ingest);
+        Ok(Engine {
+            addr,
+            ingest: ingest.to_owned(),
+            epoch,
+            pid: child.id(),
+            ready_line,
+            args,
+            child,
+            stderr,
+            _dir: None,
+        })
+    }
+
+    /// Everything the engine wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        lock(&self.stderr).clone()
+    }
+
+    /// Sends SIGTERM and waits for the engine to exit.
+    ///
+    /// # Panics
+    ///
+    /// If it does not exit within [`STOP_TIMEOUT`] (it is killed then).
+    pub fn stop(&mut self) -> ExitStatus {
+        if let Some(status) = self.child.try_wait().expect("try_wait on the engine") {
+            return status;
+        }
+        sigterm(self.pid).expect("SIGTERM to the engine");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait on the engine") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "ringcast did not exit within {STOP_TIMEOUT:?} of SIGTERM; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops the engine with SIGTERM and starts it again with the same arguments, on
+    /// the same port and ingest path. The new run has a new epoch.
+    ///
+    /// # Panics
+    ///
+    /// If the engine does not exit with status 0, or does not come back.
+    pub fn restart(&mut self) {
+        let status = self.stop();
+        assert!(
+            status.success(),
+            "ringcast exited with {status} on SIGTERM; stderr:\n{}",
+            self.stderr()
+        );
+        self.wait_port_closed();
+        let (child, stderr, ready_line) =
+            spawn(&self.args).unwrap_or_else(|e| panic!("ringcast did not restart: {e}"));
+        self.epoch = parse_ready(&ready_line, self.addr, &self.ingest);
+        self.pid = child.id();
+        self.child = child;
+        self.stderr = stderr;
+        self.ready_line = ready_line;
+    }
+
+    /// Waits until nothing accepts on the engine's address. An exited engine's listening
+    /// sockets can outlive it briefly (the kernel tears its io_uring instance down after
+    /// exit); a new engine sharing the port with them (SO_REUSEPORT) would see some
+    /// connections land on a socket about to close.
+    fn wait_port_closed(&self) {
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while TcpStream::connect(self.addr).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "{} still accepts {STOP_TIMEOUT:?} after the engine exited",
+                self.addr
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait on the engine").is_none()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SIGKILL: the child is not reaped yet, so its pid names no other process.
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+type Spawned = (Child, Arc<Mutex<String>>, String);
+
+/// Runs the binary with `args` and waits for its ready line.
+fn spawn(args: &[OsString]) -> Result<Spawned, StartError> {
+    let mut child = Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", binary()));
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let pipe = child.stderr.take().expect("piped stderr");
+    let log = Arc::clone(&stderr);
+    thread::spawn(move || {
+        // Ends at EOF, when the engine exits; the ready sender is dropped then.
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            lock(&log).push_str(&line);
+            lock(&log).push('\n');
+            if line.starts_with(READY_MARK) {
+                let _ = ready_tx.send(line);
+            }
+        }
+    });
+    match ready_rx.recv_timeout(READY_TIMEOUT) {
+        Ok(line) => Ok((child, stderr, line)),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(StartError {
+                status: None,
+                stderr: lock(&stderr).clone(),
+            })
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            // Stderr reached EOF: the process is exiting; reap it, bounded.
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            let status = loop {
+                if let Some(status) = child.try_wait().expect("try_wait") {
+                    break Some(status);
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                thread::sleep(Duration::from_millis(5));
+            };
+            Err(StartError {
+                status,
+                stderr: lock(&stderr).clone(),
+            })
+        }
+    }
+}
+
+/// Checks the ready line names `addr` and `ingest` and returns its epoch:
+/// `ringcast: ready: clients on ADDR (...), ingest PATH, epoch HEX`.
+fn parse_ready(line: &str, addr: SocketAddr, ingest: &Path) -> String {
+    assert!(
+        line.contains(&format!("clients on {addr}")),
+        "ready line does not name {addr}: {line}"
+    );
+    assert!(
+        line.contains(&format!("ingest {}", ingest.display())),
+        "ready line does not name {}: {line}",
+        ingest.display()
+    );
+    let epoch = line
+        .rsplit_once(", epoch ")
+        .map(|(_, epoch)| epoch.trim())
+        .unwrap_or_else(|| panic!("ready line has no epoch: {line}"));
+    assert!(
+        !epoch.is_empty() && epoch.bytes().all(|b| b.is_ascii_hexdigit()),
+        "ready line's epoch is not hex: {line}"
+    );
+    epoch.to_owned()
+}
+
+fn lock(log: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
+    log.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Sends SIGTERM to `pid`.
+fn sigterm(pid: u32) -> io::Result<()> {
+    // The support crate has no libc dependency (dev-dependencies do not reach a library),
+    // so kill(2) is declared here; std links libc already.
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    const SIGTERM: i32 = 15;
+    let pid = i32::try_from(pid).expect("pid fits pid_t");
+    // SAFETY: kill(2) takes two integers and touches no memory of ours. `pid` is a child
+    // this process has not reaped, so it cannot name any other process.
+    let rc = unsafe { kill(pid, SIGTERM) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
