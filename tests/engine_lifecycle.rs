@@ -58,6 +58,46 @@ fn sigterm_with_clients_connected_exits_0_and_removes_the_socket() {
     );
 }
 
+/// Everything acknowledged with `+OK` before SIGTERM reaches every connected subscriber
+/// before the engine exits: the ingest thread stops first, then each loop drains the ring
+/// and flushes its queues.
+#[test]
+fn sigterm_delivers_every_acknowledged_event_first() {
+    let mut engine = Engine::start(&[]);
+    let mut subs: Vec<SseClient> = (0..4)
+        .map(|_| SseClient::subscribe(engine.addr, &["flush"]))
+        .collect();
+    let mut publisher = Publisher::connect(&engine.ingest);
+    let payload = vec![b'x'; 1024];
+    let burst: Vec<u8> = (0..2000)
+        .flat_map(|_| ringcast_tests::ingest::pub_frame("flush", &payload, ""))
+        .collect();
+    publisher.send(&burst);
+    let ids: Vec<String> = (0..2000)
+        .map(|_| ringcast_tests::ingest::ok_id(&publisher.reply()))
+        .collect();
+    let status = engine.stop();
+    assert!(
+        status.success(),
+        "exit status {status}; stderr:\n{}",
+        engine.stderr()
+    );
+    for (n, sub) in subs.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        while let Ok(event) = sub.next_event(WAIT) {
+            got.push(event.id);
+        }
+        assert_eq!(
+            got.len(),
+            ids.len(),
+            "subscriber {n} got {} of {} acknowledged events",
+            got.len(),
+            ids.len()
+        );
+        assert_eq!(got, ids, "subscriber {n} got them out of order");
+    }
+}
+
 #[test]
 fn a_second_engine_on_the_same_ingest_path_is_refused_naming_it() {
     let first = Engine::start(&[]);

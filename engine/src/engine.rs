@@ -1,7 +1,8 @@
 //! Wiring: validates the configuration, checks that io_uring works, starts one loop per
 //! core and the ingest thread, and waits for a termination signal or a fatal error.
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
 
@@ -44,7 +45,15 @@ pub struct Shared {
     pub history: Mutex<History<Event>>,
     pub config: Config,
     pub counters: Vec<Arc<Counters>>,
+    /// Set on SIGINT/SIGTERM: the ingest thread sends its pending acknowledgements and stops.
+    pub stopping: AtomicBool,
+    /// Set by the ingest thread once it has stopped: nothing more will be published, and
+    /// each loop delivers what the ring holds, flushes its queues and exits.
+    pub ingest_stopped: AtomicBool,
 }
+
+/// How long shutdown waits for loops to flush what was acknowledged before exiting anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the engine did not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +73,7 @@ pub enum EngineError {
 enum Stop {
     Signal(i32),
     Fatal(String),
+    LoopDone,
 }
 
 /// Runs the engine until SIGINT or SIGTERM.
@@ -89,6 +99,8 @@ pub fn run(config: Config) -> Result<(), EngineError> {
         history: Mutex::new(History::new(config.history_limits())),
         counters: (0..loops).map(|_| Arc::new(Counters::default())).collect(),
         config: config.clone(),
+        stopping: AtomicBool::new(false),
+        ingest_stopped: AtomicBool::new(false),
     });
     let (stop_tx, stop_rx) = bounded::<Stop>(loops + 2);
     let mut ring_fds = Vec::with_capacity(loops);
@@ -108,11 +120,12 @@ pub fn run(config: Config) -> Result<(), EngineError> {
     std::thread::Builder::new()
         .name("ringcast-ingest".into())
         .spawn(move || {
-            let err = ingest
-                .run()
-                .err()
-                .map_or_else(|| "ingest thread stopped".into(), |e| format!("ingest: {e}"));
-            let _ = tx.send(Stop::Fatal(err));
+            let shared = Arc::clone(&ingest.shared);
+            let result = ingest.run();
+            shared.ingest_stopped.store(true, Ordering::Release);
+            if let Err(e) = result {
+                let _ = tx.send(Stop::Fatal(format!("ingest: {e}")));
+            }
         })
         .map_err(|e| EngineError::Start(format!("cannot start the ingest thread: {e}")))?;
     let tx = stop_tx.clone();
@@ -128,14 +141,32 @@ pub fn run(config: Config) -> Result<(), EngineError> {
         shared.epoch.id(0).trim_end_matches("-0"),
     );
     let stop = stop_rx.recv().unwrap_or(Stop::Fatal("all threads ended".into()));
-    let _ = std::fs::remove_file(&config.ingest);
-    match stop {
+    let result = match stop {
         Stop::Signal(sig) => {
-            eprintln!("ringcast: stopping on signal {sig}");
+            eprintln!("ringcast: stopping on signal {sig}: flushing acknowledged events");
+            shared.stopping.store(true, Ordering::Release);
+            let deadline = Instant::now() + SHUTDOWN_GRACE;
+            let mut done = 0;
+            while done < loops {
+                match stop_rx.recv_deadline(deadline) {
+                    Ok(Stop::LoopDone | Stop::Fatal(_)) => done += 1,
+                    Ok(Stop::Signal(_)) => {}
+                    Err(_) => {
+                        eprintln!(
+                            "ringcast: {} loops still flushing after {SHUTDOWN_GRACE:?}; exiting",
+                            loops - done
+                        );
+                        break;
+                    }
+                }
+            }
             Ok(())
         }
         Stop::Fatal(msg) => Err(EngineError::Fatal(msg)),
-    }
+        Stop::LoopDone => Err(EngineError::Fatal("a loop stopped unexpectedly".into())),
+    };
+    let _ = std::fs::remove_file(&config.ingest);
+    result
 }
 
 fn start_shard(id: usize, conns: u32, shared: &Arc<Shared>, stop: &Sender<Stop>) -> Result<i32, EngineError> {
@@ -156,9 +187,10 @@ fn start_shard(id: usize, conns: u32, shared: &Arc<Shared>, stop: &Sender<Stop>)
                     return;
                 }
             };
-            if let Err(e) = shard.run() {
-                let _ = stop.send(Stop::Fatal(format!("loop {id}: {e}")));
-            }
+            let _ = match shard.run() {
+                Ok(()) => stop.send(Stop::LoopDone),
+                Err(e) => stop.send(Stop::Fatal(format!("loop {id}: {e}"))),
+            };
         })
         .map_err(|e| EngineError::Start(format!("cannot start loop {id}: {e}")))?;
     match ready_rx.recv() {

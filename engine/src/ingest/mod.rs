@@ -44,6 +44,8 @@ const TICK_MS: u64 = 100;
 const EXPIRE_EVERY_TICKS: u32 = 10;
 /// The longest line the decoder accepts before the payload.
 const LINE_MAX: usize = 1024;
+/// Ticks shutdown waits for publishers to read their acknowledgements.
+const SHUTDOWN_TICKS: u32 = 20;
 
 struct Publisher {
     stream: UnixStream,
@@ -73,6 +75,9 @@ struct Ingest {
     ticks: u32,
     /// Something was published since the last doorbell round.
     published: bool,
+    /// Tick at which shutdown began: no more publishers are accepted, and the loop ends
+    /// once every acknowledgement is sent (or the grace period is over).
+    stopping_since: Option<u32>,
 }
 
 /// What the ingest thread needs; the thread itself builds its ring (`SINGLE_ISSUER`
@@ -111,6 +116,7 @@ impl IngestThread {
             tick_spec: types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32),
             ticks: 0,
             published: false,
+            stopping_since: None,
         }
         .run()
     }
@@ -146,7 +152,21 @@ impl Ingest {
                     self.dispatch(data, res, flags);
                 }
             }
+            if self.stopping_since.is_some() && self.drained() {
+                return Ok(());
+            }
         }
+    }
+
+    /// During shutdown: true once no acknowledgement is waiting or being sent, or when the
+    /// grace period is over.
+    fn drained(&self) -> bool {
+        let quiet = self
+            .publishers
+            .iter()
+            .all(|(_, p)| !p.send_armed && p.replies.is_empty() && p.sent == p.sending.len());
+        let since = self.stopping_since.unwrap_or(self.ticks);
+        quiet || self.ticks.wrapping_sub(since) > SHUTDOWN_TICKS
     }
 
     fn push(&mut self, entry: squeue::Entry) {
@@ -401,11 +421,14 @@ impl Ingest {
                     .user_data(user_data(tag::TICK, 0)),
             );
         }
-        if !self.accept_armed {
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.stopping_since.is_none() && self.shared.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            self.stopping_since = Some(self.ticks);
+        }
+        if !self.accept_armed && self.stopping_since.is_none() {
             self.arm_accept();
         }
         self.ring_doorbells(true);
-        self.ticks = self.ticks.wrapping_add(1);
         if self.ticks.is_multiple_of(EXPIRE_EVERY_TICKS) {
             self.shared
                 .history

@@ -64,6 +64,8 @@ pub const DOORBELL_DATA: u64 = user_data(tag::DOORBELL, 0, 0);
 const TICK_MS: u64 = 100;
 /// How long a closing connection waits for the peer's EOF after our final answer.
 const LINGER_TICKS: u32 = 20;
+/// How long the final flush at shutdown waits for slow clients.
+const FLUSH_TICKS: u32 = 30;
 /// Queues kept for reuse, so a burst of sends does not allocate per connection.
 const OUT_QUEUE_POOL_MAX: usize = 1024;
 /// Submission queue entries; the completion queue is eight times larger.
@@ -98,6 +100,10 @@ pub struct Shard {
     tick_spec: types::Timespec,
     generation: u32,
     max_conns: usize,
+    /// Connections with a send in flight; every queue is empty when this is zero.
+    sending: usize,
+    /// Tick at which this loop began its final flush (the ingest thread had stopped).
+    flushing_since: Option<u32>,
     stream_head: Bytes,
     stream_head_http10: Bytes,
     head_only: Bytes,
@@ -151,6 +157,8 @@ impl Shard {
             tick_spec: types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32),
             generation: 0,
             max_conns: max_conns as usize,
+            sending: 0,
+            flushing_since: None,
             stream_head: stream_head(true, retry, id),
             stream_head_http10: stream_head(false, retry, id),
             head_only: Bytes::from_static(SSE_HEADERS_HEAD),
@@ -192,7 +200,21 @@ impl Shard {
                 Err(e) => return Err(e),
             }
             self.reap();
+            if self.flushed(&broadcast) {
+                return Ok(());
+            }
         }
+    }
+
+    /// During shutdown, once the ingest thread has stopped: true when everything it
+    /// acknowledged has been read from the ring and handed to the kernel, or when the
+    /// grace period for slow clients is over.
+    fn flushed(&mut self, broadcast: &Broadcast<Event>) -> bool {
+        let Some(since) = self.flushing_since else {
+            return false;
+        };
+        self.drain_broadcast(broadcast);
+        self.sending == 0 || self.tick.wrapping_sub(since) > FLUSH_TICKS
     }
 
     /// Queues one submission, flushing the queue to the kernel when it is full.
@@ -318,6 +340,14 @@ impl Shard {
 
     fn on_tick(&mut self, flags: u32) {
         self.tick = self.tick.wrapping_add(1);
+        if self.flushing_since.is_none()
+            && self
+                .shared
+                .ingest_stopped
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.flushing_since = Some(self.tick);
+        }
         if !cqueue::more(flags) {
             self.push(
                 opcode::Timeout::new(&self.tick_spec)
@@ -547,6 +577,7 @@ impl Shard {
             return;
         }
         conn.ops |= ops::SEND | ops::SEND_HEAD;
+        self.sending += 1;
         let entry = opcode::Send::new(types::Fixed(conn.file), head.as_ptr(), head.len() as u32)
             .flags(libc::MSG_NOSIGNAL)
             .build()
@@ -707,6 +738,7 @@ impl Shard {
         }
         let msg = out.prepare();
         conn.ops |= ops::SEND;
+        self.sending += 1;
         let entry = opcode::SendMsg::new(types::Fixed(conn.file), msg)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build()
@@ -718,6 +750,7 @@ impl Shard {
         if !self.live(index, generation) {
             return;
         }
+        self.sending -= 1;
         let conn = &mut self.conns[index as usize];
         let head = conn.has_op(ops::SEND_HEAD);
         conn.ops &= !(ops::SEND | ops::SEND_HEAD);
