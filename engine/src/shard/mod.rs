@@ -85,6 +85,8 @@ pub struct Shard {
     bufs: Option<BufRing>,
     listeners: Vec<OwnedFd>,
     accepting: Vec<bool>,
+    /// Accepting stopped on a full table; the tick resumes it once a slot is free.
+    accept_paused: bool,
     conns: Slab<Conn>,
     subs: Subscriptions,
     /// Out-queues are boxed so their `msghdr` keeps its address while a send is in
@@ -143,6 +145,7 @@ impl Shard {
             ring,
             bufs: Some(bufs),
             accepting: vec![false; listeners.len()],
+            accept_paused: false,
             listeners,
             // Reserved, not touched: pages become resident only as connections arrive, and
             // the slab never moves its records by growing.
@@ -299,6 +302,16 @@ impl Shard {
             // the tick resumes accepting once a slot frees up.
             libc::ENFILE | libc::EMFILE | libc::ENOMEM | libc::ENOBUFS => {
                 bump(&self.counters.accept_full);
+                if !self.accept_paused {
+                    self.accept_paused = true;
+                    eprintln!(
+                        "ringcast: loop {}: cannot take more connections ({} held, {}); new ones wait in the \
+                         listen backlog until some close (see --max-conns-per-loop and RLIMIT_NOFILE)",
+                        self.id,
+                        self.conns.len(),
+                        std::io::Error::from_raw_os_error(-res)
+                    );
+                }
             }
             _ => {
                 bump(&self.counters.accept_errors);
@@ -356,7 +369,14 @@ impl Shard {
                     .user_data(user_data(tag::TICK, 0, 0)),
             );
         }
-        if self.conns.len() < self.max_conns {
+        if self.conns.len() < self.max_conns && self.flushing_since.is_none() {
+            if std::mem::take(&mut self.accept_paused) {
+                eprintln!(
+                    "ringcast: loop {}: accepting again ({} held)",
+                    self.id,
+                    self.conns.len()
+                );
+            }
             for i in 0..self.listeners.len() {
                 if !self.accepting[i] {
                     self.arm_accept(i);
