@@ -13,18 +13,28 @@ fn cargo(args: &[&str]) -> (bool, String) {
         .env("CARGO_TARGET_DIR", root.join("target/lint"))
         .output()
         .expect("cargo runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
 #[test]
 fn code_is_formatted() {
     let (ok, out) = cargo(&["fmt", "--all", "--", "--check"]);
-    assert!(ok, "cargo fmt --all --check failed; run `cargo fmt --all`:\n{out}");
+    assert!(
+        ok,
+        "cargo fmt --all --check failed; run `cargo fmt --all`:\n{out}"
+    );
 }
 
 #[test]
 fn clippy_is_clean() {
     let (ok, out) = cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
-    assert!(ok, "cargo clippy --workspace --all-targets -- -D warnings failed:\n{out}");
+    assert!(
+        ok,
+        "cargo clippy --workspace --all-targets -- -D warnings failed:\n{out}"
+    );
 }
