@@ -3,3 +3,4 @@
 pub mod http;
 pub mod ingest;
 pub mod sse;
+pub mod ws;

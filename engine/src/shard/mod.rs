@@ -64,6 +64,8 @@ pub const DOORBELL_DATA: u64 = user_data(tag::DOORBELL, 0, 0);
 const TICK_MS: u64 = 100;
 /// How long a closing connection waits for the peer's EOF after our final answer.
 const LINGER_TICKS: u32 = 20;
+/// A loop at its connection limit reports it at most this often (10 s).
+const FULL_LOG_TICKS: u32 = 100;
 /// How long the final flush at shutdown waits for slow clients.
 const FLUSH_TICKS: u32 = 30;
 /// Queues kept for reuse, so a burst of sends does not allocate per connection.
@@ -87,6 +89,11 @@ pub struct Shard {
     accepting: Vec<bool>,
     /// Accepting stopped on a full table; the tick resumes it once a slot is free.
     accept_paused: bool,
+    /// When a full table was last reported, so a loop at its limit logs at most every
+    /// `FULL_LOG_TICKS`.
+    full_logged_at: u32,
+    /// The current pause was reported, so its end is reported too.
+    pause_reported: bool,
     conns: Slab<Conn>,
     subs: Subscriptions,
     /// Out-queues are boxed so their `msghdr` keeps its address while a send is in
@@ -146,6 +153,8 @@ impl Shard {
             bufs: Some(bufs),
             accepting: vec![false; listeners.len()],
             accept_paused: false,
+            full_logged_at: u32::MAX - FULL_LOG_TICKS,
+            pause_reported: false,
             listeners,
             // Reserved, not touched: pages become resident only as connections arrive, and
             // the slab never moves its records by growing.
@@ -302,8 +311,10 @@ impl Shard {
             // the tick resumes accepting once a slot frees up.
             libc::ENFILE | libc::EMFILE | libc::ENOMEM | libc::ENOBUFS => {
                 bump(&self.counters.accept_full);
-                if !self.accept_paused {
-                    self.accept_paused = true;
+                let quiet = self.tick.wrapping_sub(self.full_logged_at) < FULL_LOG_TICKS;
+                if !self.accept_paused && !quiet {
+                    self.full_logged_at = self.tick;
+                    self.pause_reported = true;
                     eprintln!(
                         "ringcast: loop {}: cannot take more connections ({} held, {}); new ones wait in the \
                          listen backlog until some close (see --max-conns-per-loop and RLIMIT_NOFILE)",
@@ -312,6 +323,7 @@ impl Shard {
                         std::io::Error::from_raw_os_error(-res)
                     );
                 }
+                self.accept_paused = true;
             }
             _ => {
                 bump(&self.counters.accept_errors);
@@ -370,7 +382,8 @@ impl Shard {
             );
         }
         if self.conns.len() < self.max_conns && self.flushing_since.is_none() {
-            if std::mem::take(&mut self.accept_paused) {
+            self.accept_paused = false;
+            if std::mem::take(&mut self.pause_reported) {
                 eprintln!(
                     "ringcast: loop {}: accepting again ({} held)",
                     self.id,

@@ -1,0 +1,1768 @@
+//! WebSocket for the server side (RFC 6455): the opening handshake (§4.2), a decoder for
+//! the frames clients send (§5) and an encoder for the frames the server sends.
+//!
+//! Owns: which request heads are WebSocket upgrades and how a refused one is answered,
+//! the `Sec-WebSocket-Accept` value and the 101 response, `Origin` patterns, the client
+//! frame rules (masking, reserved bits, opcodes, control frame limits, fragmentation,
+//! message size, UTF-8 of text and close reasons, close codes) and the close code each
+//! violation is answered with, and the exact bytes of server frames.
+//!
+//! Must never: touch a socket or a clock, mask a server frame (§5.1: one unmasked
+//! encoding is shared by every subscriber), allocate for a frame that arrives whole, or
+//! hold more than `max_message` bytes of a message (the limit is checked against the
+//! announced length before a byte of it is buffered).
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+
+use super::http::HEADERS_MAX;
+
+// ----- Handshake (§4.2) ---------------------------------------------------------------
+
+/// Appended to the client's key before hashing it into `Sec-WebSocket-Accept` (§1.3).
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// The only protocol version there is (§4.1 item 9, §11.6).
+const VERSION: &[u8] = b"13";
+
+/// Header fields for a 426 answer to a plain request on a WebSocket-only resource:
+/// RFC 9110 §15.5.22 requires `Upgrade` in a 426, and §7.8 the `upgrade` connection
+/// option beside it.
+pub const UPGRADE_REQUIRED_HEADERS: &[(&str, &str)] = &[("Upgrade", "websocket"), ("Connection", "Upgrade")];
+
+/// A valid WebSocket opening handshake (§4.2.1). Every slice borrows from the head given
+/// to [`check_upgrade`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Upgrade<'a> {
+    /// `Sec-WebSocket-Key` as sent: 24 bytes of base64 that decode to 16 bytes. Pass it to
+    /// [`switching_protocols`].
+    pub key: &'a [u8],
+    /// The first `Origin` field (§4.1 item 8, RFC 6454), for [`origin_allowed`].
+    pub origin: Option<&'a [u8]>,
+    /// The first `Sec-WebSocket-Protocol` field, a comma-separated list (§4.1 item 10).
+    /// ringcast selects no subprotocol, so the 101 names none.
+    pub protocols: Option<&'a [u8]>,
+    /// Bytes of the head, blank line included; client frames start at `head[head_len..]`.
+    pub head_len: usize,
+}
+
+/// Why an upgrade request is refused. Answer with [`status`](Self::status),
+/// [`reason`](Self::reason) as the body and [`extra_headers`](Self::extra_headers), then
+/// close: the client sends frames right behind its request and they must not be read
+/// as HTTP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeError {
+    /// The head is not one complete, well-formed HTTP request head.
+    Malformed,
+    /// The method is not GET (§4.1 item 2).
+    NotGet,
+    /// HTTP/1.0: the handshake needs HTTP/1.1 or later (§4.1 item 2).
+    NotHttp11,
+    /// Not exactly one `Host` field (§4.1 item 4, RFC 9112 §3.2).
+    BadHost,
+    /// Signs of a WebSocket handshake (a `Sec-WebSocket-Key` or `-Version`, or `Upgrade:
+    /// websocket`), but `Upgrade` lacks `websocket` or `Connection` lacks `Upgrade`
+    /// (§4.2.1 items 3-4).
+    ///
+    /// 400, not 426: §4.2.1 asks for "an appropriate error code (such as 400 Bad
+    /// Request)" when the handshake does not match, and 426 tells a client to switch
+    /// protocols while this client already asked to and got its headers wrong.
+    NotUpgrade,
+    /// `Sec-WebSocket-Version` is missing, repeated or not `13` (§4.2.2, §4.4).
+    BadVersion,
+    /// `Sec-WebSocket-Key` is missing, repeated (§11.3.1) or not base64 of 16 bytes
+    /// (§4.1 item 7).
+    BadKey,
+    /// A body (`Content-Length` above 0 or any `Transfer-Encoding`): after the 101 its
+    /// bytes would be read as frames.
+    HasBody,
+    /// [`origin_allowed`] refused the `Origin`; the caller returns this one itself
+    /// (§4.2.2: "a 403 Forbidden").
+    OriginNotAllowed,
+}
+
+impl HandshakeError {
+    /// The status code to answer with: 400, 405, 426 or 403.
+    #[must_use]
+    pub fn status(self) -> u16 {
+        match self {
+            HandshakeError::NotGet => 405,
+            // §4.4: a version the server does not speak is answered "such as 426
+            // Upgrade Required" with the versions it does speak.
+            HandshakeError::BadVersion => 426,
+            HandshakeError::OriginNotAllowed => 403,
+            HandshakeError::Malformed
+            | HandshakeError::NotHttp11
+            | HandshakeError::BadHost
+            | HandshakeError::NotUpgrade
+            | HandshakeError::BadKey
+            | HandshakeError::HasBody => 400,
+        }
+    }
+
+    /// A short sentence for the response body.
+    #[must_use]
+    pub fn reason(self) -> &'static str {
+        match self {
+            HandshakeError::Malformed => "malformed request head",
+            HandshakeError::NotGet => "a WebSocket handshake must be a GET request",
+            HandshakeError::NotHttp11 => "a WebSocket handshake needs HTTP/1.1",
+            HandshakeError::BadHost => "a WebSocket handshake needs exactly one Host header",
+            HandshakeError::NotUpgrade => {
+                "a WebSocket handshake needs Upgrade: websocket and Connection: Upgrade"
+            }
+            HandshakeError::BadVersion => "only Sec-WebSocket-Version: 13 is supported",
+            HandshakeError::BadKey => "Sec-WebSocket-Key must be one base64 value of 16 bytes",
+            HandshakeError::HasBody => "a WebSocket handshake must not have a body",
+            HandshakeError::OriginNotAllowed => "this Origin may not open WebSockets here",
+        }
+    }
+
+    /// Header fields the answer must carry besides the usual ones.
+    #[must_use]
+    pub fn extra_headers(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            HandshakeError::NotGet => &[("Allow", "GET")],
+            // §4.4 names the versions spoken; RFC 9110 §15.5.22 and §7.8 want Upgrade
+            // and the upgrade connection option in every 426.
+            HandshakeError::BadVersion => &[
+                ("Upgrade", "websocket"),
+                ("Connection", "Upgrade"),
+                ("Sec-WebSocket-Version", "13"),
+            ],
+            _ => &[],
+        }
+    }
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status(), self.reason())
+    }
+}
+
+impl std::error::Error for HandshakeError {}
+
+/// What the header fields of a request say about an upgrade.
+#[derive(Default)]
+struct UpgradeFields<'a> {
+    upgrade_websocket: bool,
+    connection_upgrade: bool,
+    hosts: usize,
+    versions: usize,
+    version: &'a [u8],
+    keys: usize,
+    key: &'a [u8],
+    origin: Option<&'a [u8]>,
+    protocols: Option<&'a [u8]>,
+    body: bool,
+}
+
+impl<'a> UpgradeFields<'a> {
+    fn read(headers: &[httparse::Header<'a>]) -> Self {
+        let mut f = UpgradeFields::default();
+        for header in headers {
+            let (name, value) = (header.name, header.value);
+            if name.eq_ignore_ascii_case("upgrade") {
+                // `websocket` is case-insensitive (§4.2.1 item 3, §11.2).
+                f.upgrade_websocket |= list_items(value).any(|p| p.eq_ignore_ascii_case(b"websocket"));
+            } else if name.eq_ignore_ascii_case("connection") {
+                f.connection_upgrade |= list_items(value).any(|o| o.eq_ignore_ascii_case(b"upgrade"));
+            } else if name.eq_ignore_ascii_case("host") {
+                f.hosts += 1;
+            } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+                f.versions += 1;
+                f.version = value;
+            } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+                f.keys += 1;
+                f.key = value;
+            } else if name.eq_ignore_ascii_case("origin") {
+                f.origin = f.origin.or(Some(value));
+            } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
+                f.protocols = f.protocols.or(Some(value));
+            } else if name.eq_ignore_ascii_case("content-length") {
+                f.body |= list_items(value).any(|n| n.iter().any(|&d| d != b'0'));
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                f.body = true;
+            }
+        }
+        f
+    }
+
+    /// Whether the client means to open a WebSocket at all.
+    fn attempted(&self) -> bool {
+        self.upgrade_websocket || self.keys > 0 || self.versions > 0
+    }
+}
+
+/// Checks the opening handshake in a complete request head (§4.2.1), as found by
+/// [`parse_request`](super::http::parse_request).
+///
+/// Field names and the `websocket` and `Upgrade` tokens match case-insensitively inside
+/// comma-separated lists, over repeated field lines. Returns `Ok(None)` when the request
+/// is no WebSocket attempt: no `Upgrade` naming `websocket` and no `Sec-WebSocket-Key` or
+/// `-Version` (an `Upgrade` naming only other protocols may be ignored, RFC 9110 §7.8).
+/// The caller serves such a request as plain HTTP, or answers 426 with
+/// [`UPGRADE_REQUIRED_HEADERS`] on a resource that only speaks WebSocket.
+///
+/// # Errors
+///
+/// A [`HandshakeError`] for the first rule broken, checked in this order: a head that
+/// is not complete and well-formed, the method, the HTTP version, `Upgrade` and
+/// `Connection`, `Host`, a body, `Sec-WebSocket-Version`, `Sec-WebSocket-Key`.
+pub fn check_upgrade(head: &[u8]) -> Result<Option<Upgrade<'_>>, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(head) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return Err(HandshakeError::Malformed),
+    };
+    let f = UpgradeFields::read(req.headers);
+    if !f.attempted() {
+        return Ok(None);
+    }
+    if req.method != Some("GET") {
+        return Err(HandshakeError::NotGet);
+    }
+    if req.version != Some(1) {
+        return Err(HandshakeError::NotHttp11);
+    }
+    if !(f.upgrade_websocket && f.connection_upgrade) {
+        return Err(HandshakeError::NotUpgrade);
+    }
+    if f.hosts != 1 {
+        return Err(HandshakeError::BadHost);
+    }
+    if f.body {
+        return Err(HandshakeError::HasBody);
+    }
+    if f.versions != 1 || f.version != VERSION {
+        return Err(HandshakeError::BadVersion);
+    }
+    if f.keys != 1 || !is_valid_key(f.key) {
+        return Err(HandshakeError::BadKey);
+    }
+    Ok(Some(Upgrade {
+        key: f.key,
+        origin: f.origin,
+        protocols: f.protocols,
+        head_len,
+    }))
+}
+
+/// Base64 (RFC 4648 §4, padded, canonical) of exactly 16 bytes: always 24 characters.
+fn is_valid_key(key: &[u8]) -> bool {
+    // Decoding 24 characters may need room for 18 bytes before the padding is seen.
+    let mut decoded = [0u8; 18];
+    key.len() == 24 && matches!(BASE64.decode_slice(key, &mut decoded), Ok(16))
+}
+
+/// The non-empty members of a comma-separated list, optional whitespace trimmed
+/// (RFC 9110 §5.6.1).
+fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|item| !item.is_empty())
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (§4.2.2 item 5.4): base64 of the
+/// SHA-1 of the key followed by the GUID. The key is used as sent, not decoded.
+#[must_use]
+pub fn accept_key(key: &[u8]) -> [u8; 28] {
+    let digest = Sha1::new().chain_update(key).chain_update(ACCEPT_GUID).finalize();
+    let mut out = [0u8; 28];
+    let n = BASE64
+        .encode_slice(digest, &mut out)
+        .expect("28 bytes hold the base64 of a 20-byte digest");
+    debug_assert_eq!(n, 28, "base64 of 20 bytes is {n} bytes, expected 28");
+    out
+}
+
+/// The whole 101 response that completes a handshake (§4.2.2 item 5), with no
+/// subprotocol and no extension.
+#[must_use]
+pub fn switching_protocols(key: &[u8]) -> Vec<u8> {
+    const START: &[u8] =
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ";
+    let mut out = Vec::with_capacity(START.len() + 28 + 4);
+    out.extend_from_slice(START);
+    out.extend_from_slice(&accept_key(key));
+    out.extend_from_slice(b"\r\n\r\n");
+    out
+}
+
+/// Whether a handshake with this `Origin` may proceed (§4.2.2 item 4, §10.2).
+///
+/// A request without `Origin` is allowed: browsers always send one, and any other
+/// client could send whatever it liked, so the check only protects browser users from
+/// other sites' pages. Otherwise some pattern must match, ASCII case-insensitively:
+///
+/// - `*` matches every origin, `null` included;
+/// - `SCHEME://*.DOMAIN[:PORT]` matches origins with that scheme (and port) whose host
+///   is a strict subdomain of `DOMAIN`: `https://*.example.com` matches
+///   `https://a.example.com` and `https://a.b.example.com`, not `https://example.com`,
+///   `http://a.example.com` or `https://a.example.com:8443`;
+/// - anything else matches one origin exactly (`https://example.com`, `null`).
+///
+/// A trailing `/` on a pattern is ignored, since origins never have one. An empty list
+/// allows only requests without `Origin`.
+#[must_use]
+pub fn origin_allowed(origin: Option<&[u8]>, patterns: &[String]) -> bool {
+    origin.is_none_or(|origin| patterns.iter().any(|p| origin_matches(origin, p.as_bytes())))
+}
+
+fn origin_matches(origin: &[u8], pattern: &[u8]) -> bool {
+    let pattern = pattern.strip_suffix(b"/").unwrap_or(pattern);
+    if pattern == b"*" {
+        return true;
+    }
+    let Some(star) = pattern.windows(5).position(|w| w == b"://*.") else {
+        return origin.eq_ignore_ascii_case(pattern);
+    };
+    // prefix is `SCHEME://`, suffix is `.DOMAIN[:PORT]`.
+    let (prefix, suffix) = (&pattern[..star + 3], &pattern[star + 4..]);
+    if origin.len() <= prefix.len() + suffix.len() {
+        return false;
+    }
+    let (head, rest) = origin.split_at(prefix.len());
+    let (labels, tail) = rest.split_at(rest.len() - suffix.len());
+    head.eq_ignore_ascii_case(prefix)
+        && tail.eq_ignore_ascii_case(suffix)
+        && labels.first() != Some(&b'.')
+        && labels.last() != Some(&b'.')
+        && labels
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+// ----- Frames (§5) --------------------------------------------------------------------
+
+/// A frame opcode (§5.2, §11.8). Other values are reserved and fail the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Opcode {
+    /// A later fragment of a message (§5.4).
+    Continuation = 0x0,
+    /// A text message, UTF-8 (§5.6).
+    Text = 0x1,
+    /// A binary message.
+    Binary = 0x2,
+    /// Close (§5.5.1).
+    Close = 0x8,
+    /// Ping (§5.5.2).
+    Ping = 0x9,
+    /// Pong (§5.5.3).
+    Pong = 0xA,
+}
+
+impl Opcode {
+    fn from_bits(bits: u8) -> Option<Self> {
+        Some(match bits {
+            0x0 => Opcode::Continuation,
+            0x1 => Opcode::Text,
+            0x2 => Opcode::Binary,
+            0x8 => Opcode::Close,
+            0x9 => Opcode::Ping,
+            0xA => Opcode::Pong,
+            _ => return None,
+        })
+    }
+
+    /// Control frames have the high bit of the opcode set (§5.5).
+    #[must_use]
+    pub fn is_control(self) -> bool {
+        self as u8 & 0x8 != 0
+    }
+}
+
+/// Close status codes (§7.4.1, IANA "WebSocket Close Code Number Registry").
+pub mod close {
+    /// The purpose of the connection has been fulfilled.
+    pub const NORMAL: u16 = 1000;
+    /// The server is going down or the client navigated away.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The peer broke the protocol.
+    pub const PROTOCOL: u16 = 1002;
+    /// A message of a type the endpoint cannot accept.
+    pub const UNSUPPORTED: u16 = 1003;
+    /// Reserved: never sent, reports "no code in the close frame" to applications.
+    pub const NO_STATUS: u16 = 1005;
+    /// Reserved: never sent, reports "closed without a close frame" to applications.
+    pub const ABNORMAL: u16 = 1006;
+    /// Message data inconsistent with its type, such as text that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// A message that violates the endpoint's policy.
+    pub const POLICY: u16 = 1008;
+    /// A message too big to process.
+    pub const TOO_BIG: u16 = 1009;
+    /// The client expected an extension the server did not negotiate.
+    pub const EXTENSION: u16 = 1010;
+    /// The server met an unexpected condition.
+    pub const INTERNAL: u16 = 1011;
+    /// The server is restarting; reconnecting later may work.
+    pub const RESTART: u16 = 1012;
+    /// The server is overloaded; try again later.
+    pub const TRY_AGAIN: u16 = 1013;
+    /// Reserved: never sent, reports a failed TLS handshake to applications.
+    pub const TLS: u16 = 1015;
+
+    /// Whether a close frame may carry `code` (§7.4.1, §7.4.2): the codes defined by
+    /// RFC 6455 that are not reserved for reports (1000-1003, 1007-1011), the codes
+    /// IANA registered since (1012-1014), and the ranges for libraries and applications
+    /// (3000-4999). Anything else received fails the connection with [`PROTOCOL`].
+    ///
+    /// Autobahn (cases 7.7.x and 7.9.x) accepts 1000-1003, 1007-1011 and 3000-4999 and
+    /// tests none of 1012-1014; those are accepted because they are registered and
+    /// ringcast itself sends [`RESTART`].
+    #[must_use]
+    pub fn is_valid(code: u16) -> bool {
+        matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    }
+}
+
+/// A whole message or control frame from the client. Slices borrow either the buffer
+/// given to [`Decoder::decode`] or the decoder's own buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A whole text message, valid UTF-8.
+    Text(&'a [u8]),
+    /// A whole binary message.
+    Binary(&'a [u8]),
+    /// A ping; answer with a pong carrying the same payload (§5.5.2).
+    Ping(&'a [u8]),
+    /// An unsolicited or answering pong (§5.5.3).
+    Pong(&'a [u8]),
+    /// A close frame: `code` is valid ([`close::is_valid`]) when present, `reason` is
+    /// UTF-8 and empty when `code` is absent (§5.5.1). Answer with a close frame (usually
+    /// echoing the code) and stop decoding.
+    Close {
+        /// The status code, when the frame had a payload.
+        code: Option<u16>,
+        /// The UTF-8 reason after the code.
+        reason: &'a [u8],
+    },
+}
+
+/// What one call of [`Decoder::decode`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    /// A message, and how many bytes of the buffer were used up to its end, earlier
+    /// fragments included. Call `decode` again with the rest of the buffer.
+    Message {
+        /// The message.
+        msg: Message<'a>,
+        /// Bytes of the buffer used.
+        consumed: usize,
+    },
+    /// No whole message yet. `consumed` is always the whole buffer: the decoder keeps
+    /// what it needs itself, so nothing has to be staged until the next read.
+    Partial {
+        /// Bytes of the buffer used: all of them.
+        consumed: usize,
+    },
+    /// The client broke the protocol: "Fail the WebSocket Connection" (§7.1.7) by sending
+    /// a close frame with `code` (1002, 1007 or 1009) and `reason` ([`encode_close`]),
+    /// then closing. The decoder is spent: later calls fail again.
+    Fail {
+        /// [`close::PROTOCOL`], [`close::INVALID_DATA`] or [`close::TOO_BIG`].
+        code: u16,
+        /// A short sentence, at most 123 bytes, to put in the close frame.
+        reason: &'static str,
+    },
+}
+
+/// A frame header of at most 14 bytes: 2, 2 or 8 more for a long length, 4 for the mask.
+const HEADER_MAX: usize = 14;
+/// The longest payload a control frame may have (§5.5).
+const CONTROL_MAX: u8 = 125;
+
+/// Where the decoder is in the byte stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Between frames, or inside a header whose first `hdr_len` bytes are stashed.
+    Header,
+    /// Inside the payload of a frame that did not arrive whole: it is copied into `buf`.
+    Payload,
+    /// Failed; nothing more is decoded.
+    Failed,
+}
+
+/// The type of a data message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DataKind {
+    Text,
+    Binary,
+}
+
+/// Incremental UTF-8 validation: the bytes of a code point cut by a fragment or read
+/// boundary wait here for the rest.
+#[derive(Clone, Copy, Debug, Default)]
+struct Utf8Carry {
+    bytes: [u8; 3],
+    len: u8,
+}
+
+impl Utf8Carry {
+    /// Validates `chunk` as the continuation of the text seen so far.
+    ///
+    /// # Errors
+    ///
+    /// As soon as `chunk` holds a byte that no continuation could make valid: the
+    /// standard validator reports an error length for those, and no error length only
+    /// for a proper prefix of a valid sequence at the very end (so overlong forms,
+    /// surrogates and code points past U+10FFFF fail on the byte that rules them out).
+    fn feed(&mut self, mut chunk: &[u8]) -> Result<(), ()> {
+        if self.len > 0 {
+            let have = usize::from(self.len);
+            let take = chunk.len().min(4 - have);
+            let mut joined = [0u8; 4];
+            joined[..have].copy_from_slice(&self.bytes[..have]);
+            joined[have..have + take].copy_from_slice(&chunk[..take]);
+            let joined = &joined[..have + take];
+            let valid = match std::str::from_utf8(joined) {
+                Ok(_) => joined.len(),
+                Err(e) if e.valid_up_to() > 0 => e.valid_up_to(),
+                Err(e) if e.error_len().is_none() => return self.keep(joined),
+                Err(_) => return Err(()),
+            };
+            // The first code point completed, and it holds every carried byte.
+            self.len = 0;
+            chunk = &chunk[valid - have..];
+        }
+        match std::str::from_utf8(chunk) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_none() => self.keep(&chunk[e.valid_up_to()..]),
+            Err(_) => Err(()),
+        }
+    }
+
+    fn keep(&mut self, tail: &[u8]) -> Result<(), ()> {
+        debug_assert!(tail.len() < 4, "incomplete UTF-8 tail of {} bytes", tail.len());
+        self.bytes[..tail.len()].copy_from_slice(tail);
+        self.len = tail.len() as u8;
+        Ok(())
+    }
+
+    /// Whether the text ends on a code point boundary.
+    fn is_complete(self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Why the decoder fails a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fail {
+    code: u16,
+    reason: &'static str,
+}
+
+impl Fail {
+    const fn new(code: u16, reason: &'static str) -> Self {
+        Fail { code, reason }
+    }
+}
+
+const NOT_UTF8: Fail = Fail::new(close::INVALID_DATA, "text message is not UTF-8");
+
+/// What [`Decoder::step`] found, with ranges in place of borrows.
+enum Step {
+    Partial(usize),
+    Fail(Fail),
+    Deliver {
+        op: Opcode,
+        from: Source,
+        consumed: usize,
+    },
+}
+
+/// Where a delivered payload lies.
+enum Source {
+    /// In the caller's buffer.
+    Input(std::ops::Range<usize>),
+    /// In the decoder's buffer.
+    Own(std::ops::Range<usize>),
+}
+
+/// Decodes the frames of one client connection (§5.2-§5.6), sans-IO.
+///
+/// Frames that arrive whole are unmasked in place and returned as slices of the
+/// caller's buffer. A payload that spans reads, and every fragmented message, is copied
+/// into the decoder's own buffer as it arrives; a header that spans reads is stashed
+/// (at most 13 bytes). The own buffer exists only while such a message or frame is in
+/// progress, and is freed by the call after the one that returned the message.
+///
+/// ```text
+///            first bytes of a header            rest of the header
+///   Header ----------------------------> Header(stashed) -----------.
+///     ^  \                                                          |
+///     |   `---- whole header, whole payload: Message (zero-copy)    |
+///     |                                                             v
+///     |<-- frame done: Message, or next fragment --- Payload <-- part of the payload
+///     |                                                (copied into buf)
+///   any rule broken, in any state ---> Failed
+/// ```
+///
+/// Text is validated as it arrives, across fragments and reads, so invalid UTF-8 fails
+/// the connection at the read that brings the first bad byte (Autobahn 6.4.x).
+///
+/// Choices the RFC leaves open: a length not encoded in the fewest bytes (§5.2 says the
+/// minimal number "MUST be used") is accepted, as the lengths are bounded by
+/// `max_message` and control frames by 125 either way; rejecting it would only break
+/// sloppy clients. After a close frame the caller stops calling `decode` (§5.5.1).
+#[derive(Debug)]
+pub struct Decoder {
+    max_message: usize,
+    /// The message being reassembled, then any control frame that arrived in pieces in
+    /// the middle of it.
+    buf: Vec<u8>,
+    frame_len: u64,
+    /// Payload bytes of the current frame already read; also the mask phase.
+    frame_pos: u64,
+    mask: [u8; 4],
+    hdr: [u8; HEADER_MAX],
+    hdr_len: u8,
+    opcode: Opcode,
+    fin: bool,
+    state: State,
+    /// The fragmented (or split) data message in progress.
+    message: Option<DataKind>,
+    utf8: Utf8Carry,
+    /// The last message returned lies in `buf` and is dropped at the next call.
+    delivered_own: bool,
+}
+
+impl Decoder {
+    /// A decoder that fails messages longer than `max_message` bytes with 1009.
+    #[must_use]
+    pub fn new(max_message: usize) -> Self {
+        Decoder {
+            max_message,
+            buf: Vec::new(),
+            frame_len: 0,
+            frame_pos: 0,
+            mask: [0; 4],
+            hdr: [0; HEADER_MAX],
+            hdr_len: 0,
+            opcode: Opcode::Continuation,
+            fin: false,
+            state: State::Header,
+            message: None,
+            utf8: Utf8Carry::default(),
+            delivered_own: false,
+        }
+    }
+
+    /// Decodes frames from `buf` up to the first whole message.
+    ///
+    /// Unmasks payloads in place, so `buf` is changed: a message that arrived whole is
+    /// returned as a slice of it, without copying. Call again with `buf[consumed..]`
+    /// until it returns `Partial` (which uses up all of `buf`) or `Fail`; the next read
+    /// is then passed as a new buffer. Nothing has to be kept between reads, though
+    /// the caller may keep unconsumed bytes and present them again with more appended.
+    /// The answer never depends on how the stream was cut into buffers.
+    pub fn decode<'a>(&'a mut self, buf: &'a mut [u8]) -> Decoded<'a> {
+        let step = self.step(buf);
+        let (this, buf): (&'a Decoder, &'a [u8]) = (self, buf);
+        match step {
+            Step::Partial(consumed) => Decoded::Partial { consumed },
+            Step::Fail(Fail { code, reason }) => Decoded::Fail { code, reason },
+            Step::Deliver { op, from, consumed } => {
+                let payload = match from {
+                    Source::Input(range) => &buf[range],
+                    Source::Own(range) => &this.buf[range],
+                };
+                Decoded::Message {
+                    msg: message(op, payload),
+                    consumed,
+                }
+            }
+        }
+    }
+
+    /// Whether the decoder holds no memory and no partial frame: between messages, with
+    /// no header stashed and no buffer allocated.
+    #[must_use]
+    pub fn is_idle(&self) -> bool {
+        self.state != State::Payload
+            && self.hdr_len == 0
+            && self.message.is_none()
+            && self.buf.capacity() == 0
+    }
+
+    fn step(&mut self, input: &mut [u8]) -> Step {
+        if self.state == State::Failed {
+            return Step::Fail(Fail::new(close::PROTOCOL, "connection already failed"));
+        }
+        self.release_delivered();
+        let mut pos = 0;
+        loop {
+            if self.state == State::Header {
+                match self.read_header(&input[pos..]) {
+                    Err(f) => return self.fail(f),
+                    Ok(None) => return Step::Partial(input.len()),
+                    Ok(Some(n)) => pos += n,
+                }
+                if let Some(step) = self.whole_frame(input, pos) {
+                    return step;
+                }
+                self.begin_copy();
+            }
+            match self.copy_payload(input, &mut pos) {
+                Ok(Some(step)) => return step,
+                Ok(None) => {}
+                Err(f) => return self.fail(f),
+            }
+        }
+    }
+
+    fn fail(&mut self, f: Fail) -> Step {
+        self.state = State::Failed;
+        self.message = None;
+        self.hdr_len = 0;
+        self.buf = Vec::new();
+        Step::Fail(f)
+    }
+
+    /// Drops what the previous call returned from `buf`: a finished message frees the
+    /// buffer, a control frame that arrived inside a message is cut off its end.
+    fn release_delivered(&mut self) {
+        if std::mem::take(&mut self.delivered_own) {
+            if self.message.is_some() {
+                let control_len = self.frame_len as usize;
+                self.buf.truncate(self.buf.len() - control_len);
+            } else {
+                self.buf = Vec::new();
+            }
+        }
+    }
+
+    /// Reads a frame header from the stash and `input`. Returns the bytes of `input` it
+    /// used once the header is whole, or `None` when all of `input` went to the stash.
+    fn read_header(&mut self, input: &[u8]) -> Result<Option<usize>, Fail> {
+        if self.hdr_len == 0 {
+            if let [b0, b1, ..] = *input {
+                self.check_start(b0, b1)?;
+                let need = header_len(b1);
+                if input.len() >= need {
+                    self.parse_header(&input[..need])?;
+                    return Ok(Some(need));
+                }
+            }
+        }
+        let mut used = 0;
+        loop {
+            let have = usize::from(self.hdr_len);
+            let need = if have < 2 { 2 } else { header_len(self.hdr[1]) };
+            if have == need {
+                let hdr = self.hdr;
+                self.hdr_len = 0;
+                self.parse_header(&hdr[..need])?;
+                return Ok(Some(used));
+            }
+            let take = (need - have).min(input.len() - used);
+            if take == 0 {
+                return Ok(None);
+            }
+            self.hdr[have..have + take].copy_from_slice(&input[used..used + take]);
+            self.hdr_len += take as u8;
+            used += take;
+            if have < 2 && self.hdr_len >= 2 {
+                self.check_start(self.hdr[0], self.hdr[1])?;
+            }
+        }
+    }
+
+    /// The rules the first two header bytes decide (§5.2, §5.4, §5.5), checked as soon
+    /// as they arrive.
+    fn check_start(&self, b0: u8, b1: u8) -> Result<(), Fail> {
+        // No extension is negotiated, so every RSV bit must be 0 (§5.2).
+        if b0 & 0x70 != 0 {
+            return Err(Fail::new(close::PROTOCOL, "reserved bits set"));
+        }
+        let op = Opcode::from_bits(b0 & 0x0F).ok_or(Fail::new(close::PROTOCOL, "reserved opcode"))?;
+        // §5.1: "a server MUST close the connection upon receiving a frame that is not
+        // masked" ... "with a status code of 1002".
+        if b1 & 0x80 == 0 {
+            return Err(Fail::new(close::PROTOCOL, "client frame is not masked"));
+        }
+        let fin = b0 & 0x80 != 0;
+        if op.is_control() {
+            if !fin {
+                return Err(Fail::new(close::PROTOCOL, "fragmented control frame"));
+            }
+            if b1 & 0x7F > CONTROL_MAX {
+                return Err(Fail::new(close::PROTOCOL, "control frame longer than 125 bytes"));
+            }
+            return Ok(());
+        }
+        match (op, self.message) {
+            (Opcode::Continuation, None) => Err(Fail::new(close::PROTOCOL, "continuation outside a message")),
+            (Opcode::Text | Opcode::Binary, Some(_)) => {
+                Err(Fail::new(close::PROTOCOL, "new message inside a fragmented one"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes a whole header (`check_start` passed) as the current frame.
+    fn parse_header(&mut self, hdr: &[u8]) -> Result<(), Fail> {
+        let len = match hdr[1] & 0x7F {
+            126 => u64::from(u16::from_be_bytes([hdr[2], hdr[3]])),
+            127 => u64::from_be_bytes(hdr[2..10].try_into().expect("8 length bytes")),
+            short => u64::from(short),
+        };
+        // §5.2: "the most significant bit MUST be 0".
+        if len >> 63 != 0 {
+            return Err(Fail::new(close::PROTOCOL, "frame length has its top bit set"));
+        }
+        let op = Opcode::from_bits(hdr[0] & 0x0F).expect("check_start accepted the opcode");
+        if !op.is_control() {
+            // Before anything of it is buffered, the whole message must fit.
+            let so_far = if op == Opcode::Continuation {
+                self.buf.len() as u64
+            } else {
+                0
+            };
+            if so_far + len > self.max_message as u64 {
+                return Err(Fail::new(close::TOO_BIG, "message is larger than the limit"));
+            }
+        }
+        self.mask = hdr[hdr.len() - 4..].try_into().expect("4 mask bytes");
+        self.opcode = op;
+        self.fin = hdr[0] & 0x80 != 0;
+        self.frame_len = len;
+        self.frame_pos = 0;
+        Ok(())
+    }
+
+    /// Returns the current frame straight from `input` when its payload is all there
+    /// and it needs no reassembly: a control frame, or an unfragmented message.
+    fn whole_frame(&mut self, input: &mut [u8], pos: usize) -> Option<Step> {
+        let standalone = self.opcode.is_control() || (self.fin && self.message.is_none());
+        let end = pos.checked_add(usize::try_from(self.frame_len).ok()?)?;
+        if !standalone || end > input.len() {
+            return None;
+        }
+        let payload = &mut input[pos..end];
+        apply_mask(payload, self.mask, 0);
+        let checked = match self.opcode {
+            Opcode::Text if std::str::from_utf8(payload).is_err() => Err(NOT_UTF8),
+            Opcode::Close => check_close(payload),
+            _ => Ok(()),
+        };
+        Some(match checked {
+            Ok(()) => Step::Deliver {
+                op: self.opcode,
+                from: Source::Input(pos..end),
+                consumed: end,
+            },
+            Err(f) => self.fail(f),
+        })
+    }
+
+    /// Starts copying the current frame into `buf`.
+    fn begin_copy(&mut self) {
+        self.state = State::Payload;
+        let kind = match self.opcode {
+            Opcode::Text => DataKind::Text,
+            Opcode::Binary => DataKind::Binary,
+            _ => return,
+        };
+        self.message = Some(kind);
+        self.utf8 = Utf8Carry::default();
+    }
+
+    /// Copies what `input` holds of the current payload into `buf`. Returns the step to
+    /// report, or `None` when a non-final fragment ended and decoding goes on.
+    fn copy_payload(&mut self, input: &mut [u8], pos: &mut usize) -> Result<Option<Step>, Fail> {
+        let avail = input.len() - *pos;
+        let remaining = self.frame_len - self.frame_pos;
+        let take = usize::try_from(remaining).map_or(avail, |r| r.min(avail));
+        let chunk = &mut input[*pos..*pos + take];
+        apply_mask(chunk, self.mask, (self.frame_pos % 4) as usize);
+        if !self.opcode.is_control() && self.message == Some(DataKind::Text) {
+            self.utf8.feed(chunk).map_err(|()| NOT_UTF8)?;
+        }
+        self.buf.extend_from_slice(chunk);
+        *pos += take;
+        self.frame_pos += take as u64;
+        if self.frame_pos < self.frame_len {
+            return Ok(Some(Step::Partial(*pos)));
+        }
+        self.state = State::Header;
+        if self.opcode.is_control() {
+            let start = self.buf.len() - self.frame_len as usize;
+            if self.opcode == Opcode::Close {
+                check_close(&self.buf[start..])?;
+            }
+            self.delivered_own = true;
+            return Ok(Some(Step::Deliver {
+                op: self.opcode,
+                from: Source::Own(start..self.buf.len()),
+                consumed: *pos,
+            }));
+        }
+        if !self.fin {
+            return Ok(None);
+        }
+        if !self.utf8.is_complete() {
+            return Err(NOT_UTF8);
+        }
+        let op = match self.message.take() {
+            Some(DataKind::Text) => Opcode::Text,
+            _ => Opcode::Binary,
+        };
+        self.delivered_own = true;
+        Ok(Some(Step::Deliver {
+            op,
+            from: Source::Own(0..self.buf.len()),
+            consumed: *pos,
+        }))
+    }
+}
+
+/// Bytes in a client frame header, from its second byte (§5.2).
+fn header_len(b1: u8) -> usize {
+    let extended = match b1 & 0x7F {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+    2 + extended + mask
+}
+
+/// A close payload (§5.5.1): empty, or a valid code and a UTF-8 reason.
+fn check_close(payload: &[u8]) -> Result<(), Fail> {
+    match payload {
+        [] => Ok(()),
+        [_] => Err(Fail::new(close::PROTOCOL, "close frame with a 1-byte payload")),
+        [hi, lo, reason @ ..] => {
+            if !close::is_valid(u16::from_be_bytes([*hi, *lo])) {
+                return Err(Fail::new(close::PROTOCOL, "invalid close code"));
+            }
+            std::str::from_utf8(reason)
+                .map(drop)
+                .map_err(|_| Fail::new(close::INVALID_DATA, "close reason is not UTF-8"))
+        }
+    }
+}
+
+fn message(op: Opcode, payload: &[u8]) -> Message<'_> {
+    match op {
+        Opcode::Text => Message::Text(payload),
+        Opcode::Binary | Opcode::Continuation => Message::Binary(payload),
+        Opcode::Ping => Message::Ping(payload),
+        Opcode::Pong => Message::Pong(payload),
+        Opcode::Close => match payload {
+            [hi, lo, reason @ ..] => Message::Close {
+                code: Some(u16::from_be_bytes([*hi, *lo])),
+                reason,
+            },
+            _ => Message::Close {
+                code: None,
+                reason: &[],
+            },
+        },
+    }
+}
+
+/// XORs `buf` with `mask` (§5.3), `buf[0]` being byte `offset` of the frame payload, so
+/// a payload unmasked in pieces comes out as if unmasked whole.
+///
+/// Works eight bytes at a time on unaligned words; the compiler vectorizes the loop,
+/// so it needs no `unsafe` to beat the aligned-words technique (see `benches/ws.rs`).
+/// [`apply_mask_reference`] is the byte-at-a-time definition it is tested against.
+pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
+    let mut mask = mask;
+    mask.rotate_left(offset % 4);
+    let [m0, m1, m2, m3] = mask;
+    let word = u64::from_ne_bytes([m0, m1, m2, m3, m0, m1, m2, m3]);
+    let mut words = buf.chunks_exact_mut(8);
+    for chunk in &mut words {
+        let bytes: &mut [u8; 8] = chunk.try_into().expect("chunks of 8");
+        *bytes = (u64::from_ne_bytes(*bytes) ^ word).to_ne_bytes();
+    }
+    // Whole words keep the phase, so the tail starts at mask[0] again.
+    for (b, m) in words.into_remainder().iter_mut().zip(mask.iter().cycle()) {
+        *b ^= m;
+    }
+}
+
+/// The definition of [`apply_mask`] (§5.3): octet i is XORed with mask octet
+/// `(offset + i) % 4`.
+pub fn apply_mask_reference(buf: &mut [u8], mask: [u8; 4], offset: usize) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b ^= mask[(offset + i) % 4];
+    }
+}
+
+/// The header of an unmasked frame with FIN set (§5.2) and a payload of `len` bytes:
+/// `header[..n]` goes on the wire right before the payload, which can then be sent
+/// from wherever it lies. ringcast never fragments what it sends.
+#[must_use]
+pub fn frame_header(opcode: Opcode, len: usize) -> ([u8; 10], usize) {
+    server_header(opcode, true, len)
+}
+
+fn server_header(opcode: Opcode, fin: bool, len: usize) -> ([u8; 10], usize) {
+    debug_assert!(
+        !opcode.is_control() || (fin && len <= usize::from(CONTROL_MAX)),
+        "control frame {opcode:?} with fin={fin} and {len} payload bytes"
+    );
+    let mut header = [0u8; 10];
+    header[0] = (u8::from(fin) << 7) | opcode as u8;
+    let n = if len <= 125 {
+        header[1] = len as u8;
+        2
+    } else if let Ok(len) = u16::try_from(len) {
+        header[1] = 126;
+        header[2..4].copy_from_slice(&len.to_be_bytes());
+        4
+    } else {
+        header[1] = 127;
+        header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    (header, n)
+}
+
+/// Appends one unmasked frame (§5.2), the lengths encoded in the fewest bytes.
+///
+/// # Panics
+///
+/// In debug builds, for a control frame without FIN or with more than 125 bytes.
+pub fn encode_frame(out: &mut Vec<u8>, opcode: Opcode, fin: bool, payload: &[u8]) {
+    let (header, n) = server_header(opcode, fin, payload.len());
+    out.reserve(n + payload.len());
+    out.extend_from_slice(&header[..n]);
+    out.extend_from_slice(payload);
+}
+
+/// Appends a close frame (§5.5.1) with `code` and as much of `reason` as fits in a
+/// control frame: 123 bytes, cut at a character boundary.
+///
+/// # Panics
+///
+/// In debug builds, for a code no close frame may carry ([`close::is_valid`]).
+pub fn encode_close(out: &mut Vec<u8>, code: u16, reason: &str) {
+    debug_assert!(close::is_valid(code), "close code {code} may not be sent");
+    let mut end = reason.len().min(usize::from(CONTROL_MAX) - 2);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = [0u8; CONTROL_MAX as usize];
+    payload[..2].copy_from_slice(&code.to_be_bytes());
+    payload[2..2 + end].copy_from_slice(&reason.as_bytes()[..end]);
+    encode_frame(out, Opcode::Close, true, &payload[..2 + end]);
+}
+
+/// Appends one frame as a client sends it (§5.3): masked with `mask`. For tests, the
+/// load tool and fuzzing; the server never masks.
+pub fn encode_masked_frame(out: &mut Vec<u8>, opcode: Opcode, fin: bool, mask: [u8; 4], payload: &[u8]) {
+    let (header, n) = server_header(opcode, fin, payload.len());
+    out.reserve(n + 4 + payload.len());
+    out.push(header[0]);
+    out.push(header[1] | 0x80);
+    out.extend_from_slice(&header[2..n]);
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    apply_mask(&mut out[start..], mask, 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The masking key of the examples in §5.7.
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    const MAX: usize = 1 << 20;
+
+    /// An owned copy of a decode result.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    enum Out {
+        Text(Vec<u8>),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(Option<u16>, Vec<u8>),
+        Fail(u16),
+    }
+
+    fn owned(msg: Message<'_>) -> Out {
+        match msg {
+            Message::Text(p) => Out::Text(p.to_vec()),
+            Message::Binary(p) => Out::Binary(p.to_vec()),
+            Message::Ping(p) => Out::Ping(p.to_vec()),
+            Message::Pong(p) => Out::Pong(p.to_vec()),
+            Message::Close { code, reason } => Out::Close(code, reason.to_vec()),
+        }
+    }
+
+    /// Feeds `chunks` one read at a time, each decoded to `Partial`; stops at a failure.
+    fn drive(dec: &mut Decoder, chunks: &[&[u8]]) -> Vec<Out> {
+        let mut outs = Vec::new();
+        for chunk in chunks {
+            let mut read = chunk.to_vec();
+            let mut pos = 0;
+            loop {
+                match dec.decode(&mut read[pos..]) {
+                    Decoded::Message { msg, consumed } => {
+                        assert!(consumed > 0 || msg_is_empty(msg));
+                        pos += consumed;
+                        outs.push(owned(msg));
+                    }
+                    Decoded::Partial { consumed } => {
+                        assert_eq!(pos + consumed, read.len(), "Partial must use every byte");
+                        break;
+                    }
+                    Decoded::Fail { code, reason } => {
+                        assert!(reason.len() <= 123);
+                        outs.push(Out::Fail(code));
+                        return outs;
+                    }
+                }
+            }
+        }
+        outs
+    }
+
+    fn msg_is_empty(msg: Message<'_>) -> bool {
+        matches!(msg, Message::Text([]) | Message::Binary([]))
+    }
+
+    fn whole(bytes: &[u8]) -> Vec<Out> {
+        drive(&mut Decoder::new(MAX), &[bytes])
+    }
+
+    /// Every way to cut `bytes` into two reads, and one byte per read, decodes like
+    /// the whole.
+    fn assert_split_invariant(bytes: &[u8], max: usize) {
+        let expected = drive(&mut Decoder::new(max), &[bytes]);
+        for cut in 0..=bytes.len() {
+            let got = drive(&mut Decoder::new(max), &[&bytes[..cut], &bytes[cut..]]);
+            assert_eq!(got, expected, "cut at {cut}");
+        }
+        let bytewise: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(drive(&mut Decoder::new(max), &bytewise), expected, "byte by byte");
+    }
+
+    /// A masked frame with a raw first byte, so any bits can be set.
+    fn raw(b0: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let opcode = Opcode::from_bits(b0 & 0x0F).unwrap_or(Opcode::Binary);
+        let safe_op = if opcode.is_control() {
+            Opcode::Binary
+        } else {
+            opcode
+        };
+        encode_masked_frame(&mut out, safe_op, true, MASK, payload);
+        out[0] = b0;
+        out
+    }
+
+    fn frame(op: Opcode, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_masked_frame(&mut out, op, fin, MASK, payload);
+        out
+    }
+
+    fn concat(frames: &[Vec<u8>]) -> Vec<u8> {
+        frames.concat()
+    }
+
+    fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
+        let mut p = code.to_be_bytes().to_vec();
+        p.extend_from_slice(reason);
+        p
+    }
+
+    // ----- handshake ------------------------------------------------------------------
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn request(extra: &str) -> String {
+        format!(
+            "GET /ws?topic=a HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    }
+
+    fn check(head: &str) -> Result<Option<Upgrade<'_>>, HandshakeError> {
+        check_upgrade(head.as_bytes())
+    }
+
+    #[test]
+    fn rfc_example_accept_key() {
+        assert_eq!(&accept_key(KEY.as_bytes()), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let response = switching_protocols(KEY.as_bytes());
+        assert_eq!(
+            response,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn valid_handshake() {
+        let head = request("Origin: http://example.com\r\nSec-WebSocket-Protocol: chat, superchat\r\n");
+        let up = check(&head).unwrap().unwrap();
+        assert_eq!(up.key, KEY.as_bytes());
+        assert_eq!(up.origin, Some(&b"http://example.com"[..]));
+        assert_eq!(up.protocols, Some(&b"chat, superchat"[..]));
+        assert_eq!(up.head_len, head.len());
+        let bare = request("");
+        let up = check(&bare).unwrap().unwrap();
+        assert_eq!((up.origin, up.protocols), (None, None));
+    }
+
+    #[test]
+    fn tokens_are_lists_and_case_insensitive() {
+        let head = format!(
+            "GET / HTTP/1.1\r\nhost: h\r\nupgrade: foo/2, WebSocket\r\nCONNECTION: keep-alive\r\n\
+             connection: x ,UPGRADE\r\nsec-websocket-key: {KEY}\r\nSEC-WEBSOCKET-VERSION: 13\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        assert!(check(&head).unwrap().is_some());
+    }
+
+    #[test]
+    fn not_an_attempt_is_none() {
+        assert_eq!(check("GET /sse HTTP/1.1\r\nHost: h\r\n\r\n"), Ok(None));
+        assert_eq!(
+            check("GET / HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"),
+            Ok(None)
+        );
+        assert_eq!(
+            check("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\n"),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn handshake_errors() {
+        use HandshakeError::*;
+        let r = request("");
+        let cases: Vec<(String, HandshakeError)> = vec![
+            (r.replace("GET", "POST"), NotGet),
+            (r.replace("HTTP/1.1", "HTTP/1.0"), NotHttp11),
+            (r.replace("Upgrade: websocket", "Upgrade: h2c"), NotUpgrade),
+            (
+                r.replace("Connection: Upgrade", "Connection: keep-alive"),
+                NotUpgrade,
+            ),
+            (r.replace("Upgrade: websocket\r\n", ""), NotUpgrade),
+            (r.replace("Host: server.example.com\r\n", ""), BadHost),
+            (request("Host: other\r\n"), BadHost),
+            (request("Content-Length: 5\r\n"), HasBody),
+            (request("Transfer-Encoding: chunked\r\n"), HasBody),
+            (r.replace("Version: 13", "Version: 8"), BadVersion),
+            (r.replace("Version: 13", "Version: 13, 8"), BadVersion),
+            (r.replace("Sec-WebSocket-Version: 13\r\n", ""), BadVersion),
+            (request("Sec-WebSocket-Version: 13\r\n"), BadVersion),
+            (r.replace(KEY, "dGhlIHNhbXBsZSBub25jZQ"), BadKey),
+            (r.replace(KEY, "dGhlIHNhbXBsZSBub25j"), BadKey),
+            (r.replace(KEY, "dGhlIHNhbXBsZSBub25jZXg="), BadKey),
+            (r.replace(KEY, "dGhlIHNhbXBsZSBub25jZQ=!"), BadKey),
+            (r.replace(KEY, ""), BadKey),
+            (r.replace(&format!("Sec-WebSocket-Key: {KEY}\r\n"), ""), BadKey),
+            (request(&format!("Sec-WebSocket-Key: {KEY}\r\n")), BadKey),
+            (r[..r.len() - 2].to_owned(), Malformed),
+        ];
+        for (head, expected) in cases {
+            assert_eq!(check(&head), Err(expected), "{head:?}");
+        }
+        // Signs of an attempt without `Upgrade: websocket` are refused, not ignored.
+        let key_only = format!("GET / HTTP/1.1\r\nHost: h\r\nSec-WebSocket-Key: {KEY}\r\n\r\n");
+        assert_eq!(check(&key_only), Err(NotUpgrade));
+    }
+
+    #[test]
+    fn handshake_error_answers() {
+        use HandshakeError::*;
+        let all = [
+            Malformed,
+            NotGet,
+            NotHttp11,
+            BadHost,
+            NotUpgrade,
+            BadVersion,
+            BadKey,
+            HasBody,
+            OriginNotAllowed,
+        ];
+        for e in all {
+            let expected = match e {
+                NotGet => 405,
+                BadVersion => 426,
+                OriginNotAllowed => 403,
+                _ => 400,
+            };
+            assert_eq!(e.status(), expected, "{e:?}");
+            assert!(!e.reason().is_empty());
+            assert!(super::super::http::status_text(e.status()).len() > 2);
+        }
+        assert!(BadVersion
+            .extra_headers()
+            .contains(&("Sec-WebSocket-Version", "13")));
+        assert!(BadVersion.extra_headers().contains(&("Upgrade", "websocket")));
+        assert_eq!(NotGet.extra_headers(), &[("Allow", "GET")]);
+        assert!(BadKey.extra_headers().is_empty());
+        assert_eq!(
+            BadVersion.to_string(),
+            "426 only Sec-WebSocket-Version: 13 is supported"
+        );
+    }
+
+    #[test]
+    fn origins() {
+        let p = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let allowed = |origin: &str, list: &[&str]| origin_allowed(Some(origin.as_bytes()), &p(list));
+        assert!(origin_allowed(None, &[]));
+        assert!(!allowed("https://a.com", &[]));
+        assert!(allowed("https://a.com", &["*"]));
+        assert!(allowed("null", &["*"]));
+        assert!(allowed("null", &["null"]));
+        assert!(allowed("https://A.com", &["https://a.com/"]));
+        assert!(!allowed("https://a.com.evil", &["https://a.com"]));
+        assert!(!allowed("http://a.com", &["https://a.com"]));
+        let wild = ["https://*.example.com"];
+        assert!(allowed("https://a.example.com", &wild));
+        assert!(allowed("https://a-1.b.Example.COM", &wild));
+        assert!(!allowed("https://example.com", &wild));
+        assert!(!allowed("https://.example.com", &wild));
+        assert!(!allowed("https://a..example.com", &wild));
+        assert!(!allowed("https://evilexample.com", &wild));
+        assert!(!allowed("http://a.example.com", &wild));
+        assert!(!allowed("https://a.example.com:8443", &wild));
+        assert!(!allowed("https://a.example.com.evil.com", &wild));
+        assert!(!allowed("https://x@a.example.com", &wild));
+        assert!(!allowed("https://evil.com/.example.com", &wild));
+        assert!(allowed(
+            "https://a.example.com:8443",
+            &["https://*.example.com:8443"]
+        ));
+        assert!(allowed("https://b.org", &["https://a.com", "https://b.org"]));
+    }
+
+    // ----- frames ---------------------------------------------------------------------
+
+    #[test]
+    fn rfc_examples() {
+        // §5.7: a single-frame masked text message "Hello".
+        let hello = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        assert_eq!(whole(&hello), [Out::Text(b"Hello".to_vec())]);
+        assert_eq!(frame(Opcode::Text, true, b"Hello"), hello);
+        // §5.7: an unmasked ping is fine from a server, not from a client.
+        assert_eq!(
+            whole(&[0x89, 0x05, b'H', b'e', b'l', b'l', b'o']),
+            [Out::Fail(1002)]
+        );
+        let mut out = Vec::new();
+        encode_frame(&mut out, Opcode::Ping, true, b"Hello");
+        assert_eq!(out, [0x89, 0x05, b'H', b'e', b'l', b'l', b'o']);
+        // §5.7: 256 bytes and 64 KiB binary messages in a single unmasked frame.
+        assert_eq!(
+            frame_header(Opcode::Binary, 256),
+            ([0x82, 0x7E, 0x01, 0x00, 0, 0, 0, 0, 0, 0], 4)
+        );
+        assert_eq!(
+            frame_header(Opcode::Binary, 65536),
+            ([0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0], 10)
+        );
+    }
+
+    #[test]
+    fn length_encodings() {
+        for (len, header) in [(0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
+            assert_eq!(frame_header(Opcode::Text, len).1, header, "len {len}");
+            let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let bytes = frame(Opcode::Text, true, &payload);
+            assert_eq!(bytes.len(), header + 4 + len);
+            assert_eq!(whole(&bytes), [Out::Text(payload.clone())], "len {len}");
+            let bytes = frame(Opcode::Binary, true, &payload);
+            let half = bytes.len() / 2;
+            let got = drive(&mut Decoder::new(MAX), &[&bytes[..half], &bytes[half..]]);
+            assert_eq!(got, [Out::Binary(payload)], "len {len} in two reads");
+            let mut out = Vec::new();
+            encode_frame(&mut out, Opcode::Text, true, &vec![0; len]);
+            assert_eq!(out.len(), header + len);
+        }
+    }
+
+    #[test]
+    fn non_minimal_lengths_are_accepted() {
+        // Five bytes announced with a 16-bit and a 64-bit length.
+        let mut bytes = vec![0x82, 0xFE, 0, 5];
+        bytes.extend_from_slice(&MASK);
+        bytes.extend_from_slice(&[1 ^ MASK[0], 2 ^ MASK[1], 3 ^ MASK[2], 4 ^ MASK[3], 5 ^ MASK[0]]);
+        assert_eq!(whole(&bytes), [Out::Binary(vec![1, 2, 3, 4, 5])]);
+        let mut bytes = vec![0x82, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0];
+        bytes.extend_from_slice(&MASK);
+        assert_eq!(whole(&bytes), [Out::Binary(vec![])]);
+    }
+
+    #[test]
+    fn protocol_violations_fail_with_1002() {
+        let mut unmasked = frame(Opcode::Text, true, b"hi");
+        unmasked[1] &= 0x7F;
+        let mut top_bit = vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0];
+        top_bit.extend_from_slice(&MASK);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("unmasked", unmasked),
+            ("rsv1", raw(0x80 | 0x40 | 0x1, b"hi")),
+            ("rsv2", raw(0x80 | 0x20 | 0x2, b"hi")),
+            ("rsv3", raw(0x80 | 0x10 | 0x9, b"")),
+            ("ping 126", raw(0x89, &[0; 126])),
+            ("close 126", raw(0x88, &close_payload(1000, &[b'a'; 124]))),
+            ("fragmented ping", raw(0x09, b"")),
+            ("fragmented close", raw(0x08, b"")),
+            ("continuation first", frame(Opcode::Continuation, true, b"x")),
+            (
+                "text inside text",
+                concat(&[frame(Opcode::Text, false, b"a"), frame(Opcode::Text, true, b"b")]),
+            ),
+            (
+                "binary inside text",
+                concat(&[
+                    frame(Opcode::Text, false, b"a"),
+                    frame(Opcode::Binary, true, b"b"),
+                ]),
+            ),
+            ("64-bit length top bit", top_bit),
+            ("close of 1 byte", frame(Opcode::Close, true, &[3])),
+        ];
+        for (name, bytes) in &cases {
+            assert_eq!(whole(bytes), [Out::Fail(1002)], "{name}");
+            assert_split_invariant(bytes, MAX);
+        }
+        for op in [3u8, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF] {
+            assert_eq!(whole(&raw(0x80 | op, b"")), [Out::Fail(1002)], "opcode {op:#x}");
+        }
+    }
+
+    #[test]
+    fn control_frames_at_the_limit() {
+        let p125 = [7u8; 125];
+        assert_eq!(
+            whole(&frame(Opcode::Ping, true, &p125)),
+            [Out::Ping(p125.to_vec())]
+        );
+        assert_eq!(
+            whole(&frame(Opcode::Pong, true, &p125)),
+            [Out::Pong(p125.to_vec())]
+        );
+        let reason = [b'r'; 123];
+        assert_eq!(
+            whole(&frame(Opcode::Close, true, &close_payload(1000, &reason))),
+            [Out::Close(Some(1000), reason.to_vec())]
+        );
+        assert_eq!(
+            whole(&frame(Opcode::Close, true, b"")),
+            [Out::Close(None, vec![])]
+        );
+        assert_eq!(whole(&frame(Opcode::Ping, true, b"")), [Out::Ping(vec![])]);
+    }
+
+    #[test]
+    fn close_codes() {
+        for code in 0..=u16::MAX {
+            let valid = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            assert_eq!(close::is_valid(code), valid, "code {code}");
+        }
+        // Each boundary through the decoder.
+        let boundaries = [
+            (0, false),
+            (999, false),
+            (1000, true),
+            (1003, true),
+            (1004, false),
+            (1005, false),
+            (1006, false),
+            (1007, true),
+            (1011, true),
+            (1012, true),
+            (1014, true),
+            (1015, false),
+            (1016, false),
+            (2999, false),
+            (3000, true),
+            (4999, true),
+            (5000, false),
+            (u16::MAX, false),
+        ];
+        for (code, valid) in boundaries {
+            let bytes = frame(Opcode::Close, true, &close_payload(code, b"bye"));
+            let expected = if valid {
+                Out::Close(Some(code), b"bye".to_vec())
+            } else {
+                Out::Fail(1002)
+            };
+            assert_eq!(whole(&bytes), [expected], "code {code}");
+        }
+    }
+
+    #[test]
+    fn close_reason_must_be_utf8() {
+        let bytes = frame(Opcode::Close, true, &close_payload(1000, b"ok \xce\xba"));
+        assert_eq!(
+            whole(&bytes),
+            [Out::Close(Some(1000), "ok κ".as_bytes().to_vec())]
+        );
+        let bytes = frame(Opcode::Close, true, &close_payload(1000, b"bad \xce"));
+        assert_eq!(whole(&bytes), [Out::Fail(1007)]);
+        assert_split_invariant(&bytes, MAX);
+    }
+
+    #[test]
+    fn fragments_with_interleaved_control_frames() {
+        let stream = concat(&[
+            frame(Opcode::Text, false, b"Hel"),
+            frame(Opcode::Ping, true, b"p1"),
+            frame(Opcode::Continuation, false, b""),
+            frame(Opcode::Pong, true, b""),
+            frame(Opcode::Continuation, false, b"lo \xce"),
+            frame(Opcode::Ping, true, b"p2"),
+            frame(Opcode::Continuation, true, b"\xba"),
+            frame(Opcode::Binary, false, b"\xff"),
+            frame(Opcode::Continuation, true, b"\xfe"),
+            frame(Opcode::Close, true, &close_payload(1001, b"")),
+        ]);
+        let expected = [
+            Out::Ping(b"p1".to_vec()),
+            Out::Pong(vec![]),
+            Out::Ping(b"p2".to_vec()),
+            Out::Text("Hello κ".as_bytes().to_vec()),
+            Out::Binary(vec![0xff, 0xfe]),
+            Out::Close(Some(1001), vec![]),
+        ];
+        assert_eq!(whole(&stream), expected);
+        assert_split_invariant(&stream, MAX);
+    }
+
+    #[test]
+    fn utf8_fails_fast_in_fragments() {
+        // The second fragment is bad: the failure comes before the final fragment.
+        let first = concat(&[
+            frame(Opcode::Text, false, b"ok"),
+            frame(Opcode::Continuation, false, b"a\xffb"),
+        ]);
+        let mut dec = Decoder::new(MAX);
+        assert_eq!(drive(&mut dec, &[&first]), [Out::Fail(1007)]);
+        // A code point cut across fragments is fine; a bad continuation of it is not.
+        let cut_ok = concat(&[
+            frame(Opcode::Text, false, b"\xf0\x9f"),
+            frame(Opcode::Continuation, true, b"\x98\x80"),
+        ]);
+        assert_eq!(whole(&cut_ok), [Out::Text("😀".as_bytes().to_vec())]);
+        let cut_bad = concat(&[
+            frame(Opcode::Text, false, b"\xf0\x9f"),
+            frame(Opcode::Continuation, false, b"A"),
+        ]);
+        assert_eq!(whole(&cut_bad), [Out::Fail(1007)]);
+        // Ruled out on its first bytes: F4 90 is past U+10FFFF, ED A0 a surrogate.
+        for prefix in [&b"\xf4\x90"[..], b"\xed\xa0", b"\xc0", b"\xe0\x80"] {
+            let bytes = frame(Opcode::Text, false, prefix);
+            assert_eq!(whole(&bytes), [Out::Fail(1007)], "{prefix:x?}");
+        }
+        // Ends inside a code point.
+        let truncated = concat(&[
+            frame(Opcode::Text, false, b"a"),
+            frame(Opcode::Continuation, true, b"\xce"),
+        ]);
+        assert_eq!(whole(&truncated), [Out::Fail(1007)]);
+        assert_split_invariant(&truncated, MAX);
+        assert_split_invariant(&cut_ok, MAX);
+    }
+
+    #[test]
+    fn utf8_fails_fast_in_a_partial_frame() {
+        // A 10-byte text frame whose 3rd payload byte is 0xFF, fed in pieces.
+        let bytes = frame(Opcode::Text, true, b"ab\xffdefghij");
+        let header = 6;
+        let mut dec = Decoder::new(MAX);
+        assert_eq!(drive(&mut dec, &[&bytes[..header + 2]]), []);
+        assert!(!dec.is_idle());
+        assert_eq!(
+            drive(&mut dec, &[&bytes[header + 2..header + 3]]),
+            [Out::Fail(1007)]
+        );
+        // A big text frame: the bad byte at 100 fails long before the 64 KiB arrive.
+        let mut payload = vec![b'x'; 65536];
+        payload[100] = 0xC3;
+        payload[101] = b'x';
+        let bytes = frame(Opcode::Text, true, &payload);
+        let mut dec = Decoder::new(MAX);
+        assert_eq!(drive(&mut dec, &[&bytes[..200]]), [Out::Fail(1007)]);
+    }
+
+    #[test]
+    fn message_size_limit() {
+        let max = 10;
+        let at = frame(Opcode::Binary, true, &[1; 10]);
+        assert_eq!(drive(&mut Decoder::new(max), &[&at]), [Out::Binary(vec![1; 10])]);
+        let over = frame(Opcode::Text, true, &[b'a'; 11]);
+        assert_eq!(drive(&mut Decoder::new(max), &[&over]), [Out::Fail(1009)]);
+        // Announced, not received: the header alone is enough.
+        assert_eq!(drive(&mut Decoder::new(max), &[&over[..6]]), [Out::Fail(1009)]);
+        let huge = [
+            0x82, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4,
+        ];
+        assert_eq!(drive(&mut Decoder::new(MAX), &[&huge]), [Out::Fail(1009)]);
+        // The sum of fragments counts; control frames in between do not.
+        let fragments = concat(&[
+            frame(Opcode::Text, false, b"12345"),
+            frame(Opcode::Ping, true, &[0; 100]),
+            frame(Opcode::Continuation, false, b"67890"),
+        ]);
+        let fits = concat(&[fragments.clone(), frame(Opcode::Continuation, true, b"")]);
+        let out = drive(&mut Decoder::new(max), &[&fits]);
+        assert_eq!(out, [Out::Ping(vec![0; 100]), Out::Text(b"1234567890".to_vec())]);
+        let over = concat(&[fragments, frame(Opcode::Continuation, true, b"!")]);
+        let out = drive(&mut Decoder::new(max), &[&over]);
+        assert_eq!(out, [Out::Ping(vec![0; 100]), Out::Fail(1009)]);
+        assert_split_invariant(&over, max);
+    }
+
+    #[test]
+    fn whole_frames_are_zero_copy() {
+        let mut bytes = concat(&[
+            frame(Opcode::Text, true, b"hello"),
+            frame(Opcode::Ping, true, b"p"),
+        ]);
+        let base = bytes.as_ptr() as usize;
+        let mut dec = Decoder::new(MAX);
+        let Decoded::Message {
+            msg: Message::Text(t),
+            consumed,
+        } = dec.decode(&mut bytes)
+        else {
+            panic!("expected text")
+        };
+        assert_eq!((t.as_ptr() as usize - base, consumed), (6, 11));
+        assert!(dec.is_idle());
+        let Decoded::Message {
+            msg: Message::Ping(p),
+            ..
+        } = dec.decode(&mut bytes[11..])
+        else {
+            panic!("expected ping")
+        };
+        assert_eq!(p.as_ptr() as usize - base, 17);
+        assert!(dec.is_idle());
+    }
+
+    #[test]
+    fn buffer_is_released_after_reassembly() {
+        let bytes = frame(Opcode::Binary, true, &[9; 300]);
+        let mut dec = Decoder::new(MAX);
+        assert!(dec.is_idle());
+        assert_eq!(drive(&mut dec, &[&bytes[..1]]), []);
+        assert!(!dec.is_idle(), "header byte stashed");
+        assert_eq!(drive(&mut dec, &[&bytes[1..100]]), []);
+        assert!(!dec.is_idle(), "payload in progress");
+        // `drive` calls decode until Partial, which frees the buffer.
+        assert_eq!(drive(&mut dec, &[&bytes[100..]]), [Out::Binary(vec![9; 300])]);
+        assert!(dec.is_idle());
+        // A control frame split inside a fragmented message is cut off the buffer.
+        let stream = concat(&[
+            frame(Opcode::Text, false, b"abc"),
+            frame(Opcode::Ping, true, b"ping"),
+            frame(Opcode::Continuation, true, b"def"),
+        ]);
+        let ping_mid = 9 + 8;
+        let out = drive(&mut dec, &[&stream[..ping_mid], &stream[ping_mid..]]);
+        assert_eq!(out, [Out::Ping(b"ping".to_vec()), Out::Text(b"abcdef".to_vec())]);
+        assert!(dec.is_idle());
+    }
+
+    #[test]
+    fn failed_decoder_stays_failed() {
+        let mut dec = Decoder::new(MAX);
+        assert_eq!(drive(&mut dec, &[&raw(0xC1, b"")]), [Out::Fail(1002)]);
+        assert!(dec.is_idle());
+        assert_eq!(
+            drive(&mut dec, &[&frame(Opcode::Text, true, b"ok")]),
+            [Out::Fail(1002)]
+        );
+    }
+
+    #[test]
+    fn decoder_size() {
+        // One per WebSocket connection.
+        assert_eq!(std::mem::size_of::<Decoder>(), 80);
+    }
+
+    #[test]
+    fn mask_matches_reference() {
+        let masks = [MASK, [0xff, 0, 0x80, 1]];
+        let source: Vec<u8> = (0..320u32).map(|i| (i * 7 + 3) as u8).collect();
+        for mask in masks {
+            for align in 0..8 {
+                for len in 0..=300 {
+                    for offset in 0..4 {
+                        let mut fast = source.clone();
+                        let mut slow = source.clone();
+                        apply_mask(&mut fast[align..align + len], mask, offset);
+                        apply_mask_reference(&mut slow[align..align + len], mask, offset);
+                        assert_eq!(
+                            fast, slow,
+                            "mask {mask:x?} align {align} len {len} offset {offset}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mask_resumes_across_pieces() {
+        let payload: Vec<u8> = (0..=255).collect();
+        let mut whole_masked = payload.clone();
+        apply_mask(&mut whole_masked, MASK, 0);
+        for cut in 0..payload.len() {
+            let mut pieces = payload.clone();
+            let (a, b) = pieces.split_at_mut(cut);
+            apply_mask(a, MASK, 0);
+            apply_mask(b, MASK, cut);
+            assert_eq!(pieces, whole_masked, "cut {cut}");
+        }
+        // Offsets past 3 wrap.
+        let mut a = payload.clone();
+        let mut b = payload.clone();
+        apply_mask(&mut a, MASK, 6);
+        apply_mask(&mut b, MASK, 2);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn close_encoding() {
+        let mut out = Vec::new();
+        encode_close(&mut out, close::TOO_BIG, "too big");
+        assert_eq!(out, b"\x88\x09\x03\xf1too big");
+        // 200 bytes of 2-byte characters: cut to 122 bytes, a char boundary under 123.
+        let long = "é".repeat(100);
+        out.clear();
+        encode_close(&mut out, close::NORMAL, &long);
+        assert_eq!(out[1], 124);
+        assert_eq!(&out[4..], "é".repeat(61).as_bytes());
+        out.clear();
+        encode_close(&mut out, close::NORMAL, &"a".repeat(200));
+        assert_eq!((out[1], out.len()), (125, 127));
+        let mut bytes = out.clone();
+        bytes[1] |= 0x80;
+        bytes.splice(2..2, [0; 4]);
+        assert_eq!(whole(&bytes), [Out::Close(Some(1000), vec![b'a'; 123])]);
+    }
+
+    #[test]
+    fn fragment_encoding() {
+        let mut out = Vec::new();
+        encode_frame(&mut out, Opcode::Text, false, b"a");
+        encode_frame(&mut out, Opcode::Continuation, true, b"b");
+        assert_eq!(out, b"\x01\x01a\x80\x01b");
+    }
+}
