@@ -84,4 +84,5 @@ fn a_full_loop_pauses_accepting_without_spinning_and_resumes() {
     let id = Publisher::connect(&engine.ingest).publish("full", b"welcome back");
     assert_eq!(fresh.expect_event().id, id);
     assert!(engine.stderr().contains("accepting again"), "{}", engine.stderr());
+    assert!(engine.counter("accept_full") >= 1, "{}", engine.stats());
 }

@@ -32,4 +32,10 @@ fn an_overrun_loop_refills_from_history() {
             assert_eq!(event.data, format!("event {i}"));
         }
     }
+    assert!(
+        engine.counter("ring_overrun") > 0,
+        "the test did not lap a loop: {}",
+        engine.stats()
+    );
+    assert_eq!(engine.counter("ring_lost"), 0, "{}", engine.stats());
 }

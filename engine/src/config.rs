@@ -18,6 +18,10 @@ pub struct Config {
     #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: Vec<SocketAddr>,
 
+    /// Admin address for /healthz and /stats (keep it private: loopback by default).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    pub admin: SocketAddr,
+
     /// Unix socket publishers connect to.
     #[arg(long, value_name = "PATH", default_value = "./ringcast.sock")]
     pub ingest: PathBuf,

@@ -90,6 +90,15 @@ pub fn run(config: Config) -> Result<(), EngineError> {
     let nofile = sys::socket::raise_nofile_limit().unwrap_or(1024);
     let loops = config.loop_count();
     let conns_per_loop = config.conns_per_loop(nofile);
+    let admin = crate::admin::bind(config.admin).map_err(|e| {
+        EngineError::Start(format!(
+            "cannot listen on the admin address {}: {e}; pass --admin ADDR",
+            config.admin
+        ))
+    })?;
+    let admin_addr = admin
+        .local_addr()
+        .map_err(|e| EngineError::Start(e.to_string()))?;
     let listener = sys::socket::ingest_listener(&config.ingest)?;
     sys::signal::block_termination().map_err(|e| EngineError::Start(format!("cannot block signals: {e}")))?;
 
@@ -132,10 +141,15 @@ pub fn run(config: Config) -> Result<(), EngineError> {
     std::thread::spawn(move || {
         let _ = tx.send(Stop::Signal(sys::signal::wait_termination()));
     });
+    let admin_shared = Arc::clone(&shared);
+    std::thread::Builder::new()
+        .name("ringcast-admin".into())
+        .spawn(move || crate::admin::serve(admin, admin_shared))
+        .map_err(|e| EngineError::Start(format!("cannot start the admin thread: {e}")))?;
 
     let addrs: Vec<String> = config.listen.iter().map(ToString::to_string).collect();
     eprintln!(
-        "ringcast: ready: clients on {} ({loops} loops x {conns_per_loop} connections), ingest {}, epoch {}",
+        "ringcast: ready: clients on {} ({loops} loops x {conns_per_loop} connections), ingest {}, admin {admin_addr}, epoch {}",
         addrs.join(", "),
         config.ingest.display(),
         shared.epoch.id(0).trim_end_matches("-0"),

@@ -24,7 +24,9 @@
 //! - [`shard`]: one event loop per core, the only code that sees completions.
 //! - [`ingest`]: the publisher socket, and the client `ringcast publish` uses.
 //! - [`sys`]: io_uring setup, buffers, sockets, signals: the home of `unsafe`.
+//! - [`admin`]: health and counters on the admin address.
 //! - [`engine`]: starts it all.
+pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod engine;

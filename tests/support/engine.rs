@@ -146,6 +146,8 @@ pub struct Engine {
     pub addr: SocketAddr,
     /// The ingest socket publishers connect to.
     pub ingest: PathBuf,
+    /// The admin address (`/healthz`, `/stats`) from the ready line.
+    pub admin: SocketAddr,
     /// The epoch from the ready line: the prefix of every event id of this run.
     pub epoch: String,
     /// The process id of the running engine.
@@ -187,11 +189,17 @@ impl Engine {
         if !extra_args.iter().any(|a| a.starts_with("--loops")) {
             args.extend(["--loops".into(), "2".into()]);
         }
+        // Each test engine gets its own admin port, read back from the ready line.
+        if !extra_args.iter().any(|a| a.starts_with("--admin")) {
+            args.extend(["--admin".into(), "127.0.0.1:0".into()]);
+        }
         args.extend(extra_args.iter().map(OsString::from));
         let (child, stderr, ready_line) = spawn(&args)?;
         let epoch = parse_ready(&ready_line, addr, ingest);
+        let admin = parse_admin(&ready_line);
         Ok(Engine {
             addr,
+            admin,
             ingest: ingest.to_owned(),
             epoch,
             pid: child.id(),
@@ -201,6 +209,39 @@ impl Engine {
             stderr,
             _dir: None,
         })
+    }
+
+    /// The admin `/stats` document (JSON).
+    pub fn stats(&self) -> String {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(self.admin).expect("connect to the admin address");
+        conn.set_read_timeout(Some(READY_TIMEOUT)).expect("timeout");
+        conn.write_all(b"GET /stats HTTP/1.1\r\nHost: admin\r\n\r\n")
+            .expect("request /stats");
+        let mut response = String::new();
+        conn.read_to_string(&mut response).expect("read /stats");
+        let (head, body) = response.split_once("\r\n\r\n").expect("a complete response");
+        assert!(head.starts_with("HTTP/1.1 200"), "/stats answered {head}");
+        body.to_owned()
+    }
+
+    /// The engine-wide total of counter `name` from `/stats`.
+    ///
+    /// # Panics
+    ///
+    /// If `/stats` has no such counter.
+    pub fn counter(&self, name: &str) -> u64 {
+        let stats = self.stats();
+        let totals = stats.split_once("\"totals\":{").expect("totals in /stats").1;
+        let key = format!("\"{name}\":");
+        let value = totals
+            .split_once(&key)
+            .unwrap_or_else(|| panic!("no counter {name} in {stats}"))
+            .1;
+        let digits: String = value.chars().take_while(char::is_ascii_digit).collect();
+        digits
+            .parse()
+            .unwrap_or_else(|e| panic!("counter {name} in {stats}: {e}"))
     }
 
     /// Everything the engine wrote to stderr so far.
@@ -252,6 +293,7 @@ impl Engine {
         let (child, stderr, ready_line) =
             spawn(&self.args).unwrap_or_else(|e| panic!("ringcast did not restart: {e}"));
         self.epoch = parse_ready(&ready_line, self.addr, &self.ingest);
+        self.admin = parse_admin(&ready_line);
         self.pid = child.id();
         self.child = child;
         self.stderr = stderr;
@@ -350,6 +392,16 @@ fn spawn(args: &[OsString]) -> Result<Spawned, StartError> {
 
 /// Checks the ready line names `addr` and `ingest` and returns its epoch:
 /// `ringcast: ready: clients on ADDR (...), ingest PATH, epoch HEX`.
+fn parse_admin(line: &str) -> SocketAddr {
+    let rest = line
+        .split_once(", admin ")
+        .unwrap_or_else(|| panic!("ready line names no admin address: {line}"))
+        .1;
+    let addr = rest.split_once(',').map_or(rest, |(a, _)| a);
+    addr.parse()
+        .unwrap_or_else(|e| panic!("admin address {addr:?} in the ready line: {e}"))
+}
+
 fn parse_ready(line: &str, addr: SocketAddr, ingest: &Path) -> String {
     assert!(
         line.contains(&format!("clients on {addr}")),
