@@ -100,6 +100,12 @@ pub fn run(config: Config) -> Result<(), EngineError> {
         .local_addr()
         .map_err(|e| EngineError::Start(e.to_string()))?;
     let listener = sys::socket::ingest_listener(&config.ingest)?;
+    let socket_file = sys::socket::FileId::of(&config.ingest);
+    let remove_socket = || {
+        if let Some(file) = socket_file {
+            file.remove_if_same(&config.ingest);
+        }
+    };
     sys::signal::block_termination().map_err(|e| EngineError::Start(format!("cannot block signals: {e}")))?;
 
     let shared = Arc::new(Shared {
@@ -116,7 +122,7 @@ pub fn run(config: Config) -> Result<(), EngineError> {
     for id in 0..loops {
         ring_fds.push(
             start_shard(id, conns_per_loop, &shared, &stop_tx).inspect_err(|_| {
-                let _ = std::fs::remove_file(&config.ingest);
+                remove_socket();
             })?,
         );
     }
@@ -179,7 +185,7 @@ pub fn run(config: Config) -> Result<(), EngineError> {
         Stop::Fatal(msg) => Err(EngineError::Fatal(msg)),
         Stop::LoopDone => Err(EngineError::Fatal("a loop stopped unexpectedly".into())),
     };
-    let _ = std::fs::remove_file(&config.ingest);
+    remove_socket();
     result
 }
 

@@ -166,6 +166,32 @@ pub fn ingest_listener(path: &Path) -> Result<UnixListener, IngestBindError> {
     UnixListener::bind(path).map_err(|source| IngestBindError::Io { path: shown, source })
 }
 
+/// Identifies the socket file this engine bound, so that at exit it removes only its own
+/// file, never one a newer engine has bound at the same path meanwhile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    /// The identity of the file at `path` now, if any.
+    pub fn of(path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(path).ok().map(|m| FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    /// Removes `path` if it is still this file.
+    pub fn remove_if_same(self, path: &Path) {
+        if FileId::of(path) == Some(self) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// The pid of the process at the other end of a Unix stream (`SO_PEERCRED`).
 pub fn peer_pid(stream: &UnixStream) -> Option<i32> {
     let mut cred = libc::ucred {
@@ -209,4 +235,32 @@ pub fn pin_to_cpu(cpu: usize) {
     unsafe { libc::CPU_SET(cpus[cpu % cpus.len()], &mut set) };
     // SAFETY: `set` is a valid cpu_set_t of the size passed.
     unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_engine_removes_only_its_own_socket_file() {
+        let dir = std::env::temp_dir().join(format!("ringcast-fileid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ingest.sock");
+        let _ = std::fs::remove_file(&path);
+        let first = UnixListener::bind(&path).unwrap();
+        let old = FileId::of(&path).unwrap();
+        drop(first);
+        // A newer engine finds the stale file, replaces it and binds its own.
+        let _second = ingest_listener(&path).unwrap();
+        let new = FileId::of(&path).unwrap();
+        assert_ne!(old, new);
+        old.remove_if_same(&path);
+        assert!(
+            path.exists(),
+            "the older engine removed the newer engine's socket"
+        );
+        new.remove_if_same(&path);
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir(&dir);
+    }
 }
