@@ -101,6 +101,12 @@ pub fn run(config: Config) -> Result<(), EngineError> {
         .map_err(|e| EngineError::Start(e.to_string()))?;
     let listener = sys::socket::ingest_listener(&config.ingest)?;
     let socket_file = sys::socket::FileId::of(&config.ingest);
+    // A second descriptor keeps the socket listening until this function returns, so an
+    // engine started on the same path during our shutdown is told it is in use rather
+    // than replacing a socket that is about to be removed.
+    let _listening = listener
+        .try_clone()
+        .map_err(|e| EngineError::Start(format!("ingest socket: {e}")))?;
     let remove_socket = || {
         if let Some(file) = socket_file {
             file.remove_if_same(&config.ingest);

@@ -247,10 +247,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("ingest.sock");
         let _ = std::fs::remove_file(&path);
-        let first = UnixListener::bind(&path).unwrap();
+        let _first = UnixListener::bind(&path).unwrap();
         let old = FileId::of(&path).unwrap();
-        drop(first);
-        // A newer engine finds the stale file, replaces it and binds its own.
+        // Another engine's socket now stands at the path (the old file is moved aside, so
+        // its inode stays taken and the new file cannot reuse it).
+        std::fs::rename(&path, dir.join("moved.sock")).unwrap();
         let _second = ingest_listener(&path).unwrap();
         let new = FileId::of(&path).unwrap();
         assert_ne!(old, new);
@@ -261,6 +262,6 @@ mod tests {
         );
         new.remove_if_same(&path);
         assert!(!path.exists());
-        let _ = std::fs::remove_dir(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
