@@ -69,7 +69,7 @@ fn json_response(body: &str) -> Vec<u8> {
 }
 
 /// Every counter by name, in the order of [`Counters`].
-fn counters(c: &Counters) -> [(&'static str, u64); 14] {
+fn counters(c: &Counters) -> [(&'static str, u64); 19] {
     [
         ("accepted", c.accepted.load(Relaxed)),
         ("open", c.open.load(Relaxed)),
@@ -85,6 +85,11 @@ fn counters(c: &Counters) -> [(&'static str, u64); 14] {
         ("slow_closed", c.slow_closed.load(Relaxed)),
         ("ring_overrun", c.ring_overrun.load(Relaxed)),
         ("ring_lost", c.ring_lost.load(Relaxed)),
+        ("heartbeats", c.heartbeats.load(Relaxed)),
+        ("request_timeouts", c.request_timeouts.load(Relaxed)),
+        ("idle_closed", c.idle_closed.load(Relaxed)),
+        ("stalled", c.stalled.load(Relaxed)),
+        ("tcp_timeouts", c.tcp_timeouts.load(Relaxed)),
     ]
 }
 

@@ -76,6 +76,31 @@ pub struct Config {
     #[arg(long, value_name = "MS", default_value_t = 3000)]
     pub retry_ms: u32,
 
+    /// An SSE stream that has sent nothing for this long gets a comment line, so proxies
+    /// with idle timeouts keep it open and a vanished client is found by the write failing
+    /// (0: off).
+    #[arg(long, value_name = "MS", default_value_t = 15_000)]
+    pub heartbeat_ms: u64,
+
+    /// A connection with unsent bytes and no send progress for this long is closed as a
+    /// stalled (or vanished) client.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub write_stall_ms: u64,
+
+    /// A request head must arrive whole within this long of its first byte (or of the
+    /// connection's start), or the connection gets 408 and is closed (slowloris).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+
+    /// A keep-alive connection with no request in flight is closed after this long.
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    pub keepalive_idle_ms: u64,
+
+    /// TCP_USER_TIMEOUT on client sockets: sent data unacknowledged for this long makes
+    /// the kernel drop a connection whose peer vanished (0: the kernel's default).
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub tcp_user_timeout_ms: u32,
+
     /// Receive buffers in each loop's provided-buffer ring (a power of two). Every buffer
     /// becomes resident once used; a loop recycles each in the turn it arrives, so a few
     /// hundred serve any number of connections.
@@ -170,6 +195,24 @@ impl Config {
             "recv-buffer-bytes",
             self.recv_buffer_bytes,
             "must be 512 bytes to 1 MiB",
+        )?;
+        for (flag, ms) in [
+            ("write-stall-ms", self.write_stall_ms),
+            ("request-timeout-ms", self.request_timeout_ms),
+            ("keepalive-idle-ms", self.keepalive_idle_ms),
+        ] {
+            check(
+                (100..=86_400_000).contains(&ms),
+                flag,
+                ms,
+                "must be 100 ms to 24 h",
+            )?;
+        }
+        check(
+            self.heartbeat_ms == 0 || (100..=86_400_000).contains(&self.heartbeat_ms),
+            "heartbeat-ms",
+            self.heartbeat_ms,
+            "must be 0 (off) or 100 ms to 24 h",
         )?;
         check(
             self.out_queue_bytes_max >= 64 << 10,

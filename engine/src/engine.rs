@@ -36,6 +36,16 @@ pub struct Counters {
     pub ring_overrun: AtomicU64,
     /// Overruns the history could not fully refill.
     pub ring_lost: AtomicU64,
+    /// Heartbeat comments sent on quiet streams.
+    pub heartbeats: AtomicU64,
+    /// Connections closed with 408: no complete request head in time (slowloris).
+    pub request_timeouts: AtomicU64,
+    /// Keep-alive connections closed for idling between requests.
+    pub idle_closed: AtomicU64,
+    /// Connections reaped because their unsent bytes made no progress (stalled or vanished).
+    pub stalled: AtomicU64,
+    /// Connections the kernel gave up on (TCP_USER_TIMEOUT, keepalive): receive ETIMEDOUT.
+    pub tcp_timeouts: AtomicU64,
 }
 
 /// State shared by the ingest thread and every loop.

@@ -23,6 +23,7 @@
 //! - [`ring`]: the broadcast ring between threads and the replay history.
 //! - [`shard`]: one event loop per core, the only code that sees completions.
 //! - [`ingest`]: the publisher socket, and the client `ringcast publish` uses.
+//! - [`time`]: the timer wheel behind heartbeats, reaping and request deadlines.
 //! - [`sys`]: io_uring setup, buffers, sockets, signals: the home of `unsafe`.
 //! - [`admin`]: health and counters on the admin address.
 //! - [`engine`]: starts it all.
@@ -36,3 +37,4 @@ pub mod proto;
 pub mod ring;
 pub mod shard;
 pub mod sys;
+pub mod time;

@@ -52,6 +52,8 @@ pub mod ops {
     /// Qualifies `SEND`: the send in flight is the loop's shared stream head, sent
     /// without an out-queue so that opening an idle stream allocates nothing.
     pub const SEND_HEAD: u8 = 1 << 5;
+    /// Qualifies `SEND`: the send in flight is the loop's shared heartbeat comment.
+    pub const SEND_BEAT: u8 = 1 << 6;
 }
 
 /// One client connection: 40 bytes, asserted below, because an idle connection costs
@@ -64,13 +66,21 @@ pub struct Conn {
     pub generation: u32,
     /// Head of this connection's chain of subscriptions in the loop's subscription slab.
     pub first_sub: u32,
-    /// Loop tick at which a lingering close gives up waiting for the peer's EOF.
-    pub linger_until: u32,
+    /// A tick whose meaning depends on the state: when the request head now arriving
+    /// began (`Request`), or when a lingering close gives up (`Lingering`).
+    pub mark: u32,
+    /// The tick of the last progress: the last byte received while reading requests, the
+    /// last bytes the kernel took while sending. Activity only stores this; the timer
+    /// wheel reads it when the connection's timer fires (lazy re-arm).
+    pub last_io: u32,
     pub state: State,
     /// Bits of [`ops`] in flight.
     pub ops: u8,
     /// The stream uses HTTP/1.1 chunked framing (false for HTTP/1.0 clients).
     pub chunked: bool,
+    /// At least one request was answered: an idle gap is then a keep-alive pause rather
+    /// than a client that connected and never asked for anything.
+    pub served: bool,
     /// A request split across reads, staged until its head is complete.
     pub staging: Option<Box<Vec<u8>>>,
     /// Bytes waiting to be sent; `None` while nothing is queued.
@@ -80,12 +90,14 @@ pub struct Conn {
 const _: () = assert!(std::mem::size_of::<Conn>() == 40);
 
 impl Conn {
-    pub fn new(file: u32, generation: u32) -> Self {
+    pub fn new(file: u32, generation: u32, now: u32) -> Self {
         Conn {
             file,
             generation,
             first_sub: NIL,
-            linger_until: 0,
+            mark: now,
+            last_io: now,
+            served: false,
             state: State::Request,
             ops: 0,
             chunked: true,
@@ -115,7 +127,7 @@ mod tests {
         assert!(std::mem::size_of::<slab::Slab<Conn>>() <= 48);
         let mut slab = slab::Slab::<Conn>::with_capacity(1024);
         for i in 0..1024 {
-            slab.insert(Conn::new(i, 0));
+            slab.insert(Conn::new(i, 0, 0));
         }
         assert!(slab.capacity() * std::mem::size_of::<Conn>() <= 1024 * 48);
     }

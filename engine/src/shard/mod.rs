@@ -9,6 +9,7 @@
 //! It never blocks except in `io_uring_enter`, and it never sleeps while the broadcast
 //! ring holds something it has not read (see [`Broadcast::park`]).
 mod subs;
+mod timers;
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -27,6 +28,9 @@ use crate::ring::broadcast::{Broadcast, Read};
 use crate::sys::bufring::BufRing;
 use crate::sys::uring::{self, RingSize};
 use subs::Subscriptions;
+use timers::{Deadlines, Static};
+
+use crate::time::{Clock, Wheel};
 
 /// Reserved `user_data` tags (the top byte). The low 32 bits carry a slab index or a
 /// listener index; bits 32..56 a connection generation.
@@ -62,8 +66,8 @@ pub const DOORBELL_DATA: u64 = user_data(tag::DOORBELL, 0, 0);
 
 /// The loop's clock: one tick per `TICK_MS`.
 const TICK_MS: u64 = 100;
-/// How long a closing connection waits for the peer's EOF after our final answer.
-const LINGER_TICKS: u32 = 20;
+/// Slots of the connection timer wheel: 4096 ticks of 100 ms, a turn of about 7 minutes.
+const WHEEL_SLOTS: usize = 4096;
 /// A loop at its connection limit reports it at most this often (10 s).
 const FULL_LOG_TICKS: u32 = 100;
 /// How long the final flush at shutdown waits for slow clients.
@@ -100,7 +104,12 @@ pub struct Shard {
     /// flight; the pool keeps those boxes for the next connection that needs one.
     #[allow(clippy::vec_box)]
     pool: Vec<Box<OutQueue>>,
-    lingering: Vec<(u32, u32)>,
+    /// One timer per connection, keyed by slab index (see `timers`).
+    wheel: Wheel,
+    deadlines: Deadlines,
+    clock: Clock,
+    /// Scratch list of timers due this tick.
+    due: Vec<u32>,
     cqes: Vec<(u64, i32, u32)>,
     id: usize,
     /// The next broadcast sequence number this loop will read.
@@ -139,7 +148,7 @@ impl Shard {
             .map_err(|e| format!("loop {id}: cannot register the receive buffer ring: {e}"))?;
         let mut listeners = Vec::new();
         for addr in &cfg.listen {
-            let l = crate::sys::socket::tcp_listener(*addr, 4096).map_err(|e| {
+            let l = crate::sys::socket::tcp_listener(*addr, 4096, cfg.tcp_user_timeout_ms).map_err(|e| {
                 format!("cannot listen on {addr}: {e}; is another program using it? pass --listen ADDR")
             })?;
             listeners.push(l);
@@ -148,6 +157,10 @@ impl Shard {
             ring_fd: ring.as_raw_fd(),
         };
         let retry = cfg.retry_ms;
+        let clock = Clock::new(
+            std::time::Instant::now(),
+            std::time::Duration::from_millis(TICK_MS),
+        );
         let shard = Shard {
             ring,
             bufs: Some(bufs),
@@ -161,7 +174,10 @@ impl Shard {
             conns: Slab::with_capacity(max_conns as usize),
             subs: Subscriptions::with_capacity(max_conns as usize),
             pool: Vec::new(),
-            lingering: Vec::new(),
+            wheel: Wheel::with_capacity(WHEEL_SLOTS, 0, max_conns as usize),
+            deadlines: Deadlines::new(cfg, &clock),
+            clock,
+            due: Vec::new(),
             cqes: Vec::with_capacity(1024),
             id,
             next_seq: shared.broadcast.head(),
@@ -345,7 +361,8 @@ impl Shard {
             return;
         }
         self.generation = self.generation.wrapping_add(1) & GENERATION_MASK;
-        let index = self.conns.insert(Conn::new(file, self.generation)) as u32;
+        let index = self.conns.insert(Conn::new(file, self.generation, self.tick)) as u32;
+        self.arm_timer(index, self.tick.wrapping_add(self.deadlines.request));
         bump(&self.counters.accepted);
         add(&self.counters.open, 1);
         self.arm_recv(index);
@@ -364,7 +381,7 @@ impl Shard {
     }
 
     fn on_tick(&mut self, flags: u32) {
-        self.tick = self.tick.wrapping_add(1);
+        self.tick = self.clock.ticks(std::time::Instant::now());
         if self.flushing_since.is_none()
             && self
                 .shared
@@ -396,24 +413,7 @@ impl Shard {
                 }
             }
         }
-        let now = self.tick;
-        let mut expired = Vec::new();
-        let lingering = std::mem::take(&mut self.lingering);
-        for (index, generation) in lingering {
-            match self.conns.get(index as usize) {
-                Some(c) if c.generation == generation && c.state == State::Lingering => {
-                    if now.wrapping_sub(c.linger_until) < u32::MAX / 2 {
-                        expired.push(index);
-                    } else {
-                        self.lingering.push((index, generation));
-                    }
-                }
-                _ => {}
-            }
-        }
-        for index in expired {
-            self.close(index);
-        }
+        self.run_timers();
     }
 
     // ----- receiving and requests --------------------------------------------------------
@@ -447,6 +447,9 @@ impl Shard {
             bump(&self.counters.recv_enobufs);
         } else {
             // EOF or a socket error: the peer is gone.
+            if res == -libc::ETIMEDOUT {
+                bump(&self.counters.tcp_timeouts);
+            }
             self.close(index);
         }
         if !more {
@@ -463,11 +466,17 @@ impl Shard {
     }
 
     fn on_input(&mut self, index: u32, data: &[u8]) {
+        let tick = self.tick;
         let conn = &mut self.conns[index as usize];
         if conn.state != State::Request {
             // Streams and closing connections have nothing more to say to us.
             return;
         }
+        if conn.staging.is_none() && conn.served {
+            // The first bytes of the next request: its head deadline starts now.
+            conn.mark = tick;
+        }
+        conn.last_io = tick;
         let (rest, staged) = match conn.staging.take() {
             Some(mut staged) => {
                 let room = STAGING_MAX.saturating_sub(staged.len());
@@ -520,6 +529,10 @@ impl Shard {
     }
 
     fn on_request(&mut self, index: u32, req: &Request<'_>) {
+        let tick = self.tick;
+        let conn = &mut self.conns[index as usize];
+        conn.served = true;
+        conn.last_io = tick;
         // A request body is never expected here; rather than skip it, answer and close.
         let keep_alive = req.keep_alive && !req.has_body;
         match (req.path, req.method) {
@@ -591,31 +604,12 @@ impl Shard {
             self.replay(index, &sub.topics, &last, chunked);
             self.flush(index);
         } else {
-            self.send_head(index, &head);
+            self.send_static(index, Static::Head);
         }
         for topic in &sub.topics {
             self.subs.add(&mut self.conns, index, topic);
         }
         bump(&self.counters.streams);
-    }
-
-    /// Sends the loop's shared stream head straight from its `Bytes`, which live as long as
-    /// the loop, so an idle stream never needs an out-queue. Falls back to the queue when
-    /// something is already queued or in flight.
-    fn send_head(&mut self, index: u32, head: &Bytes) {
-        let conn = &mut self.conns[index as usize];
-        if conn.has_op(ops::SEND) || conn.out.is_some() {
-            self.enqueue(index, head.clone());
-            self.flush(index);
-            return;
-        }
-        conn.ops |= ops::SEND | ops::SEND_HEAD;
-        self.sending += 1;
-        let entry = opcode::Send::new(types::Fixed(conn.file), head.as_ptr(), head.len() as u32)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(user_data(tag::SEND, conn.generation, index));
-        self.push(entry);
     }
 
     /// Queues what a client resuming from `last` missed, or a `ringcast.reset` event and
@@ -785,25 +779,31 @@ impl Shard {
         }
         self.sending -= 1;
         let conn = &mut self.conns[index as usize];
-        let head = conn.has_op(ops::SEND_HEAD);
-        conn.ops &= !(ops::SEND | ops::SEND_HEAD);
+        let direct = if conn.has_op(ops::SEND_HEAD) {
+            Some(Static::Head)
+        } else if conn.has_op(ops::SEND_BEAT) {
+            Some(Static::Beat)
+        } else {
+            None
+        };
+        conn.ops &= !(ops::SEND | ops::SEND_HEAD | ops::SEND_BEAT);
         if conn.state == State::Closing {
             self.maybe_free(index);
             return;
         }
         if res <= 0 {
+            if res == -libc::ETIMEDOUT {
+                bump(&self.counters.tcp_timeouts);
+            }
             self.close(index);
             return;
         }
-        if head {
-            let head = if conn.chunked {
-                &self.stream_head
-            } else {
-                &self.stream_head_http10
-            };
-            let rest = head.slice(res as usize..);
+        conn.last_io = self.tick;
+        if let Some(which) = direct {
+            let rest = self.static_bytes(index, which).slice(res as usize..);
             if !rest.is_empty() {
                 // Rare: a short send. The rest goes ahead of anything queued meanwhile.
+                let conn = &mut self.conns[index as usize];
                 let out = conn
                     .out
                     .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
@@ -812,6 +812,7 @@ impl Shard {
             self.flush(index);
             return;
         }
+        let conn = &mut self.conns[index as usize];
         let out = conn.out.as_mut().expect("a send completed, so a queue exists");
         out.sent(res as usize);
         if !out.is_empty() {
@@ -833,16 +834,16 @@ impl Shard {
     /// Shuts our side down and waits (bounded) for the peer's EOF, so that a final answer
     /// is read rather than lost to a reset caused by unread input.
     fn linger(&mut self, index: u32) {
-        let tick = self.tick;
+        let until = self.tick.wrapping_add(self.deadlines.linger);
         let conn = &mut self.conns[index as usize];
         conn.state = State::Lingering;
-        conn.linger_until = tick.wrapping_add(LINGER_TICKS);
+        conn.mark = until;
         conn.ops |= ops::SHUTDOWN;
         let entry = opcode::Shutdown::new(types::Fixed(conn.file), libc::SHUT_WR)
             .build()
             .user_data(user_data(tag::SHUTDOWN, conn.generation, index));
-        self.lingering.push((index, conn.generation));
         self.push(entry);
+        self.arm_timer(index, until);
     }
 
     /// Starts closing: unsubscribes, cancels whatever the kernel holds for the connection,
@@ -858,6 +859,7 @@ impl Shard {
         conn.staging = None;
         let (file, generation) = (conn.file, conn.generation);
         conn.ops |= ops::CANCEL | ops::CLOSE;
+        self.wheel.remove(index);
         self.subs.remove_all(&mut self.conns, index);
         self.push(
             opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(file)).all())

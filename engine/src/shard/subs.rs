@@ -126,7 +126,7 @@ mod tests {
     #[test]
     fn removal_keeps_positions_consistent() {
         let mut conns = Slab::new();
-        let ids: Vec<u32> = (0..6).map(|i| conns.insert(Conn::new(i, 0)) as u32).collect();
+        let ids: Vec<u32> = (0..6).map(|i| conns.insert(Conn::new(i, 0, 0)) as u32).collect();
         let mut subs = Subscriptions::default();
         for &c in &ids {
             subs.add(&mut conns, c, "a");

@@ -62,7 +62,7 @@ const KEEPALIVE_PROBES: libc::c_int = 4;
 ///
 /// # Errors
 /// The socket, bind or listen error (`EADDRINUSE` when another program holds the port).
-pub fn tcp_listener(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
+pub fn tcp_listener(addr: SocketAddr, backlog: i32, user_timeout_ms: u32) -> io::Result<OwnedFd> {
     let family = match addr {
         SocketAddr::V4(_) => libc::AF_INET,
         SocketAddr::V6(_) => libc::AF_INET6,
@@ -90,6 +90,16 @@ pub fn tcp_listener(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
         KEEPALIVE_INTERVAL_SECS,
     )?;
     set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE_PROBES)?;
+    // Sent data unacknowledged this long: the peer is gone (RFC 5482). Bounds how long a
+    // vanished client holds its socket and queued bytes when heartbeats are flowing.
+    if user_timeout_ms > 0 {
+        set_int_opt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            user_timeout_ms as libc::c_int,
+        )?;
+    }
     let (storage, len) = sockaddr_of(addr);
     // SAFETY: `storage` holds a sockaddr of `len` bytes for the socket's family.
     cvt(unsafe { libc::bind(fd, std::ptr::addr_of!(storage).cast(), len) })?;

@@ -1,0 +1,192 @@
+//! A loop's connection deadlines, on one hashed timer wheel (see [`crate::time`]).
+//!
+//! Every open connection has exactly one timer, keyed by its slab index: 12 bytes, no
+//! kernel timeout. Activity never touches the wheel; it only stores `last_io` (or `mark`)
+//! in the connection. When the timer fires, [`Shard::on_timer`] looks at the state and
+//! those ticks and either acts (a heartbeat, a 408, a reap) or re-arms at the next
+//! deadline that now applies: the lazy re-arm of DESIGN.md §4.
+//!
+//! | state | deadline | action |
+//! |---|---|---|
+//! | `Request`, head partly read | `mark + request_timeout` | 408, close (slowloris) |
+//! | `Request`, nothing asked yet | `mark + request_timeout` | 408, close |
+//! | `Request`, idle after a response | `last_io + keepalive_idle` | close |
+//! | `Stream`, bytes unsent | `last_io + write_stall` | reap (stalled) |
+//! | `Stream`, nothing sent lately | `last_io + heartbeat` | send `:` comment |
+//! | `Draining` | `last_io + write_stall` | reap (stalled) |
+//! | `Lingering` | `mark` | close |
+//!
+//! Ticks are 100 ms: every deadline here is a second or more, so the one coarse wheel is
+//! precise enough, and a finer one would cost each connection another 12-byte link.
+use std::time::Duration;
+
+use bytes::Bytes;
+use io_uring::{opcode, types};
+
+use super::{bump, tag, user_data, Shard};
+use crate::config::Config;
+use crate::conn::{ops, State};
+use crate::time::{is_due, Clock};
+
+/// How long a closing connection waits for the peer's EOF after our final answer.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// The configured deadlines, in ticks of the loop's clock.
+#[derive(Clone, Copy)]
+pub(super) struct Deadlines {
+    /// 0: heartbeats off.
+    pub heartbeat: u32,
+    pub write_stall: u32,
+    pub request: u32,
+    pub keepalive_idle: u32,
+    pub linger: u32,
+}
+
+impl Deadlines {
+    pub fn new(cfg: &Config, clock: &Clock) -> Self {
+        // One tick more than the rounded-up length: a deadline armed late in a tick would
+        // otherwise fire up to a tick early (see `Clock`). Timers fire up to a tick late.
+        let ticks = |ms: u64| clock.ticks_in(Duration::from_millis(ms)) + 1;
+        Deadlines {
+            heartbeat: if cfg.heartbeat_ms == 0 {
+                0
+            } else {
+                ticks(cfg.heartbeat_ms)
+            },
+            write_stall: ticks(cfg.write_stall_ms),
+            request: ticks(cfg.request_timeout_ms),
+            keepalive_idle: ticks(cfg.keepalive_idle_ms),
+            linger: clock.ticks_in(LINGER) + 1,
+        }
+    }
+}
+
+/// A comment line that carries nothing but keeps a stream's bytes moving (WHATWG HTML
+/// §9.2.6: lines starting with a colon are ignored).
+pub(super) const HEARTBEAT: &[u8] = b":\n\n";
+/// The same as one HTTP/1.1 chunk.
+pub(super) const HEARTBEAT_CHUNK: &[u8] = b"3\r\n:\n\n\r\n";
+
+/// Which of the loop's shared byte strings a direct send (no out-queue) carries.
+#[derive(Clone, Copy)]
+pub(super) enum Static {
+    Head,
+    Beat,
+}
+
+impl Shard {
+    /// Runs every timer due by the clock's current tick.
+    pub(super) fn run_timers(&mut self) {
+        let mut due = std::mem::take(&mut self.due);
+        self.wheel.advance(self.tick, &mut due);
+        for &index in &due {
+            self.on_timer(index);
+        }
+        due.clear();
+        self.due = due;
+    }
+
+    /// Arms connection `index`'s timer at `deadline`.
+    pub(super) fn arm_timer(&mut self, index: u32, deadline: u32) {
+        self.wheel.insert(index, deadline);
+    }
+
+    fn on_timer(&mut self, index: u32) {
+        let Some(conn) = self.conns.get(index as usize) else {
+            return;
+        };
+        let now = self.tick;
+        let d = self.deadlines;
+        let next = match conn.state {
+            State::Request => {
+                if conn.staging.is_some() || !conn.served {
+                    let deadline = conn.mark.wrapping_add(d.request);
+                    if is_due(deadline, now) {
+                        bump(&self.counters.request_timeouts);
+                        self.respond(index, 408, "request head not received in time", false, &[]);
+                        return;
+                    }
+                    deadline
+                } else {
+                    let deadline = conn.last_io.wrapping_add(d.keepalive_idle);
+                    if is_due(deadline, now) {
+                        bump(&self.counters.idle_closed);
+                        self.close(index);
+                        return;
+                    }
+                    deadline
+                }
+            }
+            State::Stream | State::Draining => {
+                let busy = conn.has_op(ops::SEND) || conn.queued_bytes() > 0;
+                let stall = conn.last_io.wrapping_add(d.write_stall);
+                if busy && is_due(stall, now) {
+                    bump(&self.counters.stalled);
+                    self.close(index);
+                    return;
+                }
+                if conn.state == State::Stream && d.heartbeat > 0 {
+                    let beat = conn.last_io.wrapping_add(d.heartbeat);
+                    if !busy && is_due(beat, now) {
+                        bump(&self.counters.heartbeats);
+                        self.send_static(index, Static::Beat);
+                        // The stall deadline now guards the heartbeat's own send.
+                        now.wrapping_add(d.heartbeat.min(d.write_stall))
+                    } else if busy {
+                        stall
+                    } else {
+                        beat
+                    }
+                } else if busy {
+                    stall
+                } else {
+                    now.wrapping_add(d.write_stall)
+                }
+            }
+            State::Lingering => {
+                if is_due(conn.mark, now) {
+                    self.close(index);
+                    return;
+                }
+                conn.mark
+            }
+            State::Closing => return,
+        };
+        self.arm_timer(index, next);
+    }
+
+    /// Sends one of the loop's shared byte strings straight from its `Bytes`, which live
+    /// as long as the loop, so neither opening an idle stream nor keeping it alive needs an
+    /// out-queue. Falls back to the queue when something is queued or in flight.
+    pub(super) fn send_static(&mut self, index: u32, which: Static) {
+        let bytes = self.static_bytes(index, which);
+        let conn = &mut self.conns[index as usize];
+        if conn.has_op(ops::SEND) || conn.out.is_some() {
+            self.enqueue(index, bytes);
+            self.flush(index);
+            return;
+        }
+        conn.ops |= ops::SEND
+            | match which {
+                Static::Head => ops::SEND_HEAD,
+                Static::Beat => ops::SEND_BEAT,
+            };
+        self.sending += 1;
+        let entry = opcode::Send::new(types::Fixed(conn.file), bytes.as_ptr(), bytes.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data(tag::SEND, conn.generation, index));
+        self.push(entry);
+    }
+
+    /// The shared bytes `which` in the framing connection `index` uses.
+    pub(super) fn static_bytes(&self, index: u32, which: Static) -> Bytes {
+        let chunked = self.conns[index as usize].chunked;
+        match (which, chunked) {
+            (Static::Head, true) => self.stream_head.clone(),
+            (Static::Head, false) => self.stream_head_http10.clone(),
+            (Static::Beat, true) => Bytes::from_static(HEARTBEAT_CHUNK),
+            (Static::Beat, false) => Bytes::from_static(HEARTBEAT),
+        }
+    }
+}
