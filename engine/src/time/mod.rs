@@ -4,19 +4,16 @@
 //! Owns: what a tick is, and which timers are due. Must never: read the system clock (the
 //! loop reads it once per turn and passes the `Instant` in), or use anything else of ours.
 //!
-//! # Two wheels per loop
+//! # How a loop uses it
 //!
-//! Each loop runs two [`Wheel`]s, each with its own [`Clock`]:
-//!
-//! - a coarse one, e.g. 100 ms ticks × 4096 slots (a turn of about 7 minutes), for
-//!   heartbeats and idle timeouts: millions of timers that mostly never fire, re-armed
-//!   lazily from `last_rx` (see [`wheel`]);
-//! - a fine one, e.g. 10 ms ticks × 1024 slots (a turn of about 10 s), for short deadlines
-//!   that must be precise: the request head deadline, a write stall, close linger.
-//!
-//! A deadline beyond a wheel's turn is still correct: its slot is visited once per turn
-//! until the deadline's turn comes. The loop sleeps until the earlier of the two wheels'
-//! [`Wheel::next_expiry`], turned into a sleep with [`Clock::until`].
+//! Each loop runs one [`Wheel`] of 100 ms ticks × 4096 slots (a turn of about 7 minutes),
+//! with one timer per connection keyed by its slab index: heartbeats, write stalls,
+//! request-head and keep-alive deadlines and close linger all share it, re-armed lazily
+//! from the connection's `last_io` (see `shard::timers`). Every deadline there is a second
+//! or more, so a tick of 100 ms is precise enough. A deadline that needs finer precision
+//! would get a second wheel with its own [`Clock`] (say 10 ms × 1024 slots); a deadline
+//! beyond a wheel's turn is still correct: its slot is visited once per turn until the
+//! deadline's turn comes.
 use std::time::{Duration, Instant};
 
 pub mod wheel;
@@ -42,7 +39,10 @@ impl Clock {
     /// If `tick` is zero or longer than `u64::MAX` nanoseconds (584 years).
     pub fn new(start: Instant, tick: Duration) -> Self {
         let tick_ns = u64::try_from(tick.as_nanos()).unwrap_or(0);
-        assert!(tick_ns > 0, "a clock tick must be from 1 ns to 584 years, not {tick:?}");
+        assert!(
+            tick_ns > 0,
+            "a clock tick must be from 1 ns to 584 years, not {tick:?}"
+        );
         Clock { start, tick_ns }
     }
 
@@ -148,7 +148,10 @@ mod tests {
     fn zero_tick_panics() {
         let start = Instant::now();
         for tick in [Duration::ZERO, Duration::MAX] {
-            assert!(std::panic::catch_unwind(|| Clock::new(start, tick)).is_err(), "{tick:?}");
+            assert!(
+                std::panic::catch_unwind(|| Clock::new(start, tick)).is_err(),
+                "{tick:?}"
+            );
         }
     }
 
@@ -166,7 +169,10 @@ mod tests {
                 .find(|&t| is_due(deadline, c.ticks(t)))
                 .unwrap();
             let after = reached - t0;
-            assert!(after > d - c.tick() && after <= d + c.tick(), "t0 +{t0_ms} ms: {after:?}");
+            assert!(
+                after > d - c.tick() && after <= d + c.tick(),
+                "t0 +{t0_ms} ms: {after:?}"
+            );
         }
     }
 }
