@@ -607,10 +607,11 @@ enum Source {
 /// Text is validated as it arrives, across fragments and reads, so invalid UTF-8 fails
 /// the connection at the read that brings the first bad byte (Autobahn 6.4.x).
 ///
-/// Choices the RFC leaves open: a length not encoded in the fewest bytes (§5.2 says the
-/// minimal number "MUST be used") is accepted, as the lengths are bounded by
-/// `max_message` and control frames by 125 either way; rejecting it would only break
-/// sloppy clients. After a close frame the caller stops calling `decode` (§5.5.1).
+/// A length not encoded in the fewest bytes breaks a sender's MUST in §5.2, but the RFC
+/// names no reaction for the receiver; it is accepted, since lengths are bounded by
+/// `max_message` (and 125 for control frames) either way and rejecting it would only
+/// break sloppy clients. After a close frame the caller stops calling `decode`
+/// (§5.5.1).
 #[derive(Debug)]
 pub struct Decoder {
     max_message: usize,
@@ -658,10 +659,11 @@ impl Decoder {
     ///
     /// Unmasks payloads in place, so `buf` is changed: a message that arrived whole is
     /// returned as a slice of it, without copying. Call again with `buf[consumed..]`
-    /// until it returns `Partial` (which uses up all of `buf`) or `Fail`; the next read
-    /// is then passed as a new buffer. Nothing has to be kept between reads, though
-    /// the caller may keep unconsumed bytes and present them again with more appended.
-    /// The answer never depends on how the stream was cut into buffers.
+    /// until it returns `Partial` (which uses up all of `buf`) or `Fail`, then pass the
+    /// next read as a new buffer. That last call also frees the buffer a reassembled
+    /// message was returned from. Nothing has to be kept between reads, though the
+    /// caller may keep unconsumed bytes and present them again with more appended. The
+    /// answer never depends on how the stream was cut into buffers.
     pub fn decode<'a>(&'a mut self, buf: &'a mut [u8]) -> Decoded<'a> {
         let step = self.step(buf);
         let (this, buf): (&'a Decoder, &'a [u8]) = (self, buf);
