@@ -69,7 +69,7 @@ fn json_response(body: &str) -> Vec<u8> {
 }
 
 /// Every counter by name, in the order of [`Counters`].
-fn counters(c: &Counters) -> [(&'static str, u64); 19] {
+fn counters(c: &Counters) -> [(&'static str, u64); 24] {
     [
         ("accepted", c.accepted.load(Relaxed)),
         ("open", c.open.load(Relaxed)),
@@ -90,6 +90,11 @@ fn counters(c: &Counters) -> [(&'static str, u64); 19] {
         ("idle_closed", c.idle_closed.load(Relaxed)),
         ("stalled", c.stalled.load(Relaxed)),
         ("tcp_timeouts", c.tcp_timeouts.load(Relaxed)),
+        ("websockets", c.websockets.load(Relaxed)),
+        ("ws_protocol_errors", c.ws_protocol_errors.load(Relaxed)),
+        ("ws_pings", c.ws_pings.load(Relaxed)),
+        ("ws_pong_timeouts", c.ws_pong_timeouts.load(Relaxed)),
+        ("upstream_refused", c.upstream_refused.load(Relaxed)),
     ]
 }
 

@@ -101,6 +101,30 @@ pub struct Config {
     #[arg(long, value_name = "MS", default_value_t = 30_000)]
     pub tcp_user_timeout_ms: u32,
 
+    /// Largest WebSocket message a client may send (all fragments together), in bytes;
+    /// larger ones close the connection with 1009.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 10)]
+    pub ws_max_message: usize,
+
+    /// Origins allowed to open a WebSocket (repeatable): exact (`https://app.example.com`),
+    /// subdomain patterns (`https://*.example.com`) or `*`. When set, a handshake whose
+    /// Origin matches none gets 403. Unset: any origin.
+    #[arg(long = "ws-allow-origin", value_name = "PATTERN")]
+    pub ws_allow_origin: Vec<String>,
+
+    /// A WebSocket silent for this long is pinged.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub ws_ping_ms: u64,
+
+    /// A ping unanswered (no frame at all) for this long closes the WebSocket.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub ws_pong_timeout_ms: u64,
+
+    /// Serve `/echo`, a WebSocket that sends every message back, for conformance suites
+    /// such as Autobahn. Off by default.
+    #[arg(long)]
+    pub ws_echo: bool,
+
     /// Receive buffers in each loop's provided-buffer ring (a power of two). Every buffer
     /// becomes resident once used; a loop recycles each in the turn it arrives, so a few
     /// hundred serve any number of connections.
@@ -200,6 +224,8 @@ impl Config {
             ("write-stall-ms", self.write_stall_ms),
             ("request-timeout-ms", self.request_timeout_ms),
             ("keepalive-idle-ms", self.keepalive_idle_ms),
+            ("ws-ping-ms", self.ws_ping_ms),
+            ("ws-pong-timeout-ms", self.ws_pong_timeout_ms),
         ] {
             check(
                 (100..=86_400_000).contains(&ms),
@@ -213,6 +239,12 @@ impl Config {
             "heartbeat-ms",
             self.heartbeat_ms,
             "must be 0 (off) or 100 ms to 24 h",
+        )?;
+        check(
+            (125..=64 << 20).contains(&self.ws_max_message),
+            "ws-max-message",
+            self.ws_max_message,
+            "must be 125 bytes to 64 MiB",
         )?;
         check(
             self.out_queue_bytes_max >= 64 << 10,

@@ -46,6 +46,16 @@ pub struct Counters {
     pub stalled: AtomicU64,
     /// Connections the kernel gave up on (TCP_USER_TIMEOUT, keepalive): receive ETIMEDOUT.
     pub tcp_timeouts: AtomicU64,
+    /// WebSocket upgrades completed.
+    pub websockets: AtomicU64,
+    /// WebSockets failed for breaking the protocol (closed with 1002, 1007 or 1009).
+    pub ws_protocol_errors: AtomicU64,
+    /// WebSocket pings sent after inbound silence.
+    pub ws_pings: AtomicU64,
+    /// WebSockets closed because a ping went unanswered.
+    pub ws_pong_timeouts: AtomicU64,
+    /// Upstream client messages answered with an error: no backend listens for them.
+    pub upstream_refused: AtomicU64,
 }
 
 /// State shared by the ingest thread and every loop.

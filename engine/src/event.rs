@@ -3,11 +3,13 @@
 //! An event is encoded for SSE once, by the thread that accepts the publish, as one
 //! HTTP/1.1 chunk; every subscriber on every loop is sent a refcounted slice of those
 //! same bytes (the chunk for HTTP/1.1, the SSE body inside it for HTTP/1.0).
+use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::proto::sse;
+use crate::conn::Kind;
+use crate::proto::{json, sse, ws};
 use crate::ring::history::Retained;
 
 /// Identifies one run of the engine's history. Event ids are `<epoch>-<seq>`: the epoch in
@@ -82,6 +84,10 @@ pub struct Event {
     sse_chunk: Bytes,
     /// Where the bare SSE encoding lies inside `sse_chunk`.
     sse_start: u16,
+    /// WebSocket frames, encoded by the first loop with such a subscriber and shared by
+    /// all (server frames are unmasked, so every subscriber gets the same bytes).
+    ws_json: OnceLock<Bytes>,
+    ws_raw: OnceLock<Bytes>,
 }
 
 /// Fixed bookkeeping per retained event, added to its byte cost.
@@ -114,7 +120,49 @@ impl Event {
             published: now,
             sse_chunk: Bytes::from(chunk),
             sse_start,
+            ws_json: OnceLock::new(),
+            ws_raw: OnceLock::new(),
         }
+    }
+
+    /// The bytes a connection of `kind` is sent for this event.
+    pub fn bytes_for(&self, kind: Kind) -> Bytes {
+        match kind {
+            Kind::Sse => self.sse(true),
+            Kind::Sse10 => self.sse(false),
+            Kind::WsJson => self.ws_json.get_or_init(|| self.encode_ws_json()).clone(),
+            Kind::WsRaw => self.ws_raw.get_or_init(|| self.encode_ws_raw()).clone(),
+            // The echo endpoint subscribes to nothing.
+            Kind::WsEcho => Bytes::new(),
+        }
+    }
+
+    /// `{"id":..,"topic":..,"event":..|null,"data":..}` as one text frame.
+    fn encode_ws_json(&self) -> Bytes {
+        let mut body = Vec::with_capacity(self.data.len() + self.topic.len() + 64);
+        body.extend_from_slice(b"{\"id\":");
+        json::push_string(&mut body, &self.id);
+        body.extend_from_slice(b",\"topic\":");
+        json::push_string(&mut body, &self.topic);
+        body.extend_from_slice(b",\"event\":");
+        match &self.name {
+            Some(name) => json::push_string(&mut body, name),
+            None => body.extend_from_slice(b"null"),
+        }
+        body.extend_from_slice(b",\"data\":");
+        // Payloads are UTF-8: the ingest protocol refuses anything else.
+        json::push_string(&mut body, std::str::from_utf8(&self.data).unwrap_or_default());
+        body.push(b'}');
+        let mut frame = Vec::with_capacity(body.len() + 10);
+        ws::encode_frame(&mut frame, ws::Opcode::Text, true, &body);
+        Bytes::from(frame)
+    }
+
+    /// The bare payload as one text frame.
+    fn encode_ws_raw(&self) -> Bytes {
+        let mut frame = Vec::with_capacity(self.data.len() + 10);
+        ws::encode_frame(&mut frame, ws::Opcode::Text, true, &self.data);
+        Bytes::from(frame)
     }
 
     /// The SSE bytes to send: one chunk for a chunked HTTP/1.1 stream, else the bare event.

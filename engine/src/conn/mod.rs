@@ -8,12 +8,13 @@
 //!              |
 //!              v        response with keep-alive
 //!          Request  <---------------------------.
-//!           |   |  \_______________________________|
-//!  /sse OK  |   |  error or Connection: close
-//!           v   v
-//!       Stream  Draining --(queue empty)--> Lingering --(EOF or deadline)--.
-//!           |                                                               v
-//!           `------------(EOF, error, too slow)-------------------------> Closing --(all ops done)--> freed
+//!        /  |   |  \_______________________________|
+//!  /ws 101  |   |  error, 408 or Connection: close
+//!      /    v   v
+//!    Ws  Stream  Draining --(queue empty)--> Lingering --(EOF or deadline)--.
+//!     \     |     ^ (close frame sent)                                      v
+//!      \----|-----'                                                          |
+//!           `-------(EOF, error, too slow, stalled, no pong)------------> Closing --(all ops done)--> freed
 //! ```
 //!
 //! Never does I/O itself: it records what is queued and what the kernel still owns.
@@ -32,6 +33,8 @@ pub enum State {
     Request,
     /// An SSE stream: events are queued, input is read only to notice the close.
     Stream,
+    /// A WebSocket: events are queued as frames, client frames are decoded.
+    Ws,
     /// A final response is queued; once sent, the write side is shut down.
     Draining,
     /// Write side shut down; input is discarded until EOF or the linger deadline, so the
@@ -39,6 +42,37 @@ pub enum State {
     Lingering,
     /// Cancel and close are submitted; the record waits for its last completions.
     Closing,
+}
+
+/// How a connection's events are framed, and by which shared encoding of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// SSE in HTTP/1.1 chunks.
+    Sse,
+    /// SSE for an HTTP/1.0 client: the bare stream, ended by closing.
+    Sse10,
+    /// WebSocket, one JSON text frame per event.
+    WsJson,
+    /// WebSocket, the bare payload per event.
+    WsRaw,
+    /// WebSocket echo endpoint for conformance suites: no topics, messages come back.
+    WsEcho,
+}
+
+impl Kind {
+    pub fn is_ws(self) -> bool {
+        matches!(self, Kind::WsJson | Kind::WsRaw | Kind::WsEcho)
+    }
+}
+
+/// Per-connection flag bits.
+pub mod flags {
+    /// At least one request was answered: an idle gap is then a keep-alive pause rather
+    /// than a client that connected and never asked for anything.
+    pub const SERVED: u8 = 1;
+    /// A WebSocket ping is out and unanswered since `mark`.
+    pub const PINGED: u8 = 1 << 1;
 }
 
 /// Kernel operations of one connection whose final completion is still to come. The
@@ -54,6 +88,8 @@ pub mod ops {
     pub const SEND_HEAD: u8 = 1 << 5;
     /// Qualifies `SEND`: the send in flight is the loop's shared heartbeat comment.
     pub const SEND_BEAT: u8 = 1 << 6;
+    /// Qualifies `SEND`: the send in flight is the shared WebSocket ping.
+    pub const SEND_PING: u8 = 1 << 7;
 }
 
 /// One client connection: 40 bytes, asserted below, because an idle connection costs
@@ -76,11 +112,10 @@ pub struct Conn {
     pub state: State,
     /// Bits of [`ops`] in flight.
     pub ops: u8,
-    /// The stream uses HTTP/1.1 chunked framing (false for HTTP/1.0 clients).
-    pub chunked: bool,
-    /// At least one request was answered: an idle gap is then a keep-alive pause rather
-    /// than a client that connected and never asked for anything.
-    pub served: bool,
+    /// How events are framed for this connection.
+    pub kind: Kind,
+    /// Bits of [`flags`].
+    pub flags: u8,
     /// A request split across reads, staged until its head is complete.
     pub staging: Option<Box<Vec<u8>>>,
     /// Bytes waiting to be sent; `None` while nothing is queued.
@@ -97,13 +132,17 @@ impl Conn {
             first_sub: NIL,
             mark: now,
             last_io: now,
-            served: false,
+            flags: 0,
             state: State::Request,
             ops: 0,
-            chunked: true,
+            kind: Kind::Sse,
             staging: None,
             out: None,
         }
+    }
+
+    pub fn has_flag(&self, flag: u8) -> bool {
+        self.flags & flag != 0
     }
 
     pub fn has_op(&self, op: u8) -> bool {

@@ -2,5 +2,6 @@
 //! send. Nothing here touches a file descriptor, a clock or `sys/`.
 pub mod http;
 pub mod ingest;
+pub mod json;
 pub mod sse;
 pub mod ws;

@@ -10,7 +10,9 @@
 //! ring holds something it has not read (see [`Broadcast::park`]).
 mod subs;
 mod timers;
+mod websocket;
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -19,11 +21,11 @@ use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
-use crate::conn::{ops, Conn, OutQueue, State};
+use crate::conn::{flags, ops, Conn, Kind, OutQueue, State};
 use crate::engine::{Counters, Shared};
 use crate::event::{Event, LastId};
 use crate::proto::http::{self, Method, Request};
-use crate::proto::sse;
+use crate::proto::{json, sse, ws};
 use crate::ring::broadcast::{Broadcast, Read};
 use crate::sys::bufring::BufRing;
 use crate::sys::uring::{self, RingSize};
@@ -110,6 +112,9 @@ pub struct Shard {
     clock: Clock,
     /// Scratch list of timers due this tick.
     due: Vec<u32>,
+    /// WebSocket decoders holding a partial frame or message, by slab index. An idle
+    /// WebSocket has none: its record stays 40 bytes.
+    decoders: HashMap<u32, Box<ws::Decoder>>,
     cqes: Vec<(u64, i32, u32)>,
     id: usize,
     /// The next broadcast sequence number this loop will read.
@@ -178,6 +183,7 @@ impl Shard {
             deadlines: Deadlines::new(cfg, &clock),
             clock,
             due: Vec::new(),
+            decoders: HashMap::new(),
             cqes: Vec::with_capacity(1024),
             id,
             next_seq: shared.broadcast.head(),
@@ -438,10 +444,10 @@ impl Shard {
         }
         if res > 0 {
             let bid = buffer.expect("a multishot receive always selects a buffer");
-            let bufs = self.bufs.take().expect("buffer ring");
-            self.on_input(index, bufs.get(bid, res as usize));
+            let mut bufs = self.bufs.take().expect("buffer ring");
+            self.on_input(index, bufs.get_mut(bid, res as usize));
+            bufs.recycle(bid);
             self.bufs = Some(bufs);
-            self.bufs.as_mut().expect("buffer ring").recycle(bid);
         } else if res == -libc::ENOBUFS {
             // Every buffer was in use for a moment; the receive ended and is re-armed below.
             bump(&self.counters.recv_enobufs);
@@ -465,44 +471,63 @@ impl Shard {
         }
     }
 
-    fn on_input(&mut self, index: u32, data: &[u8]) {
+    fn on_input(&mut self, index: u32, data: &mut [u8]) {
+        match self.conns[index as usize].state {
+            State::Request => self.on_http_input(index, data),
+            State::Ws => self.on_ws_input(index, data),
+            // Streams and closing connections have nothing more to say to us.
+            _ => {}
+        }
+    }
+
+    fn on_http_input(&mut self, index: u32, data: &mut [u8]) {
         let tick = self.tick;
         let conn = &mut self.conns[index as usize];
-        if conn.state != State::Request {
-            // Streams and closing connections have nothing more to say to us.
-            return;
-        }
-        if conn.staging.is_none() && conn.served {
+        if conn.staging.is_none() && conn.has_flag(flags::SERVED) {
             // The first bytes of the next request: its head deadline starts now.
             conn.mark = tick;
         }
         conn.last_io = tick;
-        let (rest, staged) = match conn.staging.take() {
+        match conn.staging.take() {
             Some(mut staged) => {
                 let room = STAGING_MAX.saturating_sub(staged.len());
                 staged.extend_from_slice(&data[..data.len().min(room)]);
                 let used = self.on_requests(index, &staged);
-                staged.drain(..used);
-                (None, staged)
+                self.after_requests(index, &mut staged[..], used);
+                if self.still_reading(index) {
+                    staged.drain(..used);
+                    if !staged.is_empty() {
+                        self.conns[index as usize].staging = Some(staged);
+                    }
+                }
             }
             None => {
                 let used = self.on_requests(index, data);
-                (Some(&data[used..]), Box::default())
+                self.after_requests(index, data, used);
+                if self.still_reading(index) && used < data.len() {
+                    self.conns[index as usize].staging = Some(Box::new(data[used..].to_vec()));
+                }
             }
-        };
-        let Some(conn) = self.conns.get_mut(index as usize) else {
-            return;
-        };
-        if conn.state != State::Request {
-            return;
         }
-        let mut staged = staged;
-        if let Some(rest) = rest {
-            staged.extend_from_slice(rest);
+    }
+
+    /// After the requests in `buf[..used]`: bytes behind a WebSocket upgrade are frames.
+    fn after_requests(&mut self, index: u32, buf: &mut [u8], used: usize) {
+        if self
+            .conns
+            .get(index as usize)
+            .is_some_and(|c| c.state == State::Ws)
+            && used < buf.len()
+        {
+            self.on_ws_input(index, &mut buf[used..]);
         }
-        if !staged.is_empty() {
-            conn.staging = Some(staged);
-        }
+    }
+
+    /// True while connection `index` is still reading HTTP requests.
+    fn still_reading(&self, index: u32) -> bool {
+        self.conns
+            .get(index as usize)
+            .is_some_and(|c| c.state == State::Request)
     }
 
     /// Handles every complete request in `buf`; returns the bytes consumed.
@@ -510,13 +535,14 @@ impl Shard {
         let mut at = 0;
         while at < buf.len() {
             if self.conns[index as usize].state != State::Request {
-                return buf.len();
+                return at;
             }
             match http::parse_request(&buf[at..]) {
                 Ok(http::Parsed::Partial) => return at,
                 Ok(http::Parsed::Complete(req)) => {
+                    let head = &buf[at..at + req.head_len];
                     at += req.head_len;
-                    self.on_request(index, &req);
+                    self.on_request(index, &req, head);
                 }
                 Err(e) => {
                     bump(&self.counters.bad_requests);
@@ -528,15 +554,17 @@ impl Shard {
         at
     }
 
-    fn on_request(&mut self, index: u32, req: &Request<'_>) {
+    fn on_request(&mut self, index: u32, req: &Request<'_>, head: &[u8]) {
         let tick = self.tick;
         let conn = &mut self.conns[index as usize];
-        conn.served = true;
+        conn.flags |= flags::SERVED;
         conn.last_io = tick;
         // A request body is never expected here; rather than skip it, answer and close.
         let keep_alive = req.keep_alive && !req.has_body;
         match (req.path, req.method) {
             ("/sse", Method::Get | Method::Head) => self.subscribe(index, req, keep_alive),
+            ("/ws", _) => self.ws_upgrade(index, req, head, false),
+            ("/echo", _) if self.shared.config.ws_echo => self.ws_upgrade(index, req, head, true),
             ("/sse", _) => self.respond(
                 index,
                 405,
@@ -547,7 +575,7 @@ impl Shard {
             _ => self.respond(
                 index,
                 404,
-                "not found: subscribe at /sse?topic=NAME",
+                "not found: subscribe at /sse?topic=NAME or /ws?topic=NAME",
                 keep_alive,
                 &[],
             ),
@@ -583,8 +611,12 @@ impl Shard {
             self.flush(index);
             return;
         }
-        let chunked = req.minor_version >= 1;
-        let head = if chunked {
+        let kind = if req.minor_version >= 1 {
+            Kind::Sse
+        } else {
+            Kind::Sse10
+        };
+        let head = if kind == Kind::Sse {
             self.stream_head.clone()
         } else {
             self.stream_head_http10.clone()
@@ -592,7 +624,7 @@ impl Shard {
         {
             let conn = &mut self.conns[index as usize];
             conn.state = State::Stream;
-            conn.chunked = chunked;
+            conn.kind = kind;
             conn.staging = None;
         }
         let last = req
@@ -601,7 +633,7 @@ impl Shard {
             .or_else(|| sub.last_event_id.as_ref().map(|s| s.clone().into_bytes()));
         if let Some(last) = last {
             self.enqueue(index, head);
-            self.replay(index, &sub.topics, &last, chunked);
+            self.replay(index, &sub.topics, &last, kind);
             self.flush(index);
         } else {
             self.send_static(index, Static::Head);
@@ -614,7 +646,7 @@ impl Shard {
 
     /// Queues what a client resuming from `last` missed, or a `ringcast.reset` event and
     /// then everything retained when the history cannot fill the gap.
-    fn replay(&mut self, index: u32, topics: &[String], last: &[u8], chunked: bool) {
+    fn replay(&mut self, index: u32, topics: &[String], last: &[u8], kind: Kind) {
         let epoch = self.shared.epoch;
         let mut parsed = epoch.parse(last);
         if let LastId::Seq(seen) = parsed {
@@ -653,19 +685,23 @@ impl Shard {
             bump(&self.counters.resets);
             let oldest = replay.events.first().map(|e| e.seq);
             let reset_seq = oldest.map_or(upto, |s| s - 1);
-            let mut body = Vec::new();
             let data = reset_json(reason, last, oldest.map(|s| epoch.id(s)));
-            sse::encode_event(
-                &mut body,
-                &epoch.id(reset_seq),
-                Some("ringcast.reset"),
-                data.as_bytes(),
-            );
-            self.enqueue(index, frame(&body, chunked));
+            let id = epoch.id(reset_seq);
+            let bytes = if kind.is_ws() {
+                ws_control(&format!(
+                    "{{\"id\":{},\"event\":\"ringcast.reset\",\"data\":{data}}}",
+                    json::string(&id)
+                ))
+            } else {
+                let mut body = Vec::new();
+                sse::encode_event(&mut body, &id, Some("ringcast.reset"), data.as_bytes());
+                frame(&body, kind == Kind::Sse)
+            };
+            self.enqueue(index, bytes);
         }
         bump_by(&self.counters.replayed, replay.events.len() as u64);
         for event in replay.events {
-            self.enqueue(index, event.sse(chunked));
+            self.enqueue(index, event.bytes_for(kind));
         }
     }
 
@@ -723,10 +759,10 @@ impl Shard {
         let mut slow = Vec::new();
         for &index in &subscribers {
             let conn = &self.conns[index as usize];
-            if conn.state != State::Stream {
+            if !matches!(conn.state, State::Stream | State::Ws) {
                 continue;
             }
-            let bytes = event.sse(conn.chunked);
+            let bytes = event.bytes_for(conn.kind);
             if conn.queued_bytes() + bytes.len() > limit {
                 slow.push(index);
                 continue;
@@ -783,10 +819,12 @@ impl Shard {
             Some(Static::Head)
         } else if conn.has_op(ops::SEND_BEAT) {
             Some(Static::Beat)
+        } else if conn.has_op(ops::SEND_PING) {
+            Some(Static::Ping)
         } else {
             None
         };
-        conn.ops &= !(ops::SEND | ops::SEND_HEAD | ops::SEND_BEAT);
+        conn.ops &= !(ops::SEND | ops::SEND_HEAD | ops::SEND_BEAT | ops::SEND_PING);
         if conn.state == State::Closing {
             self.maybe_free(index);
             return;
@@ -860,6 +898,7 @@ impl Shard {
         let (file, generation) = (conn.file, conn.generation);
         conn.ops |= ops::CANCEL | ops::CLOSE;
         self.wheel.remove(index);
+        self.decoders.remove(&index);
         self.subs.remove_all(&mut self.conns, index);
         self.push(
             opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(file)).all())
@@ -929,32 +968,18 @@ fn frame(body: &[u8], chunked: bool) -> Bytes {
 
 /// The data of a `ringcast.reset` event: why the resume failed and where replay starts.
 fn reset_json(reason: &str, last: &[u8], oldest: Option<String>) -> String {
-    let mut out = String::from("{\"reason\":\"");
-    out.push_str(reason);
-    out.push_str("\",\"last_event_id\":");
-    json_string(&mut out, &String::from_utf8_lossy(last));
-    out.push_str(",\"oldest_id\":");
-    match oldest {
-        Some(id) => json_string(&mut out, &id),
-        None => out.push_str("null"),
-    }
-    out.push('}');
-    out
+    format!(
+        "{{\"reason\":\"{reason}\",\"last_event_id\":{},\"oldest_id\":{}}}",
+        json::string(&String::from_utf8_lossy(last)),
+        oldest.map_or_else(|| "null".to_string(), |id| json::string(&id)),
+    )
 }
 
-fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+/// One WebSocket text frame carrying a control message.
+fn ws_control(text: &str) -> Bytes {
+    let mut frame = Vec::with_capacity(text.len() + 4);
+    ws::encode_frame(&mut frame, ws::Opcode::Text, true, text.as_bytes());
+    Bytes::from(frame)
 }
 
 fn bump(counter: &std::sync::atomic::AtomicU64) {

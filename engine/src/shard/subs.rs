@@ -69,25 +69,69 @@ impl Subscriptions {
         record.first_sub = node;
     }
 
+    /// The topics connection `conn` follows, in its chain's order.
+    pub fn topics_of<'a>(&'a self, conns: &Slab<Conn>, conn: u32) -> impl Iterator<Item = &'a str> + 'a {
+        let mut link = conns[conn as usize].first_sub;
+        std::iter::from_fn(move || {
+            if link == NIL {
+                return None;
+            }
+            let node = &self.nodes[link as usize];
+            link = node.next;
+            Some(&*self.topics[node.topic as usize].name)
+        })
+    }
+
+    /// Removes connection `conn`'s subscription to `name`; false if it had none.
+    pub fn remove_one(&mut self, conns: &mut Slab<Conn>, conn: u32, name: &str) -> bool {
+        let Some(&topic) = self.by_name.get(name) else {
+            return false;
+        };
+        let mut prev = NIL;
+        let mut link = conns[conn as usize].first_sub;
+        while link != NIL && self.nodes[link as usize].topic != topic {
+            prev = link;
+            link = self.nodes[link as usize].next;
+        }
+        if link == NIL {
+            return false;
+        }
+        let next = self.nodes[link as usize].next;
+        if prev == NIL {
+            conns[conn as usize].first_sub = next;
+        } else {
+            self.nodes[prev as usize].next = next;
+        }
+        self.unlink(link);
+        true
+    }
+
+    /// Takes subscription node `link` out of its topic's arrays and frees it.
+    fn unlink(&mut self, link: u32) {
+        let node = self.nodes.remove(link as usize);
+        let topic = &mut self.topics[node.topic as usize];
+        let pos = node.pos as usize;
+        topic.conns.swap_remove(pos);
+        topic.nodes.swap_remove(pos);
+        if let Some(&moved) = topic.nodes.get(pos) {
+            self.nodes[moved as usize].pos = pos as u32;
+        }
+        if topic.conns.is_empty() {
+            let topic = self.topics.remove(node.topic as usize);
+            self.by_name.remove(&topic.name);
+        }
+    }
+
     /// Removes every subscription of connection `conn`; topics left empty are dropped.
     pub fn remove_all(&mut self, conns: &mut Slab<Conn>, conn: u32) {
         let record = &mut conns[conn as usize];
         let mut link = std::mem::replace(&mut record.first_sub, NIL);
         while link != NIL {
-            let node = self.nodes.remove(link as usize);
+            let node = &self.nodes[link as usize];
             debug_assert_eq!(node.conn, conn, "subscription chain crosses connections");
-            link = node.next;
-            let topic = &mut self.topics[node.topic as usize];
-            let pos = node.pos as usize;
-            topic.conns.swap_remove(pos);
-            topic.nodes.swap_remove(pos);
-            if let Some(&moved) = topic.nodes.get(pos) {
-                self.nodes[moved as usize].pos = pos as u32;
-            }
-            if topic.conns.is_empty() {
-                let topic = self.topics.remove(node.topic as usize);
-                self.by_name.remove(&topic.name);
-            }
+            let next = node.next;
+            self.unlink(link);
+            link = next;
         }
     }
 

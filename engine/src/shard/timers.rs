@@ -25,8 +25,23 @@ use io_uring::{opcode, types};
 
 use super::{bump, tag, user_data, Shard};
 use crate::config::Config;
-use crate::conn::{ops, State};
+use crate::conn::{flags, ops, Kind, State};
 use crate::time::{is_due, Clock};
+
+/// The earlier of two deadlines in wrapping tick arithmetic.
+trait MinWrapping {
+    fn min_wrapping(self, other: u32) -> u32;
+}
+
+impl MinWrapping for u32 {
+    fn min_wrapping(self, other: u32) -> u32 {
+        if is_due(self, other) {
+            self
+        } else {
+            other
+        }
+    }
+}
 
 /// How long a closing connection waits for the peer's EOF after our final answer.
 const LINGER: Duration = Duration::from_secs(2);
@@ -40,6 +55,8 @@ pub(super) struct Deadlines {
     pub request: u32,
     pub keepalive_idle: u32,
     pub linger: u32,
+    pub ws_ping: u32,
+    pub ws_pong_timeout: u32,
 }
 
 impl Deadlines {
@@ -57,6 +74,8 @@ impl Deadlines {
             request: ticks(cfg.request_timeout_ms),
             keepalive_idle: ticks(cfg.keepalive_idle_ms),
             linger: clock.ticks_in(LINGER) + 1,
+            ws_ping: ticks(cfg.ws_ping_ms),
+            ws_pong_timeout: ticks(cfg.ws_pong_timeout_ms),
         }
     }
 }
@@ -67,11 +86,15 @@ pub(super) const HEARTBEAT: &[u8] = b":\n\n";
 /// The same as one HTTP/1.1 chunk.
 pub(super) const HEARTBEAT_CHUNK: &[u8] = b"3\r\n:\n\n\r\n";
 
+/// A WebSocket ping with no payload (RFC 6455 §5.5.2).
+pub(super) const PING: &[u8] = &[0x89, 0x00];
+
 /// Which of the loop's shared byte strings a direct send (no out-queue) carries.
 #[derive(Clone, Copy)]
 pub(super) enum Static {
     Head,
     Beat,
+    Ping,
 }
 
 impl Shard {
@@ -99,7 +122,7 @@ impl Shard {
         let d = self.deadlines;
         let next = match conn.state {
             State::Request => {
-                if conn.staging.is_some() || !conn.served {
+                if conn.staging.is_some() || !conn.has_flag(flags::SERVED) {
                     let deadline = conn.mark.wrapping_add(d.request);
                     if is_due(deadline, now) {
                         bump(&self.counters.request_timeouts);
@@ -143,6 +166,33 @@ impl Shard {
                     now.wrapping_add(d.write_stall)
                 }
             }
+            State::Ws => {
+                let busy = conn.has_op(ops::SEND) || conn.queued_bytes() > 0;
+                let stall = conn.last_io.wrapping_add(d.write_stall);
+                if busy && is_due(stall, now) {
+                    bump(&self.counters.stalled);
+                    self.close(index);
+                    return;
+                }
+                if conn.has_flag(flags::PINGED) {
+                    // No frame since the ping (any frame clears the flag): the timer was
+                    // armed at the pong deadline, so the peer is gone.
+                    bump(&self.counters.ws_pong_timeouts);
+                    self.close(index);
+                    return;
+                }
+                let ping = conn.mark.wrapping_add(d.ws_ping);
+                if is_due(ping, now) {
+                    bump(&self.counters.ws_pings);
+                    self.conns[index as usize].flags |= flags::PINGED;
+                    self.send_static(index, Static::Ping);
+                    now.wrapping_add(d.ws_pong_timeout)
+                } else if busy {
+                    stall.min_wrapping(ping)
+                } else {
+                    ping
+                }
+            }
             State::Lingering => {
                 if is_due(conn.mark, now) {
                     self.close(index);
@@ -170,6 +220,7 @@ impl Shard {
             | match which {
                 Static::Head => ops::SEND_HEAD,
                 Static::Beat => ops::SEND_BEAT,
+                Static::Ping => ops::SEND_PING,
             };
         self.sending += 1;
         let entry = opcode::Send::new(types::Fixed(conn.file), bytes.as_ptr(), bytes.len() as u32)
@@ -181,12 +232,13 @@ impl Shard {
 
     /// The shared bytes `which` in the framing connection `index` uses.
     pub(super) fn static_bytes(&self, index: u32, which: Static) -> Bytes {
-        let chunked = self.conns[index as usize].chunked;
+        let chunked = self.conns[index as usize].kind == Kind::Sse;
         match (which, chunked) {
             (Static::Head, true) => self.stream_head.clone(),
             (Static::Head, false) => self.stream_head_http10.clone(),
             (Static::Beat, true) => Bytes::from_static(HEARTBEAT_CHUNK),
             (Static::Beat, false) => Bytes::from_static(HEARTBEAT),
+            (Static::Ping, _) => Bytes::from_static(PING),
         }
     }
 }

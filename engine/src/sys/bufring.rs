@@ -102,6 +102,22 @@ impl BufRing {
         unsafe { std::slice::from_raw_parts(self.bufs.as_ptr().add(offset), len) }
     }
 
+    /// The bytes the kernel wrote into buffer `bid`, to change in place (WebSocket
+    /// unmasking) before the buffer is recycled.
+    ///
+    /// # Panics
+    /// If `bid` or `len` is out of range.
+    pub fn get_mut(&mut self, bid: u16, len: usize) -> &mut [u8] {
+        assert!(
+            bid < self.count && len <= self.size as usize,
+            "buffer {bid} len {len} out of range"
+        );
+        let offset = usize::from(bid) * self.size as usize;
+        // SAFETY: as in `get`; `&mut self` makes this the only view of the buffer, and the
+        // kernel does not touch it until `recycle(bid)`.
+        unsafe { std::slice::from_raw_parts_mut(self.bufs.as_ptr().add(offset), len) }
+    }
+
     /// Gives buffer `bid` back to the kernel.
     pub fn recycle(&mut self, bid: u16) {
         self.push(bid);

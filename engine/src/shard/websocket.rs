@@ -1,0 +1,265 @@
+//! WebSocket connections on a loop (RFC 6455): the upgrade, client frames, the close
+//! handshake, and the client's own subscribe and unsubscribe messages.
+//!
+//! Frames are decoded straight out of the provided receive buffer (unmasked in place);
+//! a decoder exists only while a frame or message is partly received. Server frames are
+//! unmasked, so an event's frame is encoded once and shared (see `Event::bytes_for`).
+//!
+//! Client text messages shaped `{"op":"subscribe","topic":T}` or
+//! `{"op":"unsubscribe","topic":T}` change the connection's subscriptions and are
+//! answered with `{"event":"ringcast.subscribed"|"ringcast.unsubscribed","topic":T}`, or
+//! `{"event":"ringcast.error","reason":..,"topic":..}`. Any other message is upstream
+//! data for a backend; no backend channel exists yet, so the client is told so with a
+//! `ringcast.error` rather than the message vanishing.
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::{bump, ws_control, Shard};
+use crate::conn::{flags, Kind, State};
+use crate::proto::http::{self, Request, SubscriptionError, TOPICS_MAX};
+use crate::proto::json;
+use crate::proto::ws::{self, Decoded, HandshakeError, Message, Opcode};
+
+/// A client's control message.
+#[derive(Deserialize)]
+struct ClientOp<'a> {
+    #[serde(borrow)]
+    op: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    topic: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl Shard {
+    /// Answers an upgrade request on `/ws` (or `/echo` when enabled): 101 and a WebSocket,
+    /// or the handshake's own error (400, 403, 405, 426).
+    pub(super) fn ws_upgrade(&mut self, index: u32, req: &Request<'_>, head: &[u8], echo: bool) {
+        let upgrade = match ws::check_upgrade(head) {
+            Ok(Some(up)) => up,
+            Ok(None) => {
+                let mut headers = ws::UPGRADE_REQUIRED_HEADERS.to_vec();
+                headers.push(("Sec-WebSocket-Version", "13"));
+                self.respond(
+                    index,
+                    426,
+                    "this is a WebSocket endpoint: send an upgrade",
+                    false,
+                    &headers,
+                );
+                return;
+            }
+            Err(e) => return self.refuse_upgrade(index, e),
+        };
+        let patterns = &self.shared.config.ws_allow_origin;
+        if !patterns.is_empty() && !ws::origin_allowed(upgrade.origin, patterns) {
+            return self.refuse_upgrade(index, HandshakeError::OriginNotAllowed);
+        }
+        let (kind, topics, last) = if echo {
+            (Kind::WsEcho, Vec::new(), None)
+        } else {
+            let kind = match query_param(req.query, "format") {
+                None | Some("json") => Kind::WsJson,
+                Some("raw") => Kind::WsRaw,
+                Some(_) => {
+                    bump(&self.counters.bad_requests);
+                    self.respond(index, 400, "format must be json or raw", false, &[]);
+                    return;
+                }
+            };
+            // A WebSocket may start with no topic and subscribe later.
+            let sub = match http::parse_subscription(req.query) {
+                Ok(sub) => sub,
+                Err(SubscriptionError::NoTopic) => http::Subscription {
+                    topics: Vec::new(),
+                    last_event_id: query_param(req.query, "last_event_id").map(str::to_owned),
+                },
+                Err(e) => {
+                    bump(&self.counters.bad_requests);
+                    self.respond(index, 400, &e.to_string(), false, &[]);
+                    return;
+                }
+            };
+            let last = req
+                .last_event_id
+                .map(<[u8]>::to_vec)
+                .or_else(|| sub.last_event_id.map(String::into_bytes));
+            (kind, sub.topics, last)
+        };
+        self.enqueue(index, Bytes::from(ws::switching_protocols(upgrade.key)));
+        let tick = self.tick;
+        let conn = &mut self.conns[index as usize];
+        conn.state = State::Ws;
+        conn.kind = kind;
+        conn.staging = None;
+        conn.mark = tick;
+        if let Some(last) = last {
+            self.replay(index, &topics, &last, kind);
+        }
+        for topic in &topics {
+            self.subs.add(&mut self.conns, index, topic);
+        }
+        bump(&self.counters.websockets);
+        self.flush(index);
+    }
+
+    fn refuse_upgrade(&mut self, index: u32, e: HandshakeError) {
+        bump(&self.counters.bad_requests);
+        self.respond(index, e.status(), e.reason(), false, e.extra_headers());
+    }
+
+    /// Decodes the client frames in `data` (unmasking them in place) and acts on each.
+    pub(super) fn on_ws_input(&mut self, index: u32, data: &mut [u8]) {
+        let max = self.shared.config.ws_max_message;
+        let mut decoder = self
+            .decoders
+            .remove(&index)
+            .unwrap_or_else(|| Box::new(ws::Decoder::new(max)));
+        let mut at = 0;
+        loop {
+            match decoder.decode(&mut data[at..]) {
+                Decoded::Message { msg, consumed } => {
+                    at += consumed;
+                    if !self.on_ws_message(index, msg) {
+                        return;
+                    }
+                }
+                Decoded::Partial { .. } => break,
+                Decoded::Fail { code, reason } => {
+                    bump(&self.counters.ws_protocol_errors);
+                    self.ws_close(index, code, reason);
+                    return;
+                }
+            }
+        }
+        if !decoder.is_idle()
+            && self
+                .conns
+                .get(index as usize)
+                .is_some_and(|c| c.state == State::Ws)
+        {
+            self.decoders.insert(index, decoder);
+        }
+    }
+
+    /// Acts on one client message; false when no more frames are to be read.
+    fn on_ws_message(&mut self, index: u32, msg: Message<'_>) -> bool {
+        let tick = self.tick;
+        let conn = &mut self.conns[index as usize];
+        // Any frame shows the peer is alive: inbound activity lives in `mark` for a WebSocket.
+        conn.mark = tick;
+        conn.flags &= !flags::PINGED;
+        let kind = conn.kind;
+        match msg {
+            Message::Text(payload) if kind == Kind::WsEcho => self.ws_send(index, Opcode::Text, payload),
+            Message::Binary(payload) if kind == Kind::WsEcho => self.ws_send(index, Opcode::Binary, payload),
+            Message::Text(payload) => self.on_client_text(index, payload),
+            Message::Binary(_) => self.upstream_refused(index),
+            Message::Ping(payload) => self.ws_send(index, Opcode::Pong, payload),
+            Message::Pong(_) => {}
+            Message::Close { code, .. } => {
+                // Echo the peer's code (§5.5.1); a close without one is answered likewise.
+                let mut frame = Vec::with_capacity(4);
+                match code {
+                    Some(code) => ws::encode_close(&mut frame, code, ""),
+                    None => ws::encode_frame(&mut frame, Opcode::Close, true, &[]),
+                }
+                self.enqueue(index, Bytes::from(frame));
+                self.conns[index as usize].state = State::Draining;
+                self.flush(index);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Queues one unfragmented frame.
+    fn ws_send(&mut self, index: u32, opcode: Opcode, payload: &[u8]) {
+        let mut frame = Vec::with_capacity(payload.len() + 10);
+        ws::encode_frame(&mut frame, opcode, true, payload);
+        self.enqueue(index, Bytes::from(frame));
+        self.flush(index);
+    }
+
+    /// Fails the connection (§7.1.7): a close frame with `code`, then the TCP close.
+    pub(super) fn ws_close(&mut self, index: u32, code: u16, reason: &str) {
+        let mut frame = Vec::with_capacity(reason.len() + 4);
+        ws::encode_close(&mut frame, code, reason);
+        self.enqueue(index, Bytes::from(frame));
+        self.conns[index as usize].state = State::Draining;
+        self.flush(index);
+    }
+
+    fn on_client_text(&mut self, index: u32, payload: &[u8]) {
+        let Ok(op) = serde_json::from_slice::<ClientOp<'_>>(payload) else {
+            return self.upstream_refused(index);
+        };
+        let topic = op.topic.as_deref().unwrap_or("");
+        let reply = match (&*op.op, http::is_valid_topic(topic.as_bytes())) {
+            ("subscribe" | "unsubscribe", false) => {
+                Err("invalid topic: topics are 1-200 bytes of [A-Za-z0-9._~:/-]")
+            }
+            ("subscribe", true) => self.ws_subscribe(index, topic),
+            ("unsubscribe", true) => {
+                if self.subs.remove_one(&mut self.conns, index, topic) {
+                    Ok("ringcast.unsubscribed")
+                } else {
+                    Err("not subscribed to this topic")
+                }
+            }
+            _ => Err("unknown op: use subscribe or unsubscribe"),
+        };
+        let mut text = Vec::with_capacity(96);
+        match reply {
+            Ok(event) => {
+                text.extend_from_slice(format!("{{\"event\":\"{event}\",\"topic\":").as_bytes());
+                json::push_string(&mut text, topic);
+            }
+            Err(reason) => {
+                text.extend_from_slice(b"{\"event\":\"ringcast.error\",\"reason\":");
+                json::push_string(&mut text, reason);
+                text.extend_from_slice(b",\"topic\":");
+                match &op.topic {
+                    Some(t) => json::push_string(&mut text, t),
+                    None => text.extend_from_slice(b"null"),
+                }
+            }
+        }
+        text.push(b'}');
+        self.enqueue(
+            index,
+            ws_control(std::str::from_utf8(&text).expect("JSON is UTF-8")),
+        );
+        self.flush(index);
+    }
+
+    fn ws_subscribe(&mut self, index: u32, topic: &str) -> Result<&'static str, &'static str> {
+        let mut count = 0;
+        for t in self.subs.topics_of(&self.conns, index) {
+            if t == topic {
+                return Err("already subscribed to this topic");
+            }
+            count += 1;
+        }
+        if count >= TOPICS_MAX {
+            return Err("too many topics: at most 64 per connection");
+        }
+        self.subs.add(&mut self.conns, index, topic);
+        Ok("ringcast.subscribed")
+    }
+
+    /// Upstream data has nowhere to go yet: say so instead of dropping it.
+    fn upstream_refused(&mut self, index: u32) {
+        bump(&self.counters.upstream_refused);
+        let text = r#"{"event":"ringcast.error","reason":"no backend is listening for upstream messages","topic":null}"#;
+        self.enqueue(index, ws_control(text));
+        self.flush(index);
+    }
+}
+
+/// The first value of query parameter `name`, undecoded (for plain tokens like `raw`).
+fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
