@@ -1021,7 +1021,7 @@ mod tests {
         let s = reset_json("expired", b"a\"b\\\n", Some("1-2".into()));
         assert_eq!(
             s,
-            r#"{"reason":"expired","last_event_id":"a\"b\\\u000a","oldest_id":"1-2"}"#
+            r#"{"reason":"expired","last_event_id":"a\"b\\\n","oldest_id":"1-2"}"#
         );
         assert_eq!(
             reset_json("malformed-id", b"", None),

@@ -444,7 +444,7 @@ mod tests {
         // Re-inserting moves: still one timer, at the new deadline only.
         w.insert(3, 20);
         assert_eq!((w.len(), w.deadline(3)), (1, Some(20)));
-        assert_eq!(advance(&mut w, 19), []);
+        assert_eq!(advance(&mut w, 19), Vec::<u32>::new());
         assert_eq!(advance(&mut w, 20), [3]);
         assert!(!w.is_armed(3));
         assert_eq!(w.deadline(3), None);
@@ -459,7 +459,7 @@ mod tests {
         w.insert(3, 25);
         w.remove(3);
         assert!(w.is_empty());
-        assert_eq!(advance(&mut w, 40), []);
+        assert_eq!(advance(&mut w, 40), Vec::<u32>::new());
         // A fired or removed id can be armed again.
         w.insert(3, 41);
         assert_eq!(advance(&mut w, 41), [3]);
@@ -472,13 +472,13 @@ mod tests {
         // Same slot, a later turn: only the deadline changes.
         w.insert(1, 109);
         assert_eq!((w.len(), w.deadline(1)), (1, Some(109)));
-        assert_eq!(advance(&mut w, 101), []);
+        assert_eq!(advance(&mut w, 101), Vec::<u32>::new());
         assert_eq!(w.next_expiry(), Some(109));
         // To the overdue list and back into a slot.
         w.insert(1, 50);
         assert_eq!(w.next_expiry(), Some(101));
         w.insert(1, 103);
-        assert_eq!(advance(&mut w, 102), []);
+        assert_eq!(advance(&mut w, 102), Vec::<u32>::new());
         assert_eq!(advance(&mut w, 103), [1]);
         // From a slot to the overdue list.
         w.insert(1, 105);
@@ -548,7 +548,7 @@ mod tests {
                             }
                             assert_eq!(
                                 fired,
-                                [],
+                                Vec::<u32>::new(),
                                 "slots {slots} start {start} delay {delay} jump {jump} +{t}"
                             );
                             t += jump;
@@ -621,7 +621,10 @@ mod tests {
             w.insert(2, start.wrapping_add(MAX_DELAY + 1));
             assert_eq!(w.next_expiry(), Some(start));
             assert_eq!(advance(&mut w, start), [2]);
-            assert_eq!(advance(&mut w, start.wrapping_add(MAX_DELAY - 1)), []);
+            assert_eq!(
+                advance(&mut w, start.wrapping_add(MAX_DELAY - 1)),
+                Vec::<u32>::new()
+            );
             assert_eq!(advance(&mut w, start.wrapping_add(MAX_DELAY)), [1]);
         }
     }
@@ -827,7 +830,7 @@ mod tests {
                             prop_assert_eq!(&group, &ids, "deadline {}", deadline);
                             rest = tail;
                         }
-                        prop_assert_eq!(rest, &[][..]);
+                        prop_assert_eq!(rest, &[0u32; 0][..]);
                     }
                 }
                 prop_assert_eq!(w.len(), m.of.len());
