@@ -69,7 +69,7 @@ fn json_response(body: &str) -> Vec<u8> {
 }
 
 /// Every counter by name, in the order of [`Counters`].
-fn counters(c: &Counters) -> [(&'static str, u64); 24] {
+fn counters(c: &Counters) -> [(&'static str, u64); 26] {
     [
         ("accepted", c.accepted.load(Relaxed)),
         ("open", c.open.load(Relaxed)),
@@ -94,7 +94,9 @@ fn counters(c: &Counters) -> [(&'static str, u64); 24] {
         ("ws_protocol_errors", c.ws_protocol_errors.load(Relaxed)),
         ("ws_pings", c.ws_pings.load(Relaxed)),
         ("ws_pong_timeouts", c.ws_pong_timeouts.load(Relaxed)),
+        ("upstream", c.upstream.load(Relaxed)),
         ("upstream_refused", c.upstream_refused.load(Relaxed)),
+        ("downstream_dropped", c.downstream_dropped.load(Relaxed)),
     ]
 }
 

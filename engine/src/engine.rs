@@ -54,8 +54,12 @@ pub struct Counters {
     pub ws_pings: AtomicU64,
     /// WebSockets closed because a ping went unanswered.
     pub ws_pong_timeouts: AtomicU64,
-    /// Upstream client messages answered with an error: no backend listens for them.
+    /// Client messages handed to the ingest thread for a backend.
+    pub upstream: AtomicU64,
+    /// Client messages answered with an error: no backend listens, or the queue is full.
     pub upstream_refused: AtomicU64,
+    /// Backend messages for connections that had closed by the time they arrived.
+    pub downstream_dropped: AtomicU64,
 }
 
 /// State shared by the ingest thread and every loop.
@@ -65,6 +69,13 @@ pub struct Shared {
     pub history: Mutex<History<Event>>,
     pub config: Config,
     pub counters: Vec<Arc<Counters>>,
+    /// Per loop: client messages to backends and backend messages to clients.
+    pub mailboxes: Vec<crate::upstream::Mailbox>,
+    /// Backends that asked for client messages (`UPSTREAM`).
+    pub upstream_listeners: crate::upstream::Listeners,
+    /// The ingest thread's ring, for loops' doorbells when client messages wait; -1 until
+    /// the ingest thread has built it.
+    pub ingest_ring_fd: std::sync::atomic::AtomicI32,
     /// Set on SIGINT/SIGTERM: the ingest thread sends its pending acknowledgements and stops.
     pub stopping: AtomicBool,
     /// Set by the ingest thread once it has stopped: nothing more will be published, and
@@ -140,6 +151,9 @@ pub fn run(config: Config) -> Result<(), EngineError> {
         history: Mutex::new(History::new(config.history_limits())),
         counters: (0..loops).map(|_| Arc::new(Counters::default())).collect(),
         config: config.clone(),
+        mailboxes: (0..loops).map(|_| crate::upstream::Mailbox::default()).collect(),
+        upstream_listeners: crate::upstream::Listeners::default(),
+        ingest_ring_fd: std::sync::atomic::AtomicI32::new(-1),
         stopping: AtomicBool::new(false),
         ingest_stopped: AtomicBool::new(false),
     });

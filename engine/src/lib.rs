@@ -24,6 +24,7 @@
 //! - [`shard`]: one event loop per core, the only code that sees completions.
 //! - [`ingest`]: the publisher socket, and the client `ringcast publish` uses.
 //! - [`time`]: the timer wheel behind heartbeats, reaping and request deadlines.
+//! - [`upstream`]: client messages to backends and back, across threads.
 //! - [`sys`]: io_uring setup, buffers, sockets, signals: the home of `unsafe`.
 //! - [`admin`]: health and counters on the admin address.
 //! - [`engine`]: starts it all.
@@ -38,3 +39,4 @@ pub mod ring;
 pub mod shard;
 pub mod sys;
 pub mod time;
+pub mod upstream;

@@ -13,6 +13,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
+use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
@@ -21,6 +22,11 @@ use crate::event::Event;
 use crate::proto::ingest::{self, Command, Decoded, IngestDecoder, IngestLimits, Publish};
 use crate::ring::broadcast::Producer;
 use crate::shard::DOORBELL_DATA;
+use crate::upstream::{ConnId, Downstream};
+
+/// What a client's message becomes when no backend can take it.
+const NO_BACKEND: &[u8] =
+    br#"{"event":"ringcast.error","reason":"no backend is listening for upstream messages","topic":null}"#;
 use crate::sys::uring::{self, RingSize};
 
 mod tag {
@@ -28,8 +34,17 @@ mod tag {
     pub const RECV: u8 = 2;
     pub const SEND: u8 = 3;
     pub const TICK: u8 = 4;
+    /// Completion of a doorbell this thread rang on a loop.
     pub const DOORBELL: u8 = 5;
+    /// A loop's doorbell: client messages wait in its mailbox.
+    pub const UPSTREAM_BELL: u8 = 6;
 }
+
+/// The `user_data` of a loop's doorbell to this thread.
+pub const UPSTREAM_BELL_DATA: u64 = user_data(tag::UPSTREAM_BELL, 0);
+
+/// A backend with more unread bytes than this is passed over for client messages.
+const UPSTREAM_BACKLOG_MAX: usize = 4 << 20;
 
 const fn user_data(tag: u8, index: u32) -> u64 {
     ((tag as u64) << 56) | index as u64
@@ -60,6 +75,8 @@ struct Publisher {
     send_armed: bool,
     /// No more input is read (QUIT, EOF or lost framing); close once replies are out.
     closing: bool,
+    /// Sent `UPSTREAM`: client messages are pushed to it.
+    upstream: bool,
 }
 
 struct Ingest {
@@ -75,6 +92,10 @@ struct Ingest {
     ticks: u32,
     /// Something was published since the last doorbell round.
     published: bool,
+    /// Loops that were handed backend messages since the last doorbell round.
+    down_woken: Vec<bool>,
+    /// Where the round-robin over upstream backends continues.
+    next_listener: usize,
     /// Tick at which shutdown began: no more publishers are accepted, and the loop ends
     /// once every acknowledgement is sent (or the grace period is over).
     stopping_since: Option<u32>,
@@ -100,6 +121,10 @@ impl IngestThread {
             cq_entries: 2048,
         })
         .map_err(|e| io::Error::other(e.to_string()))?;
+        self.shared
+            .ingest_ring_fd
+            .store(ring.as_raw_fd(), std::sync::atomic::Ordering::Release);
+        let loops = self.shard_rings.len();
         let limits = IngestLimits {
             payload_max: self.shared.config.payload_max,
             line_max: LINE_MAX,
@@ -116,6 +141,8 @@ impl IngestThread {
             tick_spec: types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32),
             ticks: 0,
             published: false,
+            down_woken: vec![false; loops],
+            next_listener: 0,
             stopping_since: None,
         }
         .run()
@@ -189,6 +216,7 @@ impl Ingest {
             tag::SEND => self.on_send(index, res),
             tag::TICK => self.on_tick(flags),
             tag::DOORBELL => {}
+            tag::UPSTREAM_BELL => self.route_upstream(),
             t => debug_assert!(false, "unknown ingest completion tag {t}"),
         }
     }
@@ -228,6 +256,7 @@ impl Ingest {
             recv_armed: false,
             send_armed: false,
             closing: false,
+            upstream: false,
         });
         self.arm_recv(index);
         if !self.accept_armed {
@@ -272,6 +301,7 @@ impl Ingest {
             if std::mem::take(&mut self.published) {
                 self.ring_doorbells(false);
             }
+            self.ring_down_doorbells();
         }
         self.arm_recv(index);
         self.flush(index);
@@ -321,6 +351,106 @@ impl Ingest {
                 let p = &mut self.publishers[index];
                 p.closing = true;
                 p.replies.extend_from_slice(ingest::BYE);
+            }
+            Command::Upstream => {
+                let p = &mut self.publishers[index];
+                if !p.upstream {
+                    p.upstream = true;
+                    self.shared.upstream_listeners.add();
+                }
+                p.replies.extend_from_slice(b"+OK upstream\r\n");
+            }
+            Command::Send(send) => {
+                let reply = self.send_down(send.conn, send.payload);
+                let replies = &mut self.publishers[index].replies;
+                match reply {
+                    Ok(()) => replies.extend_from_slice(b"+OK sent\r\n"),
+                    Err(reason) => replies.extend_from_slice(format!("-ERR {reason}\r\n").as_bytes()),
+                }
+            }
+        }
+    }
+
+    /// Hands a backend's `SEND` to the client's loop. `+OK` means queued there: a
+    /// connection that has closed meanwhile never gets it (the loop counts that).
+    fn send_down(&mut self, conn: &str, payload: &[u8]) -> Result<(), &'static str> {
+        let id = ConnId::parse(conn).ok_or("invalid connection id")?;
+        let mailbox = self
+            .shared
+            .mailboxes
+            .get(id.shard as usize)
+            .ok_or("no such connection: its loop does not exist")?;
+        let msg = Downstream {
+            index: id.index,
+            generation: id.generation,
+            payload: Bytes::copy_from_slice(payload),
+        };
+        if !mailbox.push_down(msg) {
+            return Err("the connection's loop has too much queued; try again");
+        }
+        self.down_woken[id.shard as usize] = true;
+        Ok(())
+    }
+
+    /// Moves client messages from every loop's mailbox to backends listening with
+    /// `UPSTREAM`, round-robin, as `MSG <conn-id> <length> text|binary` pushes. A message
+    /// no backend can take goes back to its client as an error.
+    fn route_upstream(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        for mailbox in &shared.mailboxes {
+            for msg in mailbox.take_up() {
+                match self.pick_listener() {
+                    Some(index) => {
+                        let p = &mut self.publishers[index];
+                        let kind = if msg.text { "text" } else { "binary" };
+                        p.replies.extend_from_slice(
+                            format!("MSG {} {} {kind}\r\n", msg.from, msg.payload.len()).as_bytes(),
+                        );
+                        p.replies.extend_from_slice(&msg.payload);
+                        p.replies.extend_from_slice(b"\r\n");
+                        self.flush(index);
+                    }
+                    None => {
+                        let back = Downstream {
+                            index: msg.from.index,
+                            generation: msg.from.generation,
+                            payload: Bytes::from_static(NO_BACKEND),
+                        };
+                        if shared.mailboxes[msg.from.shard as usize].push_down(back) {
+                            self.down_woken[msg.from.shard as usize] = true;
+                        }
+                    }
+                }
+            }
+        }
+        self.ring_down_doorbells();
+    }
+
+    /// The next backend listening for client messages that is keeping up with them.
+    fn pick_listener(&mut self) -> Option<usize> {
+        let listeners: Vec<usize> = self
+            .publishers
+            .iter()
+            .filter(|(_, p)| p.upstream && !p.closing && p.replies.len() < UPSTREAM_BACKLOG_MAX)
+            .map(|(i, _)| i)
+            .collect();
+        if listeners.is_empty() {
+            return None;
+        }
+        self.next_listener = self.next_listener.wrapping_add(1);
+        Some(listeners[self.next_listener % listeners.len()])
+    }
+
+    /// Wakes the loops that were handed backend messages.
+    fn ring_down_doorbells(&mut self) {
+        for shard in 0..self.down_woken.len() {
+            if std::mem::take(&mut self.down_woken[shard]) {
+                let fd = types::Fd(self.shard_rings[shard]);
+                self.push(
+                    opcode::MsgRingData::new(fd, 0, DOORBELL_DATA, None)
+                        .build()
+                        .user_data(user_data(tag::DOORBELL, shard as u32)),
+                );
             }
         }
     }
@@ -381,7 +511,9 @@ impl Ingest {
         }
         if p.sending.is_empty() {
             if p.closing && !p.recv_armed {
-                self.publishers.remove(index);
+                if self.publishers.remove(index).upstream {
+                    self.shared.upstream_listeners.remove();
+                }
             }
             return;
         }

@@ -88,6 +88,21 @@ pub enum Command<'a> {
     Ping,
     /// `QUIT`: reply [`BYE`] and close.
     Quit,
+    /// `UPSTREAM`: from now on this connection receives the messages WebSocket clients
+    /// send (`MSG` pushes); reply `+OK upstream`.
+    Upstream,
+    /// `SEND <conn-id> <length>`: deliver the payload to one client connection.
+    Send(Send<'a>),
+}
+
+/// A `SEND` command: a payload for one client connection, named by the id its `MSG`
+/// pushes carry (`<loop>.<slot>.<generation>`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Send<'a> {
+    /// The connection id, three dot-separated decimal numbers.
+    pub conn: &'a str,
+    /// The payload, any bytes (text frame when UTF-8, binary otherwise).
+    pub payload: &'a [u8],
 }
 
 /// Why a command was refused. The `Display` text is the reason in the `-ERR` reply.
@@ -123,6 +138,10 @@ pub enum IngestError {
     },
     /// The payload is not followed by LF or CRLF. Fatal.
     MissingTerminator,
+    /// A `SEND` line with too few tokens or a bad length. Fatal.
+    MalformedSend,
+    /// A `SEND` connection id that is not `<loop>.<slot>.<generation>`.
+    BadConnId,
 }
 
 impl IngestError {
@@ -131,7 +150,10 @@ impl IngestError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            IngestError::MalformedPub | IngestError::LineTooLong { .. } | IngestError::MissingTerminator
+            IngestError::MalformedPub
+                | IngestError::MalformedSend
+                | IngestError::LineTooLong { .. }
+                | IngestError::MissingTerminator
         )
     }
 }
@@ -141,7 +163,10 @@ impl fmt::Display for IngestError {
         // `{:?}` quotes echoed tokens and escapes control bytes, so a reply stays one line.
         match self {
             IngestError::UnknownCommand(token) => {
-                write!(f, "unknown command {token:?}: expected PUB, PING or QUIT")
+                write!(
+                    f,
+                    "unknown command {token:?}: expected PUB, SEND, UPSTREAM, PING or QUIT"
+                )
             }
             IngestError::BadTopic => write!(
                 f,
@@ -177,6 +202,15 @@ impl fmt::Display for IngestError {
             IngestError::MissingTerminator => {
                 write!(f, "payload not followed by LF or CRLF; closing")
             }
+            IngestError::MalformedSend => write!(
+                f,
+                "malformed SEND line: expected \"SEND <conn-id> <length>\" with a length of \
+                 1-{LENGTH_DIGITS_MAX} digits; closing"
+            ),
+            IngestError::BadConnId => write!(
+                f,
+                "invalid connection id: expected <loop>.<slot>.<generation> as in MSG pushes"
+            ),
         }
     }
 }
@@ -299,7 +333,11 @@ impl IngestDecoder {
             };
             let line_end = start + lf + 1;
             return if name.eq_ignore_ascii_case(b"PUB") {
-                self.decode_pub(buf, start, line_end, tokens)
+                self.decode_pub(buf, start, line_end, tokens, Verb::Pub)
+            } else if name.eq_ignore_ascii_case(b"SEND") {
+                self.decode_pub(buf, start, line_end, tokens, Verb::Send)
+            } else if name.eq_ignore_ascii_case(b"UPSTREAM") {
+                no_arguments(tokens, Command::Upstream, line_end)
             } else if name.eq_ignore_ascii_case(b"PING") {
                 no_arguments(tokens, Command::Ping, line_end)
             } else if name.eq_ignore_ascii_case(b"QUIT") {
@@ -322,17 +360,23 @@ impl IngestDecoder {
         }
     }
 
-    /// Decodes a `PUB` whose line is `buf[line_start..line_end]`, `tokens` after the name.
+    /// Decodes a `PUB` or `SEND` whose line is `buf[line_start..line_end]`, `tokens`
+    /// after the name: both are a target, a length, then that many payload bytes.
     fn decode_pub<'a>(
         &mut self,
         buf: &'a [u8],
         line_start: usize,
         line_end: usize,
         mut tokens: impl Iterator<Item = &'a [u8]>,
+        verb: Verb,
     ) -> Decoded<'a> {
         let (Some(topic), Some(len)) = (tokens.next(), tokens.next().and_then(parse_length)) else {
+            let error = match verb {
+                Verb::Pub => IngestError::MalformedPub,
+                Verb::Send => IngestError::MalformedSend,
+            };
             return Decoded::Error {
-                error: IngestError::MalformedPub,
+                error,
                 consumed: line_end,
             };
         };
@@ -363,11 +407,13 @@ impl IngestDecoder {
             }
             Terminator::Found(width) => payload_end + width,
         };
-        match publish(topic, tokens, &buf[line_end..payload_end]) {
-            Ok(publish) => Decoded::Command {
-                command: Command::Publish(publish),
-                consumed,
-            },
+        let payload = &buf[line_end..payload_end];
+        let command = match verb {
+            Verb::Pub => publish(topic, tokens, payload).map(Command::Publish),
+            Verb::Send => send(topic, tokens, payload).map(Command::Send),
+        };
+        match command {
+            Ok(command) => Decoded::Command { command, consumed },
             Err(error) => Decoded::Error { error, consumed },
         }
     }
@@ -405,6 +451,31 @@ impl IngestDecoder {
         self.skip = None;
         Decoded::Error { error, consumed }
     }
+}
+
+/// The commands that carry a payload.
+#[derive(Clone, Copy)]
+enum Verb {
+    Pub,
+    Send,
+}
+
+/// Validates a `SEND`: a connection id and no options; any payload bytes.
+fn send<'a>(
+    conn: &'a [u8],
+    mut options: impl Iterator<Item = &'a [u8]>,
+    payload: &'a [u8],
+) -> Result<Send<'a>, IngestError> {
+    let valid = conn.len() <= 40
+        && conn.split(|&b| b == b'.').count() == 3
+        && conn
+            .split(|&b| b == b'.')
+            .all(|part| !part.is_empty() && part.len() <= 10 && part.iter().all(u8::is_ascii_digit));
+    let conn = ascii(conn).filter(|_| valid).ok_or(IngestError::BadConnId)?;
+    if let Some(extra) = options.next() {
+        return Err(IngestError::BadOption(echo(extra)));
+    }
+    Ok(Send { conn, payload })
 }
 
 /// The tokens of a line: runs of bytes other than space and tab.
@@ -527,6 +598,11 @@ mod tests {
         },
         Ping,
         Quit,
+        Upstream,
+        Send {
+            conn: String,
+            payload: Vec<u8>,
+        },
         Error(IngestError),
     }
 
@@ -540,6 +616,11 @@ mod tests {
             },
             Command::Ping => Out::Ping,
             Command::Quit => Out::Quit,
+            Command::Upstream => Out::Upstream,
+            Command::Send(s) => Out::Send {
+                conn: s.conn.to_owned(),
+                payload: s.payload.to_vec(),
+            },
         }
     }
 
@@ -608,6 +689,31 @@ mod tests {
 
     fn err(e: IngestError) -> Out {
         Out::Error(e)
+    }
+
+    #[test]
+    fn upstream_and_send() {
+        assert_eq!(single(b"UPSTREAM\n"), Out::Upstream);
+        assert_eq!(
+            single(b"send 0.42.7 3\n\xff\x00a\n"),
+            Out::Send {
+                conn: "0.42.7".into(),
+                payload: b"\xff\x00a".to_vec()
+            },
+            "SEND payloads are binary"
+        );
+        assert_eq!(single(b"SEND 0.42 1\nx\n"), err(IngestError::BadConnId));
+        assert_eq!(single(b"SEND a.b.c 1\nx\n"), err(IngestError::BadConnId));
+        assert_eq!(
+            single(b"SEND 1.2.3 1 x=y\nx\n"),
+            err(IngestError::BadOption("x=y".into()))
+        );
+        assert_eq!(single(b"SEND 1.2.3\n"), err(IngestError::MalformedSend));
+        assert!(IngestError::MalformedSend.is_fatal());
+        assert_eq!(
+            single(b"UPSTREAM now\n"),
+            err(IngestError::BadOption("now".into()))
+        );
     }
 
     #[test]

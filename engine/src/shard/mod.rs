@@ -115,6 +115,8 @@ pub struct Shard {
     /// WebSocket decoders holding a partial frame or message, by slab index. An idle
     /// WebSocket has none: its record stays 40 bytes.
     decoders: HashMap<u32, Box<ws::Decoder>>,
+    /// Client messages were queued for the ingest thread this turn: ring it.
+    upstream_waiting: bool,
     cqes: Vec<(u64, i32, u32)>,
     id: usize,
     /// The next broadcast sequence number this loop will read.
@@ -184,6 +186,7 @@ impl Shard {
             clock,
             due: Vec::new(),
             decoders: HashMap::new(),
+            upstream_waiting: false,
             cqes: Vec::with_capacity(1024),
             id,
             next_seq: shared.broadcast.head(),
@@ -234,6 +237,8 @@ impl Shard {
                 Err(e) => return Err(e),
             }
             self.reap();
+            self.deliver_downstream();
+            self.ring_upstream();
             if self.flushed(&broadcast) {
                 return Ok(());
             }

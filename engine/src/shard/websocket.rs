@@ -9,16 +9,23 @@
 //! `{"op":"unsubscribe","topic":T}` change the connection's subscriptions and are
 //! answered with `{"event":"ringcast.subscribed"|"ringcast.unsubscribed","topic":T}`, or
 //! `{"event":"ringcast.error","reason":..,"topic":..}`. Any other message is upstream
-//! data for a backend; no backend channel exists yet, so the client is told so with a
-//! `ringcast.error` rather than the message vanishing.
+//! data: it goes to a backend listening on the ingest socket (`UPSTREAM`), tagged with
+//! the connection's id, and a backend's `SEND` to that id comes back as a frame. When
+//! no backend listens, the client gets a `ringcast.error` rather than the message vanishing.
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::{bump, ws_control, Shard};
+use std::sync::Arc;
+
+use io_uring::{opcode, types};
+
+use super::{bump, tag, user_data, ws_control, Shard};
 use crate::conn::{flags, Kind, State};
+use crate::ingest::UPSTREAM_BELL_DATA;
 use crate::proto::http::{self, Request, SubscriptionError, TOPICS_MAX};
 use crate::proto::json;
 use crate::proto::ws::{self, Decoded, HandshakeError, Message, Opcode};
+use crate::upstream::{ConnId, Upstream};
 
 /// A client's control message.
 #[derive(Deserialize)]
@@ -152,7 +159,7 @@ impl Shard {
             Message::Text(payload) if kind == Kind::WsEcho => self.ws_send(index, Opcode::Text, payload),
             Message::Binary(payload) if kind == Kind::WsEcho => self.ws_send(index, Opcode::Binary, payload),
             Message::Text(payload) => self.on_client_text(index, payload),
-            Message::Binary(_) => self.upstream_refused(index),
+            Message::Binary(payload) => self.upstream(index, false, payload),
             Message::Ping(payload) => self.ws_send(index, Opcode::Pong, payload),
             Message::Pong(_) => {}
             Message::Close { code, .. } => {
@@ -190,7 +197,7 @@ impl Shard {
 
     fn on_client_text(&mut self, index: u32, payload: &[u8]) {
         let Ok(op) = serde_json::from_slice::<ClientOp<'_>>(payload) else {
-            return self.upstream_refused(index);
+            return self.upstream(index, true, payload);
         };
         let topic = op.topic.as_deref().unwrap_or("");
         let reply = match (&*op.op, http::is_valid_topic(topic.as_bytes())) {
@@ -246,11 +253,83 @@ impl Shard {
         Ok("ringcast.subscribed")
     }
 
-    /// Upstream data has nowhere to go yet: say so instead of dropping it.
-    fn upstream_refused(&mut self, index: u32) {
+    /// Hands a client's message to the ingest thread for a backend listening with
+    /// `UPSTREAM`; when none listens or the queue is full, the client is told so.
+    fn upstream(&mut self, index: u32, text: bool, payload: &[u8]) {
+        let shared = Arc::clone(&self.shared);
+        if !shared.upstream_listeners.any() {
+            return self.upstream_refused(index, "no backend is listening for upstream messages");
+        }
+        let msg = Upstream {
+            from: ConnId {
+                shard: self.id as u32,
+                index,
+                generation: self.conns[index as usize].generation,
+            },
+            text,
+            payload: Bytes::copy_from_slice(payload),
+        };
+        if !shared.mailboxes[self.id].push_up(msg) {
+            return self.upstream_refused(index, "upstream queue full; message not delivered");
+        }
+        bump(&self.counters.upstream);
+        self.upstream_waiting = true;
+    }
+
+    /// Rings the ingest thread once per loop turn in which client messages were queued.
+    pub(super) fn ring_upstream(&mut self) {
+        if !std::mem::take(&mut self.upstream_waiting) {
+            return;
+        }
+        let fd = self
+            .shared
+            .ingest_ring_fd
+            .load(std::sync::atomic::Ordering::Acquire);
+        if fd < 0 {
+            return;
+        }
+        self.push(
+            opcode::MsgRingData::new(types::Fd(fd), 0, UPSTREAM_BELL_DATA, None)
+                .build()
+                .user_data(user_data(tag::DOORBELL, 0, 0)),
+        );
+    }
+
+    /// Delivers backends' `SEND`s to their connections; a connection that has closed
+    /// (or is not a WebSocket) is counted.
+    pub(super) fn deliver_downstream(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let Some(queue) = shared.mailboxes[self.id].take_down() else {
+            return;
+        };
+        for msg in queue {
+            let open = self
+                .conns
+                .get(msg.index as usize)
+                .is_some_and(|c| c.generation == msg.generation && c.state == State::Ws);
+            if !open {
+                bump(&self.counters.downstream_dropped);
+                continue;
+            }
+            let opcode = if std::str::from_utf8(&msg.payload).is_ok() {
+                Opcode::Text
+            } else {
+                Opcode::Binary
+            };
+            self.ws_send(msg.index, opcode, &msg.payload);
+        }
+    }
+
+    fn upstream_refused(&mut self, index: u32, reason: &str) {
         bump(&self.counters.upstream_refused);
-        let text = r#"{"event":"ringcast.error","reason":"no backend is listening for upstream messages","topic":null}"#;
-        self.enqueue(index, ws_control(text));
+        let mut text = Vec::with_capacity(96);
+        text.extend_from_slice(b"{\"event\":\"ringcast.error\",\"reason\":");
+        json::push_string(&mut text, reason);
+        text.extend_from_slice(b",\"topic\":null}");
+        self.enqueue(
+            index,
+            ws_control(std::str::from_utf8(&text).expect("JSON is UTF-8")),
+        );
         self.flush(index);
     }
 }
