@@ -1049,7 +1049,7 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "+OK 42-1\r\n\
-             -ERR unknown command \"a\\r\\nb\": expected PUB, PING or QUIT\r\n\
+             -ERR unknown command \"a\\r\\nb\": expected PUB, SEND, UPSTREAM, PING or QUIT\r\n\
              -ERR payload of 5 bytes exceeds the limit of 4 bytes\r\n"
         );
         assert_eq!((PONG, BYE), (&b"+PONG\r\n"[..], &b"+BYE\r\n"[..]));
