@@ -10,7 +10,14 @@ use ringcast_tests::WAIT;
 fn an_overrun_loop_refills_from_history() {
     // 64 slots: one pipelined write of thousands of publishes laps every loop before its
     // doorbell rings.
-    let engine = Engine::start(&["--ring-slots", "64", "--history-events", "20000"]);
+    let engine = Engine::start(&[
+        "--ring-slots",
+        "64",
+        "--history-events",
+        "20000",
+        "--history-bytes",
+        "16777216",
+    ]);
     let mut subs: Vec<SseClient> = (0..6)
         .map(|_| SseClient::subscribe(engine.addr, &["lap"]))
         .collect();
@@ -28,7 +35,12 @@ fn an_overrun_loop_refills_from_history() {
                     ids.len()
                 )
             });
-            assert_eq!(&event.id, id, "subscriber {n}, event {i}");
+            assert_eq!(
+                &event.id,
+                id,
+                "subscriber {n}, event {i}: {event:?}; {}",
+                engine.stats()
+            );
             assert_eq!(event.data, format!("event {i}"));
         }
     }

@@ -69,7 +69,7 @@ fn json_response(body: &str) -> Vec<u8> {
 }
 
 /// Every counter by name, in the order of [`Counters`].
-fn counters(c: &Counters) -> [(&'static str, u64); 26] {
+fn counters(c: &Counters) -> [(&'static str, u64); 29] {
     [
         ("accepted", c.accepted.load(Relaxed)),
         ("open", c.open.load(Relaxed)),
@@ -83,6 +83,9 @@ fn counters(c: &Counters) -> [(&'static str, u64); 26] {
         ("events", c.events.load(Relaxed)),
         ("deliveries", c.deliveries.load(Relaxed)),
         ("slow_closed", c.slow_closed.load(Relaxed)),
+        ("dropped", c.dropped.load(Relaxed)),
+        ("coalesced", c.coalesced.load(Relaxed)),
+        ("slow_disconnected", c.slow_disconnected.load(Relaxed)),
         ("ring_overrun", c.ring_overrun.load(Relaxed)),
         ("ring_lost", c.ring_lost.load(Relaxed)),
         ("heartbeats", c.heartbeats.load(Relaxed)),

@@ -6,7 +6,31 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::conn::outq::{Limits, Policy};
 use crate::ring::history::HistoryLimits;
+
+fn parse_policy(s: &str) -> Result<(String, Policy), String> {
+    let (pattern, policy) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{s:?}: expected PATTERN=POLICY"))?;
+    if pattern.is_empty() {
+        return Err(format!("{s:?}: the pattern is empty"));
+    }
+    Ok((pattern.to_string(), policy.parse()?))
+}
+
+/// Whether `topic` matches `pattern`: exact, `prefix*`, `*suffix` or `*`.
+pub fn topic_matches(pattern: &str, topic: &str) -> bool {
+    if pattern == "*" {
+        true
+    } else if let Some(prefix) = pattern.strip_suffix('*') {
+        topic.starts_with(prefix)
+    } else if let Some(suffix) = pattern.strip_prefix('*') {
+        topic.ends_with(suffix)
+    } else {
+        pattern == topic
+    }
+}
 
 /// Largest registered file table the kernel allows per ring.
 pub const FILE_TABLE_MAX: u32 = 1 << 20;
@@ -67,8 +91,22 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = 16_384)]
     pub ring_slots: usize,
 
-    /// Bytes queued for one client before it is disconnected as too slow (it resumes
-    /// from the history with Last-Event-ID).
+    /// Event bytes queued for one slow client before its topic's policy applies.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 10)]
+    pub queue_bytes: usize,
+
+    /// Events queued for one slow client before its topic's policy applies.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub queue_events: usize,
+
+    /// Backpressure policy for topics matching PATTERN (repeatable; first match wins):
+    /// `PATTERN=drop-oldest|drop-newest|coalesce|disconnect`, where PATTERN is a topic,
+    /// `prefix*`, `*suffix` or `*`. Unmatched topics use drop-oldest.
+    #[arg(long = "policy", value_name = "PATTERN=POLICY", value_parser = parse_policy)]
+    pub policies: Vec<(String, Policy)>,
+
+    /// Bytes queued for one client, control bytes and replays included, before it is
+    /// disconnected whatever the policy (it resumes from the history with Last-Event-ID).
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
     pub out_queue_bytes_max: usize,
 
@@ -247,6 +285,18 @@ impl Config {
             "must be 125 bytes to 64 MiB",
         )?;
         check(
+            self.queue_events >= 1,
+            "queue-events",
+            self.queue_events,
+            "must be at least 1",
+        )?;
+        check(
+            self.queue_bytes >= 1024 && self.queue_bytes <= self.out_queue_bytes_max,
+            "queue-bytes",
+            self.queue_bytes,
+            "must be at least 1 KiB and at most --out-queue-bytes-max",
+        )?;
+        check(
             self.out_queue_bytes_max >= 64 << 10,
             "out-queue-bytes-max",
             self.out_queue_bytes_max,
@@ -266,6 +316,21 @@ impl Config {
     pub fn conns_per_loop(&self, nofile: u64) -> u32 {
         let cap = nofile.min(u64::from(FILE_TABLE_MAX)) as u32;
         self.max_conns_per_loop.min(cap)
+    }
+
+    /// The backpressure policy for `topic`.
+    pub fn policy_for(&self, topic: &str) -> Policy {
+        self.policies
+            .iter()
+            .find(|(pattern, _)| topic_matches(pattern, topic))
+            .map_or(Policy::DropOldest, |&(_, p)| p)
+    }
+
+    pub fn queue_limits(&self) -> Limits {
+        Limits {
+            bytes: self.queue_bytes,
+            events: self.queue_events,
+        }
     }
 
     pub fn history_limits(&self) -> HistoryLimits {

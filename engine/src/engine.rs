@@ -32,6 +32,12 @@ pub struct Counters {
     /// Events queued to a subscriber.
     pub deliveries: AtomicU64,
     pub slow_closed: AtomicU64,
+    /// Events a slow client's policy dropped or refused (each told to it as a gap).
+    pub dropped: AtomicU64,
+    /// Events that replaced a queued event with the same topic and key.
+    pub coalesced: AtomicU64,
+    /// Clients closed by a `disconnect` policy.
+    pub slow_disconnected: AtomicU64,
     /// Events this loop missed in the broadcast ring by falling behind.
     pub ring_overrun: AtomicU64,
     /// Overruns the history could not fully refill.

@@ -20,7 +20,7 @@
 //! Never does I/O itself: it records what is queued and what the kernel still owns.
 pub mod outq;
 
-pub use outq::OutQueue;
+pub use outq::{OutQueue, Policy};
 
 /// "No link" in the u32 links that thread subscriptions through their slab.
 pub const NIL: u32 = u32::MAX;

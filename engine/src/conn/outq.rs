@@ -1,22 +1,104 @@
-//! A connection's queue of shared byte strings waiting to be sent, and the `msghdr` that
-//! hands up to [`IOV_MAX`] of them to one `sendmsg`.
+//! A connection's queue of shared byte strings waiting to be sent, the `msghdr` that
+//! hands up to [`IOV_MAX`] of them to one `sendmsg`, and the backpressure policy that
+//! keeps it bounded.
+//!
+//! Entries are either control bytes (response heads, pongs, close frames, heartbeats,
+//! notices), which are never dropped, or events, which count against the queue's limits
+//! (bytes and entries) and are dropped or coalesced by the topic's [`Policy`] when a
+//! slow client lets them pile up. Every event dropped is remembered in a [`Gap`] per topic,
+//! and the gaps are told to the client, ahead of the next event it does get, by a notice
+//! the caller builds in the client's own format ([`OutQueue::take_gaps`]).
 //!
 //! The queue is boxed, so the `msghdr` and `iovec`s keep their address while the kernel
-//! reads them, even if the slab moves the connection record. The `Bytes` they point into
-//! stay in the queue until the completion reports them sent.
+//! reads them, even if the slab moves the connection record. The entries handed to the
+//! kernel by [`OutQueue::prepare`] are neither dropped nor replaced until
+//! [`OutQueue::sent`] reports them.
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::event::Event;
+
 /// Byte strings gathered into one send.
-pub const IOV_MAX: usize = 16;
+pub const IOV_MAX: usize = 64;
+
+/// What to do with events when a client cannot keep up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Keep the newest events that fit; drop the oldest queued ones.
+    DropOldest,
+    /// Keep what is queued; refuse what comes.
+    DropNewest,
+    /// Keep only the latest event per (topic, key); events without a key drop-oldest.
+    Coalesce,
+    /// Close the client with a notice saying it was too slow.
+    Disconnect,
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "drop-oldest" => Ok(Policy::DropOldest),
+            "drop-newest" => Ok(Policy::DropNewest),
+            "coalesce" => Ok(Policy::Coalesce),
+            "disconnect" => Ok(Policy::Disconnect),
+            _ => Err(format!(
+                "unknown policy {s:?}: expected drop-oldest, drop-newest, coalesce or disconnect"
+            )),
+        }
+    }
+}
+
+/// The queue's bounds for events; control bytes are never dropped and not counted here.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub bytes: usize,
+    pub events: usize,
+}
+
+/// What [`OutQueue::push_event`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued; `dropped` older events made room for it.
+    Queued { dropped: usize },
+    /// It replaced a queued event with the same topic and key.
+    Coalesced,
+    /// Refused: the queue is full and the topic's policy keeps what is queued.
+    Refused,
+    /// The queue is full and the topic's policy is to disconnect the client.
+    Disconnect,
+}
+
+/// Events of one topic a client did not get.
+#[derive(Clone, Debug)]
+pub struct Gap {
+    /// The first event dropped (its topic names the gap).
+    pub first: Arc<Event>,
+    /// The last event dropped.
+    pub last: Arc<Event>,
+    pub dropped: u64,
+}
+
+struct Entry {
+    bytes: Bytes,
+    /// The event these bytes encode; `None` for control bytes, which are never dropped.
+    event: Option<Arc<Event>>,
+}
 
 pub struct OutQueue {
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Entry>,
     /// Bytes of `queue[0]` already sent.
     offset: usize,
-    /// Unsent bytes in the queue.
+    /// Unsent bytes in the queue, control included.
     bytes: usize,
+    /// Bytes and entries of queued events (the part the limits bound).
+    event_bytes: usize,
+    events: usize,
+    /// Entries at the front handed to the kernel by the last `prepare`.
+    in_flight: usize,
+    gaps: Vec<Gap>,
     iov: [libc::iovec; IOV_MAX],
     msg: libc::msghdr,
 }
@@ -26,6 +108,7 @@ impl std::fmt::Debug for OutQueue {
         f.debug_struct("OutQueue")
             .field("entries", &self.queue.len())
             .field("bytes", &self.bytes)
+            .field("gaps", &self.gaps.len())
             .finish()
     }
 }
@@ -36,6 +119,10 @@ impl Default for OutQueue {
             queue: VecDeque::new(),
             offset: 0,
             bytes: 0,
+            event_bytes: 0,
+            events: 0,
+            in_flight: 0,
+            gaps: Vec::new(),
             iov: [libc::iovec {
                 iov_base: std::ptr::null_mut(),
                 iov_len: 0,
@@ -58,20 +145,149 @@ fn empty_msghdr() -> libc::msghdr {
 }
 
 impl OutQueue {
+    /// Queues control bytes (never dropped).
     pub fn push(&mut self, bytes: Bytes) {
         if bytes.is_empty() {
             return;
         }
         self.bytes += bytes.len();
-        self.queue.push_back(bytes);
+        self.queue.push_back(Entry { bytes, event: None });
     }
 
-    /// Puts `bytes` ahead of everything queued. Only valid while no send from this queue
-    /// is in flight.
+    /// Puts control bytes ahead of everything queued. Only valid while no send from this
+    /// queue is in flight.
     pub fn push_front(&mut self, bytes: Bytes) {
-        debug_assert_eq!(self.offset, 0, "push_front during a partial send");
+        debug_assert!(
+            self.offset == 0 && self.in_flight == 0,
+            "push_front during a send"
+        );
         self.bytes += bytes.len();
-        self.queue.push_front(bytes);
+        self.queue.push_front(Entry { bytes, event: None });
+    }
+
+    /// Queues a notice (a gap, a slow-client warning) ahead of every queued byte except
+    /// the rest of an entry a short send left half-sent. Notices queued one after another
+    /// keep their order.
+    pub fn push_notice(&mut self, bytes: Bytes, nth: usize) {
+        let at = usize::from(self.offset > 0) + nth;
+        self.bytes += bytes.len();
+        self.queue
+            .insert(at.min(self.queue.len()), Entry { bytes, event: None });
+    }
+
+    /// Queues `bytes`, the encoding of `event`, applying `policy` when the event limits
+    /// would be exceeded.
+    pub fn push_event(&mut self, bytes: Bytes, event: &Arc<Event>, policy: Policy, limits: Limits) -> Pushed {
+        if policy == Policy::Coalesce && event.key.is_some() && self.coalesce(&bytes, event) {
+            return Pushed::Coalesced;
+        }
+        // One event always fits an event-free queue, however large: a payload over the byte
+        // limit is still delivered to a client that keeps up (the hard cap still applies).
+        let fits = |q: &OutQueue| {
+            q.events == 0 || (q.event_bytes + bytes.len() <= limits.bytes && q.events < limits.events)
+        };
+        let mut dropped = 0;
+        if !fits(self) {
+            match policy {
+                Policy::DropNewest => {
+                    self.record_gap(event);
+                    return Pushed::Refused;
+                }
+                Policy::Disconnect => return Pushed::Disconnect,
+                Policy::DropOldest | Policy::Coalesce => {
+                    while !fits(self) && self.drop_oldest() {
+                        dropped += 1;
+                    }
+                    if !fits(self) {
+                        // Everything droppable is gone and it still does not fit (one event
+                        // larger than the limit, or all of it in flight): it is the one lost.
+                        self.record_gap(event);
+                        return Pushed::Refused;
+                    }
+                }
+            }
+        }
+        self.bytes += bytes.len();
+        self.event_bytes += bytes.len();
+        self.events += 1;
+        self.queue.push_back(Entry {
+            bytes,
+            event: Some(Arc::clone(event)),
+        });
+        Pushed::Queued { dropped }
+    }
+
+    /// Replaces a queued, not in flight, event with the same topic and key.
+    fn coalesce(&mut self, bytes: &Bytes, event: &Arc<Event>) -> bool {
+        let start = self.in_flight;
+        let found = self.queue.iter_mut().skip(start).find(|e| {
+            e.event
+                .as_ref()
+                .is_some_and(|old| old.key == event.key && old.topic == event.topic)
+        });
+        let Some(entry) = found else {
+            return false;
+        };
+        let old_len = entry.bytes.len();
+        entry.bytes = bytes.clone();
+        entry.event = Some(Arc::clone(event));
+        self.bytes = self.bytes - old_len + bytes.len();
+        self.event_bytes = self.event_bytes - old_len + bytes.len();
+        true
+    }
+
+    /// Drops the oldest event not in flight; false when there is none.
+    fn drop_oldest(&mut self) -> bool {
+        let start = self.in_flight;
+        let Some(pos) = self.queue.iter().skip(start).position(|e| e.event.is_some()) else {
+            return false;
+        };
+        let entry = self.queue.remove(start + pos).expect("position found");
+        self.bytes -= entry.bytes.len();
+        self.event_bytes -= entry.bytes.len();
+        self.events -= 1;
+        self.record_gap(entry.event.as_ref().expect("an event entry"));
+        true
+    }
+
+    fn record_gap(&mut self, event: &Arc<Event>) {
+        match self.gaps.iter_mut().find(|g| g.first.topic == event.topic) {
+            Some(gap) => {
+                if event.seq < gap.first.seq {
+                    gap.first = Arc::clone(event);
+                }
+                if event.seq > gap.last.seq {
+                    gap.last = Arc::clone(event);
+                }
+                gap.dropped += 1;
+            }
+            None => self.gaps.push(Gap {
+                first: Arc::clone(event),
+                last: Arc::clone(event),
+                dropped: 1,
+            }),
+        }
+    }
+
+    /// Gaps not yet told to the client. The caller queues a notice for each with
+    /// [`OutQueue::push_front`] before the next send, so the client hears of them before
+    /// the next event it gets.
+    pub fn take_gaps(&mut self) -> Vec<Gap> {
+        std::mem::take(&mut self.gaps)
+    }
+
+    pub fn has_gaps(&self) -> bool {
+        !self.gaps.is_empty()
+    }
+
+    /// Drops every queued event not in flight, recording them as gaps (before closing a
+    /// client with a final notice). Returns how many.
+    pub fn drop_all_events(&mut self) -> usize {
+        let mut n = 0;
+        while self.drop_oldest() {
+            n += 1;
+        }
+        n
     }
 
     pub fn is_empty(&self) -> bool {
@@ -82,39 +298,55 @@ impl OutQueue {
         self.bytes
     }
 
+    /// Queued event bytes, the part the policy bounds.
+    pub fn event_bytes(&self) -> usize {
+        self.event_bytes
+    }
+
     /// Fills the `msghdr` with the first unsent bytes and returns it for `SendMsg`. The
     /// queue must not be empty, and must not be prepared again before `sent` is called.
     pub fn prepare(&mut self) -> *const libc::msghdr {
         debug_assert!(!self.is_empty(), "prepare on an empty queue");
         let mut n = 0;
-        for (i, b) in self.queue.iter().take(IOV_MAX).enumerate() {
+        for (i, e) in self.queue.iter().take(IOV_MAX).enumerate() {
             let skip = if i == 0 { self.offset } else { 0 };
             self.iov[n] = libc::iovec {
-                iov_base: b[skip..].as_ptr() as *mut libc::c_void,
-                iov_len: b.len() - skip,
+                iov_base: e.bytes[skip..].as_ptr() as *mut libc::c_void,
+                iov_len: e.bytes.len() - skip,
             };
             n += 1;
         }
+        self.in_flight = n;
         self.msg = empty_msghdr();
         self.msg.msg_iov = self.iov.as_mut_ptr();
         self.msg.msg_iovlen = n as _;
         &self.msg
     }
 
-    /// Records that the kernel sent `n` bytes from the front.
+    /// Records that the kernel sent `n` bytes from the front; the send is over.
     pub fn sent(&mut self, mut n: usize) {
         debug_assert!(n <= self.bytes, "sent {n} of {} queued", self.bytes);
         self.bytes -= n;
+        self.in_flight = 0;
         while n > 0 {
-            let front = self.queue.front().expect("bytes remain").len() - self.offset;
-            if n >= front {
-                n -= front;
+            let front = self.queue.front().expect("bytes remain");
+            let rest = front.bytes.len() - self.offset;
+            if n >= rest {
+                n -= rest;
                 self.offset = 0;
-                self.queue.pop_front();
+                let entry = self.queue.pop_front().expect("front exists");
+                if entry.event.is_some() {
+                    self.event_bytes -= entry.bytes.len();
+                    self.events -= 1;
+                }
             } else {
                 self.offset += n;
                 n = 0;
             }
+        }
+        // A partly sent entry stays pinned: its remaining bytes must follow its first ones.
+        if self.offset > 0 {
+            self.in_flight = 1;
         }
     }
 
@@ -123,6 +355,10 @@ impl OutQueue {
         self.queue.clear();
         self.offset = 0;
         self.bytes = 0;
+        self.event_bytes = 0;
+        self.events = 0;
+        self.in_flight = 0;
+        self.gaps.clear();
         self.msg = empty_msghdr();
     }
 }
@@ -130,6 +366,8 @@ impl OutQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Epoch;
+    use std::time::Instant;
 
     fn gathered(q: &mut OutQueue) -> Vec<u8> {
         let msg = q.prepare();
@@ -138,6 +376,34 @@ mod tests {
         iovs.iter()
             // SAFETY: each iovec covers the unsent tail of a queued `Bytes`.
             .flat_map(|v| unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) }.to_vec())
+            .collect()
+    }
+
+    fn event(seq: u64, topic: &str, key: Option<&str>) -> Arc<Event> {
+        Arc::new(Event::new(
+            Epoch::from_raw(1),
+            seq,
+            topic,
+            None,
+            key,
+            format!("v{seq}").as_bytes(),
+            Instant::now(),
+        ))
+    }
+
+    fn bytes_of(seq: u64) -> Bytes {
+        Bytes::from(format!("<{seq}>"))
+    }
+
+    const LIMITS: Limits = Limits {
+        bytes: 1 << 20,
+        events: 3,
+    };
+
+    fn seqs(q: &OutQueue) -> Vec<u64> {
+        q.queue
+            .iter()
+            .filter_map(|e| e.event.as_ref().map(|e| e.seq))
             .collect()
     }
 
@@ -164,5 +430,170 @@ mod tests {
         assert_eq!(gathered(&mut q).len(), IOV_MAX);
         q.sent(IOV_MAX);
         assert_eq!(gathered(&mut q).len(), 4);
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_newest_and_records_the_gap() {
+        let mut q = OutQueue::default();
+        for seq in 1..=3 {
+            assert_eq!(
+                q.push_event(bytes_of(seq), &event(seq, "t", None), Policy::DropOldest, LIMITS),
+                Pushed::Queued { dropped: 0 }
+            );
+        }
+        assert_eq!(
+            q.push_event(bytes_of(4), &event(4, "t", None), Policy::DropOldest, LIMITS),
+            Pushed::Queued { dropped: 1 }
+        );
+        assert_eq!(
+            q.push_event(bytes_of(5), &event(5, "t", None), Policy::DropOldest, LIMITS),
+            Pushed::Queued { dropped: 1 }
+        );
+        assert_eq!(seqs(&q), vec![3, 4, 5]);
+        let gaps = q.take_gaps();
+        assert_eq!(gaps.len(), 1);
+        assert_eq!((gaps[0].first.seq, gaps[0].last.seq, gaps[0].dropped), (1, 2, 2));
+        assert!(!q.has_gaps());
+    }
+
+    #[test]
+    fn entries_in_flight_are_never_dropped() {
+        let mut q = OutQueue::default();
+        for seq in 1..=3 {
+            q.push_event(bytes_of(seq), &event(seq, "t", None), Policy::DropOldest, LIMITS);
+        }
+        let _ = gathered(&mut q);
+        // All three are in the kernel's hands: the newcomer is the one lost.
+        assert_eq!(
+            q.push_event(bytes_of(4), &event(4, "t", None), Policy::DropOldest, LIMITS),
+            Pushed::Refused
+        );
+        q.sent(3); // "<1>" only; the send is over, nothing is in flight
+        assert_eq!(
+            q.push_event(bytes_of(5), &event(5, "t", None), Policy::DropOldest, LIMITS),
+            Pushed::Queued { dropped: 0 }
+        );
+        assert_eq!(
+            q.push_event(bytes_of(6), &event(6, "t", None), Policy::DropOldest, LIMITS),
+            Pushed::Queued { dropped: 1 }
+        );
+        assert_eq!(seqs(&q), vec![3, 5, 6]);
+        let gap = &q.take_gaps()[0];
+        assert_eq!(
+            (gap.first.seq, gap.last.seq, gap.dropped),
+            (2, 4, 2),
+            "4 refused, 2 dropped"
+        );
+    }
+
+    #[test]
+    fn drop_newest_refuses_and_counts() {
+        let mut q = OutQueue::default();
+        for seq in 1..=3 {
+            q.push_event(bytes_of(seq), &event(seq, "t", None), Policy::DropNewest, LIMITS);
+        }
+        for seq in 4..=6 {
+            assert_eq!(
+                q.push_event(bytes_of(seq), &event(seq, "t", None), Policy::DropNewest, LIMITS),
+                Pushed::Refused
+            );
+        }
+        assert_eq!(seqs(&q), vec![1, 2, 3]);
+        let gap = &q.take_gaps()[0];
+        assert_eq!((gap.first.seq, gap.last.seq, gap.dropped), (4, 6, 3));
+    }
+
+    #[test]
+    fn coalesce_replaces_by_topic_and_key_and_falls_back_without_a_key() {
+        let mut q = OutQueue::default();
+        q.push_event(
+            bytes_of(1),
+            &event(1, "px", Some("AAPL")),
+            Policy::Coalesce,
+            LIMITS,
+        );
+        q.push_event(
+            bytes_of(2),
+            &event(2, "px", Some("MSFT")),
+            Policy::Coalesce,
+            LIMITS,
+        );
+        assert_eq!(
+            q.push_event(
+                bytes_of(3),
+                &event(3, "px", Some("AAPL")),
+                Policy::Coalesce,
+                LIMITS
+            ),
+            Pushed::Coalesced
+        );
+        assert_eq!(
+            q.push_event(
+                bytes_of(4),
+                &event(4, "other", Some("AAPL")),
+                Policy::Coalesce,
+                LIMITS
+            ),
+            Pushed::Queued { dropped: 0 }
+        );
+        assert_eq!(seqs(&q), vec![3, 2, 4], "the AAPL slot now holds 3");
+        assert!(!q.has_gaps(), "coalescing is not a gap");
+        assert_eq!(
+            q.push_event(bytes_of(5), &event(5, "px", None), Policy::Coalesce, LIMITS),
+            Pushed::Queued { dropped: 1 }
+        );
+        assert_eq!(seqs(&q), vec![2, 4, 5]);
+        assert_eq!(q.bytes(), 9, "byte count follows replacements and drops");
+    }
+
+    #[test]
+    fn one_event_larger_than_the_limit_still_goes_to_an_empty_queue() {
+        let mut q = OutQueue::default();
+        let limits = Limits { bytes: 2, events: 10 };
+        assert_eq!(
+            q.push_event(bytes_of(1), &event(1, "t", None), Policy::DropOldest, limits),
+            Pushed::Queued { dropped: 0 }
+        );
+        assert_eq!(
+            q.push_event(bytes_of(2), &event(2, "t", None), Policy::DropOldest, limits),
+            Pushed::Queued { dropped: 1 }
+        );
+        assert_eq!(seqs(&q), vec![2]);
+    }
+
+    #[test]
+    fn disconnect_is_reported_not_applied() {
+        let mut q = OutQueue::default();
+        for seq in 1..=3 {
+            q.push_event(bytes_of(seq), &event(seq, "t", None), Policy::Disconnect, LIMITS);
+        }
+        assert_eq!(
+            q.push_event(bytes_of(4), &event(4, "t", None), Policy::Disconnect, LIMITS),
+            Pushed::Disconnect
+        );
+        assert_eq!(q.drop_all_events(), 3);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn control_bytes_survive_every_policy_and_byte_limits_hold() {
+        let mut q = OutQueue::default();
+        let limits = Limits {
+            bytes: 9,
+            events: 100,
+        };
+        q.push(Bytes::from_static(b"PONG"));
+        for seq in 1..=10 {
+            q.push_event(bytes_of(seq), &event(seq, "t", None), Policy::DropOldest, limits);
+            assert!(q.event_bytes() <= 9);
+        }
+        assert_eq!(
+            seqs(&q),
+            vec![9, 10],
+            "\"<9>\" and \"<10>\" are 7 bytes; one more would exceed 9"
+        );
+        assert_eq!(&q.queue[0].bytes[..], b"PONG");
+        let gap = &q.take_gaps()[0];
+        assert_eq!(gap.dropped, 8);
     }
 }

@@ -8,6 +8,7 @@
 //!
 //! It never blocks except in `io_uring_enter`, and it never sleeps while the broadcast
 //! ring holds something it has not read (see [`Broadcast::park`]).
+mod backpressure;
 mod subs;
 mod timers;
 mod websocket;
@@ -68,6 +69,10 @@ pub const DOORBELL_DATA: u64 = user_data(tag::DOORBELL, 0, 0);
 
 /// The loop's clock: one tick per `TICK_MS`.
 const TICK_MS: u64 = 100;
+/// At most this many events, or this many payload bytes, are fanned out per loop turn
+/// (see `drain_broadcast`): a turn's events fit in one gathered send per client.
+const DRAIN_BATCH_EVENTS: usize = crate::conn::outq::IOV_MAX;
+const DRAIN_BATCH_BYTES: usize = 64 << 10;
 /// Slots of the connection timer wheel: 4096 ticks of 100 ms, a turn of about 7 minutes.
 const WHEEL_SLOTS: usize = 4096;
 /// A loop at its connection limit reports it at most this often (10 s).
@@ -117,6 +122,8 @@ pub struct Shard {
     decoders: HashMap<u32, Box<ws::Decoder>>,
     /// Client messages were queued for the ingest thread this turn: ring it.
     upstream_waiting: bool,
+    /// Events refilled from the history after a broadcast-ring overrun, not yet delivered.
+    refill: std::collections::VecDeque<Arc<Event>>,
     cqes: Vec<(u64, i32, u32)>,
     id: usize,
     /// The next broadcast sequence number this loop will read.
@@ -187,6 +194,7 @@ impl Shard {
             due: Vec::new(),
             decoders: HashMap::new(),
             upstream_waiting: false,
+            refill: std::collections::VecDeque::new(),
             cqes: Vec::with_capacity(1024),
             id,
             next_seq: shared.broadcast.head(),
@@ -222,7 +230,7 @@ impl Shard {
         let broadcast = Arc::clone(&self.shared.broadcast);
         loop {
             self.drain_broadcast(&broadcast);
-            let sleep = broadcast.park(self.id, self.next_seq);
+            let sleep = self.refill.is_empty() && broadcast.park(self.id, self.next_seq);
             let res = if sleep {
                 self.ring.submitter().submit_and_wait(1)
             } else {
@@ -253,7 +261,8 @@ impl Shard {
             return false;
         };
         self.drain_broadcast(broadcast);
-        self.sending == 0 || self.tick.wrapping_sub(since) > FLUSH_TICKS
+        let done = self.refill.is_empty() && self.next_seq >= broadcast.head() && self.sending == 0;
+        done || self.tick.wrapping_sub(since) > FLUSH_TICKS
     }
 
     /// Queues one submission, flushing the queue to the kernel when it is full.
@@ -659,7 +668,7 @@ impl Shard {
                 // Another loop may already have delivered `seen`; catch up so that live
                 // events after it come from this loop's cursor, not a replay.
                 let broadcast = Arc::clone(&self.shared.broadcast);
-                self.drain_broadcast(&broadcast);
+                self.catch_up(&broadcast);
                 if seen >= self.next_seq {
                     parsed = LastId::Malformed;
                 }
@@ -710,13 +719,37 @@ impl Shard {
         }
     }
 
+    /// Delivers what the broadcast ring holds, at most one batch per loop turn: between
+    /// batches the loop reaps send completions, so a client that keeps up drains its queue
+    /// as fast as events arrive and never meets its queue's limits.
     fn drain_broadcast(&mut self, broadcast: &Broadcast<Event>) {
+        self.drain_broadcast_upto(broadcast, DRAIN_BATCH_EVENTS, DRAIN_BATCH_BYTES);
+    }
+
+    /// Delivers everything the ring holds now (to catch up before a resume).
+    fn catch_up(&mut self, broadcast: &Broadcast<Event>) {
+        self.drain_broadcast_upto(broadcast, usize::MAX, usize::MAX);
+    }
+
+    fn drain_broadcast_upto(&mut self, broadcast: &Broadcast<Event>, events: usize, bytes: usize) {
+        let (mut n, mut size) = (0, 0);
+        // Events refilled from the history after an overrun go first, in batches too.
+        while n < events && size < bytes {
+            let Some(event) = self.refill.pop_front() else {
+                break;
+            };
+            self.deliver(&event);
+            n += 1;
+            size += event.data.len();
+        }
         let head = broadcast.head();
-        while self.next_seq < head {
+        while self.refill.is_empty() && self.next_seq < head && n < events && size < bytes {
             match broadcast.read(self.next_seq) {
                 Read::Item(event) => {
                     self.deliver(&event);
                     self.next_seq += 1;
+                    n += 1;
+                    size += event.data.len();
                 }
                 Read::Overrun => self.recover(broadcast),
                 Read::Empty => break,
@@ -746,41 +779,10 @@ impl Shard {
         };
         if !replay.complete {
             bump(&self.counters.ring_lost);
+            self.tell_ring_loss(self.next_seq, resume - 1);
         }
-        for event in &replay.events {
-            self.deliver(event);
-        }
+        self.refill.extend(replay.events);
         self.next_seq = resume;
-    }
-
-    fn deliver(&mut self, event: &Arc<Event>) {
-        // The subscriber list is lent out while the bytes are queued: queueing touches
-        // connections and the ring, never subscriptions. Slow connections are closed after.
-        let Some((topic, subscribers)) = self.subs.take(&event.topic) else {
-            return;
-        };
-        bump(&self.counters.events);
-        let limit = self.shared.config.out_queue_bytes_max;
-        let mut slow = Vec::new();
-        for &index in &subscribers {
-            let conn = &self.conns[index as usize];
-            if !matches!(conn.state, State::Stream | State::Ws) {
-                continue;
-            }
-            let bytes = event.bytes_for(conn.kind);
-            if conn.queued_bytes() + bytes.len() > limit {
-                slow.push(index);
-                continue;
-            }
-            self.enqueue(index, bytes);
-            self.flush(index);
-        }
-        bump_by(&self.counters.deliveries, (subscribers.len() - slow.len()) as u64);
-        self.subs.put_back(topic, subscribers);
-        for index in slow {
-            bump(&self.counters.slow_closed);
-            self.close(index);
-        }
     }
 
     // ----- sending --------------------------------------------------------------------------
@@ -798,6 +800,13 @@ impl Shard {
         if conn.has_op(ops::SEND) || conn.state == State::Closing {
             return;
         }
+        let Some(out) = conn.out.as_mut() else {
+            return;
+        };
+        if out.has_gaps() {
+            self.tell_gaps(index);
+        }
+        let conn = &mut self.conns[index as usize];
         let Some(out) = conn.out.as_mut() else {
             return;
         };

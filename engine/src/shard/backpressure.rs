@@ -1,0 +1,217 @@
+//! Fan-out under backpressure: each event goes to every local subscriber through the
+//! subscriber's bounded out-queue, whose topic policy drops, refuses or coalesces events
+//! when the client is slow, or disconnects it (see `conn::outq`). What a client misses is
+//! told to it, in its own transport, ahead of the next event it gets:
+//!
+//! - SSE: `event: ringcast.gap` with data `{"topic":..,"dropped":N,"first_id":..,"last_id":..}`
+//!   (no `id:` field, so the client's Last-Event-ID stays at the last event it got and a
+//!   reconnect could fetch the gap from the history);
+//! - WebSocket: `{"event":"ringcast.gap","data":{...the same fields...}}`.
+//!
+//! A client disconnected as too slow first gets `ringcast.slow` (SSE) or close 1008 (WS).
+//! Control bytes (response heads, pongs, close frames, heartbeats, notices) are never
+//! dropped. Coalesced events are counted, not reported: the client gets the latest value.
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{bump, bump_by, frame, ws_control, Shard};
+use crate::conn::outq::{Gap, Pushed};
+use crate::conn::{Kind, State};
+use crate::event::Event;
+use crate::proto::{json, sse, ws};
+
+impl Shard {
+    pub(super) fn deliver(&mut self, event: &Arc<Event>) {
+        // The subscriber list is lent out while the bytes are queued: queueing touches
+        // connections and the ring, never subscriptions. Slow connections are closed after.
+        let Some((topic, subscribers)) = self.subs.take(&event.topic) else {
+            return;
+        };
+        bump(&self.counters.events);
+        let policy = self.shared.config.policy_for(&event.topic);
+        let limits = self.shared.config.queue_limits();
+        let hard_cap = self.shared.config.out_queue_bytes_max;
+        let (mut delivered, mut dropped, mut coalesced) = (0u64, 0u64, 0u64);
+        let mut slow = Vec::new();
+        let mut too_big = Vec::new();
+        for &index in &subscribers {
+            let conn = &mut self.conns[index as usize];
+            if !matches!(conn.state, State::Stream | State::Ws) {
+                continue;
+            }
+            let bytes = event.bytes_for(conn.kind);
+            if conn.queued_bytes() + bytes.len() > hard_cap {
+                too_big.push(index);
+                continue;
+            }
+            let out = conn
+                .out
+                .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+            match out.push_event(bytes, event, policy, limits) {
+                Pushed::Queued { dropped: n } => {
+                    delivered += 1;
+                    dropped += n as u64;
+                }
+                Pushed::Coalesced => coalesced += 1,
+                Pushed::Refused => dropped += 1,
+                Pushed::Disconnect => {
+                    slow.push(index);
+                    continue;
+                }
+            }
+            self.flush(index);
+        }
+        bump_by(&self.counters.deliveries, delivered);
+        bump_by(&self.counters.dropped, dropped);
+        bump_by(&self.counters.coalesced, coalesced);
+        self.subs.put_back(topic, subscribers);
+        for index in slow {
+            bump(&self.counters.slow_disconnected);
+            self.disconnect_slow(index, &event.topic);
+        }
+        for index in too_big {
+            bump(&self.counters.slow_closed);
+            self.close(index);
+        }
+    }
+
+    /// Queues a notice for every gap the connection's queue recorded, ahead of the
+    /// events still queued.
+    pub(super) fn tell_gaps(&mut self, index: u32) {
+        let conn = &mut self.conns[index as usize];
+        let kind = conn.kind;
+        let Some(out) = conn.out.as_mut() else {
+            return;
+        };
+        for (nth, gap) in out.take_gaps().iter().enumerate() {
+            out.push_notice(gap_notice(gap, kind), nth);
+        }
+    }
+
+    /// The policy said disconnect: drop what is queued (the client resumes from the
+    /// history), say why, and close once that is sent.
+    fn disconnect_slow(&mut self, index: u32, topic: &str) {
+        let conn = &mut self.conns[index as usize];
+        let kind = conn.kind;
+        if let Some(out) = conn.out.as_mut() {
+            out.drop_all_events();
+            // The client reconnects with its Last-Event-ID; no gap notice is owed.
+            out.take_gaps();
+        }
+        let reason = "client too slow; reconnect with Last-Event-ID to resume";
+        let notice = if kind.is_ws() {
+            let mut frame = Vec::new();
+            ws::encode_close(&mut frame, ws::close::POLICY, "slow consumer");
+            Bytes::from(frame)
+        } else {
+            let data = format!(
+                "{{\"topic\":{},\"reason\":{}}}",
+                json::string(topic),
+                json::string(reason)
+            );
+            let mut body = Vec::new();
+            sse::encode_event(&mut body, "", Some("ringcast.slow"), data.as_bytes());
+            frame(strip_empty_id(&body), kind == Kind::Sse)
+        };
+        self.enqueue(index, notice);
+        self.conns[index as usize].state = State::Draining;
+        self.flush(index);
+    }
+
+    /// The loop was lapped on the broadcast ring and the history could not refill all of
+    /// `first..=last`: every stream on this loop may have missed events of its topics.
+    pub(super) fn tell_ring_loss(&mut self, first: u64, last: u64) {
+        let epoch = self.shared.epoch;
+        let data = format!(
+            "{{\"topic\":null,\"dropped\":null,\"first_id\":{},\"last_id\":{}}}",
+            json::string(&epoch.id(first)),
+            json::string(&epoch.id(last)),
+        );
+        let streams: Vec<(u32, Kind)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.state, State::Stream | State::Ws) && c.kind != Kind::WsEcho)
+            .map(|(i, c)| (i as u32, c.kind))
+            .collect();
+        for (index, kind) in streams {
+            self.enqueue(index, notice_bytes("ringcast.gap", &data, kind));
+            self.flush(index);
+        }
+    }
+}
+
+/// The notice for `gap` in the framing of `kind`.
+fn gap_notice(gap: &Gap, kind: Kind) -> Bytes {
+    let data = format!(
+        "{{\"topic\":{},\"dropped\":{},\"first_id\":{},\"last_id\":{}}}",
+        json::string(&gap.first.topic),
+        gap.dropped,
+        json::string(&gap.first.id),
+        json::string(&gap.last.id),
+    );
+    notice_bytes("ringcast.gap", &data, kind)
+}
+
+/// A control event named `name` carrying JSON `data`, without an id.
+fn notice_bytes(name: &str, data: &str, kind: Kind) -> Bytes {
+    if kind.is_ws() {
+        ws_control(&format!("{{\"event\":\"{name}\",\"data\":{data}}}"))
+    } else {
+        let mut body = Vec::new();
+        sse::encode_event(&mut body, "", Some(name), data.as_bytes());
+        frame(strip_empty_id(&body), kind == Kind::Sse)
+    }
+}
+
+/// Removes the `id: ` line `sse::encode_event` writes for an empty id: a notice must not
+/// move the client's Last-Event-ID (an empty `id:` would reset it to nothing).
+fn strip_empty_id(body: &[u8]) -> &[u8] {
+    body.strip_prefix(b"id: \n").unwrap_or(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::OutQueue;
+    use crate::event::Epoch;
+    use std::time::Instant;
+
+    #[test]
+    fn sse_gap_notice_has_no_id_and_names_the_range() {
+        let e = |seq| {
+            Arc::new(Event::new(
+                Epoch::from_raw(0xa),
+                seq,
+                "px",
+                None,
+                None,
+                b"x",
+                Instant::now(),
+            ))
+        };
+        let gap = Gap {
+            first: e(3),
+            last: e(9),
+            dropped: 5,
+        };
+        let sse = gap_notice(&gap, Kind::Sse10);
+        assert_eq!(
+            &sse[..],
+            b"event: ringcast.gap\ndata: {\"topic\":\"px\",\"dropped\":5,\"first_id\":\"a-3\",\"last_id\":\"a-9\"}\n\n"
+        );
+        let ws = gap_notice(&gap, Kind::WsJson);
+        assert!(ws.ends_with(b"{\"event\":\"ringcast.gap\",\"data\":{\"topic\":\"px\",\"dropped\":5,\"first_id\":\"a-3\",\"last_id\":\"a-9\"}}"));
+    }
+
+    #[test]
+    fn an_out_queue_is_small_enough_to_pool() {
+        // Its iovec array dominates; it exists only while something is queued.
+        let iovs = crate::conn::outq::IOV_MAX * std::mem::size_of::<libc::iovec>();
+        assert!(
+            std::mem::size_of::<OutQueue>() <= iovs + 256,
+            "{}",
+            std::mem::size_of::<OutQueue>()
+        );
+    }
+}
