@@ -88,6 +88,8 @@ pub struct Event {
     /// all (server frames are unmasked, so every subscriber gets the same bytes).
     ws_json: OnceLock<Bytes>,
     ws_raw: OnceLock<Bytes>,
+    /// One NDJSON line as one HTTP/1.1 chunk.
+    ndjson: OnceLock<Bytes>,
 }
 
 /// Fixed bookkeeping per retained event, added to its byte cost.
@@ -122,6 +124,7 @@ impl Event {
             sse_start,
             ws_json: OnceLock::new(),
             ws_raw: OnceLock::new(),
+            ndjson: OnceLock::new(),
         }
     }
 
@@ -132,6 +135,7 @@ impl Event {
             Kind::Sse10 => self.sse(false),
             Kind::WsJson => self.ws_json.get_or_init(|| self.encode_ws_json()).clone(),
             Kind::WsRaw => self.ws_raw.get_or_init(|| self.encode_ws_raw()).clone(),
+            Kind::Ndjson => self.ndjson.get_or_init(|| self.encode_ndjson()).clone(),
             // The echo endpoint subscribes to nothing.
             Kind::WsEcho => Bytes::new(),
         }
@@ -139,6 +143,23 @@ impl Event {
 
     /// `{"id":..,"topic":..,"event":..|null,"data":..}` as one text frame.
     fn encode_ws_json(&self) -> Bytes {
+        let body = self.json();
+        let mut frame = Vec::with_capacity(body.len() + 10);
+        ws::encode_frame(&mut frame, ws::Opcode::Text, true, &body);
+        Bytes::from(frame)
+    }
+
+    /// The same object and a line feed, as one HTTP/1.1 chunk.
+    fn encode_ndjson(&self) -> Bytes {
+        let mut line = self.json();
+        line.push(b'\n');
+        let mut chunk = Vec::with_capacity(line.len() + 12);
+        sse::encode_chunk(&mut chunk, &line);
+        Bytes::from(chunk)
+    }
+
+    /// `{"id":..,"topic":..,"event":..|null,"data":..}`.
+    pub fn json(&self) -> Vec<u8> {
         let mut body = Vec::with_capacity(self.data.len() + self.topic.len() + 64);
         body.extend_from_slice(b"{\"id\":");
         json::push_string(&mut body, &self.id);
@@ -153,9 +174,7 @@ impl Event {
         // Payloads are UTF-8: the ingest protocol refuses anything else.
         json::push_string(&mut body, std::str::from_utf8(&self.data).unwrap_or_default());
         body.push(b'}');
-        let mut frame = Vec::with_capacity(body.len() + 10);
-        ws::encode_frame(&mut frame, ws::Opcode::Text, true, &body);
-        Bytes::from(frame)
+        body
     }
 
     /// The bare payload as one text frame.

@@ -58,6 +58,8 @@ pub enum Kind {
     WsRaw,
     /// WebSocket echo endpoint for conformance suites: no topics, messages come back.
     WsEcho,
+    /// Newline-delimited JSON in HTTP/1.1 chunks, one object per event.
+    Ndjson,
 }
 
 impl Kind {

@@ -15,11 +15,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{bump, bump_by, frame, ws_control, Shard};
+use super::{bump, bump_by, control, Shard};
 use crate::conn::outq::{Gap, Pushed};
 use crate::conn::{Kind, State};
 use crate::event::Event;
-use crate::proto::{json, sse, ws};
+use crate::proto::{json, ws};
 
 impl Shard {
     pub(super) fn deliver(&mut self, event: &Arc<Event>) {
@@ -110,9 +110,7 @@ impl Shard {
                 json::string(topic),
                 json::string(reason)
             );
-            let mut body = Vec::new();
-            sse::encode_event(&mut body, "", Some("ringcast.slow"), data.as_bytes());
-            frame(strip_empty_id(&body), kind == Kind::Sse)
+            control(kind, "ringcast.slow", None, &data)
         };
         self.enqueue(index, notice);
         self.conns[index as usize].state = State::Draining;
@@ -135,7 +133,7 @@ impl Shard {
             .map(|(i, c)| (i as u32, c.kind))
             .collect();
         for (index, kind) in streams {
-            self.enqueue(index, notice_bytes("ringcast.gap", &data, kind));
+            self.enqueue(index, control(kind, "ringcast.gap", None, &data));
             self.flush(index);
         }
     }
@@ -150,24 +148,7 @@ fn gap_notice(gap: &Gap, kind: Kind) -> Bytes {
         json::string(&gap.first.id),
         json::string(&gap.last.id),
     );
-    notice_bytes("ringcast.gap", &data, kind)
-}
-
-/// A control event named `name` carrying JSON `data`, without an id.
-fn notice_bytes(name: &str, data: &str, kind: Kind) -> Bytes {
-    if kind.is_ws() {
-        ws_control(&format!("{{\"event\":\"{name}\",\"data\":{data}}}"))
-    } else {
-        let mut body = Vec::new();
-        sse::encode_event(&mut body, "", Some(name), data.as_bytes());
-        frame(strip_empty_id(&body), kind == Kind::Sse)
-    }
-}
-
-/// Removes the `id: ` line `sse::encode_event` writes for an empty id: a notice must not
-/// move the client's Last-Event-ID (an empty `id:` would reset it to nothing).
-fn strip_empty_id(body: &[u8]) -> &[u8] {
-    body.strip_prefix(b"id: \n").unwrap_or(body)
+    control(kind, "ringcast.gap", None, &data)
 }
 
 #[cfg(test)]

@@ -138,7 +138,9 @@ pub struct Shard {
     flushing_since: Option<u32>,
     stream_head: Bytes,
     stream_head_http10: Bytes,
+    ndjson_head: Bytes,
     head_only: Bytes,
+    ndjson_head_only: Bytes,
     shared: Arc<Shared>,
     counters: Arc<Counters>,
 }
@@ -206,7 +208,9 @@ impl Shard {
             flushing_since: None,
             stream_head: stream_head(true, retry, id),
             stream_head_http10: stream_head(false, retry, id),
+            ndjson_head: ndjson_head(id),
             head_only: Bytes::from_static(SSE_HEADERS_HEAD),
+            ndjson_head_only: Bytes::from_static(NDJSON_HEADERS_HEAD),
             counters: Arc::clone(&shared.counters[id]),
             shared,
         };
@@ -576,10 +580,11 @@ impl Shard {
         // A request body is never expected here; rather than skip it, answer and close.
         let keep_alive = req.keep_alive && !req.has_body;
         match (req.path, req.method) {
-            ("/sse", Method::Get | Method::Head) => self.subscribe(index, req, keep_alive),
+            ("/sse", Method::Get | Method::Head) => self.subscribe(index, req, keep_alive, false),
+            ("/stream", Method::Get | Method::Head) => self.subscribe(index, req, keep_alive, true),
             ("/ws", _) => self.ws_upgrade(index, req, head, false),
             ("/echo", _) if self.shared.config.ws_echo => self.ws_upgrade(index, req, head, true),
-            ("/sse", _) => self.respond(
+            ("/sse" | "/stream", _) => self.respond(
                 index,
                 405,
                 "method not allowed: use GET",
@@ -608,7 +613,8 @@ impl Shard {
 
     // ----- SSE ----------------------------------------------------------------------------
 
-    fn subscribe(&mut self, index: u32, req: &Request<'_>, keep_alive: bool) {
+    /// Opens an SSE stream, or with `ndjson` a stream of JSON lines.
+    fn subscribe(&mut self, index: u32, req: &Request<'_>, keep_alive: bool, ndjson: bool) {
         let sub = match http::parse_subscription(req.query) {
             Ok(sub) => sub,
             Err(e) => {
@@ -618,23 +624,28 @@ impl Shard {
             }
         };
         if req.method == Method::Head {
-            self.enqueue(index, self.head_only.clone());
+            let head = if ndjson {
+                self.ndjson_head_only.clone()
+            } else {
+                self.head_only.clone()
+            };
+            self.enqueue(index, head);
             if !keep_alive {
                 self.conns[index as usize].state = State::Draining;
             }
             self.flush(index);
             return;
         }
-        let kind = if req.minor_version >= 1 {
-            Kind::Sse
-        } else {
-            Kind::Sse10
+        let kind = match (ndjson, req.minor_version >= 1) {
+            (true, true) => Kind::Ndjson,
+            (true, false) => {
+                self.respond(index, 505, "NDJSON streams are chunked: use HTTP/1.1", false, &[]);
+                return;
+            }
+            (false, true) => Kind::Sse,
+            (false, false) => Kind::Sse10,
         };
-        let head = if kind == Kind::Sse {
-            self.stream_head.clone()
-        } else {
-            self.stream_head_http10.clone()
-        };
+        let head = self.static_bytes_for(kind, Static::Head);
         {
             let conn = &mut self.conns[index as usize];
             conn.state = State::Stream;
@@ -656,6 +667,9 @@ impl Shard {
             self.subs.add(&mut self.conns, index, topic);
         }
         bump(&self.counters.streams);
+        // The timer still holds the request deadline; the next tick re-arms it for the
+        // stream's own (heartbeat, write stall).
+        self.arm_timer(index, self.tick.wrapping_add(1));
     }
 
     /// Queues what a client resuming from `last` missed, or a `ringcast.reset` event and
@@ -700,17 +714,7 @@ impl Shard {
             let oldest = replay.events.first().map(|e| e.seq);
             let reset_seq = oldest.map_or(upto, |s| s - 1);
             let data = reset_json(reason, last, oldest.map(|s| epoch.id(s)));
-            let id = epoch.id(reset_seq);
-            let bytes = if kind.is_ws() {
-                ws_control(&format!(
-                    "{{\"id\":{},\"event\":\"ringcast.reset\",\"data\":{data}}}",
-                    json::string(&id)
-                ))
-            } else {
-                let mut body = Vec::new();
-                sse::encode_event(&mut body, &id, Some("ringcast.reset"), data.as_bytes());
-                frame(&body, kind == Kind::Sse)
-            };
+            let bytes = control(kind, "ringcast.reset", Some(&epoch.id(reset_seq)), &data);
             self.enqueue(index, bytes);
         }
         bump_by(&self.counters.replayed, replay.events.len() as u64);
@@ -952,6 +956,49 @@ impl Shard {
 
 const SSE_HEADERS: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\n";
 const SSE_HEADERS_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 0\r\n\r\n";
+
+const NDJSON_HEADERS_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 0\r\n\r\n";
+
+/// The response head of an NDJSON stream, built once per loop.
+fn ndjson_head(loop_id: usize) -> Bytes {
+    Bytes::from(format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-cache\r\n\
+         X-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\nX-Ringcast-Loop: {loop_id}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n"
+    ))
+}
+
+/// A control message (`ringcast.reset`, `ringcast.gap`, `ringcast.slow`) named `name`,
+/// with JSON `data` and optionally an event id, in the framing of `kind`: an SSE event, a
+/// WebSocket text frame `{"id":..,"event":..,"data":..}`, or that object as an NDJSON line.
+/// Without an id an SSE notice leaves the client's Last-Event-ID as it was.
+fn control(kind: Kind, name: &str, id: Option<&str>, data: &str) -> Bytes {
+    match kind {
+        Kind::Sse | Kind::Sse10 => {
+            let mut body = Vec::with_capacity(data.len() + 64);
+            if let Some(id) = id {
+                body.extend_from_slice(format!("id: {id}\n").as_bytes());
+            }
+            body.extend_from_slice(format!("event: {name}\n").as_bytes());
+            // `data` is one line of JSON: the SSE encoder would not split it.
+            body.extend_from_slice(format!("data: {data}\n\n").as_bytes());
+            frame(&body, kind == Kind::Sse)
+        }
+        Kind::WsJson | Kind::WsRaw | Kind::WsEcho | Kind::Ndjson => {
+            let id = id
+                .map(|id| format!("\"id\":{},", json::string(id)))
+                .unwrap_or_default();
+            let object = format!("{{{id}\"event\":\"{name}\",\"data\":{data}}}");
+            if kind == Kind::Ndjson {
+                let mut line = object.into_bytes();
+                line.push(b'\n');
+                frame(&line, true)
+            } else {
+                ws_control(&object)
+            }
+        }
+    }
+}
 
 /// The response head and the opening `retry:` field, built once per loop. The
 /// `X-Ringcast-Loop` header names the loop that serves the stream.

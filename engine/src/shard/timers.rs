@@ -86,6 +86,9 @@ pub(super) const HEARTBEAT: &[u8] = b":\n\n";
 /// The same as one HTTP/1.1 chunk.
 pub(super) const HEARTBEAT_CHUNK: &[u8] = b"3\r\n:\n\n\r\n";
 
+/// The NDJSON heartbeat line, `{"event":"ringcast.heartbeat"}`, as one HTTP/1.1 chunk.
+pub(super) const NDJSON_HEARTBEAT_CHUNK: &[u8] = b"1f\r\n{\"event\":\"ringcast.heartbeat\"}\n\r\n";
+
 /// A WebSocket ping with no payload (RFC 6455 §5.5.2).
 pub(super) const PING: &[u8] = &[0x89, 0x00];
 
@@ -232,12 +235,18 @@ impl Shard {
 
     /// The shared bytes `which` in the framing connection `index` uses.
     pub(super) fn static_bytes(&self, index: u32, which: Static) -> Bytes {
-        let chunked = self.conns[index as usize].kind == Kind::Sse;
-        match (which, chunked) {
-            (Static::Head, true) => self.stream_head.clone(),
-            (Static::Head, false) => self.stream_head_http10.clone(),
-            (Static::Beat, true) => Bytes::from_static(HEARTBEAT_CHUNK),
-            (Static::Beat, false) => Bytes::from_static(HEARTBEAT),
+        self.static_bytes_for(self.conns[index as usize].kind, which)
+    }
+
+    /// The shared bytes `which` in the framing of `kind`.
+    pub(super) fn static_bytes_for(&self, kind: Kind, which: Static) -> Bytes {
+        match (which, kind) {
+            (Static::Head, Kind::Sse) => self.stream_head.clone(),
+            (Static::Head, Kind::Ndjson) => self.ndjson_head.clone(),
+            (Static::Head, _) => self.stream_head_http10.clone(),
+            (Static::Beat, Kind::Sse) => Bytes::from_static(HEARTBEAT_CHUNK),
+            (Static::Beat, Kind::Ndjson) => Bytes::from_static(NDJSON_HEARTBEAT_CHUNK),
+            (Static::Beat, _) => Bytes::from_static(HEARTBEAT),
             (Static::Ping, _) => Bytes::from_static(PING),
         }
     }

@@ -106,6 +106,8 @@ impl Shard {
         }
         bump(&self.counters.websockets);
         self.flush(index);
+        // From the request deadline to the WebSocket's own (ping, write stall).
+        self.arm_timer(index, self.tick.wrapping_add(1));
     }
 
     fn refuse_upgrade(&mut self, index: u32, e: HandshakeError) {
