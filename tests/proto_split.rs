@@ -174,6 +174,11 @@ enum IngestOut {
     },
     Ping,
     Quit,
+    Upstream,
+    Send {
+        conn: String,
+        payload: Vec<u8>,
+    },
     Error(IngestError),
 }
 
@@ -229,6 +234,11 @@ fn owned(command: Command<'_>) -> IngestOut {
         },
         Command::Ping => IngestOut::Ping,
         Command::Quit => IngestOut::Quit,
+        Command::Upstream => IngestOut::Upstream,
+        Command::Send(s) => IngestOut::Send {
+            conn: s.conn.to_owned(),
+            payload: s.payload.to_vec(),
+        },
     }
 }
 
@@ -243,6 +253,9 @@ fn ingest_command() -> impl Strategy<Value = Vec<u8>> {
         Just(b"\n".to_vec()),
         Just(b" \t\r\n".to_vec()),
         Just(b"SUB x\n".to_vec()),
+        Just(b"UPSTREAM\n".to_vec()),
+        Just(b"SEND 0.1.2 3\n\r\n\xff\n".to_vec()),
+        Just(b"SEND 0.x.2 1\nz\r\n".to_vec()),
         (
             "[a-z.$]{1,6}",
             prop::option::of("[a-z.]{0,10}"),
