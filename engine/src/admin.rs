@@ -69,7 +69,7 @@ fn json_response(body: &str) -> Vec<u8> {
 }
 
 /// Every counter by name, in the order of [`Counters`].
-fn counters(c: &Counters) -> [(&'static str, u64); 29] {
+fn counters(c: &Counters) -> [(&'static str, u64); 30] {
     [
         ("accepted", c.accepted.load(Relaxed)),
         ("open", c.open.load(Relaxed)),
@@ -78,6 +78,7 @@ fn counters(c: &Counters) -> [(&'static str, u64); 29] {
         ("recv_enobufs", c.recv_enobufs.load(Relaxed)),
         ("bad_requests", c.bad_requests.load(Relaxed)),
         ("streams", c.streams.load(Relaxed)),
+        ("polls", c.polls.load(Relaxed)),
         ("resets", c.resets.load(Relaxed)),
         ("replayed", c.replayed.load(Relaxed)),
         ("events", c.events.load(Relaxed)),

@@ -163,6 +163,10 @@ pub struct Config {
     #[arg(long)]
     pub ws_echo: bool,
 
+    /// The longest a long-poll may be held (`wait=` is capped at this).
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    pub poll_wait_max_ms: u64,
+
     /// Receive buffers in each loop's provided-buffer ring (a power of two). Every buffer
     /// becomes resident once used; a loop recycles each in the turn it arrives, so a few
     /// hundred serve any number of connections.

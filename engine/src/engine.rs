@@ -25,6 +25,8 @@ pub struct Counters {
     pub recv_enobufs: AtomicU64,
     pub bad_requests: AtomicU64,
     pub streams: AtomicU64,
+    /// Long-poll and poll requests answered or held.
+    pub polls: AtomicU64,
     pub resets: AtomicU64,
     pub replayed: AtomicU64,
     /// Events that had at least one subscriber on this loop.

@@ -143,6 +143,24 @@ impl HttpConn {
         }
     }
 
+    /// Continues on a stream the caller connected itself, e.g. with socket options that
+    /// must be set before the handshake (a small `SO_RCVBUF`).
+    ///
+    /// # Panics
+    ///
+    /// If the stream refuses `TCP_NODELAY` or a write timeout.
+    pub fn from_stream(stream: TcpStream) -> HttpConn {
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        stream
+            .set_write_timeout(Some(crate::WAIT))
+            .expect("write timeout");
+        HttpConn {
+            stream,
+            buf: Vec::new(),
+            closed: false,
+        }
+    }
+
     /// Writes all of `bytes`.
     ///
     /// # Errors

@@ -35,6 +35,8 @@ pub enum State {
     Stream,
     /// A WebSocket: events are queued as frames, client frames are decoded.
     Ws,
+    /// A long-poll held until an event arrives or `mark` passes.
+    Poll,
     /// A final response is queued; once sent, the write side is shut down.
     Draining,
     /// Write side shut down; input is discarded until EOF or the linger deadline, so the
@@ -75,6 +77,8 @@ pub mod flags {
     pub const SERVED: u8 = 1;
     /// A WebSocket ping is out and unanswered since `mark`.
     pub const PINGED: u8 = 1 << 1;
+    /// A held long-poll answers with keep-alive.
+    pub const KEEP_ALIVE: u8 = 1 << 2;
 }
 
 /// Kernel operations of one connection whose final completion is still to come. The

@@ -510,10 +510,8 @@ impl Ingest {
             std::mem::swap(&mut p.sending, &mut p.replies);
         }
         if p.sending.is_empty() {
-            if p.closing && !p.recv_armed {
-                if self.publishers.remove(index).upstream {
-                    self.shared.upstream_listeners.remove();
-                }
+            if p.closing && !p.recv_armed && self.publishers.remove(index).upstream {
+                self.shared.upstream_listeners.remove();
             }
             return;
         }

@@ -36,6 +36,8 @@ pub enum Method {
     Head,
     /// `POST`
     Post,
+    /// `OPTIONS` (CORS preflight)
+    Options,
     /// Any other method token; the caller answers 405 or 501.
     Other,
 }
@@ -46,6 +48,7 @@ impl Method {
             "GET" => Method::Get,
             "HEAD" => Method::Head,
             "POST" => Method::Post,
+            "OPTIONS" => Method::Options,
             _ => Method::Other,
         }
     }
@@ -444,6 +447,17 @@ fn bad_topic(raw: &[u8]) -> SubscriptionError {
     )
 }
 
+/// The value of query parameter `name` (its first occurrence), percent-decoded; `None`
+/// when absent or badly encoded.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)?
+        .1;
+    String::from_utf8(percent_decode(raw).ok()?).ok()
+}
+
 /// Decodes `%XX` escapes and `+` (as a space).
 fn percent_decode(s: &str) -> Result<Vec<u8>, SubscriptionError> {
     let mut out = Vec::with_capacity(s.len());
@@ -593,7 +607,7 @@ mod tests {
             ("GET", Method::Get),
             ("HEAD", Method::Head),
             ("POST", Method::Post),
-            ("OPTIONS", Method::Other),
+            ("OPTIONS", Method::Options),
             ("get", Method::Other),
         ] {
             let buf = format!("{token} / HTTP/1.1\r\n\r\n");

@@ -35,8 +35,14 @@ impl Shard {
         let (mut delivered, mut dropped, mut coalesced) = (0u64, 0u64, 0u64);
         let mut slow = Vec::new();
         let mut too_big = Vec::new();
+        let mut polls = Vec::new();
         for &index in &subscribers {
             let conn = &mut self.conns[index as usize];
+            if conn.state == State::Poll {
+                // Answered after the list is returned: answering unsubscribes.
+                polls.push(index);
+                continue;
+            }
             if !matches!(conn.state, State::Stream | State::Ws) {
                 continue;
             }
@@ -62,10 +68,14 @@ impl Shard {
             }
             self.flush(index);
         }
-        bump_by(&self.counters.deliveries, delivered);
         bump_by(&self.counters.dropped, dropped);
         bump_by(&self.counters.coalesced, coalesced);
         self.subs.put_back(topic, subscribers);
+        for index in polls {
+            delivered += 1;
+            self.poll_event(index, event);
+        }
+        bump_by(&self.counters.deliveries, delivered);
         for index in slow {
             bump(&self.counters.slow_disconnected);
             self.disconnect_slow(index, &event.topic);

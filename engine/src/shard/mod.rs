@@ -9,6 +9,7 @@
 //! It never blocks except in `io_uring_enter`, and it never sleeps while the broadcast
 //! ring holds something it has not read (see [`Broadcast::park`]).
 mod backpressure;
+mod poll;
 mod subs;
 mod timers;
 mod websocket;
@@ -501,12 +502,13 @@ impl Shard {
     fn on_http_input(&mut self, index: u32, data: &mut [u8]) {
         let tick = self.tick;
         let conn = &mut self.conns[index as usize];
-        if conn.staging.is_none() && conn.has_flag(flags::SERVED) {
+        let new_request = conn.staging.is_none() && conn.has_flag(flags::SERVED);
+        if new_request {
             // The first bytes of the next request: its head deadline starts now.
             conn.mark = tick;
         }
         conn.last_io = tick;
-        match conn.staging.take() {
+        match self.conns[index as usize].staging.take() {
             Some(mut staged) => {
                 let room = STAGING_MAX.saturating_sub(staged.len());
                 staged.extend_from_slice(&data[..data.len().min(room)]);
@@ -526,6 +528,10 @@ impl Shard {
                     self.conns[index as usize].staging = Some(Box::new(data[used..].to_vec()));
                 }
             }
+        }
+        if new_request && self.still_reading(index) {
+            // A head now partly read: its deadline may be earlier than the idle one.
+            self.arm_earlier(index);
         }
     }
 
@@ -561,6 +567,8 @@ impl Shard {
                     let head = &buf[at..at + req.head_len];
                     at += req.head_len;
                     self.on_request(index, &req, head);
+                    // A keep-alive idle deadline may now apply, earlier than the head's.
+                    self.arm_earlier(index);
                 }
                 Err(e) => {
                     bump(&self.counters.bad_requests);
@@ -584,7 +592,9 @@ impl Shard {
             ("/stream", Method::Get | Method::Head) => self.subscribe(index, req, keep_alive, true),
             ("/ws", _) => self.ws_upgrade(index, req, head, false),
             ("/echo", _) if self.shared.config.ws_echo => self.ws_upgrade(index, req, head, true),
-            ("/sse" | "/stream", _) => self.respond(
+            ("/poll", Method::Get) => self.poll(index, req, keep_alive),
+            ("/sse" | "/stream" | "/poll", Method::Options) => self.preflight(index, keep_alive),
+            ("/sse" | "/stream" | "/poll", _) => self.respond(
                 index,
                 405,
                 "method not allowed: use GET",
@@ -675,6 +685,21 @@ impl Shard {
     /// Queues what a client resuming from `last` missed, or a `ringcast.reset` event and
     /// then everything retained when the history cannot fill the gap.
     fn replay(&mut self, index: u32, topics: &[String], last: &[u8], kind: Kind) {
+        let missed = self.missed_since(topics, last);
+        if let Some(reset) = &missed.reset {
+            let bytes = control(kind, "ringcast.reset", Some(&reset.id), &reset.data);
+            self.enqueue(index, bytes);
+        }
+        for event in missed.events {
+            self.enqueue(index, event.bytes_for(kind));
+        }
+    }
+
+    /// What a client that last saw `last` missed on `topics`, up to this loop's cursor:
+    /// every retained event after it, or, when the history cannot say (an id from another
+    /// epoch, a malformed one, one older than what is retained), a reset and everything
+    /// retained.
+    fn missed_since(&mut self, topics: &[String], last: &[u8]) -> Missed {
         let epoch = self.shared.epoch;
         let mut parsed = epoch.parse(last);
         if let LastId::Seq(seen) = parsed {
@@ -709,17 +734,19 @@ impl Shard {
             LastId::Malformed => (Some("malformed-id"), history.since(&names, 0, upto, now)),
         };
         drop(history);
-        if let Some(reason) = reason {
+        let reset = reason.map(|reason| {
             bump(&self.counters.resets);
             let oldest = replay.events.first().map(|e| e.seq);
             let reset_seq = oldest.map_or(upto, |s| s - 1);
-            let data = reset_json(reason, last, oldest.map(|s| epoch.id(s)));
-            let bytes = control(kind, "ringcast.reset", Some(&epoch.id(reset_seq)), &data);
-            self.enqueue(index, bytes);
-        }
+            Reset {
+                id: epoch.id(reset_seq),
+                data: reset_json(reason, last, oldest.map(|s| epoch.id(s))),
+            }
+        });
         bump_by(&self.counters.replayed, replay.events.len() as u64);
-        for event in replay.events {
-            self.enqueue(index, event.bytes_for(kind));
+        Missed {
+            reset,
+            events: replay.events,
         }
     }
 
@@ -825,6 +852,8 @@ impl Shard {
             .build()
             .user_data(user_data(tag::SEND, conn.generation, index));
         self.push(entry);
+        // A write-stall deadline applies while bytes are unsent.
+        self.arm_earlier(index);
     }
 
     fn on_send(&mut self, index: u32, generation: u32, res: i32) {
@@ -958,6 +987,18 @@ const SSE_HEADERS: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\
 const SSE_HEADERS_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 0\r\n\r\n";
 
 const NDJSON_HEADERS_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 0\r\n\r\n";
+
+/// A reset signal: the id to carry (just before the first replayed event) and its data.
+struct Reset {
+    id: String,
+    data: String,
+}
+
+/// The answer of `Shard::missed_since`.
+struct Missed {
+    reset: Option<Reset>,
+    events: Vec<Arc<Event>>,
+}
 
 /// The response head of an NDJSON stream, built once per loop.
 fn ndjson_head(loop_id: usize) -> Bytes {

@@ -25,7 +25,7 @@ use io_uring::{opcode, types};
 
 use super::{bump, tag, user_data, Shard};
 use crate::config::Config;
-use crate::conn::{flags, ops, Kind, State};
+use crate::conn::{flags, ops, Conn, Kind, State};
 use crate::time::{is_due, Clock};
 
 /// The earlier of two deadlines in wrapping tick arithmetic.
@@ -80,6 +80,37 @@ impl Deadlines {
     }
 }
 
+/// The earliest deadline that applies to `conn` in its state, due or not; `None` when
+/// none does (a connection closing, or draining with nothing left to send).
+fn deadline_of(conn: &Conn, d: &Deadlines, now: u32) -> Option<u32> {
+    let busy = conn.has_op(ops::SEND) || conn.queued_bytes() > 0;
+    let stall = conn.last_io.wrapping_add(d.write_stall);
+    match conn.state {
+        State::Request if conn.staging.is_some() || !conn.has_flag(flags::SERVED) => {
+            Some(conn.mark.wrapping_add(d.request))
+        }
+        State::Request => Some(conn.last_io.wrapping_add(d.keepalive_idle)),
+        State::Stream if busy && d.heartbeat > 0 => {
+            // Once the backlog drains the next heartbeat is due a heartbeat after it.
+            Some(stall.min_wrapping(now.wrapping_add(d.heartbeat)))
+        }
+        State::Stream | State::Draining if busy => Some(stall),
+        State::Stream if d.heartbeat > 0 => Some(conn.last_io.wrapping_add(d.heartbeat)),
+        State::Stream => Some(now.wrapping_add(d.write_stall)),
+        State::Ws => {
+            let ping = conn.mark.wrapping_add(d.ws_ping);
+            let next = if conn.has_flag(flags::PINGED) {
+                ping.wrapping_add(d.ws_pong_timeout)
+            } else {
+                ping
+            };
+            Some(if busy { next.min_wrapping(stall) } else { next })
+        }
+        State::Poll | State::Lingering => Some(conn.mark),
+        State::Draining | State::Closing => None,
+    }
+}
+
 /// A comment line that carries nothing but keeps a stream's bytes moving (WHATWG HTML
 /// §9.2.6: lines starting with a colon are ignored).
 pub(super) const HEARTBEAT: &[u8] = b":\n\n";
@@ -117,95 +148,87 @@ impl Shard {
         self.wheel.insert(index, deadline);
     }
 
+    /// Arms connection `index`'s timer at the deadline that now applies, if that is
+    /// earlier than the one armed: called where an earlier deadline may start to apply
+    /// (a response sent, a new request begun, a send started, a stream opened).
+    pub(super) fn arm_earlier(&mut self, index: u32) {
+        let Some(conn) = self.conns.get(index as usize) else {
+            return;
+        };
+        let Some(next) = deadline_of(conn, &self.deadlines, self.tick) else {
+            return;
+        };
+        match self.wheel.deadline(index) {
+            Some(armed) if !is_due(next, armed) || next == armed => {}
+            _ => self.arm_timer(index, next),
+        }
+    }
+
     fn on_timer(&mut self, index: u32) {
         let Some(conn) = self.conns.get(index as usize) else {
             return;
         };
         let now = self.tick;
         let d = self.deadlines;
-        let next = match conn.state {
+        let busy = conn.has_op(ops::SEND) || conn.queued_bytes() > 0;
+        match conn.state {
             State::Request => {
                 if conn.staging.is_some() || !conn.has_flag(flags::SERVED) {
-                    let deadline = conn.mark.wrapping_add(d.request);
-                    if is_due(deadline, now) {
+                    if is_due(conn.mark.wrapping_add(d.request), now) {
                         bump(&self.counters.request_timeouts);
-                        self.respond(index, 408, "request head not received in time", false, &[]);
-                        return;
+                        return self.respond(index, 408, "request head not received in time", false, &[]);
                     }
-                    deadline
-                } else {
-                    let deadline = conn.last_io.wrapping_add(d.keepalive_idle);
-                    if is_due(deadline, now) {
-                        bump(&self.counters.idle_closed);
-                        self.close(index);
-                        return;
-                    }
-                    deadline
+                } else if is_due(conn.last_io.wrapping_add(d.keepalive_idle), now) {
+                    bump(&self.counters.idle_closed);
+                    return self.close(index);
                 }
             }
-            State::Stream | State::Draining => {
-                let busy = conn.has_op(ops::SEND) || conn.queued_bytes() > 0;
-                let stall = conn.last_io.wrapping_add(d.write_stall);
-                if busy && is_due(stall, now) {
-                    bump(&self.counters.stalled);
-                    self.close(index);
-                    return;
-                }
-                if conn.state == State::Stream && d.heartbeat > 0 {
-                    let beat = conn.last_io.wrapping_add(d.heartbeat);
-                    if !busy && is_due(beat, now) {
-                        bump(&self.counters.heartbeats);
-                        self.send_static(index, Static::Beat);
-                        // The stall deadline now guards the heartbeat's own send.
-                        now.wrapping_add(d.heartbeat.min(d.write_stall))
-                    } else if busy {
-                        stall
-                    } else {
-                        beat
-                    }
-                } else if busy {
-                    stall
-                } else {
-                    now.wrapping_add(d.write_stall)
+            State::Stream | State::Draining | State::Ws
+                if busy && is_due(conn.last_io.wrapping_add(d.write_stall), now) =>
+            {
+                bump(&self.counters.stalled);
+                return self.close(index);
+            }
+            State::Stream => {
+                if !busy && d.heartbeat > 0 && is_due(conn.last_io.wrapping_add(d.heartbeat), now) {
+                    bump(&self.counters.heartbeats);
+                    self.send_static(index, Static::Beat);
                 }
             }
             State::Ws => {
-                let busy = conn.has_op(ops::SEND) || conn.queued_bytes() > 0;
-                let stall = conn.last_io.wrapping_add(d.write_stall);
-                if busy && is_due(stall, now) {
-                    bump(&self.counters.stalled);
-                    self.close(index);
-                    return;
-                }
-                if conn.has_flag(flags::PINGED) {
-                    // No frame since the ping (any frame clears the flag): the timer was
-                    // armed at the pong deadline, so the peer is gone.
-                    bump(&self.counters.ws_pong_timeouts);
-                    self.close(index);
-                    return;
-                }
                 let ping = conn.mark.wrapping_add(d.ws_ping);
-                if is_due(ping, now) {
+                if conn.has_flag(flags::PINGED) {
+                    // No frame since the ping (any frame clears the flag). The ping left
+                    // at or after `ping`, so this is the earliest the pong was due.
+                    if is_due(ping.wrapping_add(d.ws_pong_timeout), now) {
+                        bump(&self.counters.ws_pong_timeouts);
+                        return self.close(index);
+                    }
+                } else if is_due(ping, now) {
                     bump(&self.counters.ws_pings);
                     self.conns[index as usize].flags |= flags::PINGED;
                     self.send_static(index, Static::Ping);
-                    now.wrapping_add(d.ws_pong_timeout)
-                } else if busy {
-                    stall.min_wrapping(ping)
-                } else {
-                    ping
+                }
+            }
+            State::Poll => {
+                if is_due(conn.mark, now) {
+                    return self.poll_timeout(index);
                 }
             }
             State::Lingering => {
                 if is_due(conn.mark, now) {
-                    self.close(index);
-                    return;
+                    return self.close(index);
                 }
-                conn.mark
             }
-            State::Closing => return,
-        };
-        self.arm_timer(index, next);
+            State::Draining | State::Closing => {}
+        }
+        if let Some(next) = self
+            .conns
+            .get(index as usize)
+            .and_then(|c| deadline_of(c, &d, now))
+        {
+            self.arm_timer(index, next);
+        }
     }
 
     /// Sends one of the loop's shared byte strings straight from its `Bytes`, which live

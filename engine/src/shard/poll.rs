@@ -1,0 +1,175 @@
+//! Long-polling and plain polling: `GET /poll?topic=A[&topic=B...][&after=ID][&wait=SECONDS]`.
+//!
+//! With events newer than `after` retained, or a cursor the history cannot honour, the
+//! answer comes at once; otherwise the request is held, subscribed to its topics, until
+//! an event arrives or `wait` (default 25 s, at most `--poll-wait-max-ms`) runs out.
+//! `wait=0` is plain polling. The body is JSON:
+//!
+//! ```text
+//! {"events":[{"id":..,"topic":..,"event":..|null,"data":..},...],"next":"<id>","reset":{..}}
+//! ```
+//!
+//! `next` is the cursor to pass as `after` next time; `reset` (present only when the cursor
+//! was from another epoch, malformed, or older than the history) carries the same fields
+//! as SSE's `ringcast.reset`. Ids, history and resets are those of every other transport,
+//! so a client can switch between them with one id.
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{bump, Missed, Shard};
+use crate::conn::{flags, State};
+use crate::event::Event;
+use crate::proto::http::{self, Request};
+
+/// How long a poll is held when it names no `wait`.
+const WAIT_DEFAULT_SECS: u64 = 25;
+
+impl Shard {
+    pub(super) fn poll(&mut self, index: u32, req: &Request<'_>, keep_alive: bool) {
+        let sub = match http::parse_subscription(req.query) {
+            Ok(sub) => sub,
+            Err(e) => {
+                bump(&self.counters.bad_requests);
+                return self.respond(index, 400, &e.to_string(), false, &[]);
+            }
+        };
+        let wait_ms = match http::query_param(req.query, "wait").map(|w| w.parse::<u64>()) {
+            None => WAIT_DEFAULT_SECS * 1000,
+            Some(Ok(secs)) => secs.saturating_mul(1000),
+            Some(Err(_)) => {
+                bump(&self.counters.bad_requests);
+                return self.respond(index, 400, "wait must be a whole number of seconds", false, &[]);
+            }
+        }
+        .min(self.shared.config.poll_wait_max_ms);
+        let after = http::query_param(req.query, "after");
+        let missed = match &after {
+            Some(after) => self.missed_since(&sub.topics, after.as_bytes()),
+            None => Missed {
+                reset: None,
+                events: Vec::new(),
+            },
+        };
+        bump(&self.counters.polls);
+        if !missed.events.is_empty() || missed.reset.is_some() || wait_ms == 0 {
+            let body = poll_body(
+                &missed.events,
+                &self.cursor_id(&missed.events, after.as_deref()),
+                missed.reset.as_ref(),
+            );
+            return self.answer_poll(index, &body, keep_alive);
+        }
+        let deadline = self
+            .tick
+            .wrapping_add(self.clock.ticks_in(std::time::Duration::from_millis(wait_ms)) + 1);
+        let conn = &mut self.conns[index as usize];
+        conn.state = State::Poll;
+        conn.mark = deadline;
+        if keep_alive {
+            conn.flags |= flags::KEEP_ALIVE;
+        } else {
+            conn.flags &= !flags::KEEP_ALIVE;
+        }
+        for topic in &sub.topics {
+            self.subs.add(&mut self.conns, index, topic);
+        }
+        self.arm_timer(index, deadline);
+    }
+
+    /// A held poll gets its event: answer, and go back to reading requests.
+    pub(super) fn poll_event(&mut self, index: u32, event: &Arc<Event>) {
+        let body = poll_body(std::slice::from_ref(event), &event.id, None);
+        self.end_poll(index, &body);
+    }
+
+    /// A held poll's wait ran out: answer with no events and the current cursor.
+    pub(super) fn poll_timeout(&mut self, index: u32) {
+        let body = poll_body(&[], &self.cursor_id(&[], None), None);
+        self.end_poll(index, &body);
+    }
+
+    fn end_poll(&mut self, index: u32, body: &str) {
+        self.subs.remove_all(&mut self.conns, index);
+        let conn = &mut self.conns[index as usize];
+        let keep_alive = conn.has_flag(flags::KEEP_ALIVE);
+        conn.state = State::Request;
+        conn.mark = self.tick;
+        conn.last_io = self.tick;
+        self.answer_poll(index, body, keep_alive);
+        self.arm_timer(index, self.tick.wrapping_add(1));
+    }
+
+    fn answer_poll(&mut self, index: u32, body: &str, keep_alive: bool) {
+        let mut head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\n\
+             Access-Control-Allow-Origin: *\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if !keep_alive {
+            head.push_str("Connection: close\r\n");
+        }
+        head.push_str("\r\n");
+        head.push_str(body);
+        self.enqueue(index, Bytes::from(head));
+        if !keep_alive {
+            self.conns[index as usize].state = State::Draining;
+        }
+        self.flush(index);
+    }
+
+    /// The cursor after `events`, or, with none, the id the client passed (still valid)
+    /// or this loop's position.
+    fn cursor_id(&self, events: &[Arc<Event>], after: Option<&str>) -> String {
+        match (events.last(), after) {
+            (Some(last), _) => last.id.to_string(),
+            (None, Some(after))
+                if matches!(
+                    self.shared.epoch.parse(after.as_bytes()),
+                    crate::event::LastId::Seq(_)
+                ) =>
+            {
+                after.to_string()
+            }
+            _ => self.shared.epoch.id(self.next_seq - 1),
+        }
+    }
+
+    /// CORS preflight for the client endpoints: any origin may read them.
+    pub(super) fn preflight(&mut self, index: u32, keep_alive: bool) {
+        let mut head = String::from(
+            "HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: *\r\n\
+             Access-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n\
+             Access-Control-Allow-Headers: Last-Event-ID, Cache-Control, Content-Type\r\n\
+             Access-Control-Max-Age: 86400\r\n",
+        );
+        if !keep_alive {
+            head.push_str("Connection: close\r\n");
+        }
+        head.push_str("\r\n");
+        self.enqueue(index, Bytes::from(head));
+        if !keep_alive {
+            self.conns[index as usize].state = State::Draining;
+        }
+        self.flush(index);
+    }
+}
+
+fn poll_body(events: &[Arc<Event>], next: &str, reset: Option<&super::Reset>) -> String {
+    let mut body = Vec::with_capacity(64 + events.iter().map(|e| e.data.len() + 64).sum::<usize>());
+    body.extend_from_slice(b"{\"events\":[");
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&event.json());
+    }
+    body.extend_from_slice(b"],\"next\":");
+    crate::proto::json::push_string(&mut body, next);
+    if let Some(reset) = reset {
+        body.extend_from_slice(b",\"reset\":");
+        body.extend_from_slice(reset.data.as_bytes());
+    }
+    body.push(b'}');
+    String::from_utf8(body).expect("JSON is UTF-8")
+}
