@@ -73,6 +73,8 @@ pub struct Request<'a> {
     pub last_event_id: Option<&'a [u8]>,
     /// A body follows the head: `Content-Length` above 0 or any `Transfer-Encoding`.
     pub has_body: bool,
+    /// The `Content-Length`, when given (and no `Transfer-Encoding`).
+    pub content_length: Option<u64>,
     /// Bytes of the head, blank line included; a pipelined request starts at
     /// `buf[head_len..]` (after the body, when `has_body`).
     pub head_len: usize,
@@ -262,6 +264,7 @@ fn build<'a>(req: &httparse::Request<'_, 'a>, head_len: usize) -> Result<Request
         keep_alive: !fields.close && (minor_version == 1 || fields.keep_alive),
         last_event_id: fields.last_event_id,
         has_body: fields.transfer_encoding || fields.content_length.is_some_and(|n| n > 0),
+        content_length: fields.content_length,
         head_len,
     })
 }
@@ -596,6 +599,7 @@ mod tests {
                 keep_alive: true,
                 last_event_id: None,
                 has_body: false,
+                content_length: None,
                 head_len: SIMPLE.len(),
             }
         );

@@ -1,0 +1,102 @@
+//! The admin listener: `POST /publish` publishes like the ingest socket (and refuses what
+//! it refuses), `GET /metrics` passes `promtool check metrics`, `GET /healthz` answers.
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+
+use ringcast_tests::engine::Engine;
+use ringcast_tests::sse::SseClient;
+
+/// One request to the admin address; returns (status, body).
+fn admin(addr: SocketAddr, method: &str, target: &str, body: &[u8]) -> (u16, String) {
+    let mut conn = TcpStream::connect(addr).expect("connect to the admin address");
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).unwrap();
+    conn.write_all(body).unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().expect("a status code");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn http_publish_reaches_subscribers_and_refuses_bad_input() {
+    let engine = Engine::start(&["--payload-max", "1024"]);
+    let mut sub = SseClient::subscribe(engine.addr, &["news"]);
+    let (status, body) = admin(
+        engine.admin,
+        "POST",
+        "/publish?topic=news&event=flash",
+        b"line one\nline two",
+    );
+    assert_eq!(status, 200, "{body}");
+    let id = body.split('"').nth(3).expect("{\"id\":\"...\"}").to_owned();
+    let event = sub.expect_event();
+    assert_eq!(
+        (event.id, event.event, event.data),
+        (id, "flash".to_owned(), "line one\nline two".to_owned())
+    );
+
+    for (target, payload, want) in [
+        ("/publish?topic=bad%20topic", &b"x"[..], 400),
+        ("/publish", &b"x"[..], 400),
+        ("/publish?topic=news&event=ringcast.reset", &b"x"[..], 400),
+        ("/publish?topic=news", &[0xff, 0xfe][..], 400),
+        ("/publish?topic=news", &[b'a'; 2000][..], 413),
+    ] {
+        let (status, body) = admin(engine.admin, "POST", target, payload);
+        assert_eq!(status, want, "{target}: {body}");
+        assert!(body.starts_with("{\"error\":"), "{target}: {body}");
+    }
+    let (status, _) = admin(engine.admin, "GET", "/publish?topic=news", b"");
+    assert_eq!(status, 405);
+    // Nothing refused reached the subscriber; the next good publish does.
+    let (_, body) = admin(engine.admin, "POST", "/publish?topic=news", b"after");
+    let event = sub.expect_event();
+    assert!(body.contains(&event.id), "{body} vs {}", event.id);
+    assert_eq!(event.data, "after");
+}
+
+#[test]
+fn metrics_pass_promtool_and_count() {
+    let engine = Engine::start(&[]);
+    let _sub = SseClient::subscribe(engine.addr, &["m"]);
+    let (status, _) = admin(engine.admin, "POST", "/publish?topic=m", b"x");
+    assert_eq!(status, 200);
+    let (status, metrics) = admin(engine.admin, "GET", "/metrics", b"");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("ringcast_events_published_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("ringcast_streams_opened_total{loop="),
+        "{metrics}"
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; .ci/run installs it)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, body) = admin(engine.admin, "GET", "/healthz", b"");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+}
