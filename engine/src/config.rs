@@ -38,144 +38,424 @@ pub const FILE_TABLE_MAX: u32 = 1 << 20;
 /// `ringcast serve` flags. Doc comments are the `--help` text.
 #[derive(Args, Clone, Debug)]
 pub struct Config {
+    /// A TOML file of settings: each key is a flag's name (`history-events = 500`, lists
+    /// for repeatable flags). A flag or environment variable overrides the file.
+    #[arg(long, value_name = "FILE", env = "RINGCAST_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Address to accept clients on (repeat for several).
-    #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long = "listen",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080",
+        env = "RINGCAST_LISTEN",
+        value_delimiter = ','
+    )]
     pub listen: Vec<SocketAddr>,
 
     /// Admin address for /healthz and /stats (keep it private: loopback by default).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9090",
+        env = "RINGCAST_ADMIN"
+    )]
     pub admin: SocketAddr,
 
     /// Unix socket publishers connect to.
-    #[arg(long, value_name = "PATH", default_value = "./ringcast.sock")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "./ringcast.sock",
+        env = "RINGCAST_INGEST"
+    )]
     pub ingest: PathBuf,
 
     /// Event loops, one thread each [default: the number of CPUs].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "RINGCAST_LOOPS")]
     pub loops: Option<usize>,
 
     /// Client connections each loop may hold. Capped at RLIMIT_NOFILE (each loop's
     /// registered file table is) and at 2^20.
-    #[arg(long, value_name = "N", default_value_t = 262_144)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 262_144,
+        env = "RINGCAST_MAX_CONNS_PER_LOOP"
+    )]
     pub max_conns_per_loop: u32,
 
     /// Events kept per topic for Last-Event-ID resume.
-    #[arg(long, value_name = "N", default_value_t = 1000)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1000,
+        env = "RINGCAST_HISTORY_EVENTS"
+    )]
     pub history_events: usize,
 
     /// Bytes of events kept per topic (encodings included).
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, env = "RINGCAST_HISTORY_BYTES")]
     pub history_bytes: usize,
 
     /// Seconds an event stays replayable.
-    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 3600,
+        env = "RINGCAST_HISTORY_AGE_SECS"
+    )]
     pub history_age_secs: u64,
 
     /// Topics the history keeps; the least recently published goes first.
-    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100_000,
+        env = "RINGCAST_HISTORY_TOPICS"
+    )]
     pub history_topics: usize,
 
     /// Bytes the history keeps across all topics.
-    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20, env = "RINGCAST_HISTORY_BYTES_TOTAL")]
     pub history_bytes_total: usize,
 
     /// Largest payload a publisher may send, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, env = "RINGCAST_PAYLOAD_MAX")]
     pub payload_max: usize,
 
     /// Publisher connections held at once.
-    #[arg(long, value_name = "N", default_value_t = 256)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 256,
+        env = "RINGCAST_PUBLISHERS_MAX"
+    )]
     pub publishers_max: usize,
 
     /// Slots of the broadcast ring between the ingest thread and the loops (a power of two).
-    #[arg(long, value_name = "N", default_value_t = 16_384)]
+    #[arg(long, value_name = "N", default_value_t = 16_384, env = "RINGCAST_RING_SLOTS")]
     pub ring_slots: usize,
 
     /// Event bytes queued for one slow client before its topic's policy applies.
-    #[arg(long, value_name = "BYTES", default_value_t = 256 << 10)]
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 10, env = "RINGCAST_QUEUE_BYTES")]
     pub queue_bytes: usize,
 
     /// Events queued for one slow client before its topic's policy applies.
-    #[arg(long, value_name = "N", default_value_t = 1024)]
+    #[arg(long, value_name = "N", default_value_t = 1024, env = "RINGCAST_QUEUE_EVENTS")]
     pub queue_events: usize,
 
     /// Backpressure policy for topics matching PATTERN (repeatable; first match wins):
     /// `PATTERN=drop-oldest|drop-newest|coalesce|disconnect`, where PATTERN is a topic,
     /// `prefix*`, `*suffix` or `*`. Unmatched topics use drop-oldest.
-    #[arg(long = "policy", value_name = "PATTERN=POLICY", value_parser = parse_policy)]
+    #[arg(long = "policy", value_name = "PATTERN=POLICY", value_parser = parse_policy, env = "RINGCAST_POLICY", value_delimiter = ',')]
     pub policies: Vec<(String, Policy)>,
 
     /// Bytes queued for one client, control bytes and replays included, before it is
     /// disconnected whatever the policy (it resumes from the history with Last-Event-ID).
-    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, env = "RINGCAST_OUT_QUEUE_BYTES_MAX")]
     pub out_queue_bytes_max: usize,
 
     /// The reconnection delay sent to SSE clients (`retry:`), in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 3000)]
+    #[arg(long, value_name = "MS", default_value_t = 3000, env = "RINGCAST_RETRY_MS")]
     pub retry_ms: u32,
 
     /// An SSE stream that has sent nothing for this long gets a comment line, so proxies
     /// with idle timeouts keep it open and a vanished client is found by the write failing
     /// (0: off).
-    #[arg(long, value_name = "MS", default_value_t = 15_000)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 15_000,
+        env = "RINGCAST_HEARTBEAT_MS"
+    )]
     pub heartbeat_ms: u64,
 
     /// A connection with unsent bytes and no send progress for this long is closed as a
     /// stalled (or vanished) client.
-    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 30_000,
+        env = "RINGCAST_WRITE_STALL_MS"
+    )]
     pub write_stall_ms: u64,
 
     /// A request head must arrive whole within this long of its first byte (or of the
     /// connection's start), or the connection gets 408 and is closed (slowloris).
-    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 10_000,
+        env = "RINGCAST_REQUEST_TIMEOUT_MS"
+    )]
     pub request_timeout_ms: u64,
 
     /// A keep-alive connection with no request in flight is closed after this long.
-    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 60_000,
+        env = "RINGCAST_KEEPALIVE_IDLE_MS"
+    )]
     pub keepalive_idle_ms: u64,
 
     /// TCP_USER_TIMEOUT on client sockets: sent data unacknowledged for this long makes
     /// the kernel drop a connection whose peer vanished (0: the kernel's default).
-    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 30_000,
+        env = "RINGCAST_TCP_USER_TIMEOUT_MS"
+    )]
     pub tcp_user_timeout_ms: u32,
 
     /// Largest WebSocket message a client may send (all fragments together), in bytes;
     /// larger ones close the connection with 1009.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 << 10)]
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 10, env = "RINGCAST_WS_MAX_MESSAGE")]
     pub ws_max_message: usize,
 
     /// Origins allowed to open a WebSocket (repeatable): exact (`https://app.example.com`),
     /// subdomain patterns (`https://*.example.com`) or `*`. When set, a handshake whose
     /// Origin matches none gets 403. Unset: any origin.
-    #[arg(long = "ws-allow-origin", value_name = "PATTERN")]
+    #[arg(
+        long = "ws-allow-origin",
+        value_name = "PATTERN",
+        env = "RINGCAST_WS_ALLOW_ORIGIN",
+        value_delimiter = ','
+    )]
     pub ws_allow_origin: Vec<String>,
 
     /// A WebSocket silent for this long is pinged.
-    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 30_000,
+        env = "RINGCAST_WS_PING_MS"
+    )]
     pub ws_ping_ms: u64,
 
     /// A ping unanswered (no frame at all) for this long closes the WebSocket.
-    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 10_000,
+        env = "RINGCAST_WS_PONG_TIMEOUT_MS"
+    )]
     pub ws_pong_timeout_ms: u64,
 
     /// Serve `/echo`, a WebSocket that sends every message back, for conformance suites
     /// such as Autobahn. Off by default.
-    #[arg(long)]
+    #[arg(long, env = "RINGCAST_WS_ECHO")]
     pub ws_echo: bool,
 
     /// The longest a long-poll may be held (`wait=` is capped at this).
-    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 60_000,
+        env = "RINGCAST_POLL_WAIT_MAX_MS"
+    )]
     pub poll_wait_max_ms: u64,
 
     /// Receive buffers in each loop's provided-buffer ring (a power of two). Every buffer
     /// becomes resident once used; a loop recycles each in the turn it arrives, so a few
     /// hundred serve any number of connections.
-    #[arg(long, value_name = "N", default_value_t = 256)]
+    #[arg(long, value_name = "N", default_value_t = 256, env = "RINGCAST_RECV_BUFFERS")]
     pub recv_buffers: u16,
 
     /// Bytes per receive buffer. Larger request heads are staged across buffers.
-    #[arg(long, value_name = "BYTES", default_value_t = 2048)]
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = 2048,
+        env = "RINGCAST_RECV_BUFFER_BYTES"
+    )]
     pub recv_buffer_bytes: u32,
+}
+
+/// A configuration file that cannot be used, with the key and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {source}")]
+    Toml { path: String, source: toml::de::Error },
+    #[error("config file {path}: unknown key `{key}`; keys are the flags of `ringcast serve --help` without their dashes' prefix (e.g. history-events)")]
+    UnknownKey { path: String, key: String },
+    #[error("config file {path}: key `{key}` has {value}; expected {expected}")]
+    BadValue {
+        path: String,
+        key: String,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+/// Folds the settings of the `--config` file (if any) into `argv`: each key becomes its
+/// flag, unless the command line or the environment already set that flag, so that a
+/// flag beats an environment variable beats the file beats the default. `serve` names
+/// the command whose flags [`Config`] holds (the top level or the `serve` subcommand).
+///
+/// # Errors
+/// A [`FileError`] naming the file, the key and what was expected; a clap error for the
+/// command line itself is left for the caller's parse to report.
+pub fn merge_file(
+    cmd: &clap::Command,
+    argv: Vec<std::ffi::OsString>,
+) -> Result<Vec<std::ffi::OsString>, FileError> {
+    let Ok(matches) = cmd.clone().try_get_matches_from(&argv) else {
+        return Ok(argv);
+    };
+    let (flags_cmd, flags) = match matches.subcommand() {
+        Some(("serve", sub)) => (cmd.find_subcommand("serve").expect("serve exists"), sub),
+        Some(_) => return Ok(argv),
+        None => (cmd, &matches),
+    };
+    let Some(path) = flags.get_one::<PathBuf>("config") else {
+        return Ok(argv);
+    };
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let table: toml::Table = text.parse().map_err(|source| FileError::Toml {
+        path: shown.clone(),
+        source,
+    })?;
+    let mut argv = argv;
+    for (key, value) in table {
+        let long = key.replace('_', "-");
+        let arg = flags_cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()) && long != "config")
+            .ok_or_else(|| FileError::UnknownKey {
+                path: shown.clone(),
+                key: key.clone(),
+            })?;
+        let explicit = matches!(
+            flags.value_source(arg.get_id().as_str()),
+            Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+        );
+        if explicit {
+            continue;
+        }
+        let bad = |expected| FileError::BadValue {
+            path: shown.clone(),
+            key: key.clone(),
+            value: value.to_string(),
+            expected,
+        };
+        let flag = format!("--{long}");
+        let takes_value = arg.get_action().takes_values();
+        match (&value, takes_value) {
+            (toml::Value::Boolean(true), false) => argv.push(flag.into()),
+            (toml::Value::Boolean(false), false) => {}
+            (_, false) => return Err(bad("true or false")),
+            (toml::Value::Array(items), true) => {
+                for item in items {
+                    argv.push(flag.clone().into());
+                    argv.push(
+                        scalar(item)
+                            .ok_or_else(|| bad("a list of strings or numbers"))?
+                            .into(),
+                    );
+                }
+            }
+            (v, true) => {
+                argv.push(flag.into());
+                argv.push(scalar(v).ok_or_else(|| bad("a string or a number"))?.into());
+            }
+        }
+    }
+    Ok(argv)
+}
+
+fn scalar(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A commented TOML file with every key of [`Config`] at its default, from the flags'
+/// own help and defaults (tuning/ringcast.toml is this text; a test keeps it so).
+pub fn example_file(serve: &clap::Command) -> String {
+    let mut out = String::from(
+        "# ringcast configuration: every key with its default. Pass it with\n\
+         # `ringcast serve --config FILE`; a flag or a RINGCAST_* environment variable\n\
+         # overrides a key here. Check a file with `ringcast check-config FILE`.\n",
+    );
+    for arg in serve.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(long, "config" | "help") {
+            continue;
+        }
+        out.push('\n');
+        let help = arg
+            .get_long_help()
+            .or(arg.get_help())
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        for line in textwrap(&help, 88) {
+            out.push_str(&format!("# {line}\n"));
+        }
+        if let Some(env) = arg.get_env() {
+            out.push_str(&format!("# (environment: {})\n", env.to_string_lossy()));
+        }
+        let defaults: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        let takes_value = arg.get_action().takes_values();
+        let value = if !takes_value {
+            "false".to_string()
+        } else if matches!(arg.get_action(), clap::ArgAction::Append) {
+            format!(
+                "[{}]",
+                defaults
+                    .iter()
+                    .map(|d| format!("{d:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            match defaults.first() {
+                Some(d) if d.parse::<i64>().is_ok() => d.clone(),
+                Some(d) => format!("{d:?}"),
+                None => {
+                    out.push_str(&format!("# {long} =\n"));
+                    continue;
+                }
+            }
+        };
+        out.push_str(&format!("{long} = {value}\n"));
+    }
+    out
+}
+
+/// Splits `text` into lines of at most `width` characters at spaces.
+fn textwrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
 }
 
 /// A flag value that cannot work, with the reason.
@@ -345,5 +625,93 @@ impl Config {
             topics_max: self.history_topics,
             bytes_total: self.history_bytes_total,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Args, FromArgMatches};
+    use std::ffi::OsString;
+
+    fn command() -> clap::Command {
+        Config::augment_args(clap::Command::new("ringcast"))
+    }
+
+    fn load(file: &str, extra: &[&str]) -> Result<Config, String> {
+        let dir = std::env::temp_dir().join(format!("ringcast-config-{}-{}", std::process::id(), file.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.toml", extra.len()));
+        std::fs::write(&path, file).unwrap();
+        let mut argv: Vec<OsString> = vec!["ringcast".into(), "--config".into(), path.clone().into()];
+        argv.extend(extra.iter().map(OsString::from));
+        let argv = merge_file(&command(), argv).map_err(|e| e.to_string())?;
+        let matches = command().try_get_matches_from(argv).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(&path);
+        Config::from_arg_matches(&matches).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_flag_beats_the_file_and_the_file_beats_the_default() {
+        let cfg = load(
+            "history-events = 5\nqueue_events = 7\nws-echo = true\npolicy = [\"px*=coalesce\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!((cfg.history_events, cfg.queue_events, cfg.ws_echo), (5, 7, true));
+        assert_eq!(cfg.policy_for("px.AAPL"), Policy::Coalesce);
+        let cfg = load("history-events = 5\n", &["--history-events", "9"]).unwrap();
+        assert_eq!(cfg.history_events, 9);
+        let cfg = load("retry-ms = 5\n", &[]).unwrap();
+        assert_eq!(
+            (cfg.retry_ms, cfg.history_bytes),
+            (5, 1 << 20),
+            "unset keys keep defaults"
+        );
+    }
+
+    #[test]
+    fn the_environment_beats_the_file() {
+        // The only test that sets this variable.
+        std::env::set_var("RINGCAST_WRITE_STALL_MS", "4321");
+        let cfg = load("write-stall-ms = 1000\n", &[]);
+        std::env::remove_var("RINGCAST_WRITE_STALL_MS");
+        assert_eq!(cfg.unwrap().write_stall_ms, 4321);
+    }
+
+    #[test]
+    fn bad_files_name_the_key() {
+        let e = load("histroy-events = 5\n", &[]).unwrap_err();
+        assert!(e.contains("unknown key `histroy-events`"), "{e}");
+        let e = load("ws-echo = 3\n", &[]).unwrap_err();
+        assert!(e.contains("`ws-echo`") && e.contains("true or false"), "{e}");
+        let e = load("history-events = \"lots\"\n", &[]).unwrap_err();
+        assert!(e.contains("--history-events") && e.contains("lots"), "{e}");
+        let e = load("listen = [[1]]\n", &[]).unwrap_err();
+        assert!(e.contains("`listen`"), "{e}");
+        assert!(load("not toml", &[]).unwrap_err().contains("not valid TOML"));
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_complete() {
+        let example = example_file(&command());
+        let cfg = load(&example, &[]).expect("the example file loads");
+        cfg.validate().expect("and validates");
+        for arg in command().get_arguments() {
+            if let Some(long) = arg.get_long().filter(|l| !matches!(*l, "config" | "help")) {
+                assert!(
+                    example.contains(&format!("\n{long} =")) || example.contains(&format!("# {long} =")),
+                    "{long} missing"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn topic_patterns() {
+        assert!(topic_matches("*", "a"));
+        assert!(topic_matches("px.*", "px.AAPL") && !topic_matches("px.*", "py.AAPL"));
+        assert!(topic_matches("*.eu", "prices.eu") && !topic_matches("*.eu", "prices.us"));
+        assert!(topic_matches("exact", "exact") && !topic_matches("exact", "exact2"));
     }
 }

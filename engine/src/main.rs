@@ -3,8 +3,8 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use ringcast::config::Config;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use ringcast::config::{self, Config};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -25,9 +25,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the engine.
-    Serve(Config),
+    Serve(Box<Config>),
     /// Publish one event and print its id.
     Publish(PublishArgs),
+    /// Check a configuration file (and the environment) without starting.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
+    /// Print a commented configuration file with every key at its default.
+    #[command(hide = true)]
+    ConfigExample,
 }
 
 #[derive(clap::Args)]
@@ -48,11 +56,60 @@ struct PublishArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     match cli.command {
         Some(Cmd::Publish(args)) => publish(args),
-        Some(Cmd::Serve(config)) => serve(config),
+        Some(Cmd::Serve(config)) => serve(*config),
+        Some(Cmd::CheckConfig { file }) => check_config(&file),
+        Some(Cmd::ConfigExample) => {
+            let cmd = Cli::command();
+            print!(
+                "{}",
+                config::example_file(cmd.find_subcommand("serve").expect("serve exists"))
+            );
+            ExitCode::SUCCESS
+        }
         None => serve(cli.serve),
+    }
+}
+
+/// Parses the command line with the `--config` file's keys folded in.
+fn parse(argv: Vec<std::ffi::OsString>) -> Result<Cli, ExitCode> {
+    let cmd = Cli::command();
+    let argv = config::merge_file(&cmd, argv).map_err(|e| {
+        eprintln!("ringcast: {e}");
+        ExitCode::from(2)
+    })?;
+    let matches = cmd.try_get_matches_from(argv).unwrap_or_else(|e| e.exit());
+    Cli::from_arg_matches(&matches).map_err(|e| e.exit())
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let argv = vec![
+        "ringcast".into(),
+        "serve".into(),
+        "--config".into(),
+        file.as_os_str().to_owned(),
+    ];
+    let cli = match parse(argv) {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let Some(Cmd::Serve(config)) = cli.command else {
+        unreachable!("parsed as serve");
+    };
+    match config.validate() {
+        Ok(()) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringcast: {}: {e}", file.display());
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -124,3 +124,38 @@ fn blocked_io_uring_is_reported_with_cause_and_fix() {
     );
     assert!(err.contains("allows io_uring_setup"), "fix not named: {err}");
 }
+
+/// tuning/ringcast.toml is the engine's own commented example, so it cannot drift from
+/// the flags; regenerate it with `ringcast config-example > tuning/ringcast.toml`.
+#[test]
+fn the_example_config_in_tuning_is_current_and_valid() {
+    let out = Command::new(BIN).arg("config-example").output().unwrap();
+    let generated = String::from_utf8(out.stdout).unwrap();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tuning/ringcast.toml");
+    let committed = std::fs::read_to_string(path).unwrap();
+    assert_eq!(
+        committed, generated,
+        "tuning/ringcast.toml is stale: run `ringcast config-example > tuning/ringcast.toml`"
+    );
+    let out = Command::new(BIN).args(["check-config", path]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn check_config_refuses_a_bad_key_and_a_bad_value() {
+    let dir = std::env::temp_dir().join(format!("ringcast-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (text, says) in [
+        ("histroy-events = 5\n", "unknown key `histroy-events`"),
+        ("ring-slots = 1000\n", "--ring-slots 1000: must be a power of two"),
+        ("history-events = \"lots\"\n", "'lots'"),
+    ] {
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new(BIN).arg("check-config").arg(&file).output().unwrap();
+        assert!(!out.status.success(), "{text} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{text}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
