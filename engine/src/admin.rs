@@ -14,6 +14,9 @@ use crate::engine::{Counters, Shared};
 use crate::proto::http::{self, Parsed};
 use crate::proto::json;
 
+/// Bytes of an oversized body read and discarded before answering 413.
+const DISCARD_MAX: u64 = 64 << 20;
+
 /// A request must arrive whole within this time, or the admin connection is dropped.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -69,6 +72,16 @@ fn read_body(
 ) -> Result<Vec<u8>, Vec<u8>> {
     let length = length.unwrap_or(0);
     if length > max as u64 {
+        // Read what was sent (bounded) so that closing does not reset the connection
+        // before the client reads the answer.
+        let mut left = length.saturating_sub(already.len() as u64).min(DISCARD_MAX);
+        let mut chunk = [0u8; 16 << 10];
+        while left > 0 {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n as u64),
+            }
+        }
         let why = format!("payload of {length} bytes exceeds the limit of {max} bytes");
         return Err(json_error(413, &why));
     }

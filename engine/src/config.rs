@@ -249,6 +249,11 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_WS_ECHO")]
     pub ws_echo: bool,
 
+    /// At shutdown, connections are closed paced across this window (SSE clients get a
+    /// `retry:` jittered over it, WebSockets close 1012), so clients do not return at once.
+    #[arg(long, value_name = "MS", default_value_t = 30_000, env = "RINGCAST_DRAIN_MS")]
+    pub drain_ms: u64,
+
     /// The longest a long-poll may be held (`wait=` is capped at this).
     #[arg(
         long,

@@ -91,8 +91,8 @@ pub struct Shared {
     pub ingest_stopped: AtomicBool,
 }
 
-/// How long shutdown waits for loops to flush what was acknowledged before exiting anyway.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long shutdown waits, beyond the drain window, before exiting anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Why the engine did not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -192,8 +192,10 @@ pub fn run(config: Config) -> Result<(), EngineError> {
         })
         .map_err(|e| EngineError::Start(format!("cannot start the ingest thread: {e}")))?;
     let tx = stop_tx.clone();
-    std::thread::spawn(move || {
-        let _ = tx.send(Stop::Signal(sys::signal::wait_termination()));
+    std::thread::spawn(move || loop {
+        if tx.send(Stop::Signal(sys::signal::wait_termination())).is_err() {
+            return;
+        }
     });
     let admin_shared = Arc::clone(&shared);
     std::thread::Builder::new()
@@ -211,14 +213,21 @@ pub fn run(config: Config) -> Result<(), EngineError> {
     let stop = stop_rx.recv().unwrap_or(Stop::Fatal("all threads ended".into()));
     let result = match stop {
         Stop::Signal(sig) => {
-            eprintln!("ringcast: stopping on signal {sig}: flushing acknowledged events");
+            eprintln!(
+                "ringcast: stopping on signal {sig}: delivering acknowledged events, then closing \
+                 connections over {} ms (a second signal exits at once)",
+                config.drain_ms
+            );
             shared.stopping.store(true, Ordering::Release);
-            let deadline = Instant::now() + SHUTDOWN_GRACE;
+            let deadline = Instant::now() + Duration::from_millis(config.drain_ms) + SHUTDOWN_GRACE;
             let mut done = 0;
             while done < loops {
                 match stop_rx.recv_deadline(deadline) {
                     Ok(Stop::LoopDone | Stop::Fatal(_)) => done += 1,
-                    Ok(Stop::Signal(_)) => {}
+                    Ok(Stop::Signal(sig)) => {
+                        eprintln!("ringcast: second signal {sig}: exiting now");
+                        break;
+                    }
                     Err(_) => {
                         eprintln!(
                             "ringcast: {} loops still flushing after {SHUTDOWN_GRACE:?}; exiting",

@@ -189,6 +189,10 @@ impl Engine {
         if !extra_args.iter().any(|a| a.starts_with("--loops")) {
             args.extend(["--loops".into(), "2".into()]);
         }
+        // Stopping drains connections over --drain-ms (30 s by default); tests stop fast.
+        if !extra_args.iter().any(|a| a.starts_with("--drain-ms")) {
+            args.extend(["--drain-ms".into(), "300".into()]);
+        }
         // Each test engine gets its own admin port, read back from the ready line.
         if !extra_args.iter().any(|a| a.starts_with("--admin")) {
             args.extend(["--admin".into(), "127.0.0.1:0".into()]);

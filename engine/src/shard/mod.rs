@@ -9,6 +9,7 @@
 //! It never blocks except in `io_uring_enter`, and it never sleeps while the broadcast
 //! ring holds something it has not read (see [`Broadcast::park`]).
 mod backpressure;
+mod drain;
 mod poll;
 mod subs;
 mod timers;
@@ -78,8 +79,6 @@ const DRAIN_BATCH_BYTES: usize = 64 << 10;
 const WHEEL_SLOTS: usize = 4096;
 /// A loop at its connection limit reports it at most this often (10 s).
 const FULL_LOG_TICKS: u32 = 100;
-/// How long the final flush at shutdown waits for slow clients.
-const FLUSH_TICKS: u32 = 30;
 /// Queues kept for reuse, so a burst of sends does not allocate per connection.
 const OUT_QUEUE_POOL_MAX: usize = 1024;
 /// Submission queue entries; the completion queue is eight times larger.
@@ -135,8 +134,10 @@ pub struct Shard {
     max_conns: usize,
     /// Connections with a send in flight; every queue is empty when this is zero.
     sending: usize,
-    /// Tick at which this loop began its final flush (the ingest thread had stopped).
-    flushing_since: Option<u32>,
+    /// Set once the ingest thread has stopped: the loop drains its connections and exits.
+    drain: Option<drain::Drain>,
+    /// The ingest thread has stopped: no accept is re-armed, and the loop drains.
+    shutting_down: bool,
     stream_head: Bytes,
     stream_head_http10: Bytes,
     ndjson_head: Bytes,
@@ -206,7 +207,8 @@ impl Shard {
             generation: 0,
             max_conns: max_conns as usize,
             sending: 0,
-            flushing_since: None,
+            drain: None,
+            shutting_down: false,
             stream_head: stream_head(true, retry, id),
             stream_head_http10: stream_head(false, retry, id),
             ndjson_head: ndjson_head(id),
@@ -258,16 +260,17 @@ impl Shard {
         }
     }
 
-    /// During shutdown, once the ingest thread has stopped: true when everything it
-    /// acknowledged has been read from the ring and handed to the kernel, or when the
-    /// grace period for slow clients is over.
+    /// During shutdown, once the ingest thread has stopped: delivers what the ring still
+    /// holds, then drains the connections (see `drain`); true when the loop may exit.
     fn flushed(&mut self, broadcast: &Broadcast<Event>) -> bool {
-        let Some(since) = self.flushing_since else {
+        if !self.shutting_down {
             return false;
-        };
+        }
         self.drain_broadcast(broadcast);
-        let done = self.refill.is_empty() && self.next_seq >= broadcast.head() && self.sending == 0;
-        done || self.tick.wrapping_sub(since) > FLUSH_TICKS
+        if !self.refill.is_empty() || self.next_seq < broadcast.head() {
+            return false;
+        }
+        self.drain_step()
     }
 
     /// Queues one submission, flushing the queue to the kernel when it is full.
@@ -376,7 +379,7 @@ impl Shard {
     }
 
     fn admit(&mut self, file: u32) {
-        if self.conns.len() >= self.max_conns {
+        if self.conns.len() >= self.max_conns || self.shutting_down {
             bump(&self.counters.accept_full);
             self.push(
                 opcode::Close::new(types::Fixed(file))
@@ -407,13 +410,13 @@ impl Shard {
 
     fn on_tick(&mut self, flags: u32) {
         self.tick = self.clock.ticks(std::time::Instant::now());
-        if self.flushing_since.is_none()
+        if !self.shutting_down
             && self
                 .shared
                 .ingest_stopped
                 .load(std::sync::atomic::Ordering::Acquire)
         {
-            self.flushing_since = Some(self.tick);
+            self.shutting_down = true;
         }
         if !cqueue::more(flags) {
             self.push(
@@ -423,7 +426,7 @@ impl Shard {
                     .user_data(user_data(tag::TICK, 0, 0)),
             );
         }
-        if self.conns.len() < self.max_conns && self.flushing_since.is_none() {
+        if self.conns.len() < self.max_conns && !self.shutting_down {
             self.accept_paused = false;
             if std::mem::take(&mut self.pause_reported) {
                 eprintln!(
