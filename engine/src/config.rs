@@ -249,6 +249,22 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_WS_ECHO")]
     pub ws_echo: bool,
 
+    /// Origins browsers may read the client endpoints from (repeatable; exact
+    /// `https://app.example.com`, `https://*.example.com` or `*`). Unset: any origin
+    /// (`Access-Control-Allow-Origin: *`). Set: a matching Origin is echoed back, others
+    /// get no CORS header and a preflight from them gets 403.
+    #[arg(
+        long = "cors-origin",
+        value_name = "PATTERN",
+        env = "RINGCAST_CORS_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origin: Vec<String>,
+
+    /// With --cors-origin, also allow credentials (cookies) on cross-origin requests.
+    #[arg(long, env = "RINGCAST_CORS_CREDENTIALS")]
+    pub cors_credentials: bool,
+
     /// At shutdown, connections are closed paced across this window (SSE clients get a
     /// `retry:` jittered over it, WebSockets close 1012), so clients do not return at once.
     #[arg(long, value_name = "MS", default_value_t = 30_000, env = "RINGCAST_DRAIN_MS")]

@@ -71,6 +71,8 @@ pub struct Request<'a> {
     pub keep_alive: bool,
     /// The value of the first `Last-Event-ID` header field, if any (WHATWG HTML §9.2.4).
     pub last_event_id: Option<&'a [u8]>,
+    /// The value of the first `Origin` header field, if any (RFC 6454 §7).
+    pub origin: Option<&'a [u8]>,
     /// A body follows the head: `Content-Length` above 0 or any `Transfer-Encoding`.
     pub has_body: bool,
     /// The `Content-Length`, when given (and no `Transfer-Encoding`).
@@ -238,6 +240,7 @@ struct Fields<'a> {
     close: bool,
     keep_alive: bool,
     last_event_id: Option<&'a [u8]>,
+    origin: Option<&'a [u8]>,
 }
 
 fn build<'a>(req: &httparse::Request<'_, 'a>, head_len: usize) -> Result<Request<'a>, HttpError> {
@@ -263,6 +266,7 @@ fn build<'a>(req: &httparse::Request<'_, 'a>, head_len: usize) -> Result<Request
         minor_version,
         keep_alive: !fields.close && (minor_version == 1 || fields.keep_alive),
         last_event_id: fields.last_event_id,
+        origin: fields.origin,
         has_body: fields.transfer_encoding || fields.content_length.is_some_and(|n| n > 0),
         content_length: fields.content_length,
         head_len,
@@ -293,6 +297,8 @@ fn read_fields<'a>(headers: &[httparse::Header<'a>]) -> Result<Fields<'a>, HttpE
             }
         } else if name.eq_ignore_ascii_case("last-event-id") && fields.last_event_id.is_none() {
             fields.last_event_id = Some(header.value);
+        } else if name.eq_ignore_ascii_case("origin") && fields.origin.is_none() {
+            fields.origin = Some(header.value);
         }
     }
     Ok(fields)
@@ -598,6 +604,7 @@ mod tests {
                 minor_version: 1,
                 keep_alive: true,
                 last_event_id: None,
+                origin: None,
                 has_body: false,
                 content_length: None,
                 head_len: SIMPLE.len(),

@@ -122,6 +122,8 @@ pub struct Shard {
     decoders: HashMap<u32, Box<ws::Decoder>>,
     /// Client messages were queued for the ingest thread this turn: ring it.
     upstream_waiting: bool,
+    /// CORS header lines of held long-polls, when `--cors-origin` is configured.
+    poll_cors: HashMap<u32, String>,
     /// Events refilled from the history after a broadcast-ring overrun, not yet delivered.
     refill: std::collections::VecDeque<Arc<Event>>,
     cqes: Vec<(u64, i32, u32)>,
@@ -198,6 +200,7 @@ impl Shard {
             due: Vec::new(),
             decoders: HashMap::new(),
             upstream_waiting: false,
+            poll_cors: HashMap::new(),
             refill: std::collections::VecDeque::new(),
             cqes: Vec::with_capacity(1024),
             id,
@@ -596,7 +599,7 @@ impl Shard {
             ("/ws", _) => self.ws_upgrade(index, req, head, false),
             ("/echo", _) if self.shared.config.ws_echo => self.ws_upgrade(index, req, head, true),
             ("/poll", Method::Get) => self.poll(index, req, keep_alive),
-            ("/sse" | "/stream" | "/poll", Method::Options) => self.preflight(index, keep_alive),
+            ("/sse" | "/stream" | "/poll", Method::Options) => self.preflight(index, req, keep_alive),
             ("/sse" | "/stream" | "/poll", _) => self.respond(
                 index,
                 405,
@@ -669,9 +672,16 @@ impl Shard {
             .last_event_id
             .map(<[u8]>::to_vec)
             .or_else(|| sub.last_event_id.as_ref().map(|s| s.clone().into_bytes()));
-        if let Some(last) = last {
+        let cors = self.cors_lines(req.origin);
+        if last.is_some() || cors.is_some() {
+            let head = match cors {
+                Some(lines) => with_cors(&head, &lines),
+                None => head,
+            };
             self.enqueue(index, head);
-            self.replay(index, &sub.topics, &last, kind);
+            if let Some(last) = last {
+                self.replay(index, &sub.topics, &last, kind);
+            }
             self.flush(index);
         } else {
             self.send_static(index, Static::Head);
@@ -949,6 +959,7 @@ impl Shard {
         conn.ops |= ops::CANCEL | ops::CLOSE;
         self.wheel.remove(index);
         self.decoders.remove(&index);
+        self.poll_cors.remove(&index);
         self.subs.remove_all(&mut self.conns, index);
         self.push(
             opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(file)).all())
@@ -990,6 +1001,19 @@ const SSE_HEADERS: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\
 const SSE_HEADERS_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 0\r\n\r\n";
 
 const NDJSON_HEADERS_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 0\r\n\r\n";
+
+/// `head` with its `Access-Control-Allow-Origin: *` line replaced by `lines`.
+fn with_cors(head: &Bytes, lines: &str) -> Bytes {
+    const ANY: &[u8] = b"Access-Control-Allow-Origin: *\r\n";
+    let Some(at) = head.windows(ANY.len()).position(|w| w == ANY) else {
+        return head.clone();
+    };
+    let mut out = Vec::with_capacity(head.len() + lines.len());
+    out.extend_from_slice(&head[..at]);
+    out.extend_from_slice(lines.as_bytes());
+    out.extend_from_slice(&head[at + ANY.len()..]);
+    Bytes::from(out)
+}
 
 /// A reset signal: the id to carry (just before the first replayed event) and its data.
 struct Reset {

@@ -21,11 +21,34 @@ use super::{bump, Missed, Shard};
 use crate::conn::{flags, State};
 use crate::event::Event;
 use crate::proto::http::{self, Request};
+use crate::proto::ws;
 
 /// How long a poll is held when it names no `wait`.
 const WAIT_DEFAULT_SECS: u64 = 25;
 
 impl Shard {
+    /// The CORS header lines for a response to a request from `origin`, or `None` when no
+    /// origins are configured and the shared `Access-Control-Allow-Origin: *` applies.
+    /// Empty when the origin is not allowed: the browser then keeps the response from it.
+    pub(super) fn cors_lines(&self, origin: Option<&[u8]>) -> Option<String> {
+        let cfg = &self.shared.config;
+        if cfg.cors_origin.is_empty() {
+            return None;
+        }
+        let allowed = origin
+            .filter(|o| ws::origin_allowed(Some(o), &cfg.cors_origin))
+            .and_then(|o| std::str::from_utf8(o).ok())
+            .filter(|o| o.bytes().all(|b| b.is_ascii_graphic()));
+        let Some(origin) = allowed else {
+            return Some(String::new());
+        };
+        let mut lines = format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n");
+        if cfg.cors_credentials {
+            lines.push_str("Access-Control-Allow-Credentials: true\r\n");
+        }
+        Some(lines)
+    }
+
     pub(super) fn poll(&mut self, index: u32, req: &Request<'_>, keep_alive: bool) {
         let sub = match http::parse_subscription(req.query) {
             Ok(sub) => sub,
@@ -52,13 +75,17 @@ impl Shard {
             },
         };
         bump(&self.counters.polls);
+        let cors = self.cors_lines(req.origin);
         if !missed.events.is_empty() || missed.reset.is_some() || wait_ms == 0 {
             let body = poll_body(
                 &missed.events,
                 &self.cursor_id(&missed.events, after.as_deref()),
                 missed.reset.as_ref(),
             );
-            return self.answer_poll(index, &body, keep_alive);
+            return self.answer_poll(index, &body, keep_alive, cors.as_deref());
+        }
+        if let Some(cors) = cors {
+            self.poll_cors.insert(index, cors);
         }
         let deadline = self
             .tick
@@ -96,14 +123,17 @@ impl Shard {
         conn.state = State::Request;
         conn.mark = self.tick;
         conn.last_io = self.tick;
-        self.answer_poll(index, body, keep_alive);
+        let cors = self.poll_cors.remove(&index);
+        self.answer_poll(index, body, keep_alive, cors.as_deref());
         self.arm_timer(index, self.tick.wrapping_add(1));
     }
 
-    fn answer_poll(&mut self, index: u32, body: &str, keep_alive: bool) {
+    /// Sends a poll's answer; `cors` as from [`Shard::cors_lines`].
+    fn answer_poll(&mut self, index: u32, body: &str, keep_alive: bool, cors: Option<&str>) {
         let mut head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\n\
-             Access-Control-Allow-Origin: *\r\nContent-Length: {}\r\n",
+             {}Content-Length: {}\r\n",
+            cors.unwrap_or("Access-Control-Allow-Origin: *\r\n"),
             body.len()
         );
         if !keep_alive {
@@ -135,13 +165,24 @@ impl Shard {
         }
     }
 
-    /// CORS preflight for the client endpoints: any origin may read them.
-    pub(super) fn preflight(&mut self, index: u32, keep_alive: bool) {
-        let mut head = String::from(
-            "HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: *\r\n\
-             Access-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n\
+    /// CORS preflight for the client endpoints: 204 for an allowed origin (any, unless
+    /// `--cors-origin` is set), 403 for another.
+    pub(super) fn preflight(&mut self, index: u32, req: &Request<'_>, keep_alive: bool) {
+        let cors = self.cors_lines(req.origin);
+        if cors.as_deref() == Some("") {
+            return self.respond(
+                index,
+                403,
+                "origin not allowed (see --cors-origin)",
+                keep_alive,
+                &[],
+            );
+        }
+        let mut head = format!(
+            "HTTP/1.1 204 No Content\r\n{}Access-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n\
              Access-Control-Allow-Headers: Last-Event-ID, Cache-Control, Content-Type\r\n\
              Access-Control-Max-Age: 86400\r\n",
+            cors.as_deref().unwrap_or("Access-Control-Allow-Origin: *\r\n")
         );
         if !keep_alive {
             head.push_str("Connection: close\r\n");
