@@ -100,3 +100,29 @@ fn metrics_pass_promtool_and_count() {
     let (status, body) = admin(engine.admin, "GET", "/healthz", b"");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 }
+
+#[test]
+fn open_connections_are_counted_by_transport() {
+    let engine = Engine::start(&[]);
+    let sub = SseClient::subscribe(engine.addr, &["g"]);
+    let mut poll = TcpStream::connect(engine.addr).unwrap();
+    poll.write_all(b"GET /poll?topic=g&wait=30 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let deadline = std::time::Instant::now() + ringcast_tests::WAIT;
+    while engine.counter("polls_held") < 1 {
+        assert!(std::time::Instant::now() < deadline, "{}", engine.stats());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!((engine.counter("open_sse"), engine.counter("polls_held")), (1, 1));
+    drop(sub);
+    drop(poll);
+    while engine.counter("open_sse") + engine.counter("polls_held") > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gauges did not return to 0: {}",
+            engine.stats()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(engine.counter("open"), 0, "{}", engine.stats());
+}

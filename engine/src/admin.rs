@@ -396,10 +396,14 @@ pub fn metrics(shared: &Shared) -> String {
 }
 
 /// Every counter by name, in the order of [`Counters`].
-fn counters(c: &Counters) -> [(&'static str, u64); 30] {
+fn counters(c: &Counters) -> [(&'static str, u64); 34] {
     [
         ("accepted", c.accepted.load(Relaxed)),
         ("open", c.open.load(Relaxed)),
+        ("open_sse", c.open_sse.load(Relaxed)),
+        ("open_ndjson", c.open_ndjson.load(Relaxed)),
+        ("open_ws", c.open_ws.load(Relaxed)),
+        ("polls_held", c.polls_held.load(Relaxed)),
         ("accept_full", c.accept_full.load(Relaxed)),
         ("accept_errors", c.accept_errors.load(Relaxed)),
         ("recv_enobufs", c.recv_enobufs.load(Relaxed)),
@@ -444,7 +448,10 @@ pub fn stats_json(shared: &Shared) -> String {
         shared.epoch.id(0).trim_end_matches("-0"),
         head - 1,
     );
-    let names = per_loop.first().map(|c| c.map(|(n, _)| n)).unwrap_or_default();
+    let names: Vec<&str> = per_loop
+        .first()
+        .map(|c| c.iter().map(|(n, _)| *n).collect())
+        .unwrap_or_default();
     for (i, name) in names.iter().enumerate() {
         let total: u64 = per_loop.iter().map(|c| c[i].1).sum();
         out.push_str(&format!("{}\"{name}\":{total}", if i > 0 { "," } else { "" }));

@@ -19,6 +19,11 @@ use crate::sys;
 pub struct Counters {
     pub accepted: AtomicU64,
     pub open: AtomicU64,
+    /// Open connections by transport (gauges).
+    pub open_sse: AtomicU64,
+    pub open_ndjson: AtomicU64,
+    pub open_ws: AtomicU64,
+    pub polls_held: AtomicU64,
     /// Accepts that failed because the file table or the process was full.
     pub accept_full: AtomicU64,
     pub accept_errors: AtomicU64,

@@ -79,6 +79,8 @@ pub mod flags {
     pub const PINGED: u8 = 1 << 1;
     /// A held long-poll answers with keep-alive.
     pub const KEEP_ALIVE: u8 = 1 << 2;
+    /// Counted in its transport's open-connections gauge (SSE, NDJSON, WebSocket, held poll).
+    pub const COUNTED: u8 = 1 << 3;
 }
 
 /// Kernel operations of one connection whose final completion is still to come. The

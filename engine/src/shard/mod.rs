@@ -690,6 +690,7 @@ impl Shard {
             self.subs.add(&mut self.conns, index, topic);
         }
         bump(&self.counters.streams);
+        self.count_open(index, 1);
         // The timer still holds the request deadline; the next tick re-arms it for the
         // stream's own (heartbeat, write stall).
         self.arm_timer(index, self.tick.wrapping_add(1));
@@ -953,6 +954,9 @@ impl Shard {
         if conn.state == State::Closing {
             return;
         }
+        // Out of its gauge while its state still says which one.
+        self.count_open(index, -1);
+        let conn = &mut self.conns[index as usize];
         conn.state = State::Closing;
         conn.staging = None;
         let (file, generation) = (conn.file, conn.generation);
@@ -971,6 +975,24 @@ impl Shard {
                 .build()
                 .user_data(user_data(tag::CLOSE, generation, index)),
         );
+    }
+
+    /// Moves connection `index` into (`+1`) or out of (`-1`) its transport's gauge; a
+    /// connection is counted at most once.
+    fn count_open(&mut self, index: u32, delta: i64) {
+        let conn = &mut self.conns[index as usize];
+        let counted = conn.has_flag(flags::COUNTED);
+        if (delta > 0) == counted {
+            return;
+        }
+        conn.flags ^= flags::COUNTED;
+        let gauge = match (conn.state, conn.kind) {
+            (State::Poll, _) => &self.counters.polls_held,
+            (_, Kind::Ndjson) => &self.counters.open_ndjson,
+            (_, k) if k.is_ws() => &self.counters.open_ws,
+            _ => &self.counters.open_sse,
+        };
+        add(gauge, delta);
     }
 
     fn op_done(&mut self, index: u32, generation: u32, op: u8) {

@@ -101,6 +101,7 @@ impl Shard {
         for topic in &sub.topics {
             self.subs.add(&mut self.conns, index, topic);
         }
+        self.count_open(index, 1);
         self.arm_timer(index, deadline);
     }
 
@@ -117,6 +118,7 @@ impl Shard {
     }
 
     fn end_poll(&mut self, index: u32, body: &str) {
+        self.count_open(index, -1);
         self.subs.remove_all(&mut self.conns, index);
         let conn = &mut self.conns[index as usize];
         let keep_alive = conn.has_flag(flags::KEEP_ALIVE);

@@ -105,6 +105,7 @@ impl Shard {
             self.subs.add(&mut self.conns, index, topic);
         }
         bump(&self.counters.websockets);
+        self.count_open(index, 1);
         self.flush(index);
         // From the request deadline to the WebSocket's own (ping, write stall).
         self.arm_timer(index, self.tick.wrapping_add(1));
