@@ -35,8 +35,11 @@ pub enum Refusal {
     StreamEnded,
     /// A chunk-size line or chunk terminator is not valid (RFC 9112 §7.1).
     BadChunk,
-    /// [`RESPONSE_BYTES_MAX`] bytes arrived without a `retry:` line.
+    /// [`RESPONSE_BYTES_MAX`] bytes arrived without a `retry:` line (or a whole head).
     TooLarge,
+    /// A 101 without `Upgrade: websocket`, `Connection: Upgrade` or the right
+    /// `Sec-WebSocket-Accept` (RFC 6455 §4.2.2).
+    BadUpgrade,
 }
 
 impl Refusal {
@@ -48,6 +51,7 @@ impl Refusal {
             Refusal::StreamEnded => "ended/before-retry".to_owned(),
             Refusal::BadChunk => "bad/chunk".to_owned(),
             Refusal::TooLarge => "bad/too-large".to_owned(),
+            Refusal::BadUpgrade => "bad/upgrade".to_owned(),
         }
     }
 }

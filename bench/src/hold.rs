@@ -1,5 +1,6 @@
-//! The `hold` subcommand: opens N idle SSE subscribers against a running engine through
-//! worker processes and reports the engine's resident memory per connection.
+//! The `hold` subcommand: opens N idle subscribers (SSE streams, or WebSockets with
+//! `--transport ws`) against a running engine through worker processes and reports the
+//! engine's resident memory per connection.
 //!
 //! Sequence: read the engine's memory (baseline) before anything else; check the plan
 //! against this machine's limits; spawn `ceil(N / per_proc)` `hold-worker` children of
@@ -24,6 +25,7 @@ use crate::procfs::{self, Snapshot};
 use crate::report::{Latency, Report};
 use crate::sys;
 use crate::wire::{self, Line, WorkerResult};
+use crate::worker::Transport;
 
 /// Arguments of `ringcast-bench hold`.
 #[derive(clap::Args, Debug, Clone)]
@@ -37,9 +39,14 @@ pub struct HoldArgs {
     /// Engine process id, whose VmRSS is measured.
     #[arg(long)]
     pub pid: u32,
-    /// Request path and query of the subscription.
-    #[arg(long, default_value = "/sse?topic=bench")]
-    pub path: String,
+    /// `sse`: `GET` streams with `Accept: text/event-stream`; `ws`: WebSocket upgrades
+    /// (random key, 101 and `Sec-WebSocket-Accept` checked), pings answered with pongs.
+    #[arg(long, value_enum, default_value_t = Transport::Sse)]
+    pub transport: Transport,
+    /// Request path and query of the subscription [default: `/sse?topic=bench`, or
+    /// `/ws?topic=bench` with `--transport ws`].
+    #[arg(long)]
+    pub path: Option<String>,
     /// Most sockets per worker process (RLIMIT_NOFILE is per process).
     #[arg(long, default_value_t = 19_000)]
     pub per_proc: u64,
@@ -110,7 +117,8 @@ fn run(args: &HoldArgs) -> Result<Report, String> {
     let conditions = Conditions::collect(args.pid);
     let (_, nofile_hard) = sys::raise_nofile().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
     let target = resolve(&args.target)?;
-    check_path(&args.path)?;
+    let path = subscription_path(args);
+    check_path(&path)?;
     if args.sources > 0 && !target.ip().is_loopback() {
         return Err(format!(
             "source addresses 127.0.0.x cannot reach {target}; pass --sources 0"
@@ -153,7 +161,8 @@ fn run(args: &HoldArgs) -> Result<Report, String> {
     Ok(Report {
         conditions,
         target: args.target.clone(),
-        path: args.path.clone(),
+        transport: args.transport.name(),
+        path,
         pid: args.pid,
         workers: shares.len(),
         per_proc: args.per_proc,
@@ -185,6 +194,15 @@ fn resolve(target: &str) -> Result<SocketAddrV4, String> {
             SocketAddr::V6(_) => None,
         })
         .ok_or(format!("--target {target} has no IPv4 address"))
+}
+
+/// The subscription path: `--path`, else the transport's own endpoint.
+fn subscription_path(args: &HoldArgs) -> String {
+    match (&args.path, args.transport) {
+        (Some(path), _) => path.clone(),
+        (None, Transport::Sse) => "/sse?topic=bench".to_owned(),
+        (None, Transport::Ws) => "/ws?topic=bench".to_owned(),
+    }
 }
 
 /// The path goes verbatim into the request line.
@@ -238,7 +256,8 @@ impl Fleet {
                 .arg("hold-worker")
                 .args(["--target", &target.to_string()])
                 .args(["--host", &args.target])
-                .args(["--path", &args.path])
+                .args(["--path", &subscription_path(args)])
+                .args(["--transport", args.transport.name()])
                 .args(["--count", &share.count.to_string()])
                 .args(["--start-index", &share.start.to_string()])
                 .args(["--sources", &args.sources.to_string()])

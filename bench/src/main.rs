@@ -1,18 +1,21 @@
 //! `ringcast-bench`: the C10M-style load tool of ringcast.
 //!
 //! Subcommands:
-//! - `hold`: opens N idle SSE subscribers against a running engine, spread over worker
-//!   processes (RLIMIT_NOFILE is per process) and source addresses 127.0.0.x (ephemeral
-//!   ports are per source and destination), and reports the engine's resident memory per
-//!   connection with the conditions of the run.
+//! - `hold`: opens N idle subscribers (SSE streams, or WebSockets with `--transport ws`)
+//!   against a running engine, spread over worker processes (RLIMIT_NOFILE is per
+//!   process) and source addresses 127.0.0.x (ephemeral ports are per source and
+//!   destination), and reports the engine's resident memory per connection with the
+//!   conditions of the run.
 //! - `hold-worker` (hidden): one such worker process, spawned by `hold`.
 //!
 //! Module map: [`hold`] orchestrates and measures, [`worker`] drives sockets,
-//! [`handshake`] recognises a held subscription (sans-IO), [`plan`] splits the load,
-//! [`wire`] is the worker-to-parent line protocol, [`procfs`] and [`conditions`] read
-//! the machine, [`report`] renders results, [`sys`] holds every `unsafe` libc call.
+//! [`handshake`] recognises a held SSE subscription and [`ws`] a held WebSocket (both
+//! sans-IO), [`plan`] splits the load, [`wire`] is the worker-to-parent line protocol,
+//! [`procfs`] and [`conditions`] read the machine, [`report`] renders results, [`sys`]
+//! holds every `unsafe` libc call.
 
 mod conditions;
+mod fanout;
 mod handshake;
 mod hold;
 mod plan;
@@ -21,6 +24,7 @@ mod report;
 mod sys;
 mod wire;
 mod worker;
+mod ws;
 
 use std::process::ExitCode;
 
@@ -30,7 +34,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "ringcast-bench",
     version,
-    about = "Load tool for the ringcast SSE push server"
+    about = "Load tool for the ringcast push server (SSE and WebSocket)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -39,8 +43,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Hold N idle SSE subscribers and report the engine's memory per connection.
+    /// Hold N idle subscribers (SSE or WebSocket) and report the engine's memory per connection.
     Hold(hold::HoldArgs),
+    /// Measure fan-out to fast subscribers, with and without slow ones, or the kernel baseline.
+    Fanout(fanout::FanoutArgs),
     /// One worker process of `hold` (internal).
     #[command(hide = true)]
     HoldWorker(worker::WorkerArgs),
@@ -49,6 +55,7 @@ enum Cmd {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Hold(args) => hold::main(args),
+        Cmd::Fanout(args) => fanout::main(args),
         Cmd::HoldWorker(args) => worker::main(args),
     }
 }

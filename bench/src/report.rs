@@ -33,6 +33,8 @@ pub struct Report {
     pub conditions: Conditions,
     /// Engine address as given.
     pub target: String,
+    /// `sse` or `ws`.
+    pub transport: &'static str,
     /// Request path.
     pub path: String,
     /// Engine process id.
@@ -114,8 +116,8 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "  target       {} {} (engine pid {})",
-            self.target, self.path, self.pid
+            "  target       {} {} over {} (engine pid {})",
+            self.target, self.path, self.transport, self.pid
         );
         let _ = writeln!(
             out,
@@ -232,6 +234,7 @@ impl Report {
         o.num("handshake_max_us", self.latency.max_us);
         o.num("ramp_ms", self.ramp_ms);
         o.str("target", &self.target);
+        o.str("transport", self.transport);
         o.str("path", &self.path);
         o.num("pid", self.pid);
         o.num("workers", self.workers as u64);
@@ -365,6 +368,7 @@ mod tests {
                 date: "2026-01-01T00:00:00Z".to_owned(),
             },
             target: "127.0.0.1:8080".to_owned(),
+            transport: "sse",
             path: "/sse".to_owned(),
             pid: 42,
             workers: 1,

@@ -216,6 +216,30 @@ pub fn send(fd: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// Fills `buf` from the kernel's random source (getrandom(2)).
+///
+/// # Errors
+/// The call's error; `buf` may then be partly filled.
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    // Bounded: each round fills at least one byte or returns; requests up to 256 bytes
+    // are never cut short once the pool is initialized.
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is valid for writes of `rest.len()` bytes during the call.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(())
+}
+
 /// Receives without blocking; `Ok(0)` is the peer's end of stream.
 ///
 /// # Errors

@@ -1,6 +1,7 @@
-//! The hidden `hold-worker` subcommand: one process that opens its share of idle SSE
-//! subscribers, reports on stdout (see [`crate::wire`]), holds them until its parent
-//! writes `close` or goes away, then closes them all and exits.
+//! The hidden `hold-worker` subcommand: one process that opens its share of idle
+//! subscribers (SSE streams, or WebSockets with `--transport ws`), reports on stdout (see
+//! [`crate::wire`]), holds them until its parent writes `close` or goes away, then closes
+//! them all and exits. Held WebSockets answer the engine's pings with pongs.
 //!
 //! One thread and one epoll instance drive every socket; at most `--concurrency`
 //! connections are between `connect()` and a held subscription at any time. Every loop is
@@ -21,6 +22,26 @@ use crate::handshake::{self, Scan, RESPONSE_BYTES_MAX};
 use crate::plan;
 use crate::sys::{self, Epoll};
 use crate::wire::{self, Line, WorkerResult};
+use crate::ws;
+
+/// How a subscriber connects.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `GET` with `Accept: text/event-stream`; held at status 200 and a `retry:` line.
+    Sse,
+    /// A WebSocket upgrade with a random key; held at a correct 101 (RFC 6455 §4.2.2).
+    Ws,
+}
+
+impl Transport {
+    /// The flag value, as `--transport` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::Ws => "ws",
+        }
+    }
+}
 
 /// Arguments of `ringcast-bench hold-worker`, written by the `hold` parent.
 #[derive(clap::Args, Debug, Clone)]
@@ -34,6 +55,9 @@ pub struct WorkerArgs {
     /// Request path with query.
     #[arg(long)]
     pub path: String,
+    /// SSE or WebSocket subscribers.
+    #[arg(long, value_enum)]
+    pub transport: Transport,
     /// Connections this worker opens.
     #[arg(long)]
     pub count: u64,
@@ -90,6 +114,11 @@ struct Conn {
     fd: Option<OwnedFd>,
     started: Instant,
     state: State,
+    /// The `Sec-WebSocket-Key` (WebSocket only).
+    key: [u8; ws::KEY_LEN],
+    /// Bytes of a WebSocket frame still arriving on a held connection; empty (and not
+    /// allocated) while idle.
+    pending: Vec<u8>,
 }
 
 impl Conn {
@@ -124,6 +153,8 @@ struct Worker {
     scratch: Vec<u8>,
     /// Tokens of the registrations the last wait found ready.
     ready: Vec<u64>,
+    /// The mask of this worker's pongs (RFC 6455 §5.3: a client masks every frame).
+    mask: [u8; 4],
 }
 
 /// Runs the worker to completion.
@@ -176,6 +207,8 @@ impl Worker {
         .into_bytes();
         let latency_us =
             Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).map_err(|e| format!("histogram: {e}"))?;
+        let mut mask = [0u8; 4];
+        sys::random_bytes(&mut mask).map_err(|e| format!("getrandom: {e}"))?;
         Ok(Worker {
             conns: Vec::with_capacity(args.count as usize),
             args,
@@ -189,6 +222,7 @@ impl Worker {
             latency_us,
             scratch: vec![0; RESPONSE_BYTES_MAX],
             ready: Vec::with_capacity(EVENTS_PER_WAIT),
+            mask,
         })
     }
 
@@ -285,11 +319,24 @@ impl Worker {
             let global = self.args.start_index + index as u64;
             let source = plan::source_for(global, self.args.sources);
             let started = Instant::now();
-            let opened = sys::connect_start(source, self.args.target).map_err(|e| e.kind());
-            let registered = opened.and_then(|fd| {
+            let key = match self.args.transport {
+                Transport::Sse => Ok([0; ws::KEY_LEN]),
+                Transport::Ws => {
+                    let mut nonce = [0u8; 16];
+                    sys::random_bytes(&mut nonce)
+                        .map(|()| ws::key_from(nonce))
+                        .map_err(|e| format!("getrandom/{}", sys::errno_name(e.raw_os_error().unwrap_or(0))))
+                }
+            };
+            let opened = key.and_then(|key| {
+                sys::connect_start(source, self.args.target)
+                    .map(|fd| (fd, key))
+                    .map_err(|e| e.kind())
+            });
+            let registered = opened.and_then(|(fd, key)| {
                 let events = (libc::EPOLLOUT | libc::EPOLLRDHUP) as u32;
                 match self.epoll.add(fd.as_raw_fd(), events, index as u64) {
-                    Ok(()) => Ok(fd),
+                    Ok(()) => Ok((fd, key)),
                     Err(e) => Err(format!(
                         "epoll/{}",
                         sys::errno_name(e.raw_os_error().unwrap_or(0))
@@ -297,11 +344,13 @@ impl Worker {
                 }
             });
             match registered {
-                Ok(fd) => {
+                Ok((fd, key)) => {
                     self.conns.push(Conn {
                         fd: Some(fd),
                         started,
                         state: State::Connecting,
+                        key,
+                        pending: Vec::new(),
                     });
                     self.in_flight += 1;
                 }
@@ -310,6 +359,8 @@ impl Worker {
                         fd: None,
                         started,
                         state: State::Done,
+                        key: [0; ws::KEY_LEN],
+                        pending: Vec::new(),
                     });
                     self.count_failure(kind);
                 }
@@ -350,13 +401,21 @@ impl Worker {
     }
 
     fn send_request(&mut self, index: usize) {
+        let upgrade;
+        let request: &[u8] = match self.args.transport {
+            Transport::Sse => &self.request,
+            Transport::Ws => {
+                upgrade = ws::upgrade_request(&self.args.path, &self.args.host, &self.conns[index].key);
+                &upgrade
+            }
+        };
         let conn = &mut self.conns[index];
         let (Some(fd), State::Sending { sent }) = (&conn.fd, &mut conn.state) else {
             return;
         };
         // Bounded: each round sends at least one byte or leaves.
-        while *sent < self.request.len() {
-            match sys::send(fd, &self.request[*sent..]) {
+        while *sent < request.len() {
+            match sys::send(fd, &request[*sent..]) {
                 Ok(n) => *sent += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -387,7 +446,11 @@ impl Worker {
             Ok(0) => Err("closed/before-head".to_owned()),
             Ok(n) => {
                 received.extend_from_slice(&self.scratch[..n]);
-                match handshake::scan(received) {
+                let scan = match self.args.transport {
+                    Transport::Sse => handshake::scan(received),
+                    Transport::Ws => ws::scan(received, &ws::accept_for(&conn.key)),
+                };
+                match scan {
                     Scan::Partial => return,
                     Scan::Held => Ok(()),
                     Scan::Refused(refusal) => Err(refusal.kind()),
@@ -405,22 +468,54 @@ impl Worker {
     fn mark_held(&mut self, index: usize) {
         let conn = &mut self.conns[index];
         let us = conn.started.elapsed().as_micros() as u64;
+        if let (Transport::Ws, State::Reading { received }) = (self.args.transport, &conn.state) {
+            // Frames that came with the 101 (a ping, replayed events) are read as held input.
+            if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                conn.pending = received[at + 4..].to_vec();
+            }
+        }
         conn.state = State::Held;
         self.latency_us.saturating_record(us.clamp(1, LATENCY_US_MAX));
         self.held += 1;
         self.in_flight -= 1;
     }
 
-    /// Reads and discards what a held connection received (comments, heartbeats).
-    /// Returns `true` when the server closed it; the socket is then closed here.
+    /// Reads and discards what a held connection received (comments, heartbeats; for a
+    /// WebSocket, frames, each ping answered with a pong). Returns `true` when the server
+    /// closed it (or sent a close frame, or bytes that are not server frames); the socket
+    /// is then closed here.
     fn drain_held(&mut self, index: usize) -> bool {
-        let Some(Conn { fd: Some(fd), .. }) = self.conns.get(index) else {
+        let Some(Conn {
+            fd: Some(fd),
+            pending,
+            ..
+        }) = self.conns.get_mut(index)
+        else {
             return false;
         };
         let mut closed = false;
         for _ in 0..HELD_READS_MAX {
             match sys::recv(fd, &mut self.scratch) {
                 Ok(0) => closed = true,
+                Ok(n) if self.args.transport == Transport::Ws => {
+                    pending.extend_from_slice(&self.scratch[..n]);
+                    match ws::on_held_input(pending, self.mask) {
+                        Ok(held) if held.closed => closed = true,
+                        Ok(held) => {
+                            // A pong of a few bytes on an idle socket: its send buffer is
+                            // empty, so the send is whole or the socket is broken, which
+                            // the next read reports.
+                            if !held.pongs.is_empty() {
+                                let _ = sys::send(fd, &held.pongs);
+                            }
+                            continue;
+                        }
+                        Err(e) => {
+                            eprintln!("hold-worker: connection {index}: {}", e.kind());
+                            closed = true;
+                        }
+                    }
+                }
                 Ok(_) => continue,
                 Err(e) => closed = e.kind() != std::io::ErrorKind::WouldBlock,
             }

@@ -11,8 +11,11 @@ pub mod engine;
 pub mod http;
 pub mod ingest;
 pub mod json;
+pub mod poll;
+pub mod slow;
 pub mod sse;
 pub mod whatwg;
+pub mod wsclient;
 
 use std::time::Duration;
 

@@ -81,6 +81,8 @@ pub mod flags {
     pub const KEEP_ALIVE: u8 = 1 << 2;
     /// Counted in its transport's open-connections gauge (SSE, NDJSON, WebSocket, held poll).
     pub const COUNTED: u8 = 1 << 3;
+    /// The direct descriptor's close has been submitted.
+    pub const CLOSED: u8 = 1 << 4;
 }
 
 /// Kernel operations of one connection whose final completion is still to come. The

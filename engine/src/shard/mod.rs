@@ -960,20 +960,19 @@ impl Shard {
         conn.state = State::Closing;
         conn.staging = None;
         let (file, generation) = (conn.file, conn.generation);
-        conn.ops |= ops::CANCEL | ops::CLOSE;
+        conn.ops |= ops::CANCEL;
         self.wheel.remove(index);
         self.decoders.remove(&index);
         self.poll_cors.remove(&index);
         self.subs.remove_all(&mut self.conns, index);
+        // The direct descriptor itself is closed only once nothing of ours is in flight
+        // on it (see `maybe_free`): an op the kernel runs later from its worker pool, such
+        // as a shutdown, looks the slot up when it runs, and by then a freed slot may
+        // hold the next accepted connection.
         self.push(
             opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(file)).all())
                 .build()
                 .user_data(user_data(tag::CANCEL, generation, index)),
-        );
-        self.push(
-            opcode::Close::new(types::Fixed(file))
-                .build()
-                .user_data(user_data(tag::CLOSE, generation, index)),
         );
     }
 
@@ -1003,9 +1002,20 @@ impl Shard {
         self.maybe_free(index);
     }
 
+    /// Once a closing connection has no op in flight, closes its direct descriptor; once
+    /// that close completes, frees the record.
     fn maybe_free(&mut self, index: u32) {
-        let conn = &self.conns[index as usize];
+        let conn = &mut self.conns[index as usize];
         if conn.state != State::Closing || conn.ops != 0 {
+            return;
+        }
+        if !conn.has_flag(flags::CLOSED) {
+            conn.flags |= flags::CLOSED;
+            conn.ops |= ops::CLOSE;
+            let entry = opcode::Close::new(types::Fixed(conn.file))
+                .build()
+                .user_data(user_data(tag::CLOSE, conn.generation, index));
+            self.push(entry);
             return;
         }
         let conn = self.conns.remove(index as usize);

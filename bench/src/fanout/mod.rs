@@ -1,0 +1,591 @@
+//! The `fanout` subcommand: how fast one topic's events reach K subscribers that keep
+//! up, with and without S slow subscribers on the same topic, against the kernel-only
+//! baseline of the same work.
+//!
+//! Sequence: open K fast SSE subscribers (read by epoll threads, [`readers`]) on the
+//! topic; wait until the engine counts them; per phase (without slow readers, then with
+//! S of them when `--compare`, else one phase as asked) publish `--warmup` events not
+//! measured, then `--runs` runs of `--events` events of `--bytes` bytes through the
+//! ingest socket, pipelined ([`publish`]). A run lasts from its first publish to the
+//! last event a fast reader receives; it reports events/s fully fanned out, deliveries/s,
+//! latency percentiles from publish to receipt (hdrhistogram), what the fast readers were
+//! told they missed, and CPU time of the engine and of this tool. Phases report the
+//! median and spread over runs and the ratio of their medians.
+//!
+//! `--kernel-baseline` replaces the engine by [`publish::Baseline`]: the same readers,
+//! the same bytes, written by a trivial loop to K accepted loopback sockets.
+//!
+//! Every wait is bounded: a run ends when all deliveries arrived or when none arrived for
+//! [`IDLE_END`] (reported as incomplete), and gives up after `--timeout-secs`.
+
+mod publish;
+mod readers;
+mod scan;
+mod sys;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream, ToSocketAddrs};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::conditions::Conditions;
+use publish::{Baseline, Publisher};
+use readers::{Readers, Totals};
+
+/// A run with no new delivery for this long is over, complete or not.
+const IDLE_END: Duration = Duration::from_secs(3);
+/// Bound on waiting for the engine to count every subscriber.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(30);
+
+/// Arguments of `ringcast-bench fanout`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FanoutArgs {
+    /// Engine client address, IPv4 `host:port` (unused with `--kernel-baseline`).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub target: String,
+    /// The engine's ingest socket.
+    #[arg(long, default_value = "./ringcast.sock")]
+    pub ingest: PathBuf,
+    /// The engine's admin address, for its counters; `none` to skip them.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin: String,
+    /// Engine process id, for its command line and CPU time.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// The topic every subscriber reads and every event goes to.
+    #[arg(long, default_value = "fanout")]
+    pub topic: String,
+    /// Fast subscribers: read continuously.
+    #[arg(long, default_value_t = 1000)]
+    pub fast: usize,
+    /// Slow subscribers: `SO_RCVBUF` of `--slow-rcvbuf` set before connecting, never read.
+    #[arg(long, default_value_t = 0)]
+    pub slow: usize,
+    /// Receive buffer of a slow subscriber, bytes (the kernel doubles it).
+    #[arg(long, default_value_t = 4096)]
+    pub slow_rcvbuf: u32,
+    /// With `--slow`: measure first without the slow subscribers, then with them, and
+    /// report the ratio of the two medians.
+    #[arg(long)]
+    pub compare: bool,
+    /// Events per measured run.
+    #[arg(long, default_value_t = 10_000)]
+    pub events: u64,
+    /// Payload bytes per event (at least 40: the timestamp and index).
+    #[arg(long, default_value_t = 1024)]
+    pub bytes: usize,
+    /// `PUB` commands per write to the ingest socket (two writes in flight at most).
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Measured runs per phase.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Events published, not measured, before each phase's runs (they fill the slow
+    /// subscribers' buffers and queues).
+    #[arg(long, default_value_t = 5_000)]
+    pub warmup: u64,
+    /// Reader threads for the fast subscribers.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Events the source may be ahead of the slowest fast subscriber (its events
+    /// received plus those its gap notices counted); 0: no limit, publish as fast as the
+    /// engine acknowledges. The default keeps a subscriber's backlog (~140 KiB of 1 KiB
+    /// events) under the engine's 256 KiB queue limit, so a fast subscriber that keeps up
+    /// is never dropped from.
+    #[arg(long, default_value_t = 128)]
+    pub window: u64,
+    /// Count events whose id does not increase on their stream.
+    #[arg(long)]
+    pub verify: bool,
+    /// Measure the kernel-only baseline instead of the engine.
+    #[arg(long)]
+    pub kernel_baseline: bool,
+    /// Sender threads of the kernel baseline (give it the engine's `--loops`).
+    #[arg(long, default_value_t = 2)]
+    pub baseline_senders: usize,
+    /// Bound on one run, seconds.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_secs: u64,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+struct Run {
+    /// From the first publish to the last event received.
+    secs: f64,
+    /// From the first publish to the last acknowledgement (baseline: last write).
+    publish_secs: f64,
+    /// What the fast readers got during the run.
+    got: Totals,
+    expected: u64,
+    latency: Histogram<u64>,
+    engine_cpu_secs: Option<f64>,
+    bench_cpu_secs: Option<f64>,
+}
+
+impl Run {
+    fn events_per_sec(&self, events: u64) -> f64 {
+        events as f64 / self.secs
+    }
+}
+
+/// One phase: its slow subscribers, its runs, the engine's counters across it.
+struct Phase {
+    slow: usize,
+    warmup: Option<Run>,
+    runs: Vec<Run>,
+    counters: BTreeMap<String, i64>,
+}
+
+/// Runs `ringcast-bench fanout`.
+pub fn main(args: FanoutArgs) -> ExitCode {
+    match run(&args) {
+        Ok((text, ok)) => {
+            print!("{text}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("ringcast-bench fanout: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Where events come from.
+enum Source {
+    Engine { publisher: Publisher, next: u64 },
+    Baseline { baseline: Baseline, next: u64 },
+}
+
+fn run(args: &FanoutArgs) -> Result<(String, bool), String> {
+    check_args(args)?;
+    crate::sys::raise_nofile().map_err(|e| format!("raise RLIMIT_NOFILE: {e}"))?;
+    let base = Instant::now();
+    let conditions = Conditions::collect(args.pid.unwrap_or_else(std::process::id));
+    let admin = (!args.kernel_baseline && args.admin != "none").then(|| args.admin.clone());
+    let streams_before = admin.as_deref().and_then(totals).map_or(0, |t| t["streams"]);
+    let (target, acceptor) = if args.kernel_baseline {
+        let (addr, acceptor) = publish::baseline_listen(args.fast).map_err(|e| format!("baseline listener: {e}"))?;
+        (addr, Some(acceptor))
+    } else {
+        (resolve(&args.target)?, None)
+    };
+    let fast = open_fast(args, target)?;
+    let mut src = match acceptor {
+        Some(acceptor) => {
+            let accepted = acceptor
+                .join()
+                .map_err(|_| "the baseline acceptor panicked".to_owned())?
+                .map_err(|e| format!("baseline accept: {e}"))?;
+            Source::Baseline {
+                baseline: Baseline::new(accepted, args.baseline_senders),
+                next: 0,
+            }
+        }
+        None => Source::Engine {
+            publisher: Publisher::connect(&args.ingest).map_err(|e| e.to_string())?,
+            next: 0,
+        },
+    };
+    let readers = Readers::start(fast, args.threads, base, args.verify).map_err(|e| format!("readers: {e}"))?;
+    if let Some(admin) = &admin {
+        wait_streams(admin, streams_before + args.fast as i64)?;
+    }
+    let mut phases = Vec::new();
+    let plan: Vec<usize> = match (args.compare, args.slow) {
+        (true, s) if s > 0 => vec![0, s],
+        (_, s) => vec![s],
+    };
+    let mut slow_held: Vec<TcpStream> = Vec::new();
+    for slow in plan {
+        while slow_held.len() < slow {
+            slow_held.push(open_slow(args, target)?);
+        }
+        if let Some(admin) = &admin {
+            wait_streams(admin, streams_before + (args.fast + slow) as i64)?;
+        }
+        phases.push(measure_phase(args, &mut src, &readers, admin.as_deref(), base, slow)?);
+    }
+    let error = readers.first_error();
+    readers.stop();
+    drop(slow_held);
+    let text = report(args, &conditions, &phases, error.as_deref());
+    let complete = phases.iter().flat_map(|p| &p.runs).all(|r| r.got.events + r.got.dropped >= r.expected);
+    Ok((text, complete && error.is_none()))
+}
+
+fn check_args(args: &FanoutArgs) -> Result<(), String> {
+    if args.bytes < 40 {
+        return Err(format!("--bytes {} is below 40, the timestamp and index", args.bytes));
+    }
+    if args.fast == 0 || args.events == 0 || args.runs == 0 {
+        return Err("--fast, --events and --runs must be at least 1".into());
+    }
+    if args.kernel_baseline && args.slow > 0 {
+        return Err("--slow with --kernel-baseline: the baseline's blocking writes would stall on them".into());
+    }
+    Ok(())
+}
+
+fn resolve(target: &str) -> Result<SocketAddrV4, String> {
+    target
+        .to_socket_addrs()
+        .map_err(|e| format!("--target {target}: {e}"))?
+        .find_map(|a| match a {
+            SocketAddr::V4(v4) => Some(v4),
+            SocketAddr::V6(_) => None,
+        })
+        .ok_or_else(|| format!("--target {target}: no IPv4 address"))
+}
+
+fn request(args: &FanoutArgs, target: SocketAddrV4) -> String {
+    format!(
+        "GET /sse?topic={} HTTP/1.1\r\nHost: {target}\r\nAccept: text/event-stream\r\n\r\n",
+        args.topic
+    )
+}
+
+/// Connects the fast subscribers (blocking connects, then the request).
+fn open_fast(args: &FanoutArgs, target: SocketAddrV4) -> Result<Vec<OwnedFd>, String> {
+    let req = request(args, target);
+    (0..args.fast)
+        .map(|i| {
+            let mut s = TcpStream::connect(target).map_err(|e| format!("fast subscriber {i}: connect {target}: {e}"))?;
+            s.set_nodelay(true).map_err(|e| e.to_string())?;
+            s.write_all(req.as_bytes())
+                .map_err(|e| format!("fast subscriber {i}: send the request: {e}"))?;
+            Ok(OwnedFd::from(s))
+        })
+        .collect()
+}
+
+/// Connects one slow subscriber and sends its request; it is never read.
+fn open_slow(args: &FanoutArgs, target: SocketAddrV4) -> Result<TcpStream, String> {
+    let fd = sys::connect_with_rcvbuf(target, args.slow_rcvbuf).map_err(|e| format!("slow subscriber: {e}"))?;
+    let mut s = TcpStream::from(fd);
+    s.write_all(request(args, target).as_bytes())
+        .map_err(|e| format!("slow subscriber: send the request: {e}"))?;
+    Ok(s)
+}
+
+/// The engine's `/stats` totals, or `None` if the admin address does not answer.
+fn totals(admin: &str) -> Option<BTreeMap<String, i64>> {
+    let mut conn = TcpStream::connect(admin).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    conn.write_all(b"GET /stats HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).ok()?;
+    let body = text.split_once("\"totals\":{")?.1;
+    let body = body.split_once('}')?.0;
+    Some(
+        body.split(',')
+            .filter_map(|pair| {
+                let (name, value) = pair.split_once(':')?;
+                Some((name.trim_matches('"').to_owned(), value.trim().parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+/// Waits until the engine's `streams` counter reaches `want`.
+fn wait_streams(admin: &str, want: i64) -> Result<(), String> {
+    let deadline = Instant::now() + SUBSCRIBE_WAIT;
+    loop {
+        let now = totals(admin)
+            .ok_or_else(|| format!("no /stats at --admin {admin} (pass --admin none to skip)"))?["streams"];
+        if now >= want {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("the engine counts {now} streams of {want} after {SUBSCRIBE_WAIT:?}"));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn measure_phase(
+    args: &FanoutArgs,
+    src: &mut Source,
+    readers: &Readers,
+    admin: Option<&str>,
+    base: Instant,
+    slow: usize,
+) -> Result<Phase, String> {
+    let before = admin.and_then(totals);
+    let warmup = if args.warmup > 0 {
+        Some(one_run(args, src, readers, base, args.warmup)?)
+    } else {
+        None
+    };
+    let mut runs = Vec::new();
+    for _ in 0..args.runs {
+        runs.push(one_run(args, src, readers, base, args.events)?);
+    }
+    let after = admin.and_then(totals);
+    let counters = match (before, after) {
+        (Some(b), Some(a)) => a
+            .iter()
+            .filter(|(name, _)| {
+                ["deliveries", "dropped", "coalesced", "slow_disconnected", "slow_closed", "ring_lost", "stalled"]
+                    .contains(&name.as_str())
+            })
+            .map(|(name, v)| (name.clone(), v - b.get(name).copied().unwrap_or(0)))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    Ok(Phase {
+        slow,
+        warmup,
+        runs,
+        counters,
+    })
+}
+
+/// Publishes `events` events and waits until the fast readers have them all (or no more
+/// arrive for [`IDLE_END`]).
+fn one_run(args: &FanoutArgs, src: &mut Source, readers: &Readers, base: Instant, events: u64) -> Result<Run, String> {
+    let expected = events * args.fast as u64;
+    let start_totals = readers.totals();
+    let _ = readers.take_latencies();
+    let cpu_before = (args.pid.and_then(cpu_secs), cpu_secs(std::process::id()));
+    let gate = |end: u64| wait_window(readers, args.window, end);
+    let t0 = Instant::now();
+    match src {
+        Source::Engine { publisher, next } => {
+            publisher.publish(&args.topic, *next, events, args.bytes, args.batch, base, &gate)?;
+            *next += events;
+        }
+        Source::Baseline { baseline, next } => {
+            baseline.send(*next, events, args.bytes, base, &gate)?;
+            *next += events;
+        }
+    }
+    let publish_secs = t0.elapsed().as_secs_f64();
+    let deadline = t0 + Duration::from_secs(args.timeout_secs);
+    let mut last = (readers.totals(), Instant::now());
+    loop {
+        let now = readers.totals();
+        let done = now.events - start_totals.events + now.dropped - start_totals.dropped;
+        if done >= expected || Instant::now() >= deadline || last.1.elapsed() >= IDLE_END {
+            break;
+        }
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    let end_ns = readers.last_event_ns();
+    let t0_ns = t0.duration_since(base).as_nanos() as u64;
+    let secs = (end_ns.saturating_sub(t0_ns) as f64 / 1e9).max(publish_secs).max(1e-9);
+    let now = readers.totals();
+    let cpu = |before: Option<f64>, pid: Option<u32>| Some(cpu_secs(pid?)? - before?);
+    Ok(Run {
+        secs,
+        publish_secs,
+        got: diff(&now, &start_totals),
+        expected,
+        latency: readers.take_latencies(),
+        engine_cpu_secs: cpu(cpu_before.0, args.pid),
+        bench_cpu_secs: cpu(cpu_before.1, Some(std::process::id())),
+    })
+}
+
+/// Waits until the slowest fast subscriber is within `window` events of `end`.
+///
+/// # Errors
+/// If it makes no progress for [`IDLE_END`].
+fn wait_window(readers: &Readers, window: u64, end: u64) -> Result<(), String> {
+    if window == 0 {
+        return Ok(());
+    }
+    let need = end.saturating_sub(window);
+    let mut last = (readers.min_progress(), Instant::now());
+    loop {
+        let now = readers.min_progress();
+        if now >= need {
+            return Ok(());
+        }
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() >= IDLE_END {
+            return Err(format!(
+                "the slowest fast subscriber is stuck at {now} events for {IDLE_END:?} (waiting for {need})"
+            ));
+        }
+        // Sleep rather than spin: on a small machine the readers need this core.
+        thread::sleep(Duration::from_micros(100));
+    }
+}
+
+fn diff(a: &Totals, b: &Totals) -> Totals {
+    Totals {
+        events: a.events - b.events,
+        gaps: a.gaps - b.gaps,
+        dropped: a.dropped - b.dropped,
+        disorder: a.disorder - b.disorder,
+        notices: a.notices - b.notices,
+        closed: a.closed - b.closed,
+        bytes: a.bytes - b.bytes,
+    }
+}
+
+/// User + system CPU seconds of process `pid`, from `/proc/<pid>/stat`.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(") ")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / sys::clock_ticks() as f64)
+}
+
+/// The median and the extremes of `values`.
+fn median_spread(values: &mut [f64]) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let median = if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    };
+    (median, values[0], values[n - 1])
+}
+
+fn latency_text(h: &Histogram<u64>) -> String {
+    if h.is_empty() {
+        return "no samples".into();
+    }
+    let q = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    format!(
+        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} samples)",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(0.999),
+        h.max() as f64 / 1000.0,
+        h.len()
+    )
+}
+
+fn run_text(args: &FanoutArgs, label: &str, r: &Run, events: u64) -> String {
+    let cpu = |c: Option<f64>| c.map_or("n/a".to_owned(), |c| format!("{:.0}%", 100.0 * c / r.secs));
+    format!(
+        "    {label}: {:.0} events/s fanned out, {:.2} M deliveries/s ({:.0} MB/s read), publish {:.0} events/s; \
+         {}/{} delivered, {} gap notices ({} dropped), {} out of order, {} closed; latency {}; CPU engine {} bench {}\n",
+        r.events_per_sec(events),
+        r.got.events as f64 / r.secs / 1e6,
+        r.got.bytes as f64 / r.secs / 1e6,
+        events as f64 / r.publish_secs,
+        r.got.events,
+        r.expected,
+        r.got.gaps,
+        r.got.dropped,
+        if args.verify {
+            r.got.disorder.to_string()
+        } else {
+            "unchecked".into()
+        },
+        r.got.closed,
+        latency_text(&r.latency),
+        cpu(r.engine_cpu_secs),
+        cpu(r.bench_cpu_secs),
+    )
+}
+
+fn report(args: &FanoutArgs, c: &Conditions, phases: &[Phase], error: Option<&str>) -> String {
+    let mut out = String::new();
+    let what = if args.kernel_baseline {
+        format!("kernel baseline ({} sender threads)", args.baseline_senders)
+    } else {
+        format!("engine at {}, topic {}", args.target, args.topic)
+    };
+    let _ = writeln!(
+        out,
+        "ringcast-bench fanout: {what}; {} fast subscribers ({} reader threads), {} events of {} B per run, \
+         {} runs per phase after {} warm-up events, window {}",
+        args.fast,
+        args.threads,
+        args.events,
+        args.bytes,
+        args.runs,
+        args.warmup,
+        if args.window == 0 {
+            "none (as fast as acknowledged)".to_owned()
+        } else {
+            format!("{} events", args.window)
+        }
+    );
+    let mut medians = Vec::new();
+    for p in phases {
+        let _ = writeln!(out, "  phase: {} slow subscribers (SO_RCVBUF {}, never read)", p.slow, args.slow_rcvbuf);
+        if let Some(w) = &p.warmup {
+            out.push_str(&run_text(args, "warm-up", w, args.warmup));
+        }
+        for (i, r) in p.runs.iter().enumerate() {
+            out.push_str(&run_text(args, &format!("run {}", i + 1), r, args.events));
+        }
+        let mut rates: Vec<f64> = p.runs.iter().map(|r| r.events_per_sec(args.events)).collect();
+        let (median, lo, hi) = median_spread(&mut rates);
+        let mut merged = readers::new_histogram();
+        for r in &p.runs {
+            let _ = merged.add(&r.latency);
+        }
+        let _ = writeln!(
+            out,
+            "    median {median:.0} events/s ({:.2} M deliveries/s), spread {lo:.0}..{hi:.0} over {} runs; \
+             latency over all runs {}",
+            median * args.fast as f64 / 1e6,
+            p.runs.len(),
+            latency_text(&merged)
+        );
+        if !p.counters.is_empty() {
+            let _ = writeln!(out, "    engine counters over the phase: {:?}", p.counters);
+        }
+        medians.push((p.slow, median));
+    }
+    if let [(0, without), (slow, with)] = medians[..] {
+        let _ = writeln!(
+            out,
+            "  ratio with {slow} slow subscribers / without: {:.3} ({with:.0} / {without:.0} events/s)",
+            with / without
+        );
+    }
+    if let Some(e) = error {
+        let _ = writeln!(out, "  reader error: {e}");
+    }
+    let _ = writeln!(
+        out,
+        "  conditions: kernel {}, CPU {} x{}, ringcast-bench {}, {}\n  command: {}\n  engine: {}",
+        c.kernel, c.cpu, c.nproc, c.version, c.date, c.command, c.engine_command
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_spread() {
+        assert_eq!(median_spread(&mut [3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
+        assert_eq!(median_spread(&mut [4.0, 1.0, 2.0, 3.0]), (2.5, 1.0, 4.0));
+    }
+
+    #[test]
+    fn own_cpu_time_is_readable() {
+        assert!(cpu_secs(std::process::id()).is_some());
+    }
+}

@@ -1,0 +1,254 @@
+//! The two sources of events `fanout` measures: a publisher on the engine's ingest
+//! socket, and the kernel baseline (PEERS.md, "Kernel-only baseline"): the simplest
+//! program that does the same fan-out, a loop writing the same bytes to every accepted
+//! loopback socket, with as many sender threads as the engine has loops.
+//!
+//! Every payload starts with `t=<nanoseconds since the bench's base instant> i=<index> `
+//! and is padded with `x` to the requested size, so the readers can time each delivery.
+//!
+//! Must never: wait without a bound (sockets carry timeouts), or run ahead of the
+//! engine's acknowledgements by more than two batches.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddrV4, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Bound on any single socket operation.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Called with the index one past the events about to be sent; returns once they may
+/// be (the subscribers are close enough behind), or why not.
+pub type Gate<'a> = dyn Fn(u64) -> Result<(), String> + Sync + 'a;
+
+/// The payload of event `index`, sent now: `t=<ns> i=<index> ` padded to `bytes`.
+pub fn payload(base: Instant, index: u64, bytes: usize) -> Vec<u8> {
+    let mut data = format!("t={} i={index} ", base.elapsed().as_nanos()).into_bytes();
+    data.resize(bytes.max(data.len()), b'x');
+    data
+}
+
+/// A publisher connection to the engine's ingest socket.
+pub struct Publisher {
+    stream: BufReader<UnixStream>,
+    line: String,
+}
+
+impl Publisher {
+    /// Connects to the ingest socket at `path`.
+    ///
+    /// # Errors
+    /// If it cannot connect.
+    pub fn connect(path: &Path) -> io::Result<Publisher> {
+        let stream = UnixStream::connect(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("ingest socket {}: {e}", path.display())))?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(Publisher {
+            stream: BufReader::new(stream),
+            line: String::new(),
+        })
+    }
+
+    /// Publishes events `first..first + count` of `bytes` bytes on `topic`, `batch`
+    /// `PUB` commands per write, writing a batch before reading the replies to the one
+    /// before it (two batches in flight at most), and calling `gate` with the index one
+    /// past a batch's last event before writing it. Returns the sequence numbers of the
+    /// first and last event.
+    ///
+    /// # Errors
+    /// A failed write or read, an `-ERR` reply, or what `gate` returns.
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish(
+        &mut self,
+        topic: &str,
+        first: u64,
+        count: u64,
+        bytes: usize,
+        batch: usize,
+        base: Instant,
+        gate: &Gate<'_>,
+    ) -> Result<(u64, u64), String> {
+        let batch = batch.max(1) as u64;
+        let mut seqs = (u64::MAX, 0);
+        let mut in_flight: Vec<u64> = Vec::new();
+        let mut next = first;
+        let end = first + count;
+        while next < end || !in_flight.is_empty() {
+            if next < end {
+                let n = batch.min(end - next);
+                gate(next + n)?;
+                let mut frames = Vec::with_capacity(n as usize * (bytes + 64));
+                for i in next..next + n {
+                    frames.extend_from_slice(format!("PUB {topic} {bytes}\n").as_bytes());
+                    frames.extend_from_slice(&payload(base, i, bytes));
+                    frames.push(b'\n');
+                }
+                self.stream
+                    .get_mut()
+                    .write_all(&frames)
+                    .map_err(|e| format!("write to the ingest socket: {e}"))?;
+                in_flight.push(n);
+                next += n;
+            }
+            if in_flight.len() == 2 || next >= end {
+                let n = in_flight.remove(0);
+                for _ in 0..n {
+                    let seq = self.reply()?;
+                    seqs = (seqs.0.min(seq), seqs.1.max(seq));
+                }
+            }
+        }
+        Ok(seqs)
+    }
+
+    /// Reads one `+OK <epoch>-<seq>` reply and returns the sequence number.
+    fn reply(&mut self) -> Result<u64, String> {
+        self.line.clear();
+        let n = self
+            .stream
+            .read_line(&mut self.line)
+            .map_err(|e| format!("read from the ingest socket: {e}"))?;
+        if n == 0 {
+            return Err("the engine closed the ingest connection".into());
+        }
+        let reply = self.line.trim_end();
+        reply
+            .strip_prefix("+OK ")
+            .and_then(|id| id.rsplit('-').next())
+            .and_then(|seq| seq.parse().ok())
+            .ok_or_else(|| format!("ingest reply {reply:?}"))
+    }
+}
+
+/// The response head and opening of a baseline stream, as ringcast sends them.
+const BASELINE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+Transfer-Encoding: chunked\r\n\r\nd\r\nretry: 3000\n\n\r\n";
+
+/// The kernel baseline's server side: the accepted sockets, split among sender threads.
+pub struct Baseline {
+    shares: Vec<Vec<TcpStream>>,
+}
+
+/// Listens on a loopback port; returns its address and a thread that accepts `k`
+/// subscribers, reads each request head and answers with an SSE response head.
+///
+/// # Errors
+/// If the listener cannot be bound.
+pub fn baseline_listen(k: usize) -> io::Result<(SocketAddrV4, thread::JoinHandle<io::Result<Vec<TcpStream>>>)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let std::net::SocketAddr::V4(addr) = listener.local_addr()? else {
+        return Err(io::Error::other("the loopback listener is not IPv4"));
+    };
+    let acceptor = thread::spawn(move || {
+        let mut accepted = Vec::with_capacity(k);
+        while accepted.len() < k {
+            let (mut stream, _) = listener.accept()?;
+            stream.set_read_timeout(Some(IO_TIMEOUT))?;
+            stream.set_write_timeout(Some(IO_TIMEOUT))?;
+            stream.set_nodelay(true)?;
+            read_request_head(&mut stream)?;
+            stream.write_all(BASELINE_HEAD)?;
+            accepted.push(stream);
+        }
+        Ok(accepted)
+    });
+    Ok((addr, acceptor))
+}
+
+/// Reads up to the blank line that ends a request head (bounded to 16 KiB).
+fn read_request_head(stream: &mut TcpStream) -> io::Result<()> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 * 1024 || stream.read(&mut byte)? == 0 {
+            return Err(io::Error::other("no complete request head"));
+        }
+        head.push(byte[0]);
+    }
+    Ok(())
+}
+
+impl Baseline {
+    /// Splits the accepted sockets among `senders` threads.
+    pub fn new(accepted: Vec<TcpStream>, senders: usize) -> Baseline {
+        let senders = senders.max(1);
+        let mut shares: Vec<Vec<TcpStream>> = (0..senders).map(|_| Vec::new()).collect();
+        for (i, s) in accepted.into_iter().enumerate() {
+            shares[i % senders].push(s);
+        }
+        Baseline { shares }
+    }
+
+    /// Sends events `first..first + count` of `bytes` bytes: each sender thread, for
+    /// each event, encodes it once (an SSE event in one chunk, id `0-<index + 1>`) and
+    /// writes it to each of its sockets in turn, blocking; `gate` is called with the
+    /// index one past each event before it is sent.
+    ///
+    /// # Errors
+    /// The first failed write, or what `gate` returns.
+    pub fn send(&mut self, first: u64, count: u64, bytes: usize, base: Instant, gate: &Gate<'_>) -> Result<(), String> {
+        thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .shares
+                .iter_mut()
+                .map(|share| {
+                    scope.spawn(move || -> Result<(), String> {
+                        for i in first..first + count {
+                            gate(i + 1)?;
+                            let chunk = sse_chunk(i + 1, &payload(base, i, bytes));
+                            for s in share.iter_mut() {
+                                s.write_all(&chunk).map_err(|e| format!("baseline write: {e}"))?;
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().unwrap_or_else(|_| Err("a sender panicked".into())))
+        })
+    }
+}
+
+/// `id: 0-<seq>`, `data: <payload>` and a blank line, as one HTTP/1.1 chunk.
+fn sse_chunk(seq: u64, data: &[u8]) -> Vec<u8> {
+    let mut body = format!("id: 0-{seq}\ndata: ").into_bytes();
+    body.extend_from_slice(data);
+    body.extend_from_slice(b"\n\n");
+    let mut chunk = format!("{:x}\r\n", body.len()).into_bytes();
+    chunk.extend_from_slice(&body);
+    chunk.extend_from_slice(b"\r\n");
+    chunk
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::scan::{Scan, Seen};
+
+    #[test]
+    fn baseline_bytes_scan_as_events() {
+        let base = Instant::now();
+        let mut stream = BASELINE_HEAD.to_vec();
+        stream.extend(sse_chunk(1, &payload(base, 0, 1024)));
+        stream.extend(sse_chunk(2, &payload(base, 1, 40)));
+        let mut scan = Scan::default();
+        let mut seen = Vec::new();
+        scan.feed(&stream, &mut |s| seen.push(s)).expect("valid stream");
+        assert_eq!(seen.len(), 2);
+        assert!(matches!(seen[0], Seen::Event { seq: 1, sent_ns: Some(_) }));
+        assert!(matches!(seen[1], Seen::Event { seq: 2, sent_ns: Some(_) }));
+    }
+
+    #[test]
+    fn payloads_have_the_requested_size_and_a_timestamp() {
+        let base = Instant::now();
+        let p = payload(base, 7, 1024);
+        assert_eq!(p.len(), 1024);
+        assert!(p.starts_with(b"t=") && p.windows(4).any(|w| w == b"i=7 "));
+    }
+}
