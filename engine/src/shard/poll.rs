@@ -23,6 +23,9 @@ use crate::event::Event;
 use crate::proto::http::{self, Request};
 use crate::proto::ws;
 
+/// The CORS lines of an answer to an origin that is not allowed.
+const VARY_ORIGIN: &str = "Vary: Origin\r\n";
+
 /// How long a poll is held when it names no `wait`.
 const WAIT_DEFAULT_SECS: u64 = 25;
 
@@ -40,7 +43,8 @@ impl Shard {
             .and_then(|o| std::str::from_utf8(o).ok())
             .filter(|o| o.bytes().all(|b| b.is_ascii_graphic()));
         let Some(origin) = allowed else {
-            return Some(String::new());
+            // Refused: no CORS header, but the answer still varies by origin for caches.
+            return Some(VARY_ORIGIN.to_string());
         };
         let mut lines = format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n");
         if cfg.cors_credentials {
@@ -77,11 +81,15 @@ impl Shard {
         bump(&self.counters.polls);
         let cors = self.cors_lines(req.origin);
         if !missed.events.is_empty() || missed.reset.is_some() || wait_ms == 0 {
-            let body = poll_body(
-                &missed.events,
-                &self.cursor_id(&missed.events, after.as_deref()),
-                missed.reset.as_ref(),
-            );
+            // After a reset the rejected cursor must not come back as `next`: it would be
+            // rejected again. The reset's own id (just before what was replayed) is the
+            // point the client now stands at.
+            let next = match (missed.events.last(), &missed.reset) {
+                (Some(last), _) => last.id.to_string(),
+                (None, Some(reset)) => reset.id.clone(),
+                (None, None) => self.cursor_id(&[], after.as_deref()),
+            };
+            let body = poll_body(&missed.events, &next, missed.reset.as_ref());
             return self.answer_poll(index, &body, keep_alive, cors.as_deref());
         }
         if let Some(cors) = cors {
@@ -171,7 +179,7 @@ impl Shard {
     /// `--cors-origin` is set), 403 for another.
     pub(super) fn preflight(&mut self, index: u32, req: &Request<'_>, keep_alive: bool) {
         let cors = self.cors_lines(req.origin);
-        if cors.as_deref() == Some("") {
+        if cors.as_deref() == Some(VARY_ORIGIN) {
             return self.respond(
                 index,
                 403,
