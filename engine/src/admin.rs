@@ -396,7 +396,7 @@ pub fn metrics(shared: &Shared) -> String {
 }
 
 /// Every counter by name, in the order of [`Counters`].
-fn counters(c: &Counters) -> [(&'static str, u64); 34] {
+fn counters(c: &Counters) -> [(&'static str, u64); 35] {
     [
         ("accepted", c.accepted.load(Relaxed)),
         ("open", c.open.load(Relaxed)),
@@ -404,6 +404,7 @@ fn counters(c: &Counters) -> [(&'static str, u64); 34] {
         ("open_ndjson", c.open_ndjson.load(Relaxed)),
         ("open_ws", c.open_ws.load(Relaxed)),
         ("polls_held", c.polls_held.load(Relaxed)),
+        ("queued_bytes", c.queued_bytes.load(Relaxed)),
         ("accept_full", c.accept_full.load(Relaxed)),
         ("accept_errors", c.accept_errors.load(Relaxed)),
         ("recv_enobufs", c.recv_enobufs.load(Relaxed)),

@@ -24,6 +24,8 @@ pub struct Counters {
     pub open_ndjson: AtomicU64,
     pub open_ws: AtomicU64,
     pub polls_held: AtomicU64,
+    /// Bytes queued on the loop's connections (gauge, refreshed every tick).
+    pub queued_bytes: AtomicU64,
     /// Accepts that failed because the file table or the process was full.
     pub accept_full: AtomicU64,
     pub accept_errors: AtomicU64,

@@ -54,7 +54,10 @@ impl Shard {
             let out = conn
                 .out
                 .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
-            match out.push_event(bytes, event, policy, limits) {
+            let before = out.bytes();
+            let pushed = out.push_event(bytes, event, policy, limits);
+            self.queued += out.bytes() as i64 - before as i64;
+            match pushed {
                 Pushed::Queued { dropped: n } => {
                     delivered += 1;
                     dropped += n as u64;
@@ -95,7 +98,9 @@ impl Shard {
             return;
         };
         for (nth, gap) in out.take_gaps().iter().enumerate() {
-            out.push_notice(gap_notice(gap, kind), nth);
+            let notice = gap_notice(gap, kind);
+            self.queued += notice.len() as i64;
+            out.push_notice(notice, nth);
         }
     }
 
@@ -105,7 +110,9 @@ impl Shard {
         let conn = &mut self.conns[index as usize];
         let kind = conn.kind;
         if let Some(out) = conn.out.as_mut() {
+            let before = out.bytes();
             out.drop_all_events();
+            self.queued -= (before - out.bytes()) as i64;
             // The client reconnects with its Last-Event-ID; no gap notice is owed.
             out.take_gaps();
         }

@@ -120,6 +120,9 @@ pub struct Shard {
     /// WebSocket decoders holding a partial frame or message, by slab index. An idle
     /// WebSocket has none: its record stays 40 bytes.
     decoders: HashMap<u32, Box<ws::Decoder>>,
+    /// Bytes queued on this loop's connections, all out-queues together (a gauge
+    /// published each tick).
+    queued: i64,
     /// Client messages were queued for the ingest thread this turn: ring it.
     upstream_waiting: bool,
     /// CORS header lines of held long-polls, when `--cors-origin` is configured.
@@ -199,6 +202,7 @@ impl Shard {
             clock,
             due: Vec::new(),
             decoders: HashMap::new(),
+            queued: 0,
             upstream_waiting: false,
             poll_cors: HashMap::new(),
             refill: std::collections::VecDeque::new(),
@@ -413,6 +417,10 @@ impl Shard {
 
     fn on_tick(&mut self, flags: u32) {
         self.tick = self.clock.ticks(std::time::Instant::now());
+        debug_assert!(self.queued >= 0, "queued bytes went negative: {}", self.queued);
+        self.counters
+            .queued_bytes
+            .store(self.queued.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
         if !self.shutting_down
             && self
                 .shared
@@ -837,6 +845,7 @@ impl Shard {
         let out = conn
             .out
             .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+        self.queued += bytes.len() as i64;
         out.push(bytes);
     }
 
@@ -906,6 +915,7 @@ impl Shard {
                 let out = conn
                     .out
                     .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+                self.queued += rest.len() as i64;
                 out.push_front(rest);
             }
             self.flush(index);
@@ -914,6 +924,7 @@ impl Shard {
         let conn = &mut self.conns[index as usize];
         let out = conn.out.as_mut().expect("a send completed, so a queue exists");
         out.sent(res as usize);
+        self.queued -= i64::from(res);
         if !out.is_empty() {
             self.flush(index);
             return;
@@ -1021,6 +1032,7 @@ impl Shard {
         let conn = self.conns.remove(index as usize);
         add(&self.counters.open, -1);
         if let Some(mut out) = conn.out {
+            self.queued -= out.bytes() as i64;
             if self.pool.len() < OUT_QUEUE_POOL_MAX {
                 out.clear();
                 self.pool.push(out);
