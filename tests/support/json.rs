@@ -115,7 +115,7 @@ impl Parser<'_> {
 }
 
 /// The four hex digits after `\u`, and a low surrogate escape after a high one.
-fn unicode_escape(chars: &mut std::str::CharIndices<'_>) -> Result<char, String> {
+pub(crate) fn unicode_escape(chars: &mut std::str::CharIndices<'_>) -> Result<char, String> {
     let first = hex4(chars)?;
     if !(0xD800..0xDC00).contains(&first) {
         return char::from_u32(first).ok_or_else(|| format!("lone surrogate \\u{first:04x}"));

@@ -232,7 +232,7 @@ impl JsonParser<'_> {
                         'n' => '\n',
                         'r' => '\r',
                         't' => '\t',
-                        'u' => unicode_escape(&mut chars)?,
+                        'u' => crate::json::unicode_escape(&mut chars)?,
                         _ => return Err(format!("bad escape \\{e}")),
                     });
                 }
@@ -242,34 +242,6 @@ impl JsonParser<'_> {
         }
         Err("unterminated string".to_owned())
     }
-}
-
-/// The four hex digits after `\u`, and a low surrogate escape after a high one.
-fn unicode_escape(chars: &mut std::str::CharIndices<'_>) -> Result<char, String> {
-    let first = hex4(chars)?;
-    if !(0xD800..0xDC00).contains(&first) {
-        return char::from_u32(first).ok_or_else(|| format!("lone surrogate \\u{first:04x}"));
-    }
-    let (Some((_, '\\')), Some((_, 'u'))) = (chars.next(), chars.next()) else {
-        return Err(format!("high surrogate \\u{first:04x} without a low one"));
-    };
-    let second = hex4(chars)?;
-    if !(0xDC00..0xE000).contains(&second) {
-        return Err(format!("\\u{first:04x} followed by \\u{second:04x}"));
-    }
-    let code = 0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00);
-    char::from_u32(code).ok_or_else(|| format!("bad surrogate pair to {code:x}"))
-}
-
-fn hex4(chars: &mut std::str::CharIndices<'_>) -> Result<u32, String> {
-    let mut value = 0;
-    for _ in 0..4 {
-        let (_, c) = chars.next().ok_or("short \\u escape")?;
-        value = value * 16
-            + c.to_digit(16)
-                .ok_or_else(|| format!("bad hex digit {c:?} in \\u escape"))?;
-    }
-    Ok(value)
 }
 
 fn short(text: &str) -> &str {

@@ -165,16 +165,7 @@ impl Ingest {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
                 Err(e) => return Err(e),
             }
-            loop {
-                batch.clear();
-                batch.extend(
-                    self.ring
-                        .completion()
-                        .map(|c| (c.user_data(), c.result(), c.flags())),
-                );
-                if batch.is_empty() {
-                    break;
-                }
+            while uring::take_completions(&mut self.ring, &mut batch) {
                 for &(data, res, flags) in &batch {
                     self.dispatch(data, res, flags);
                 }
@@ -197,15 +188,10 @@ impl Ingest {
     }
 
     fn push(&mut self, entry: squeue::Entry) {
-        loop {
-            // SAFETY: receive buffers live in their publisher's `input` Vec and send buffers
-            // in its `sending` Vec; neither is touched (resized or dropped) while the matching
-            // `recv_armed`/`send_armed` flag says the kernel holds it. The timespec lives in self.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                return;
-            }
-            let _ = self.ring.submit();
-        }
+        // SAFETY: receive buffers live in their publisher's `input` Vec and send buffers in
+        // its `sending` Vec; neither is touched (resized or dropped) while the matching
+        // `recv_armed`/`send_armed` flag says the kernel holds it. The timespec lives in self.
+        unsafe { uring::push(&mut self.ring, &entry) }
     }
 
     fn dispatch(&mut self, data: u64, res: i32, flags: u32) {

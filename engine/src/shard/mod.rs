@@ -282,33 +282,15 @@ impl Shard {
 
     /// Queues one submission, flushing the queue to the kernel when it is full.
     fn push(&mut self, entry: squeue::Entry) {
-        loop {
-            // SAFETY: every entry's buffers (msghdr, iovecs, timespec, provided buffers) are
-            // owned by this shard or by a boxed out-queue that stays alive until the entry's
-            // final completion, which the `ops` bits of its connection track.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                return;
-            }
-            if let Err(e) = self.ring.submit() {
-                if !matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EINTR | libc::EAGAIN)) {
-                    panic!("loop {}: io_uring_enter failed while submitting: {e}", self.id);
-                }
-            }
-        }
+        // SAFETY: every entry's buffers (msghdr, iovecs, timespec, provided buffers) are
+        // owned by this shard or by a boxed out-queue that stays alive until the entry's
+        // final completion, which the `ops` bits of its connection track.
+        unsafe { uring::push(&mut self.ring, &entry) }
     }
 
     fn reap(&mut self) {
         let mut batch = std::mem::take(&mut self.cqes);
-        loop {
-            batch.clear();
-            batch.extend(
-                self.ring
-                    .completion()
-                    .map(|c| (c.user_data(), c.result(), c.flags())),
-            );
-            if batch.is_empty() {
-                break;
-            }
+        while uring::take_completions(&mut self.ring, &mut batch) {
             for &(data, res, flags) in &batch {
                 self.dispatch(data, res, flags);
             }

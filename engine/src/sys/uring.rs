@@ -85,3 +85,36 @@ fn ring_sq_len(ring: &IoUring) -> u32 {
     let len = unsafe { ring.submission_shared().len() };
     len as u32
 }
+
+/// Queues `entry`, handing the queue to the kernel first when it is full.
+///
+/// # Safety
+/// Every buffer, `msghdr`, `iovec` or timespec `entry` points to must stay valid and
+/// untouched until the kernel posts the entry's final completion.
+///
+/// # Panics
+/// If the kernel refuses the submission for a reason other than a transient one.
+pub unsafe fn push(ring: &mut IoUring, entry: &squeue::Entry) {
+    loop {
+        // SAFETY: the caller guarantees the entry's buffers outlive its completion.
+        if unsafe { ring.submission().push(entry) }.is_ok() {
+            return;
+        }
+        if let Err(e) = ring.submit() {
+            if !matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EINTR | libc::EAGAIN)) {
+                panic!("io_uring_enter failed while submitting: {e}");
+            }
+        }
+    }
+}
+
+/// One completion: `user_data`, result and flags.
+pub type Cqe = (u64, i32, u32);
+
+/// Moves every posted completion into `batch` (cleared first); false when there were none.
+/// Dispatching from a batch, rather than from the queue, lets handlers push new entries.
+pub fn take_completions(ring: &mut IoUring, batch: &mut Vec<Cqe>) -> bool {
+    batch.clear();
+    batch.extend(ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+    !batch.is_empty()
+}
