@@ -210,6 +210,12 @@ pub struct Config {
     )]
     pub tcp_user_timeout_ms: u32,
 
+    /// TCP_NOTSENT_LOWAT on client sockets: unsent bytes the kernel holds per connection
+    /// before a send waits. Bounds the kernel memory a slow client costs, so the queue
+    /// policies act early (0: the kernel's default, up to tcp_wmem's maximum).
+    #[arg(long, value_name = "BYTES", default_value_t = 128 << 10, env = "RINGCAST_TCP_NOTSENT_LOWAT")]
+    pub tcp_notsent_lowat: u32,
+
     /// Largest WebSocket message a client may send (all fragments together), in bytes;
     /// larger ones close the connection with 1009.
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 10, env = "RINGCAST_WS_MAX_MESSAGE")]

@@ -1,8 +1,8 @@
 //! Subscribers by the hundred for the backpressure tests: sockets with a receive buffer
-//! chosen before connecting (so a reader that reads nothing stalls the engine after a few
-//! KiB, as a slow phone does), SSE and WebSocket streams decoded incrementally without
-//! keeping the body (a fast reader may see hundreds of MiB), the JSON of gap notices, and
-//! the engine's resident memory sampled while a test floods it.
+//! chosen before connecting (a slow phone's small window), SSE and WebSocket streams
+//! decoded incrementally without keeping the body (a fast reader may see hundreds of
+//! MiB), the JSON of gap notices, and the engine's resident memory and the kernel's TCP
+//! memory sampled while a test floods the engine.
 //!
 //! Owns: each stream's socket and decoder state; the sampler's thread.
 //!

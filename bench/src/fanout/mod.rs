@@ -110,6 +110,10 @@ pub struct FanoutArgs {
     /// Sender threads of the kernel baseline (give it the engine's `--loops`).
     #[arg(long, default_value_t = 2)]
     pub baseline_senders: usize,
+    /// Events the kernel baseline writes to a socket per `write` (the engine gathers up
+    /// to 64 events per `sendmsg`); 1: one write per event per socket.
+    #[arg(long, default_value_t = 64)]
+    pub baseline_batch: usize,
     /// Bound on one run, seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
@@ -139,6 +143,10 @@ impl Run {
 /// One phase: its slow subscribers, its runs, the engine's counters across it.
 struct Phase {
     slow: usize,
+    /// At the end of the phase: the engine's `VmRSS` and the kernel's TCP buffer
+    /// memory (all sockets of the machine), KiB.
+    engine_rss_kib: Option<u64>,
+    tcp_mem_kib: Option<u64>,
     warmup: Option<Run>,
     runs: Vec<Run>,
     counters: BTreeMap<String, i64>,
@@ -176,7 +184,8 @@ fn run(args: &FanoutArgs) -> Result<(String, bool), String> {
     let admin = (!args.kernel_baseline && args.admin != "none").then(|| args.admin.clone());
     let streams_before = admin.as_deref().and_then(totals).map_or(0, |t| t["streams"]);
     let (target, acceptor) = if args.kernel_baseline {
-        let (addr, acceptor) = publish::baseline_listen(args.fast).map_err(|e| format!("baseline listener: {e}"))?;
+        let (addr, acceptor) =
+            publish::baseline_listen(args.fast).map_err(|e| format!("baseline listener: {e}"))?;
         (addr, Some(acceptor))
     } else {
         (resolve(&args.target)?, None)
@@ -198,7 +207,8 @@ fn run(args: &FanoutArgs) -> Result<(String, bool), String> {
             next: 0,
         },
     };
-    let readers = Readers::start(fast, args.threads, base, args.verify).map_err(|e| format!("readers: {e}"))?;
+    let readers =
+        Readers::start(fast, args.threads, base, args.verify).map_err(|e| format!("readers: {e}"))?;
     if let Some(admin) = &admin {
         wait_streams(admin, streams_before + args.fast as i64)?;
     }
@@ -215,25 +225,40 @@ fn run(args: &FanoutArgs) -> Result<(String, bool), String> {
         if let Some(admin) = &admin {
             wait_streams(admin, streams_before + (args.fast + slow) as i64)?;
         }
-        phases.push(measure_phase(args, &mut src, &readers, admin.as_deref(), base, slow)?);
+        phases.push(measure_phase(
+            args,
+            &mut src,
+            &readers,
+            admin.as_deref(),
+            base,
+            slow,
+        )?);
     }
     let error = readers.first_error();
     readers.stop();
     drop(slow_held);
     let text = report(args, &conditions, &phases, error.as_deref());
-    let complete = phases.iter().flat_map(|p| &p.runs).all(|r| r.got.events + r.got.dropped >= r.expected);
+    let complete = phases
+        .iter()
+        .flat_map(|p| &p.runs)
+        .all(|r| r.got.events + r.got.dropped >= r.expected);
     Ok((text, complete && error.is_none()))
 }
 
 fn check_args(args: &FanoutArgs) -> Result<(), String> {
     if args.bytes < 40 {
-        return Err(format!("--bytes {} is below 40, the timestamp and index", args.bytes));
+        return Err(format!(
+            "--bytes {} is below 40, the timestamp and index",
+            args.bytes
+        ));
     }
     if args.fast == 0 || args.events == 0 || args.runs == 0 {
         return Err("--fast, --events and --runs must be at least 1".into());
     }
     if args.kernel_baseline && args.slow > 0 {
-        return Err("--slow with --kernel-baseline: the baseline's blocking writes would stall on them".into());
+        return Err(
+            "--slow with --kernel-baseline: the baseline's blocking writes would stall on them".into(),
+        );
     }
     Ok(())
 }
@@ -261,7 +286,8 @@ fn open_fast(args: &FanoutArgs, target: SocketAddrV4) -> Result<Vec<OwnedFd>, St
     let req = request(args, target);
     (0..args.fast)
         .map(|i| {
-            let mut s = TcpStream::connect(target).map_err(|e| format!("fast subscriber {i}: connect {target}: {e}"))?;
+            let mut s = TcpStream::connect(target)
+                .map_err(|e| format!("fast subscriber {i}: connect {target}: {e}"))?;
             s.set_nodelay(true).map_err(|e| e.to_string())?;
             s.write_all(req.as_bytes())
                 .map_err(|e| format!("fast subscriber {i}: send the request: {e}"))?;
@@ -272,7 +298,8 @@ fn open_fast(args: &FanoutArgs, target: SocketAddrV4) -> Result<Vec<OwnedFd>, St
 
 /// Connects one slow subscriber and sends its request; it is never read.
 fn open_slow(args: &FanoutArgs, target: SocketAddrV4) -> Result<TcpStream, String> {
-    let fd = sys::connect_with_rcvbuf(target, args.slow_rcvbuf).map_err(|e| format!("slow subscriber: {e}"))?;
+    let fd =
+        sys::connect_with_rcvbuf(target, args.slow_rcvbuf).map_err(|e| format!("slow subscriber: {e}"))?;
     let mut s = TcpStream::from(fd);
     s.write_all(request(args, target).as_bytes())
         .map_err(|e| format!("slow subscriber: send the request: {e}"))?;
@@ -309,7 +336,9 @@ fn wait_streams(admin: &str, want: i64) -> Result<(), String> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(format!("the engine counts {now} streams of {want} after {SUBSCRIBE_WAIT:?}"));
+            return Err(format!(
+                "the engine counts {now} streams of {want} after {SUBSCRIBE_WAIT:?}"
+            ));
         }
         thread::sleep(Duration::from_millis(50));
     }
@@ -334,19 +363,40 @@ fn measure_phase(
         runs.push(one_run(args, src, readers, base, args.events)?);
     }
     let after = admin.and_then(totals);
+    // Deltas over the phase, and `open`, a gauge, as it is at the end: slow subscribers
+    // the engine closed (stalled, TCP_USER_TIMEOUT on a zero window) are no longer there.
+    const DELTAS: [&str; 8] = [
+        "deliveries",
+        "dropped",
+        "coalesced",
+        "slow_disconnected",
+        "slow_closed",
+        "ring_lost",
+        "stalled",
+        "tcp_timeouts",
+    ];
     let counters = match (before, after) {
         (Some(b), Some(a)) => a
             .iter()
-            .filter(|(name, _)| {
-                ["deliveries", "dropped", "coalesced", "slow_disconnected", "slow_closed", "ring_lost", "stalled"]
-                    .contains(&name.as_str())
+            .filter(|(name, _)| DELTAS.contains(&name.as_str()) || name.as_str() == "open")
+            .map(|(name, &v)| {
+                let delta = if name == "open" {
+                    0
+                } else {
+                    b.get(name).copied().unwrap_or(0)
+                };
+                (name.clone(), v - delta)
             })
-            .map(|(name, v)| (name.clone(), v - b.get(name).copied().unwrap_or(0)))
             .collect(),
         _ => BTreeMap::new(),
     };
     Ok(Phase {
         slow,
+        engine_rss_kib: args
+            .pid
+            .and_then(|pid| crate::procfs::Snapshot::read(pid).ok())
+            .map(|s| s.rss_kb),
+        tcp_mem_kib: tcp_mem_kib(),
         warmup,
         runs,
         counters,
@@ -355,7 +405,13 @@ fn measure_phase(
 
 /// Publishes `events` events and waits until the fast readers have them all (or no more
 /// arrive for [`IDLE_END`]).
-fn one_run(args: &FanoutArgs, src: &mut Source, readers: &Readers, base: Instant, events: u64) -> Result<Run, String> {
+fn one_run(
+    args: &FanoutArgs,
+    src: &mut Source,
+    readers: &Readers,
+    base: Instant,
+    events: u64,
+) -> Result<Run, String> {
     let expected = events * args.fast as u64;
     let start_totals = readers.totals();
     let _ = readers.take_latencies();
@@ -368,7 +424,7 @@ fn one_run(args: &FanoutArgs, src: &mut Source, readers: &Readers, base: Instant
             *next += events;
         }
         Source::Baseline { baseline, next } => {
-            baseline.send(*next, events, args.bytes, base, &gate)?;
+            baseline.send(*next, events, args.bytes, args.baseline_batch, base, &gate)?;
             *next += events;
         }
     }
@@ -388,7 +444,9 @@ fn one_run(args: &FanoutArgs, src: &mut Source, readers: &Readers, base: Instant
     }
     let end_ns = readers.last_event_ns();
     let t0_ns = t0.duration_since(base).as_nanos() as u64;
-    let secs = (end_ns.saturating_sub(t0_ns) as f64 / 1e9).max(publish_secs).max(1e-9);
+    let secs = (end_ns.saturating_sub(t0_ns) as f64 / 1e9)
+        .max(publish_secs)
+        .max(1e-9);
     let now = readers.totals();
     let cpu = |before: Option<f64>, pid: Option<u32>| Some(cpu_secs(pid?)? - before?);
     Ok(Run {
@@ -439,6 +497,15 @@ fn diff(a: &Totals, b: &Totals) -> Totals {
         closed: a.closed - b.closed,
         bytes: a.bytes - b.bytes,
     }
+}
+
+/// The kernel's TCP buffer memory (`mem` of `TCP:` in `/proc/net/sockstat`, pages of
+/// 4 KiB), in KiB.
+fn tcp_mem_kib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace().skip_while(|&w| w != "mem");
+    Some(words.nth(1)?.parse::<u64>().ok()? * 4)
 }
 
 /// User + system CPU seconds of process `pid`, from `/proc/<pid>/stat`.
@@ -508,7 +575,10 @@ fn run_text(args: &FanoutArgs, label: &str, r: &Run, events: u64) -> String {
 fn report(args: &FanoutArgs, c: &Conditions, phases: &[Phase], error: Option<&str>) -> String {
     let mut out = String::new();
     let what = if args.kernel_baseline {
-        format!("kernel baseline ({} sender threads)", args.baseline_senders)
+        format!(
+            "kernel baseline ({} sender threads, {} events per write)",
+            args.baseline_senders, args.baseline_batch
+        )
     } else {
         format!("engine at {}, topic {}", args.target, args.topic)
     };
@@ -530,7 +600,11 @@ fn report(args: &FanoutArgs, c: &Conditions, phases: &[Phase], error: Option<&st
     );
     let mut medians = Vec::new();
     for p in phases {
-        let _ = writeln!(out, "  phase: {} slow subscribers (SO_RCVBUF {}, never read)", p.slow, args.slow_rcvbuf);
+        let _ = writeln!(
+            out,
+            "  phase: {} slow subscribers (SO_RCVBUF {}, never read)",
+            p.slow, args.slow_rcvbuf
+        );
         if let Some(w) = &p.warmup {
             out.push_str(&run_text(args, "warm-up", w, args.warmup));
         }
@@ -552,8 +626,19 @@ fn report(args: &FanoutArgs, c: &Conditions, phases: &[Phase], error: Option<&st
             latency_text(&merged)
         );
         if !p.counters.is_empty() {
-            let _ = writeln!(out, "    engine counters over the phase: {:?}", p.counters);
+            let _ = writeln!(
+                out,
+                "    engine counters over the phase (open: at its end): {:?}",
+                p.counters
+            );
         }
+        let kib = |v: Option<u64>| v.map_or("n/a".to_owned(), |v| format!("{v} KiB"));
+        let _ = writeln!(
+            out,
+            "    at the end: engine VmRSS {}, kernel TCP memory (whole machine) {}",
+            kib(p.engine_rss_kib),
+            kib(p.tcp_mem_kib)
+        );
         medians.push((p.slow, median));
     }
     if let [(0, without), (slow, with)] = medians[..] {

@@ -266,7 +266,11 @@ fn parse_u64(digits: &[u8]) -> Option<u64> {
 fn gap_dropped(data: &[u8]) -> Option<u64> {
     let key = b"\"dropped\":";
     let at = data.windows(key.len()).position(|w| w == key)? + key.len();
-    let digits: Vec<u8> = data[at..].iter().copied().take_while(u8::is_ascii_digit).collect();
+    let digits: Vec<u8> = data[at..]
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .collect();
     parse_u64(&digits)
 }
 
@@ -274,7 +278,8 @@ fn gap_dropped(data: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
-    const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+    const HEAD: &[u8] =
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
 
     fn chunk(body: &str) -> Vec<u8> {
         let mut out = format!("{:x}\r\n", body.len()).into_bytes();
@@ -291,7 +296,10 @@ mod tests {
             "event: ringcast.gap\ndata: {\"topic\":\"f\",\"dropped\":42,\"first_id\":\"19a2f-8\",\"last_id\":\"19a2f-60\"}\n\n",
         ));
         s.extend(chunk(": heartbeat\n"));
-        s.extend(chunk(&format!("id: 19a2f-61\ndata: t=99 {}\n\n", "y".repeat(2000))));
+        s.extend(chunk(&format!(
+            "id: 19a2f-61\ndata: t=99 {}\n\n",
+            "y".repeat(2000)
+        )));
         s.extend(chunk("id: 19a2f-62\ndata: no timestamp\n\n"));
         s.extend(chunk("event: ringcast.slow\ndata: {}\n\n"));
         s.extend(b"0\r\n\r\n");

@@ -178,12 +178,12 @@ impl OutQueue {
     /// Queues `bytes`, the encoding of `event`, applying `policy` when the event limits
     /// would be exceeded.
     pub fn push_event(&mut self, bytes: Bytes, event: &Arc<Event>, policy: Policy, limits: Limits) -> Pushed {
-        if policy == Policy::Coalesce && event.key.is_some() && self.coalesce(&bytes, event) {
-            return Pushed::Coalesced;
-        }
-        // One event always fits an event-free queue, however large: a payload over the byte
-        // limit is still delivered to a client that keeps up (the hard cap still applies).
+        // Coalescing takes the superseded event out; the new one joins the back, so the
+        // client still receives events in id order.
+        let coalesced = policy == Policy::Coalesce && event.key.is_some() && self.remove_same_key(event);
         let fits = |q: &OutQueue| {
+            // One event always fits an event-free queue, however large: a payload over the
+            // byte limit still reaches a client that keeps up (the hard cap still applies).
             q.events == 0 || (q.event_bytes + bytes.len() <= limits.bytes && q.events < limits.events)
         };
         let mut dropped = 0;
@@ -199,8 +199,8 @@ impl OutQueue {
                         dropped += 1;
                     }
                     if !fits(self) {
-                        // Everything droppable is gone and it still does not fit (one event
-                        // larger than the limit, or all of it in flight): it is the one lost.
+                        // Everything droppable is gone and it still does not fit (all of it
+                        // in flight): the newcomer is the one lost.
                         self.record_gap(event);
                         return Pushed::Refused;
                     }
@@ -214,25 +214,27 @@ impl OutQueue {
             bytes,
             event: Some(Arc::clone(event)),
         });
-        Pushed::Queued { dropped }
+        if coalesced && dropped == 0 {
+            Pushed::Coalesced
+        } else {
+            Pushed::Queued { dropped }
+        }
     }
 
-    /// Replaces a queued, not in flight, event with the same topic and key.
-    fn coalesce(&mut self, bytes: &Bytes, event: &Arc<Event>) -> bool {
+    /// Removes a queued, not in flight, event with the same topic and key as `event`.
+    fn remove_same_key(&mut self, event: &Arc<Event>) -> bool {
         let start = self.in_flight;
-        let found = self.queue.iter_mut().skip(start).find(|e| {
+        let Some(pos) = self.queue.iter().skip(start).position(|e| {
             e.event
                 .as_ref()
                 .is_some_and(|old| old.key == event.key && old.topic == event.topic)
-        });
-        let Some(entry) = found else {
+        }) else {
             return false;
         };
-        let old_len = entry.bytes.len();
-        entry.bytes = bytes.clone();
-        entry.event = Some(Arc::clone(event));
-        self.bytes = self.bytes - old_len + bytes.len();
-        self.event_bytes = self.event_bytes - old_len + bytes.len();
+        let entry = self.queue.remove(start + pos).expect("position found");
+        self.bytes -= entry.bytes.len();
+        self.event_bytes -= entry.bytes.len();
+        self.events -= 1;
         true
     }
 
@@ -536,13 +538,17 @@ mod tests {
             ),
             Pushed::Queued { dropped: 0 }
         );
-        assert_eq!(seqs(&q), vec![3, 2, 4], "the AAPL slot now holds 3");
+        assert_eq!(
+            seqs(&q),
+            vec![2, 3, 4],
+            "AAPL's 1 is gone and 3 joined the back: id order holds"
+        );
         assert!(!q.has_gaps(), "coalescing is not a gap");
         assert_eq!(
             q.push_event(bytes_of(5), &event(5, "px", None), Policy::Coalesce, LIMITS),
             Pushed::Queued { dropped: 1 }
         );
-        assert_eq!(seqs(&q), vec![2, 4, 5]);
+        assert_eq!(seqs(&q), vec![3, 4, 5]);
         assert_eq!(q.bytes(), 9, "byte count follows replacements and drops");
     }
 

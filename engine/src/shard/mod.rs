@@ -171,9 +171,13 @@ impl Shard {
             .map_err(|e| format!("loop {id}: cannot register the receive buffer ring: {e}"))?;
         let mut listeners = Vec::new();
         for addr in &cfg.listen {
-            let l = crate::sys::socket::tcp_listener(*addr, 4096, cfg.tcp_user_timeout_ms).map_err(|e| {
-                format!("cannot listen on {addr}: {e}; is another program using it? pass --listen ADDR")
-            })?;
+            let l =
+                crate::sys::socket::tcp_listener(*addr, 4096, cfg.tcp_user_timeout_ms, cfg.tcp_notsent_lowat)
+                    .map_err(|e| {
+                        format!(
+                            "cannot listen on {addr}: {e}; is another program using it? pass --listen ADDR"
+                        )
+                    })?;
             listeners.push(l);
         }
         let started = Started {
@@ -908,6 +912,12 @@ impl Shard {
         out.sent(res as usize);
         self.queued -= i64::from(res);
         if !out.is_empty() {
+            self.flush(index);
+            return;
+        }
+        if out.has_gaps() {
+            // Events were refused while everything queued was in flight: the client still
+            // has to hear of them, so the queue stays to carry the notice.
             self.flush(index);
             return;
         }

@@ -62,7 +62,12 @@ const KEEPALIVE_PROBES: libc::c_int = 4;
 ///
 /// # Errors
 /// The socket, bind or listen error (`EADDRINUSE` when another program holds the port).
-pub fn tcp_listener(addr: SocketAddr, backlog: i32, user_timeout_ms: u32) -> io::Result<OwnedFd> {
+pub fn tcp_listener(
+    addr: SocketAddr,
+    backlog: i32,
+    user_timeout_ms: u32,
+    notsent_lowat: u32,
+) -> io::Result<OwnedFd> {
     let family = match addr {
         SocketAddr::V4(_) => libc::AF_INET,
         SocketAddr::V6(_) => libc::AF_INET6,
@@ -98,6 +103,17 @@ pub fn tcp_listener(addr: SocketAddr, backlog: i32, user_timeout_ms: u32) -> io:
             libc::IPPROTO_TCP,
             libc::TCP_USER_TIMEOUT,
             user_timeout_ms as libc::c_int,
+        )?;
+    }
+    // Unsent bytes the kernel keeps per socket before a send waits: without it a client
+    // that stops reading holds up to tcp_wmem's maximum (megabytes) of stale events in
+    // kernel memory before the engine's own queue, and its policy, ever see backpressure.
+    if notsent_lowat > 0 {
+        set_int_opt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            notsent_lowat as libc::c_int,
         )?;
     }
     let (storage, len) = sockaddr_of(addr);
