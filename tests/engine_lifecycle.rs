@@ -63,9 +63,32 @@ fn sigterm_with_clients_connected_exits_0_and_removes_the_socket() {
 /// and flushes its queues.
 #[test]
 fn sigterm_delivers_every_acknowledged_event_first() {
-    let mut engine = Engine::start(&[]);
-    let mut subs: Vec<SseClient> = (0..4)
+    // Queues large enough for the whole burst: this is about shutdown, not about the
+    // backpressure policy a reader slower than the burst would meet.
+    let mut engine = Engine::start(&[
+        "--queue-events",
+        "4096",
+        "--queue-bytes",
+        "8388608",
+        "--out-queue-bytes-max",
+        "16777216",
+    ]);
+    let subs: Vec<SseClient> = (0..4)
         .map(|_| SseClient::subscribe(engine.addr, &["flush"]))
+        .collect();
+    // The subscribers read all along, as live clients do (one that stopped reading would
+    // meet its backpressure policy instead).
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|mut sub| {
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while let Ok(event) = sub.next_event(WAIT) {
+                    got.push(event.id);
+                }
+                got
+            })
+        })
         .collect();
     let mut publisher = Publisher::connect(&engine.ingest);
     let payload = vec![b'x'; 1024];
@@ -82,11 +105,8 @@ fn sigterm_delivers_every_acknowledged_event_first() {
         "exit status {status}; stderr:\n{}",
         engine.stderr()
     );
-    for (n, sub) in subs.iter_mut().enumerate() {
-        let mut got = Vec::new();
-        while let Ok(event) = sub.next_event(WAIT) {
-            got.push(event.id);
-        }
+    for (n, reader) in readers.into_iter().enumerate() {
+        let got = reader.join().expect("reader thread");
         assert_eq!(
             got.len(),
             ids.len(),
