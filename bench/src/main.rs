@@ -14,6 +14,9 @@
 //! [`procfs`] and [`conditions`] read the machine, [`report`] renders results, [`sys`]
 //! holds every `unsafe` libc call.
 
+mod check;
+mod churn;
+mod compare;
 mod conditions;
 mod fanout;
 mod handshake;
@@ -21,6 +24,7 @@ mod hold;
 mod plan;
 mod procfs;
 mod report;
+mod storm;
 mod sys;
 mod wire;
 mod worker;
@@ -50,6 +54,14 @@ enum Cmd {
     /// One worker process of `hold` (internal).
     #[command(hide = true)]
     HoldWorker(worker::WorkerArgs),
+    /// Say what this host lacks to hold N connections, and the line that fixes each.
+    Check(check::CheckArgs),
+    /// Open and close subscribers at a rate beside steady ones; verify the steady ones' events.
+    Churn(churn::ChurnArgs),
+    /// Drop N subscribers at once, reconnect them with Last-Event-ID, time it, verify ids.
+    Storm(storm::StormArgs),
+    /// Run one scenario (idle memory, fan-out) against ringcast, nginx+nchan or Pushpin.
+    Compare(compare::CompareArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,5 +69,9 @@ fn main() -> ExitCode {
         Cmd::Hold(args) => hold::main(args),
         Cmd::Fanout(args) => fanout::main(args),
         Cmd::HoldWorker(args) => worker::main(args),
+        Cmd::Check(args) => check::main(args),
+        Cmd::Churn(args) => churn::main(args),
+        Cmd::Storm(args) => storm::main(args),
+        Cmd::Compare(args) => compare::main(args),
     }
 }

@@ -1,0 +1,730 @@
+//! The `compare` subcommand: one scenario, run the same way against ringcast or a peer
+//! push server (nginx + nchan, Pushpin), so their figures sit side by side.
+//!
+//! Per invocation, one server (started beforehand, e.g. by `bench/peers/*.sh`):
+//! 1. idle memory: open `--idle` SSE subscribers at `--rate` new connections per second
+//!    (Pushpin refuses bursts), wait `--settle-secs`, and report the growth of the summed
+//!    `VmRSS` of every `--pid` (nginx: master and workers; Pushpin: all its processes)
+//!    per subscriber whose response head was `200`; then close them.
+//! 2. fan-out: open `--fast` SSE subscribers on one topic, then per run publish
+//!    `--events` events of `--bytes` bytes as fast as the server accepts them (ringcast:
+//!    pipelined `PUB` on its ingest socket; nchan: `POST /pub?id=`; Pushpin: `POST` of
+//!    JSON to its publish endpoint, one event per request, `--publishers` keep-alive
+//!    connections), and measure deliveries/s, publish-to-receipt latency (each payload
+//!    starts with `t=<ns since start>`) and losses (events a subscriber never got).
+//!
+//! The reader counts events by the `t=<digits> ` marker wherever it appears in the body,
+//! so it reads SSE (`data: t=...`), chunked or not, from any of the three servers alike.
+//! Every wait is bounded in count and time.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::conditions::Conditions;
+
+/// A run with no delivery for this long is over, complete or not.
+const IDLE_END: Duration = Duration::from_secs(3);
+/// Bound on one blocking socket operation.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server under test; it picks the default paths and how events are published.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    Ringcast,
+    Nchan,
+    Pushpin,
+}
+
+/// Arguments of `ringcast-bench compare`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// The server under test.
+    #[arg(long, value_enum)]
+    pub server: Server,
+    /// Its client address, `host:port`.
+    #[arg(long)]
+    pub target: String,
+    /// Process ids whose `VmRSS` is summed (repeat the flag; all of the server's processes).
+    #[arg(long, required = true)]
+    pub pid: Vec<u32>,
+    /// Subscription path (default: ringcast `/sse?topic=cmp`, nchan `/sse?id=cmp`,
+    /// Pushpin `/test/stream`).
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Where to publish: ringcast's ingest socket path (default `./ringcast.sock`), nchan's
+    /// publisher path (default `/pub?id=cmp`, on `--target`), Pushpin's publish endpoint
+    /// `host:port` (default `127.0.0.1:5561`).
+    #[arg(long)]
+    pub publish: Option<String>,
+    /// Idle subscribers held for the memory figure; 0 skips it.
+    #[arg(long, default_value_t = 5000)]
+    pub idle: usize,
+    /// New connections per second while opening subscribers.
+    #[arg(long, default_value_t = 400)]
+    pub rate: u64,
+    /// Seconds between the last idle subscriber and the memory reading.
+    #[arg(long, default_value_t = 3)]
+    pub settle_secs: u64,
+    /// Fan-out subscribers on the topic; 0 skips the fan-out.
+    #[arg(long, default_value_t = 1000)]
+    pub fast: usize,
+    /// Events per run.
+    #[arg(long, default_value_t = 2000)]
+    pub events: u64,
+    /// Payload bytes per event (at least 40).
+    #[arg(long, default_value_t = 128)]
+    pub bytes: usize,
+    /// Measured runs (after one warm-up run of `--events / 10` events).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Concurrent keep-alive publishing connections (nchan, Pushpin).
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+    /// `PUB` commands per write to ringcast's ingest socket (two writes in flight).
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Reader threads for the fan-out subscribers.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Bound on one run, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_secs: u64,
+}
+
+/// Runs `ringcast-bench compare`.
+pub fn main(args: CompareArgs) -> ExitCode {
+    match run(&args) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringcast-bench compare: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn path(args: &CompareArgs) -> String {
+    args.path.clone().unwrap_or_else(|| {
+        match args.server {
+            Server::Ringcast => "/sse?topic=cmp",
+            Server::Nchan => "/sse?id=cmp",
+            Server::Pushpin => "/test/stream",
+        }
+        .to_owned()
+    })
+}
+
+fn rss_kib(pids: &[u32]) -> Result<u64, String> {
+    pids.iter()
+        .map(|&pid| crate::procfs::Snapshot::read(pid).map(|s| s.rss_kb))
+        .sum()
+}
+
+fn run(args: &CompareArgs) -> Result<String, String> {
+    if args.bytes < 40 {
+        return Err("--bytes must be at least 40".into());
+    }
+    crate::sys::raise_nofile().map_err(|e| format!("raise RLIMIT_NOFILE: {e}"))?;
+    let conditions = Conditions::collect(args.pid[0]);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "ringcast-bench compare: server {:?} at {}, path {}, pids {:?}",
+        args.server,
+        args.target,
+        path(args),
+        args.pid
+    );
+    if args.idle > 0 {
+        idle(args, &mut out)?;
+    }
+    if args.fast > 0 {
+        fanout(args, &mut out)?;
+    }
+    let _ = writeln!(
+        out,
+        "  conditions: kernel {}, CPU {} x{}, ringcast-bench {}, {}\n  command: {}\n  server: {}",
+        conditions.kernel,
+        conditions.cpu,
+        conditions.nproc,
+        conditions.version,
+        conditions.date,
+        conditions.command,
+        conditions.engine_command
+    );
+    Ok(out)
+}
+
+/// Opens one subscriber and waits for its response head: the stream and the body bytes
+/// that came with the head, or why it was not held (a status other than 200, an error).
+fn subscribe(args: &CompareArgs, path: &str) -> Result<(TcpStream, Vec<u8>), String> {
+    let mut s = TcpStream::connect(&args.target).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+        args.target
+    );
+    s.write_all(req.as_bytes()).map_err(|e| format!("send: {e}"))?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).map_err(|e| format!("read head: {e}"))?;
+        if n == 0 {
+            return Err("closed before the head".into());
+        }
+        got.extend_from_slice(&buf[..n]);
+        if let Some(end) = find(&got, b"\r\n\r\n") {
+            let status = String::from_utf8_lossy(&got[..got.len().min(32)]).into_owned();
+            if !status.starts_with("HTTP/1.1 200") {
+                return Err(format!("status {:?}", status.lines().next().unwrap_or("")));
+            }
+            // What followed the head is body: keep it for the event scanner.
+            return Ok((s, got[end + 4..].to_vec()));
+        }
+        if got.len() > 16 * 1024 {
+            return Err("head too large".into());
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Opens `n` subscribers at `--rate` per second; returns the held ones and the
+/// failures by kind.
+/// A held subscriber and the body bytes that came with its response head.
+type Held = (TcpStream, Vec<u8>);
+
+fn open_many(args: &CompareArgs, n: usize) -> (Vec<Held>, Vec<(String, usize)>) {
+    let path = path(args);
+    let start = Instant::now();
+    let mut held = Vec::with_capacity(n);
+    let mut failures: Vec<(String, usize)> = Vec::new();
+    for i in 0..n {
+        let due = start + Duration::from_secs_f64(i as f64 / args.rate.max(1) as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+        match subscribe(args, &path) {
+            Ok(s) => held.push(s),
+            Err(e) => match failures.iter_mut().find(|(k, _)| *k == e) {
+                Some((_, c)) => *c += 1,
+                None => failures.push((e, 1)),
+            },
+        }
+    }
+    (held, failures)
+}
+
+fn idle(args: &CompareArgs, out: &mut String) -> Result<(), String> {
+    let before = rss_kib(&args.pid)?;
+    let t0 = Instant::now();
+    let (held, failures) = open_many(args, args.idle);
+    let ramp = t0.elapsed().as_secs_f64();
+    thread::sleep(Duration::from_secs(args.settle_secs));
+    let after = rss_kib(&args.pid)?;
+    let per = if held.is_empty() {
+        f64::NAN
+    } else {
+        (after as f64 - before as f64) * 1024.0 / held.len() as f64
+    };
+    let _ = writeln!(
+        out,
+        "  idle: {}/{} held (ramp {ramp:.1} s at {}/s), failures {failures:?}; summed VmRSS {before} KiB -> {after} KiB: \
+         {per:.0} B per held connection",
+        held.len(),
+        args.idle,
+        args.rate
+    );
+    drop(held);
+    thread::sleep(Duration::from_secs(2));
+    Ok(())
+}
+
+/// Shared state of the reader threads.
+struct Shared {
+    /// Events received per subscriber.
+    counts: Vec<AtomicU64>,
+    /// Latest receipt, ns since `base`.
+    last_ns: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
+    closed: AtomicU64,
+    stop: AtomicBool,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Finds each complete `t=<digits> ` marker in `carry` + `input` (a `t` not preceded by
+/// a letter or digit), calls `seen` with its number, and leaves in `carry` what may
+/// start a marker completed by later bytes.
+fn scan(carry: &mut Vec<u8>, input: &[u8], mut seen: impl FnMut(u64)) {
+    carry.extend_from_slice(input);
+    let buf = &carry[..];
+    let len = buf.len();
+    let mut i = 0;
+    let mut consumed = 0;
+    let mut pending = None;
+    while i + 1 < len {
+        if buf[i] == b't' && buf[i + 1] == b'=' && (i == 0 || !buf[i - 1].is_ascii_alphanumeric()) {
+            let mut j = i + 2;
+            while j < len && buf[j].is_ascii_digit() {
+                j += 1;
+            }
+            if j == len {
+                if j - i < 40 {
+                    pending = Some(i);
+                }
+                break;
+            }
+            if buf[j] == b' ' && j > i + 2 {
+                let ns = std::str::from_utf8(&buf[i + 2..j])
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                seen(ns);
+                i = j + 1;
+                consumed = i;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    let keep = pending.unwrap_or_else(|| len.saturating_sub(2).max(consumed));
+    carry.drain(..keep.min(len));
+}
+
+fn reader(socks: Vec<(usize, TcpStream, Vec<u8>)>, shared: Arc<Shared>, base: Instant) -> Result<(), String> {
+    let epoll = crate::sys::Epoll::new().map_err(|e| e.to_string())?;
+    let mut conns = Vec::with_capacity(socks.len());
+    for (token, (index, s, carry)) in socks.into_iter().enumerate() {
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        epoll
+            .add(s.as_raw_fd(), libc::EPOLLIN as u32, token as u64)
+            .map_err(|e| e.to_string())?;
+        conns.push((index, s, carry, true));
+    }
+    let mut tokens = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut local = new_histogram();
+    while !shared.stop.load(Ordering::Relaxed) {
+        epoll.wait(&mut tokens, 256, 50).map_err(|e| e.to_string())?;
+        for &t in &tokens {
+            let (index, s, carry, open) = &mut conns[t as usize];
+            if !*open {
+                continue;
+            }
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        *open = false;
+                        shared.closed.fetch_add(1, Ordering::Relaxed);
+                        let _ = s.shutdown(std::net::Shutdown::Both);
+                        break;
+                    }
+                    Ok(n) => {
+                        let now = base.elapsed().as_nanos() as u64;
+                        let mut k = 0;
+                        scan(carry, &buf[..n], |sent| {
+                            k += 1;
+                            let _ = local.record(now.saturating_sub(sent).max(1) / 1000);
+                        });
+                        if k > 0 {
+                            shared.counts[*index].fetch_add(k, Ordering::Relaxed);
+                            shared.last_ns.fetch_max(now, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        *open = false;
+                        shared.closed.fetch_add(1, Ordering::Relaxed);
+                        let _ = s.shutdown(std::net::Shutdown::Both);
+                        break;
+                    }
+                }
+            }
+        }
+        if !local.is_empty() {
+            if let Ok(mut h) = shared.latency.lock() {
+                let _ = h.add(&local);
+            }
+            local.reset();
+        }
+    }
+    Ok(())
+}
+
+/// The payload of one event: `t=<ns since base> i=<index> ` padded with `x`.
+fn payload(base: Instant, index: u64, bytes: usize) -> Vec<u8> {
+    let mut data = format!("t={} i={index} ", base.elapsed().as_nanos()).into_bytes();
+    data.resize(bytes.max(data.len()), b'x');
+    data
+}
+
+/// Publishes `count` events from index `first`, as fast as the server accepts them.
+fn publish(args: &CompareArgs, base: Instant, first: u64, count: u64) -> Result<(), String> {
+    match args.server {
+        Server::Ringcast => publish_ingest(args, base, first, count),
+        Server::Nchan | Server::Pushpin => {
+            let per = count.div_ceil(args.publishers.max(1) as u64);
+            thread::scope(|scope| {
+                let handles: Vec<_> = (0..args.publishers.max(1) as u64)
+                    .map(|p| {
+                        let lo = first + p * per;
+                        let hi = (first + count).min(lo + per);
+                        scope.spawn(move || publish_http(args, base, lo, hi))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .try_for_each(|h| h.join().unwrap_or_else(|_| Err("publisher panicked".into())))
+            })
+        }
+    }
+}
+
+fn publish_ingest(args: &CompareArgs, base: Instant, first: u64, count: u64) -> Result<(), String> {
+    let sock = args.publish.clone().unwrap_or_else(|| "./ringcast.sock".into());
+    let stream = UnixStream::connect(&sock).map_err(|e| format!("ingest {sock}: {e}"))?;
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut replies = BufReader::new(stream);
+    let topic = path(args)
+        .split_once("topic=")
+        .map(|(_, t)| t.split('&').next().unwrap_or("cmp").to_owned())
+        .unwrap_or_else(|| "cmp".into());
+    let batch = args.batch.max(1) as u64;
+    let mut in_flight: Vec<u64> = Vec::new();
+    let (mut next, end) = (first, first + count);
+    let mut line = String::new();
+    while next < end || !in_flight.is_empty() {
+        if next < end {
+            let n = batch.min(end - next);
+            let mut frames = Vec::new();
+            for i in next..next + n {
+                frames.extend_from_slice(format!("PUB {topic} {}\n", args.bytes).as_bytes());
+                frames.extend_from_slice(&payload(base, i, args.bytes));
+                frames.push(b'\n');
+            }
+            writer
+                .write_all(&frames)
+                .map_err(|e| format!("ingest write: {e}"))?;
+            in_flight.push(n);
+            next += n;
+        }
+        if in_flight.len() == 2 || next >= end {
+            for _ in 0..in_flight.remove(0) {
+                line.clear();
+                replies
+                    .read_line(&mut line)
+                    .map_err(|e| format!("ingest read: {e}"))?;
+                if !line.starts_with("+OK") {
+                    return Err(format!("ingest reply {line:?}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn json_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn publish_http(args: &CompareArgs, base: Instant, lo: u64, hi: u64) -> Result<(), String> {
+    if lo >= hi {
+        return Ok(());
+    }
+    let (addr, path, ctype) = match args.server {
+        Server::Nchan => (
+            args.target.clone(),
+            args.publish.clone().unwrap_or_else(|| "/pub?id=cmp".into()),
+            "application/octet-stream",
+        ),
+        _ => (
+            args.publish.clone().unwrap_or_else(|| "127.0.0.1:5561".into()),
+            "/publish/".to_owned(),
+            "application/json",
+        ),
+    };
+    // Pushpin answers `Connection: close` on its publish endpoint: reconnect when told.
+    let connect = || -> Result<(TcpStream, BufReader<TcpStream>), String> {
+        let stream = TcpStream::connect(&addr).map_err(|e| format!("publish connect {addr}: {e}"))?;
+        stream
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        Ok((writer, BufReader::new(stream)))
+    };
+    let (mut writer, mut reader) = connect()?;
+    let mut line = String::new();
+    for i in lo..hi {
+        let data = payload(base, i, args.bytes);
+        let body = match args.server {
+            Server::Nchan => data,
+            _ => {
+                let content = format!("data: {}\n\n", String::from_utf8_lossy(&data));
+                format!(
+                    "{{\"items\":[{{\"channel\":\"test\",\"formats\":{{\"http-stream\":{{\"content\":\"{}\"}}}}}}]}}",
+                    json_escape(&content)
+                )
+                .into_bytes()
+            }
+        };
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&body);
+        writer
+            .write_all(&req)
+            .map_err(|e| format!("publish write: {e}"))?;
+        // Response: status line, headers, a Content-Length body.
+        line.clear();
+        reader
+            .read_line(&mut line)
+            .map_err(|e| format!("publish read: {e}"))?;
+        if !line.starts_with("HTTP/1.1 2") {
+            return Err(format!("publish status {:?}", line.trim_end()));
+        }
+        let mut length = 0usize;
+        let mut close = false;
+        loop {
+            line.clear();
+            reader
+                .read_line(&mut line)
+                .map_err(|e| format!("publish read: {e}"))?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                } else if k.eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close") {
+                    close = true;
+                }
+            }
+        }
+        let mut skip = vec![0u8; length];
+        reader
+            .read_exact(&mut skip)
+            .map_err(|e| format!("publish body: {e}"))?;
+        if close && i + 1 < hi {
+            (writer, reader) = connect()?;
+        }
+    }
+    Ok(())
+}
+
+fn fanout(args: &CompareArgs, out: &mut String) -> Result<(), String> {
+    let base = Instant::now();
+    let t_open = Instant::now();
+    let (held, failures) = open_many(args, args.fast);
+    let _ = writeln!(
+        out,
+        "  fan-out: {}/{} subscribers held (ramp {:.1} s), failures {failures:?}; {} events of {} B per run, \
+         {} runs after a warm-up of {}, {} reader threads, {}",
+        held.len(),
+        args.fast,
+        t_open.elapsed().as_secs_f64(),
+        args.events,
+        args.bytes,
+        args.runs,
+        (args.events / 10).max(1),
+        args.threads,
+        match args.server {
+            Server::Ringcast => format!("ingest socket, {} PUB per write", args.batch),
+            _ => format!("{} keep-alive HTTP publishers, one event per POST", args.publishers),
+        }
+    );
+    if held.is_empty() {
+        return Err("no fan-out subscriber was held".into());
+    }
+    let k = held.len();
+    let shared = Arc::new(Shared {
+        counts: (0..k).map(|_| AtomicU64::new(0)).collect(),
+        last_ns: AtomicU64::new(0),
+        latency: Mutex::new(new_histogram()),
+        closed: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    });
+    let threads = args.threads.max(1);
+    let mut parts: Vec<Vec<(usize, TcpStream, Vec<u8>)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, (s, carry)) in held.into_iter().enumerate() {
+        parts[i % threads].push((i, s, carry));
+    }
+    let handles: Vec<_> = parts
+        .into_iter()
+        .map(|p| {
+            let shared = Arc::clone(&shared);
+            thread::spawn(move || reader(p, shared, base))
+        })
+        .collect();
+    // Let the server finish subscribing everyone (Pushpin subscribes after the head).
+    thread::sleep(Duration::from_secs(2));
+    let mut next = 0u64;
+    let mut rates = Vec::new();
+    let mut all = new_histogram();
+    let mut lines = Vec::new();
+    for run in 0..=args.runs {
+        let events = if run == 0 {
+            (args.events / 10).max(1)
+        } else {
+            args.events
+        };
+        let before: Vec<u64> = shared.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        if let Ok(mut h) = shared.latency.lock() {
+            h.reset();
+        }
+        let t0 = Instant::now();
+        let t0_ns = t0.duration_since(base).as_nanos() as u64;
+        let published = publish(args, base, next, events);
+        let publish_secs = t0.elapsed().as_secs_f64();
+        next += events;
+        let expected = events * k as u64;
+        let deadline = t0 + Duration::from_secs(args.timeout_secs);
+        let mut last = (0u64, Instant::now());
+        let got = loop {
+            let got: u64 = shared
+                .counts
+                .iter()
+                .zip(&before)
+                .map(|(c, b)| c.load(Ordering::Relaxed) - b)
+                .sum();
+            if got >= expected || Instant::now() >= deadline || last.1.elapsed() >= IDLE_END {
+                break got;
+            }
+            if got != last.0 {
+                last = (got, Instant::now());
+            }
+            thread::sleep(Duration::from_millis(2));
+        };
+        let secs = (shared.last_ns.load(Ordering::Relaxed).saturating_sub(t0_ns) as f64 / 1e9)
+            .max(publish_secs)
+            .max(1e-9);
+        let short: Vec<u64> = shared
+            .counts
+            .iter()
+            .zip(&before)
+            .map(|(c, b)| events.saturating_sub(c.load(Ordering::Relaxed) - b))
+            .collect();
+        let lost: u64 = short.iter().sum();
+        let losers = short.iter().filter(|&&s| s > 0).count();
+        let h = shared
+            .latency
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_else(|_| new_histogram());
+        let label = if run == 0 {
+            "warm-up".to_owned()
+        } else {
+            format!("run {run}")
+        };
+        lines.push(format!(
+            "    {label}: {:.0} events/s fanned out, {:.3} M deliveries/s, publish {:.0} events/s{}; \
+             {got}/{expected} delivered, {lost} lost ({losers} subscribers short), {} closed; latency {}",
+            events as f64 / secs,
+            got as f64 / secs / 1e6,
+            events as f64 / publish_secs,
+            match &published {
+                Ok(()) => String::new(),
+                Err(e) => format!(" (publishing failed: {e})"),
+            },
+            shared.closed.load(Ordering::Relaxed),
+            latency_text(&h)
+        ));
+        if run > 0 {
+            rates.push((got as f64 / secs, lost));
+            let _ = all.add(&h);
+        }
+    }
+    shared.stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    for l in lines {
+        let _ = writeln!(out, "{l}");
+    }
+    let mut d: Vec<f64> = rates.iter().map(|r| r.0).collect();
+    d.sort_by(f64::total_cmp);
+    let median = d[d.len() / 2];
+    let lost: u64 = rates.iter().map(|r| r.1).sum();
+    let _ = writeln!(
+        out,
+        "    SUMMARY {:?}: median {:.3} M deliveries/s ({:.0} events/s fanned out), spread {:.3}..{:.3}; \
+         lost {lost} of {} over {} runs; latency over all runs {}",
+        args.server,
+        median / 1e6,
+        median / k as f64,
+        d[0] / 1e6,
+        d[d.len() - 1] / 1e6,
+        args.events * k as u64 * args.runs as u64,
+        args.runs,
+        latency_text(&all)
+    );
+    Ok(())
+}
+
+fn latency_text(h: &Histogram<u64>) -> String {
+    if h.is_empty() {
+        return "no samples".into();
+    }
+    let q = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
+        q(0.5),
+        q(0.99),
+        h.max() as f64 / 1000.0,
+        h.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(chunks: &[&[u8]]) -> Vec<u64> {
+        let mut carry = Vec::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            scan(&mut carry, c, |n| out.push(n));
+        }
+        out
+    }
+
+    #[test]
+    fn markers_are_found_across_splits_and_only_once() {
+        let whole =
+            b"Content-Type: text/plain; charset=utf-8\r\n\r\ndata: t=12 i=0 xx\n\ndata: t=345 i=1 x\n\n";
+        assert_eq!(seen(&[whole]), vec![12, 345]);
+        for cut in 0..whole.len() {
+            assert_eq!(seen(&[&whole[..cut], &whole[cut..]]), vec![12, 345], "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn a_t_inside_a_word_is_not_a_marker() {
+        assert_eq!(seen(&[b"charset=1 at=5 t=7 "]), vec![7]);
+    }
+}
