@@ -96,6 +96,11 @@ pub struct CompareArgs {
     /// Reader threads for the fan-out subscribers.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Publish at this many events per second in total instead of as fast as the server
+    /// accepts (0); paced, each event is sent at its due time, one per write or request,
+    /// so latency is measured below saturation.
+    #[arg(long, default_value_t = 0)]
+    pub publish_rate: u64,
     /// Bound on one run, seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
@@ -379,8 +384,15 @@ fn payload(base: Instant, index: u64, bytes: usize) -> Vec<u8> {
 
 /// Publishes `count` events from index `first`, as fast as the server accepts them.
 fn publish(args: &CompareArgs, base: Instant, first: u64, count: u64) -> Result<(), String> {
+    let t0 = Instant::now();
+    let pace = Pace {
+        t0,
+        first,
+        rate: args.publish_rate,
+    };
+    let pace = &pace;
     match args.server {
-        Server::Ringcast => publish_ingest(args, base, first, count),
+        Server::Ringcast => publish_ingest(args, base, first, count, pace),
         Server::Nchan | Server::Pushpin => {
             let per = count.div_ceil(args.publishers.max(1) as u64);
             thread::scope(|scope| {
@@ -388,7 +400,7 @@ fn publish(args: &CompareArgs, base: Instant, first: u64, count: u64) -> Result<
                     .map(|p| {
                         let lo = first + p * per;
                         let hi = (first + count).min(lo + per);
-                        scope.spawn(move || publish_http(args, base, lo, hi))
+                        scope.spawn(move || publish_http(args, base, lo, hi, pace))
                     })
                     .collect();
                 handles
@@ -399,7 +411,32 @@ fn publish(args: &CompareArgs, base: Instant, first: u64, count: u64) -> Result<
     }
 }
 
-fn publish_ingest(args: &CompareArgs, base: Instant, first: u64, count: u64) -> Result<(), String> {
+/// When event `i` is due: `t0 + (i - first) / rate`, or at once without a rate.
+struct Pace {
+    t0: Instant,
+    first: u64,
+    rate: u64,
+}
+
+impl Pace {
+    fn wait(&self, i: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        let due = self.t0 + Duration::from_secs_f64((i - self.first) as f64 / self.rate as f64);
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(d);
+        }
+    }
+}
+
+fn publish_ingest(
+    args: &CompareArgs,
+    base: Instant,
+    first: u64,
+    count: u64,
+    pace: &Pace,
+) -> Result<(), String> {
     let sock = args.publish.clone().unwrap_or_else(|| "./ringcast.sock".into());
     let stream = UnixStream::connect(&sock).map_err(|e| format!("ingest {sock}: {e}"))?;
     stream
@@ -411,7 +448,11 @@ fn publish_ingest(args: &CompareArgs, base: Instant, first: u64, count: u64) -> 
         .split_once("topic=")
         .map(|(_, t)| t.split('&').next().unwrap_or("cmp").to_owned())
         .unwrap_or_else(|| "cmp".into());
-    let batch = args.batch.max(1) as u64;
+    let batch = if pace.rate > 0 {
+        1
+    } else {
+        args.batch.max(1) as u64
+    };
     let mut in_flight: Vec<u64> = Vec::new();
     let (mut next, end) = (first, first + count);
     let mut line = String::new();
@@ -420,6 +461,7 @@ fn publish_ingest(args: &CompareArgs, base: Instant, first: u64, count: u64) -> 
             let n = batch.min(end - next);
             let mut frames = Vec::new();
             for i in next..next + n {
+                pace.wait(i);
                 frames.extend_from_slice(format!("PUB {topic} {}\n", args.bytes).as_bytes());
                 frames.extend_from_slice(&payload(base, i, args.bytes));
                 frames.push(b'\n');
@@ -449,7 +491,7 @@ fn json_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-fn publish_http(args: &CompareArgs, base: Instant, lo: u64, hi: u64) -> Result<(), String> {
+fn publish_http(args: &CompareArgs, base: Instant, lo: u64, hi: u64, pace: &Pace) -> Result<(), String> {
     if lo >= hi {
         return Ok(());
     }
@@ -478,6 +520,7 @@ fn publish_http(args: &CompareArgs, base: Instant, lo: u64, hi: u64) -> Result<(
     let (mut writer, mut reader) = connect()?;
     let mut line = String::new();
     for i in lo..hi {
+        pace.wait(i);
         let data = payload(base, i, args.bytes);
         let body = match args.server {
             Server::Nchan => data,
@@ -556,6 +599,10 @@ fn fanout(args: &CompareArgs, out: &mut String) -> Result<(), String> {
         match args.server {
             Server::Ringcast => format!("ingest socket, {} PUB per write", args.batch),
             _ => format!("{} keep-alive HTTP publishers, one event per POST", args.publishers),
+        } + &if args.publish_rate > 0 {
+            format!(", paced at {} events/s", args.publish_rate)
+        } else {
+            ", as fast as accepted".to_owned()
         }
     );
     if held.is_empty() {
