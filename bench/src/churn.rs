@@ -216,20 +216,7 @@ impl Churn {
 
 /// Runs `ringcast-bench churn`.
 pub fn main(args: ChurnArgs) -> ExitCode {
-    match run(&args) {
-        Ok((text, ok)) => {
-            print!("{text}");
-            if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("ringcast-bench churn: {e}");
-            ExitCode::from(2)
-        }
-    }
+    crate::report::finish("churn", run(&args))
 }
 
 /// What a churn run measured.

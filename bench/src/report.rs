@@ -452,3 +452,22 @@ mod tests {
         assert!(text.contains("kernel       6.18"), "{text}");
     }
 }
+
+/// Prints a subcommand's text report and turns its verdict into the exit code: 0 when
+/// every check held, 1 when one failed, 2 when the run could not be made.
+pub fn finish(subcommand: &str, result: Result<(String, bool), String>) -> std::process::ExitCode {
+    match result {
+        Ok((text, ok)) => {
+            print!("{text}");
+            if ok {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("ringcast-bench {subcommand}: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

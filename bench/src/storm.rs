@@ -606,20 +606,7 @@ fn failed(slot: &Slot) -> bool {
 
 /// Runs `ringcast-bench storm`.
 pub fn main(args: StormArgs) -> ExitCode {
-    match run(&args) {
-        Ok((text, ok)) => {
-            print!("{text}");
-            if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("ringcast-bench storm: {e}");
-            ExitCode::from(2)
-        }
-    }
+    crate::report::finish("storm", run(&args))
 }
 
 /// What a storm measured.

@@ -154,20 +154,7 @@ struct Phase {
 
 /// Runs `ringcast-bench fanout`.
 pub fn main(args: FanoutArgs) -> ExitCode {
-    match run(&args) {
-        Ok((text, ok)) => {
-            print!("{text}");
-            if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("ringcast-bench fanout: {e}");
-            ExitCode::from(2)
-        }
-    }
+    crate::report::finish("fanout", run(&args))
 }
 
 /// Where events come from.
