@@ -350,6 +350,25 @@ fn json_string(s: &str) -> String {
     out
 }
 
+/// Prints a subcommand's text report and turns its verdict into the exit code: 0 when
+/// every check held, 1 when one failed, 2 when the run could not be made.
+pub fn finish(subcommand: &str, result: Result<(String, bool), String>) -> std::process::ExitCode {
+    match result {
+        Ok((text, ok)) => {
+            print!("{text}");
+            if ok {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("ringcast-bench {subcommand}: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,24 +469,5 @@ mod tests {
         assert!(text.contains("2048 bytes of engine RSS"), "{text}");
         assert!(text.contains("connect/ECONNREFUSED 2"), "{text}");
         assert!(text.contains("kernel       6.18"), "{text}");
-    }
-}
-
-/// Prints a subcommand's text report and turns its verdict into the exit code: 0 when
-/// every check held, 1 when one failed, 2 when the run could not be made.
-pub fn finish(subcommand: &str, result: Result<(String, bool), String>) -> std::process::ExitCode {
-    match result {
-        Ok((text, ok)) => {
-            print!("{text}");
-            if ok {
-                std::process::ExitCode::SUCCESS
-            } else {
-                std::process::ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("ringcast-bench {subcommand}: {e}");
-            std::process::ExitCode::from(2)
-        }
     }
 }
