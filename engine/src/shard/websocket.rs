@@ -63,7 +63,7 @@ impl Shard {
         let (kind, topics, last) = if echo {
             (Kind::WsEcho, Vec::new(), None)
         } else {
-            let kind = match query_param(req.query, "format") {
+            let kind = match http::query_param(req.query, "format").as_deref() {
                 None | Some("json") => Kind::WsJson,
                 Some("raw") => Kind::WsRaw,
                 Some(_) => {
@@ -77,7 +77,7 @@ impl Shard {
                 Ok(sub) => sub,
                 Err(SubscriptionError::NoTopic) => http::Subscription {
                     topics: Vec::new(),
-                    last_event_id: query_param(req.query, "last_event_id").map(str::to_owned),
+                    last_event_id: http::query_param(req.query, "last_event_id"),
                 },
                 Err(e) => {
                     bump(&self.counters.bad_requests);
@@ -335,13 +335,4 @@ impl Shard {
         );
         self.flush(index);
     }
-}
-
-/// The first value of query parameter `name`, undecoded (for plain tokens like `raw`).
-fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
 }
