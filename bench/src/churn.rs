@@ -66,6 +66,10 @@ pub struct ChurnArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also write the results into this directory: `churn-<date>.json` (the `--json`
+    /// output), `.md` and the head latency CDF as SVG.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 /// A churning connection and when it closes.
@@ -306,12 +310,49 @@ fn run(args: &ChurnArgs) -> Result<(String, bool), String> {
     }
     let outcome = judge(&churn, secs, &published);
     let ok = outcome.bad.is_empty() && churn.counts.failures.is_empty();
-    let text = if args.json {
+    let mut text = if args.json {
         json(args, &conditions, &churn, &outcome)
     } else {
         text(args, &conditions, &churn, &outcome)
     };
+    if let Some(dir) = &args.out {
+        let chart = crate::output::Chart {
+            title: format!("churn: response head latency at {} connects/s", args.rate),
+            x_label: "connect start to response head, ms".into(),
+            y_label: "fraction of connections at or below".into(),
+            x_log: true,
+            series: vec![crate::output::latency_cdf("head latency", &churn.heads)],
+        };
+        write_out(args.json, &mut text, || {
+            let json = json(args, &conditions, &churn, &outcome);
+            let body = crate::output::json_summary_table(&json)?;
+            crate::output::write_result(
+                dir,
+                "churn",
+                &conditions,
+                &json,
+                &body,
+                &[("head-latency-cdf", chart)],
+            )
+        })?;
+    }
     Ok((text, ok))
+}
+
+/// Runs `write`, and lists what it wrote after the text report (or on stderr, so that
+/// `--json` output stays one JSON value).
+pub fn write_out(
+    json: bool,
+    text: &mut String,
+    write: impl FnOnce() -> Result<Vec<PathBuf>, String>,
+) -> Result<(), String> {
+    let listing = crate::output::written_text(&write()?);
+    if json {
+        eprint!("{listing}");
+    } else {
+        text.push_str(&listing);
+    }
+    Ok(())
 }
 
 fn judge(churn: &Churn, secs: f64, published: &[u64]) -> Outcome {
@@ -380,6 +421,12 @@ fn text(args: &ChurnArgs, c: &Conditions, churn: &Churn, o: &Outcome) -> String 
         out,
         "conditions: kernel {}, CPU {} x{}, ringcast-bench {}, {}\n  command: {}\n  engine: {}",
         c.kernel, c.cpu, c.nproc, c.version, c.date, c.command, c.engine_command
+    );
+    let _ = writeln!(
+        out,
+        "  commit: {}, engine version: {}",
+        c.commit(),
+        c.engine_version()
     );
     out
 }

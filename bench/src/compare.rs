@@ -13,6 +13,11 @@
 //!    connections), and measure deliveries/s, publish-to-receipt latency (each payload
 //!    starts with `t=<ns since start>`) and losses (events a subscriber never got).
 //!
+//! `--out DIR` writes the figures as JSON, Markdown and SVG charts; the charts also take
+//! in every earlier `compare-*.json` of that directory, so running `compare` once per
+//! server into one directory gives latency CDFs, memory per connection and deliveries/s
+//! of the servers side by side.
+//!
 //! The reader counts events by the `t=<digits> ` marker wherever it appears in the body,
 //! so it reads SSE (`data: t=...`), chunked or not, from any of the three servers alike.
 //! Every wait is bounded in count and time.
@@ -22,6 +27,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -104,6 +110,42 @@ pub struct CompareArgs {
     /// Bound on one run, seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the results into this directory: `compare-<date>.json`, `.md` and SVG
+    /// charts of this and every earlier `compare-*.json` there (latency CDF per server
+    /// and mode, memory per connection and deliveries/s per server).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// The idle-memory figure.
+struct Idle {
+    requested: usize,
+    held: usize,
+    failures: Vec<(String, usize)>,
+    before_kib: u64,
+    after_kib: u64,
+    bytes_per_conn: f64,
+}
+
+/// One measured fan-out run.
+struct FanRun {
+    events_per_sec: f64,
+    deliveries_per_sec: f64,
+    delivered: u64,
+    expected: u64,
+    lost: u64,
+}
+
+/// The fan-out figures.
+struct Fan {
+    held: usize,
+    requested: usize,
+    runs: Vec<FanRun>,
+    median_deliveries_per_sec: f64,
+    latency: Histogram<u64>,
 }
 
 /// Runs `ringcast-bench compare`.
@@ -138,6 +180,25 @@ fn rss_kib(pids: &[u32]) -> Result<u64, String> {
 }
 
 fn run(args: &CompareArgs) -> Result<String, String> {
+    let (conditions, mut text, idle, fan) = measure(args)?;
+    let json = json(args, &conditions, idle.as_ref(), fan.as_ref());
+    if args.json {
+        text = format!("{json}\n");
+    }
+    if let Some(dir) = &args.out {
+        let body = markdown(args, idle.as_ref(), fan.as_ref());
+        let charts = charts(dir, &json)?;
+        let charts: Vec<(&str, crate::output::Chart)> = charts.into_iter().collect();
+        crate::churn::write_out(args.json, &mut text, || {
+            crate::output::write_result(dir, "compare", &conditions, &json, &body, &charts)
+        })?;
+    }
+    Ok(text)
+}
+
+type Measured = (Conditions, String, Option<Idle>, Option<Fan>);
+
+fn measure(args: &CompareArgs) -> Result<Measured, String> {
     if args.bytes < 40 {
         return Err("--bytes must be at least 40".into());
     }
@@ -152,12 +213,16 @@ fn run(args: &CompareArgs) -> Result<String, String> {
         path(args),
         args.pid
     );
-    if args.idle > 0 {
-        idle(args, &mut out)?;
-    }
-    if args.fast > 0 {
-        fanout(args, &mut out)?;
-    }
+    let idle = if args.idle > 0 {
+        Some(idle(args, &mut out)?)
+    } else {
+        None
+    };
+    let fan = if args.fast > 0 {
+        Some(fanout(args, &mut out)?)
+    } else {
+        None
+    };
     let _ = writeln!(
         out,
         "  conditions: kernel {}, CPU {} x{}, ringcast-bench {}, {}\n  command: {}\n  server: {}",
@@ -169,7 +234,245 @@ fn run(args: &CompareArgs) -> Result<String, String> {
         conditions.command,
         conditions.engine_command
     );
-    Ok(out)
+    let _ = writeln!(
+        out,
+        "  commit: {}, server version: {}",
+        conditions.commit(),
+        conditions.engine_version()
+    );
+    Ok((conditions, out, idle, fan))
+}
+
+/// `ringcast`, `nchan` or `pushpin`.
+fn server_name(server: Server) -> &'static str {
+    match server {
+        Server::Ringcast => "ringcast",
+        Server::Nchan => "nchan",
+        Server::Pushpin => "pushpin",
+    }
+}
+
+/// `saturated` or `paced <rate>/s`.
+fn mode(args: &CompareArgs) -> String {
+    if args.publish_rate > 0 {
+        format!("paced {}/s", args.publish_rate)
+    } else {
+        "saturated".to_owned()
+    }
+}
+
+fn json(args: &CompareArgs, c: &Conditions, idle: Option<&Idle>, fan: Option<&Fan>) -> String {
+    let idle = idle.map(|i| {
+        serde_json::json!({
+            "requested": i.requested,
+            "held": i.held,
+            "failures": i.failures.iter().map(|(k, n)| serde_json::json!({"kind": k, "count": n})).collect::<Vec<_>>(),
+            "rss_before_kib": i.before_kib,
+            "rss_after_kib": i.after_kib,
+            "bytes_per_conn": i.bytes_per_conn.is_finite().then_some(i.bytes_per_conn),
+        })
+    });
+    let fan = fan.map(|f| {
+        serde_json::json!({
+            "requested": f.requested,
+            "held": f.held,
+            "median_deliveries_per_sec": f.median_deliveries_per_sec,
+            "lost": f.runs.iter().map(|r| r.lost).sum::<u64>(),
+            "latency": crate::output::latency_json(&f.latency),
+            "latency_cdf": crate::output::latency_cdf("", &f.latency).points,
+            "runs": f.runs.iter().map(|r| serde_json::json!({
+                "events_per_sec": r.events_per_sec,
+                "deliveries_per_sec": r.deliveries_per_sec,
+                "delivered": r.delivered,
+                "expected": r.expected,
+                "lost": r.lost,
+            })).collect::<Vec<_>>(),
+        })
+    });
+    serde_json::json!({
+        "subcommand": "compare",
+        "server": server_name(args.server),
+        "mode": mode(args),
+        "target": args.target,
+        "path": path(args),
+        "pids": args.pid,
+        "events": args.events,
+        "bytes": args.bytes,
+        "runs": args.runs,
+        "publish_rate": args.publish_rate,
+        "idle": idle,
+        "fanout": fan,
+        "conditions": c.to_value(),
+    })
+    .to_string()
+}
+
+fn markdown(args: &CompareArgs, idle: Option<&Idle>, fan: Option<&Fan>) -> String {
+    use crate::output::{fixed, markdown_table, quantile_ms};
+    let mut md = format!(
+        "Server **{}** at {}, path `{}`, fan-out {}.\n\n",
+        server_name(args.server),
+        args.target,
+        path(args),
+        mode(args)
+    );
+    if let Some(i) = idle {
+        md.push_str("## Idle memory\n\n");
+        md.push_str(&markdown_table(
+            &[
+                "held",
+                "failures",
+                "VmRSS before KiB",
+                "VmRSS after KiB",
+                "bytes per held connection",
+            ],
+            &[vec![
+                format!("{}/{}", i.held, i.requested),
+                format!("{:?}", i.failures),
+                i.before_kib.to_string(),
+                i.after_kib.to_string(),
+                fixed(i.bytes_per_conn, 0),
+            ]],
+        ));
+        md.push('\n');
+    }
+    if let Some(f) = fan {
+        md.push_str(&format!(
+            "## Fan-out: {}/{} subscribers, {} events of {} B per run\n\n",
+            f.held, f.requested, args.events, args.bytes
+        ));
+        let rows: Vec<Vec<String>> = f
+            .runs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                vec![
+                    (i + 1).to_string(),
+                    fixed(r.events_per_sec, 0),
+                    fixed(r.deliveries_per_sec / 1e6, 3),
+                    format!("{}/{}", r.delivered, r.expected),
+                    r.lost.to_string(),
+                ]
+            })
+            .collect();
+        md.push_str(&markdown_table(
+            &["run", "events/s", "M deliveries/s", "delivered", "lost"],
+            &rows,
+        ));
+        md.push_str("\nLatency over all runs, ms:\n\n");
+        let h = &f.latency;
+        md.push_str(&markdown_table(
+            &[
+                "median M deliveries/s",
+                "p50",
+                "p90",
+                "p99",
+                "p99.9",
+                "max",
+                "samples",
+            ],
+            &[vec![
+                fixed(f.median_deliveries_per_sec / 1e6, 3),
+                quantile_ms(h, 0.5),
+                quantile_ms(h, 0.9),
+                quantile_ms(h, 0.99),
+                quantile_ms(h, 0.999),
+                quantile_ms(h, 1.0),
+                h.len().to_string(),
+            ]],
+        ));
+    }
+    md
+}
+
+/// The charts of this result and of every earlier `compare-*.json` in `dir`: one latency
+/// CDF per server and mode, and memory per connection and deliveries/s with one series
+/// (one point, x = the server's place in the list) per server.
+fn charts(dir: &Path, json: &str) -> Result<Vec<(&'static str, crate::output::Chart)>, String> {
+    use crate::output::{Chart, Series};
+    let mut results: Vec<serde_json::Value> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut names: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("compare-") && n.ends_with(".json"))
+            })
+            .collect();
+        names.sort();
+        for name in names {
+            if let Some(v) = std::fs::read_to_string(&name)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+            {
+                results.push(v);
+            }
+        }
+    }
+    results.push(serde_json::from_str(json).map_err(|e| e.to_string())?);
+    let label = |v: &serde_json::Value| {
+        format!(
+            "{} {} ({})",
+            v["server"].as_str().unwrap_or("?"),
+            v["mode"].as_str().unwrap_or("?"),
+            v["conditions"]["date"].as_str().unwrap_or("?")
+        )
+    };
+    let cdf = Chart {
+        title: "compare: fan-out latency, publish to receipt".into(),
+        x_label: "latency, ms".into(),
+        y_label: "fraction of deliveries at or below".into(),
+        x_log: true,
+        series: results
+            .iter()
+            .filter_map(|v| {
+                let points = v["fanout"]["latency_cdf"].as_array()?;
+                Some(Series {
+                    label: label(v),
+                    points: points
+                        .iter()
+                        .filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?)))
+                        .collect(),
+                })
+            })
+            .collect(),
+    };
+    let per_server = |title: &str, y_label: &str, pick: &dyn Fn(&serde_json::Value) -> Option<f64>| Chart {
+        title: title.to_owned(),
+        x_label: "result (in the order measured)".into(),
+        y_label: y_label.to_owned(),
+        x_log: false,
+        series: results
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                Some(Series {
+                    label: label(v),
+                    points: vec![((i + 1) as f64, pick(v)?)],
+                })
+            })
+            .collect(),
+    };
+    Ok(vec![
+        ("latency-cdf", cdf),
+        (
+            "memory-per-conn",
+            per_server(
+                "compare: idle memory per held connection",
+                "bytes of server RSS",
+                &|v| v["idle"]["bytes_per_conn"].as_f64(),
+            ),
+        ),
+        (
+            "deliveries",
+            per_server(
+                "compare: fan-out deliveries per second (median of runs)",
+                "deliveries per second",
+                &|v| v["fanout"]["median_deliveries_per_sec"].as_f64(),
+            ),
+        ),
+    ])
 }
 
 /// Opens one subscriber and waits for its response head: the stream and the body bytes
@@ -235,7 +538,7 @@ fn open_many(args: &CompareArgs, n: usize) -> (Vec<Held>, Vec<(String, usize)>) 
     (held, failures)
 }
 
-fn idle(args: &CompareArgs, out: &mut String) -> Result<(), String> {
+fn idle(args: &CompareArgs, out: &mut String) -> Result<Idle, String> {
     let before = rss_kib(&args.pid)?;
     let t0 = Instant::now();
     let (held, failures) = open_many(args, args.idle);
@@ -255,9 +558,17 @@ fn idle(args: &CompareArgs, out: &mut String) -> Result<(), String> {
         args.idle,
         args.rate
     );
+    let result = Idle {
+        requested: args.idle,
+        held: held.len(),
+        failures,
+        before_kib: before,
+        after_kib: after,
+        bytes_per_conn: per,
+    };
     drop(held);
     thread::sleep(Duration::from_secs(2));
-    Ok(())
+    Ok(result)
 }
 
 /// Shared state of the reader threads.
@@ -580,7 +891,7 @@ fn publish_http(args: &CompareArgs, base: Instant, lo: u64, hi: u64, pace: &Pace
     Ok(())
 }
 
-fn fanout(args: &CompareArgs, out: &mut String) -> Result<(), String> {
+fn fanout(args: &CompareArgs, out: &mut String) -> Result<Fan, String> {
     let base = Instant::now();
     let t_open = Instant::now();
     let (held, failures) = open_many(args, args.fast);
@@ -634,6 +945,7 @@ fn fanout(args: &CompareArgs, out: &mut String) -> Result<(), String> {
     let mut rates = Vec::new();
     let mut all = new_histogram();
     let mut lines = Vec::new();
+    let mut runs = Vec::new();
     for run in 0..=args.runs {
         let events = if run == 0 {
             (args.events / 10).max(1)
@@ -703,6 +1015,13 @@ fn fanout(args: &CompareArgs, out: &mut String) -> Result<(), String> {
         ));
         if run > 0 {
             rates.push((got as f64 / secs, lost));
+            runs.push(FanRun {
+                events_per_sec: events as f64 / secs,
+                deliveries_per_sec: got as f64 / secs,
+                delivered: got,
+                expected,
+                lost,
+            });
             let _ = all.add(&h);
         }
     }
@@ -730,7 +1049,13 @@ fn fanout(args: &CompareArgs, out: &mut String) -> Result<(), String> {
         args.runs,
         latency_text(&all)
     );
-    Ok(())
+    Ok(Fan {
+        held: k,
+        requested: args.fast,
+        runs,
+        median_deliveries_per_sec: median,
+        latency: all,
+    })
 }
 
 fn latency_text(h: &Histogram<u64>) -> String {

@@ -1,12 +1,32 @@
 //! The conditions recorded beside every number (STYLE.md §8): kernel, CPU, core count,
-//! tool version, the full command line, the engine's command line and the date.
+//! tool version, the commit it was built from, the full command line, the engine's
+//! command line and version, and the date.
 //!
 //! Gathering never fails: a value that cannot be read is recorded as `unknown`.
+//!
+//! The commit and the engine's version are read through methods rather than fields, so
+//! that the struct literals elsewhere (the `hold` report's tests) stay valid; the
+//! engine's version is found once per process, by [`Conditions::collect`].
 
 use std::fs;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::io::Read as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::procfs;
+
+/// The commit this tool was built from (`git rev-parse HEAD` at build time, `-dirty` when
+/// the work tree had changes, `unknown` without git; see `bench/build.rs`).
+pub const COMMIT: &str = env!("RINGCAST_BENCH_COMMIT");
+
+/// Bound on running `<engine> --version`.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The measured engine's `--version`, found by the first [`Conditions::collect`].
+static ENGINE_VERSION: OnceLock<String> = OnceLock::new();
 
 /// Where and how a measurement was taken.
 #[derive(Debug, Clone)]
@@ -42,6 +62,13 @@ impl Conditions {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        ENGINE_VERSION.get_or_init(|| {
+            if pid == std::process::id() {
+                unknown()
+            } else {
+                engine_version(pid).unwrap_or_else(unknown)
+            }
+        });
         Conditions {
             kernel,
             cpu,
@@ -52,6 +79,69 @@ impl Conditions {
             date: rfc3339_utc(now),
         }
     }
+
+    /// The commit this tool was built from: [`COMMIT`].
+    pub fn commit(&self) -> &'static str {
+        COMMIT
+    }
+
+    /// The first line the engine's executable printed for `--version`, or `unknown`.
+    pub fn engine_version(&self) -> &str {
+        ENGINE_VERSION.get().map_or("unknown", String::as_str)
+    }
+
+    /// Every condition as one JSON object (no trailing newline).
+    pub fn to_json(&self) -> String {
+        self.to_value().to_string()
+    }
+
+    /// Every condition as a JSON value.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kernel": self.kernel,
+            "cpu": self.cpu,
+            "nproc": self.nproc,
+            "version": self.version,
+            "commit": self.commit(),
+            "command": self.command,
+            "engine_command": self.engine_command,
+            "engine_version": self.engine_version(),
+            "date": self.date,
+        })
+    }
+}
+
+/// Runs `/proc/<pid>/exe --version` (stdin closed, killed after [`VERSION_TIMEOUT`]) and
+/// returns the first line it printed, if it exited with success.
+fn engine_version(pid: u32) -> Option<String> {
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    // A replaced binary is no longer the one running.
+    if exe.to_string_lossy().ends_with(" (deleted)") || !Path::new(&exe).exists() {
+        return None;
+    }
+    let mut child = Command::new(&exe)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().ok()? {
+            break status;
+        }
+        if started.elapsed() >= VERSION_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let mut text = String::new();
+    child.stdout.take()?.take(4096).read_to_string(&mut text).ok()?;
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
+    status.success().then(|| line.chars().take(200).collect())
 }
 
 /// The first `model name` value in `/proc/cpuinfo` text.
@@ -129,6 +219,26 @@ mod tests {
             shell_join(args.iter().map(|s| s.to_string())),
             r"ringcast-bench --path '/sse?topic=bench' 'it'\''s' ''"
         );
+    }
+
+    #[test]
+    fn json_names_the_commit_and_every_field() {
+        let c = Conditions::collect(std::process::id());
+        let v: serde_json::Value = serde_json::from_str(&c.to_json()).expect("valid JSON");
+        assert_eq!(v["commit"], COMMIT);
+        assert!(!COMMIT.is_empty());
+        assert_eq!(v["engine_version"], "unknown", "own pid: no engine");
+        for key in [
+            "kernel",
+            "cpu",
+            "nproc",
+            "version",
+            "command",
+            "engine_command",
+            "date",
+        ] {
+            assert!(!v[key].is_null(), "{key} missing in {v}");
+        }
     }
 
     #[test]

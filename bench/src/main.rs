@@ -21,6 +21,7 @@ mod conditions;
 mod fanout;
 mod handshake;
 mod hold;
+mod output;
 mod plan;
 mod procfs;
 mod report;

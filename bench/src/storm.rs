@@ -489,6 +489,10 @@ pub struct StormArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also write the results into this directory: `storm-<date>.json` (the `--json`
+    /// output), `.md` and the time-to-live CDF as SVG.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 /// Per subscriber: its live connection and every event it received.
@@ -677,11 +681,28 @@ fn run(args: &StormArgs) -> Result<(String, bool), String> {
         ..outcome
     };
     let ok = outcome.bad.is_empty() && outcome.errors.is_empty() && back.all_live_ms.is_some();
-    let text = if args.json {
+    let mut text = if args.json {
         json(args, &conditions, &outcome)
     } else {
         text(args, &conditions, &outcome)
     };
+    if let Some(dir) = &args.out {
+        let chart = crate::output::Chart {
+            title: format!(
+                "storm: {} subscribers, drop to first event on the new connection",
+                args.conns
+            ),
+            x_label: "time from the drop, ms".into(),
+            y_label: "fraction of subscribers live again".into(),
+            x_log: false,
+            series: vec![crate::output::latency_cdf("time to live", &outcome.live)],
+        };
+        crate::churn::write_out(args.json, &mut text, || {
+            let json = json(args, &conditions, &outcome);
+            let body = crate::output::json_summary_table(&json)?;
+            crate::output::write_result(dir, "storm", &conditions, &json, &body, &[("live-cdf", chart)])
+        })?;
+    }
     Ok((text, ok))
 }
 
@@ -867,6 +888,12 @@ fn text(args: &StormArgs, c: &Conditions, o: &Outcome) -> String {
         "conditions: kernel {}, CPU {} x{}, ringcast-bench {}, {}\n  command: {}\n  engine: {}",
         c.kernel, c.cpu, c.nproc, c.version, c.date, c.command, c.engine_command
     );
+    let _ = writeln!(
+        out,
+        "  commit: {}, engine version: {}",
+        c.commit(),
+        c.engine_version()
+    );
     out
 }
 
@@ -889,16 +916,7 @@ pub fn quote(s: &str) -> String {
 
 /// The conditions as a JSON object.
 pub fn conditions_json(c: &Conditions) -> String {
-    format!(
-        "{{\"kernel\":{},\"cpu\":{},\"nproc\":{},\"version\":{},\"command\":{},\"engine_command\":{},\"date\":{}}}",
-        quote(&c.kernel),
-        quote(&c.cpu),
-        c.nproc,
-        quote(&c.version),
-        quote(&c.command),
-        quote(&c.engine_command),
-        quote(&c.date)
-    )
+    c.to_json()
 }
 
 fn json(args: &StormArgs, c: &Conditions, o: &Outcome) -> String {

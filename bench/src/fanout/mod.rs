@@ -15,13 +15,18 @@
 //! `--kernel-baseline` replaces the engine by [`publish::Baseline`]: the same readers,
 //! the same bytes, written by a trivial loop to K accepted loopback sockets.
 //!
+//! `--fast` may list several K (`1000,5000,10000`): each is measured in turn, as above,
+//! against the same engine; between two, every subscriber of the previous one is closed
+//! and the engine's `open_sse` gauge is waited back down. The report then has
+//! deliveries/s and latency against K, and `--out DIR` a chart of each.
+//!
 //! Every wait is bounded: a run ends when all deliveries arrived or when none arrived for
 //! [`IDLE_END`] (reported as incomplete), and gives up after `--timeout-secs`.
 
-mod publish;
-mod readers;
-mod scan;
-mod sys;
+pub mod publish;
+pub mod readers;
+pub mod scan;
+pub mod sys;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -62,9 +67,10 @@ pub struct FanoutArgs {
     /// The topic every subscriber reads and every event goes to.
     #[arg(long, default_value = "fanout")]
     pub topic: String,
-    /// Fast subscribers: read continuously.
-    #[arg(long, default_value_t = 1000)]
-    pub fast: usize,
+    /// Fast subscribers: read continuously. A comma-separated list (`1000,5000,10000`)
+    /// measures each count in turn against the same engine.
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    pub fast: Vec<usize>,
     /// Slow subscribers: `SO_RCVBUF` of `--slow-rcvbuf` set before connecting, never read.
     #[arg(long, default_value_t = 0)]
     pub slow: usize,
@@ -117,6 +123,13 @@ pub struct FanoutArgs {
     /// Bound on one run, seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the results into this directory: `fanout-<date>.json`, `.md` and SVG
+    /// charts (latency CDF per phase, deliveries/s and latency against the fast count).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 /// What one run measured.
@@ -138,6 +151,14 @@ impl Run {
     fn events_per_sec(&self, events: u64) -> f64 {
         events as f64 / self.secs
     }
+}
+
+/// Every phase measured with one count of fast subscribers.
+struct Set {
+    fast: usize,
+    phases: Vec<Phase>,
+    /// The first reader error, if any.
+    error: Option<String>,
 }
 
 /// One phase: its slow subscribers, its runs, the engine's counters across it.
@@ -169,15 +190,51 @@ fn run(args: &FanoutArgs) -> Result<(String, bool), String> {
     let base = Instant::now();
     let conditions = Conditions::collect(args.pid.unwrap_or_else(std::process::id));
     let admin = (!args.kernel_baseline && args.admin != "none").then(|| args.admin.clone());
-    let streams_before = admin.as_deref().and_then(totals).map_or(0, |t| t["streams"]);
+    let open_before = admin.as_deref().and_then(totals).map(|t| t["open_sse"]);
+    let mut sets = Vec::new();
+    for (i, &fast) in args.fast.iter().enumerate() {
+        if let (true, Some(admin), Some(open)) = (i > 0, &admin, open_before) {
+            wait_open_at_most(admin, open)?;
+        }
+        sets.push(measure_set(args, admin.as_deref(), base, fast)?);
+    }
+    let complete = sets.iter().all(|set| {
+        set.error.is_none()
+            && set
+                .phases
+                .iter()
+                .flat_map(|p| &p.runs)
+                .all(|r| r.got.events + r.got.dropped >= r.expected)
+    });
+    let mut text = if args.json {
+        format!("{}\n", json(args, &conditions, &sets))
+    } else {
+        report(args, &conditions, &sets)
+    };
+    if let Some(dir) = &args.out {
+        let written = write_out(dir, args, &conditions, &sets)?;
+        let listing = crate::output::written_text(&written);
+        if args.json {
+            eprint!("{listing}");
+        } else {
+            text.push_str(&listing);
+        }
+    }
+    Ok((text, complete))
+}
+
+/// Opens `fast` subscribers (and each phase's slow ones), measures every phase, and
+/// closes them all.
+fn measure_set(args: &FanoutArgs, admin: Option<&str>, base: Instant, fast: usize) -> Result<Set, String> {
+    let streams_before = admin.and_then(totals).map_or(0, |t| t["streams"]);
     let (target, acceptor) = if args.kernel_baseline {
         let (addr, acceptor) =
-            publish::baseline_listen(args.fast).map_err(|e| format!("baseline listener: {e}"))?;
+            publish::baseline_listen(fast).map_err(|e| format!("baseline listener: {e}"))?;
         (addr, Some(acceptor))
     } else {
         (resolve(&args.target)?, None)
     };
-    let fast = open_fast(args, target)?;
+    let fast_fds = open_fast(&args.topic, fast, target)?;
     let mut src = match acceptor {
         Some(acceptor) => {
             let accepted = acceptor
@@ -195,9 +252,9 @@ fn run(args: &FanoutArgs) -> Result<(String, bool), String> {
         },
     };
     let readers =
-        Readers::start(fast, args.threads, base, args.verify).map_err(|e| format!("readers: {e}"))?;
-    if let Some(admin) = &admin {
-        wait_streams(admin, streams_before + args.fast as i64)?;
+        Readers::start(fast_fds, args.threads, base, args.verify).map_err(|e| format!("readers: {e}"))?;
+    if let Some(admin) = admin {
+        wait_streams(admin, streams_before + fast as i64)?;
     }
     let mut phases = Vec::new();
     let plan: Vec<usize> = match (args.compare, args.slow) {
@@ -207,29 +264,17 @@ fn run(args: &FanoutArgs) -> Result<(String, bool), String> {
     let mut slow_held: Vec<TcpStream> = Vec::new();
     for slow in plan {
         while slow_held.len() < slow {
-            slow_held.push(open_slow(args, target)?);
+            slow_held.push(open_slow(&args.topic, args.slow_rcvbuf, target)?);
         }
-        if let Some(admin) = &admin {
-            wait_streams(admin, streams_before + (args.fast + slow) as i64)?;
+        if let Some(admin) = admin {
+            wait_streams(admin, streams_before + (fast + slow) as i64)?;
         }
-        phases.push(measure_phase(
-            args,
-            &mut src,
-            &readers,
-            admin.as_deref(),
-            base,
-            slow,
-        )?);
+        phases.push(measure_phase(args, &mut src, &readers, admin, base, fast, slow)?);
     }
     let error = readers.first_error();
     readers.stop();
     drop(slow_held);
-    let text = report(args, &conditions, &phases, error.as_deref());
-    let complete = phases
-        .iter()
-        .flat_map(|p| &p.runs)
-        .all(|r| r.got.events + r.got.dropped >= r.expected);
-    Ok((text, complete && error.is_none()))
+    Ok(Set { fast, phases, error })
 }
 
 fn check_args(args: &FanoutArgs) -> Result<(), String> {
@@ -239,8 +284,8 @@ fn check_args(args: &FanoutArgs) -> Result<(), String> {
             args.bytes
         ));
     }
-    if args.fast == 0 || args.events == 0 || args.runs == 0 {
-        return Err("--fast, --events and --runs must be at least 1".into());
+    if args.fast.is_empty() || args.fast.contains(&0) || args.events == 0 || args.runs == 0 {
+        return Err("--fast (each count), --events and --runs must be at least 1".into());
     }
     if args.kernel_baseline && args.slow > 0 {
         return Err(
@@ -250,7 +295,7 @@ fn check_args(args: &FanoutArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn resolve(target: &str) -> Result<SocketAddrV4, String> {
+pub fn resolve(target: &str) -> Result<SocketAddrV4, String> {
     target
         .to_socket_addrs()
         .map_err(|e| format!("--target {target}: {e}"))?
@@ -261,17 +306,15 @@ fn resolve(target: &str) -> Result<SocketAddrV4, String> {
         .ok_or_else(|| format!("--target {target}: no IPv4 address"))
 }
 
-fn request(args: &FanoutArgs, target: SocketAddrV4) -> String {
-    format!(
-        "GET /sse?topic={} HTTP/1.1\r\nHost: {target}\r\nAccept: text/event-stream\r\n\r\n",
-        args.topic
-    )
+/// The SSE request of a subscriber to `topic`.
+pub fn request(topic: &str, target: SocketAddrV4) -> String {
+    format!("GET /sse?topic={topic} HTTP/1.1\r\nHost: {target}\r\nAccept: text/event-stream\r\n\r\n")
 }
 
-/// Connects the fast subscribers (blocking connects, then the request).
-fn open_fast(args: &FanoutArgs, target: SocketAddrV4) -> Result<Vec<OwnedFd>, String> {
-    let req = request(args, target);
-    (0..args.fast)
+/// Connects `fast` subscribers to `topic` (blocking connects, then the request).
+pub fn open_fast(topic: &str, fast: usize, target: SocketAddrV4) -> Result<Vec<OwnedFd>, String> {
+    let req = request(topic, target);
+    (0..fast)
         .map(|i| {
             let mut s = TcpStream::connect(target)
                 .map_err(|e| format!("fast subscriber {i}: connect {target}: {e}"))?;
@@ -283,18 +326,17 @@ fn open_fast(args: &FanoutArgs, target: SocketAddrV4) -> Result<Vec<OwnedFd>, St
         .collect()
 }
 
-/// Connects one slow subscriber and sends its request; it is never read.
-fn open_slow(args: &FanoutArgs, target: SocketAddrV4) -> Result<TcpStream, String> {
-    let fd =
-        sys::connect_with_rcvbuf(target, args.slow_rcvbuf).map_err(|e| format!("slow subscriber: {e}"))?;
+/// Connects one slow subscriber with `SO_RCVBUF` of `rcvbuf` and sends its request.
+pub fn open_slow(topic: &str, rcvbuf: u32, target: SocketAddrV4) -> Result<TcpStream, String> {
+    let fd = sys::connect_with_rcvbuf(target, rcvbuf).map_err(|e| format!("slow subscriber: {e}"))?;
     let mut s = TcpStream::from(fd);
-    s.write_all(request(args, target).as_bytes())
+    s.write_all(request(topic, target).as_bytes())
         .map_err(|e| format!("slow subscriber: send the request: {e}"))?;
     Ok(s)
 }
 
 /// The engine's `/stats` totals, or `None` if the admin address does not answer.
-fn totals(admin: &str) -> Option<BTreeMap<String, i64>> {
+pub fn totals(admin: &str) -> Option<BTreeMap<String, i64>> {
     let mut conn = TcpStream::connect(admin).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     conn.write_all(b"GET /stats HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
@@ -313,8 +355,26 @@ fn totals(admin: &str) -> Option<BTreeMap<String, i64>> {
     )
 }
 
+/// Waits until the engine's `open_sse` gauge is at most `want` (the subscribers of a
+/// previous set are closed).
+fn wait_open_at_most(admin: &str, want: i64) -> Result<(), String> {
+    let deadline = Instant::now() + SUBSCRIBE_WAIT;
+    loop {
+        let now = totals(admin).ok_or_else(|| format!("no /stats at --admin {admin}"))?["open_sse"];
+        if now <= want {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the engine still has {now} SSE streams open, {want} before, {SUBSCRIBE_WAIT:?} after closing them"
+            ));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits until the engine's `streams` counter reaches `want`.
-fn wait_streams(admin: &str, want: i64) -> Result<(), String> {
+pub fn wait_streams(admin: &str, want: i64) -> Result<(), String> {
     let deadline = Instant::now() + SUBSCRIBE_WAIT;
     loop {
         let now = totals(admin)
@@ -337,21 +397,40 @@ fn measure_phase(
     readers: &Readers,
     admin: Option<&str>,
     base: Instant,
+    fast: usize,
     slow: usize,
 ) -> Result<Phase, String> {
     let before = admin.and_then(totals);
     let warmup = if args.warmup > 0 {
-        Some(one_run(args, src, readers, base, args.warmup)?)
+        Some(one_run(args, src, readers, base, fast, args.warmup)?)
     } else {
         None
     };
     let mut runs = Vec::new();
     for _ in 0..args.runs {
-        runs.push(one_run(args, src, readers, base, args.events)?);
+        runs.push(one_run(args, src, readers, base, fast, args.events)?);
     }
     let after = admin.and_then(totals);
-    // Deltas over the phase, and `open`, a gauge, as it is at the end: slow subscribers
-    // the engine closed (stalled, TCP_USER_TIMEOUT on a zero window) are no longer there.
+    Ok(Phase {
+        slow,
+        engine_rss_kib: args
+            .pid
+            .and_then(|pid| crate::procfs::Snapshot::read(pid).ok())
+            .map(|s| s.rss_kb),
+        tcp_mem_kib: tcp_mem_kib(),
+        warmup,
+        runs,
+        counters: counter_deltas(before, after),
+    })
+}
+
+/// The engine counters that tell what happened to slow subscribers, as deltas from
+/// `before` to `after`, and `open`, a gauge, as it is `after`: slow subscribers the
+/// engine closed (stalled, TCP_USER_TIMEOUT on a zero window) are no longer there.
+pub fn counter_deltas(
+    before: Option<BTreeMap<String, i64>>,
+    after: Option<BTreeMap<String, i64>>,
+) -> BTreeMap<String, i64> {
     const DELTAS: [&str; 8] = [
         "deliveries",
         "dropped",
@@ -362,7 +441,7 @@ fn measure_phase(
         "stalled",
         "tcp_timeouts",
     ];
-    let counters = match (before, after) {
+    match (before, after) {
         (Some(b), Some(a)) => a
             .iter()
             .filter(|(name, _)| DELTAS.contains(&name.as_str()) || name.as_str() == "open")
@@ -376,18 +455,7 @@ fn measure_phase(
             })
             .collect(),
         _ => BTreeMap::new(),
-    };
-    Ok(Phase {
-        slow,
-        engine_rss_kib: args
-            .pid
-            .and_then(|pid| crate::procfs::Snapshot::read(pid).ok())
-            .map(|s| s.rss_kb),
-        tcp_mem_kib: tcp_mem_kib(),
-        warmup,
-        runs,
-        counters,
-    })
+    }
 }
 
 /// Publishes `events` events and waits until the fast readers have them all (or no more
@@ -397,9 +465,10 @@ fn one_run(
     src: &mut Source,
     readers: &Readers,
     base: Instant,
+    fast: usize,
     events: u64,
 ) -> Result<Run, String> {
-    let expected = events * args.fast as u64;
+    let expected = events * fast as u64;
     let start_totals = readers.totals();
     let _ = readers.take_latencies();
     let cpu_before = (args.pid.and_then(cpu_secs), cpu_secs(std::process::id()));
@@ -559,8 +628,44 @@ fn run_text(args: &FanoutArgs, label: &str, r: &Run, events: u64) -> String {
     )
 }
 
-fn report(args: &FanoutArgs, c: &Conditions, phases: &[Phase], error: Option<&str>) -> String {
+fn report(args: &FanoutArgs, c: &Conditions, sets: &[Set]) -> String {
     let mut out = String::new();
+    for set in sets {
+        set_report(&mut out, args, set);
+    }
+    let _ = writeln!(
+        out,
+        "  conditions: kernel {}, CPU {} x{}, ringcast-bench {} (commit {}), {}\n  command: {}\n  engine: {} ({})",
+        c.kernel,
+        c.cpu,
+        c.nproc,
+        c.version,
+        c.commit(),
+        c.date,
+        c.command,
+        c.engine_command,
+        c.engine_version()
+    );
+    out
+}
+
+/// The median events/s of a phase's runs, with the lowest and highest.
+fn phase_rate(args: &FanoutArgs, p: &Phase) -> (f64, f64, f64) {
+    let mut rates: Vec<f64> = p.runs.iter().map(|r| r.events_per_sec(args.events)).collect();
+    median_spread(&mut rates)
+}
+
+/// The latencies of every measured run of a phase.
+fn phase_latency(p: &Phase) -> Histogram<u64> {
+    let mut merged = readers::new_histogram();
+    for r in &p.runs {
+        let _ = merged.add(&r.latency);
+    }
+    merged
+}
+
+fn set_report(out: &mut String, args: &FanoutArgs, set: &Set) {
+    let (phases, error) = (&set.phases, set.error.as_deref());
     let what = if args.kernel_baseline {
         format!(
             "kernel baseline ({} sender threads, {} events per write)",
@@ -573,7 +678,7 @@ fn report(args: &FanoutArgs, c: &Conditions, phases: &[Phase], error: Option<&st
         out,
         "ringcast-bench fanout: {what}; {} fast subscribers ({} reader threads), {} events of {} B per run, \
          {} runs per phase after {} warm-up events, window {}",
-        args.fast,
+        set.fast,
         args.threads,
         args.events,
         args.bytes,
@@ -598,17 +703,13 @@ fn report(args: &FanoutArgs, c: &Conditions, phases: &[Phase], error: Option<&st
         for (i, r) in p.runs.iter().enumerate() {
             out.push_str(&run_text(args, &format!("run {}", i + 1), r, args.events));
         }
-        let mut rates: Vec<f64> = p.runs.iter().map(|r| r.events_per_sec(args.events)).collect();
-        let (median, lo, hi) = median_spread(&mut rates);
-        let mut merged = readers::new_histogram();
-        for r in &p.runs {
-            let _ = merged.add(&r.latency);
-        }
+        let (median, lo, hi) = phase_rate(args, p);
+        let merged = phase_latency(p);
         let _ = writeln!(
             out,
             "    median {median:.0} events/s ({:.2} M deliveries/s), spread {lo:.0}..{hi:.0} over {} runs; \
              latency over all runs {}",
-            median * args.fast as f64 / 1e6,
+            median * set.fast as f64 / 1e6,
             p.runs.len(),
             latency_text(&merged)
         );
@@ -638,12 +739,253 @@ fn report(args: &FanoutArgs, c: &Conditions, phases: &[Phase], error: Option<&st
     if let Some(e) = error {
         let _ = writeln!(out, "  reader error: {e}");
     }
+}
+
+fn run_json(r: &Run, events: u64) -> serde_json::Value {
+    serde_json::json!({
+        "secs": r.secs,
+        "publish_secs": r.publish_secs,
+        "events_per_sec": r.events_per_sec(events),
+        "deliveries_per_sec": r.got.events as f64 / r.secs,
+        "delivered": r.got.events,
+        "expected": r.expected,
+        "gap_notices": r.got.gaps,
+        "dropped": r.got.dropped,
+        "disorder": r.got.disorder,
+        "closed": r.got.closed,
+        "bytes_read": r.got.bytes,
+        "latency": crate::output::latency_json(&r.latency),
+        "engine_cpu_secs": r.engine_cpu_secs,
+        "bench_cpu_secs": r.bench_cpu_secs,
+    })
+}
+
+/// Every set, phase and run as one JSON object.
+fn json(args: &FanoutArgs, c: &Conditions, sets: &[Set]) -> String {
+    let sets: Vec<serde_json::Value> = sets
+        .iter()
+        .map(|set| {
+            let phases: Vec<serde_json::Value> = set
+                .phases
+                .iter()
+                .map(|p| {
+                    let (median, lo, hi) = phase_rate(args, p);
+                    serde_json::json!({
+                        "slow": p.slow,
+                        "median_events_per_sec": median,
+                        "min_events_per_sec": lo,
+                        "max_events_per_sec": hi,
+                        "median_deliveries_per_sec": median * set.fast as f64,
+                        "latency": crate::output::latency_json(&phase_latency(p)),
+                        "engine_counters": p.counters,
+                        "engine_rss_kib": p.engine_rss_kib,
+                        "tcp_mem_kib": p.tcp_mem_kib,
+                        "warmup": p.warmup.as_ref().map(|w| run_json(w, args.warmup)),
+                        "runs": p.runs.iter().map(|r| run_json(r, args.events)).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            serde_json::json!({ "fast": set.fast, "reader_error": set.error, "phases": phases })
+        })
+        .collect();
+    serde_json::json!({
+        "subcommand": "fanout",
+        "target": if args.kernel_baseline { "kernel-baseline".to_owned() } else { args.target.clone() },
+        "topic": args.topic,
+        "events": args.events,
+        "bytes": args.bytes,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "window": args.window,
+        "threads": args.threads,
+        "slow_rcvbuf": args.slow_rcvbuf,
+        "sets": sets,
+        "conditions": c.to_value(),
+    })
+    .to_string()
+}
+
+/// Writes the JSON, the Markdown tables and the charts into `dir`.
+fn write_out(
+    dir: &std::path::Path,
+    args: &FanoutArgs,
+    c: &Conditions,
+    sets: &[Set],
+) -> Result<Vec<PathBuf>, String> {
+    use crate::output::{self, Chart, OutDir, Series};
+    let out = OutDir::create(dir, OutDir::stem("fanout", c))?;
+    let mut written = vec![out.write_json(&json(args, c, sets))?];
+    written.push(out.write_markdown(&markdown(args, c, sets))?);
+    let label = |fast: usize, slow: usize| format!("{fast} fast, {slow} slow");
+    let cdf = Chart {
+        title: "fanout: latency from publish to receipt (all measured runs)".into(),
+        x_label: "latency, ms".into(),
+        y_label: "fraction of deliveries at or below".into(),
+        x_log: true,
+        series: sets
+            .iter()
+            .flat_map(|set| {
+                set.phases
+                    .iter()
+                    .map(|p| output::latency_cdf(&label(set.fast, p.slow), &phase_latency(p)))
+            })
+            .collect(),
+    };
+    if cdf.series.iter().any(|s| !s.points.is_empty()) {
+        written.push(out.write_chart("latency-cdf", &cdf)?);
+    }
+    if sets.len() > 1 {
+        let slows: Vec<usize> = sets[0].phases.iter().map(|p| p.slow).collect();
+        let against_n = |f: &dyn Fn(&Set, &Phase) -> f64, what: &str| -> Vec<Series> {
+            slows
+                .iter()
+                .enumerate()
+                .map(|(i, slow)| Series {
+                    label: format!("{what}, {slow} slow"),
+                    points: sets
+                        .iter()
+                        .filter_map(|set| Some((set.fast as f64, f(set, set.phases.get(i)?))))
+                        .collect(),
+                })
+                .collect()
+        };
+        let deliveries = Chart {
+            title: "fanout: deliveries per second against N fast subscribers (median of runs)".into(),
+            x_label: "fast subscribers N".into(),
+            y_label: "deliveries per second".into(),
+            x_log: false,
+            series: against_n(&|set, p| phase_rate(args, p).0 * set.fast as f64, "deliveries/s"),
+        };
+        written.push(out.write_chart("deliveries-vs-n", &deliveries)?);
+        let quantile =
+            |q: f64| move |_: &Set, p: &Phase| phase_latency(p).value_at_quantile(q) as f64 / 1000.0;
+        let mut latency = against_n(&quantile(0.5), "p50");
+        latency.extend(against_n(&quantile(0.99), "p99"));
+        let latency = Chart {
+            title: "fanout: latency against N fast subscribers (all measured runs)".into(),
+            x_label: "fast subscribers N".into(),
+            y_label: "latency, ms".into(),
+            x_log: false,
+            series: latency,
+        };
+        written.push(out.write_chart("latency-vs-n", &latency)?);
+    }
+    Ok(written)
+}
+
+/// The results as Markdown: a summary table per phase, a table of every run, the
+/// engine's counters, the conditions.
+fn markdown(args: &FanoutArgs, c: &Conditions, sets: &[Set]) -> String {
+    use crate::output::{conditions_markdown, fixed, markdown_table, quantile_ms};
+    let mut md = String::from("# ringcast-bench fanout\n\n");
     let _ = writeln!(
-        out,
-        "  conditions: kernel {}, CPU {} x{}, ringcast-bench {}, {}\n  command: {}\n  engine: {}",
-        c.kernel, c.cpu, c.nproc, c.version, c.date, c.command, c.engine_command
+        md,
+        "{} on topic `{}`: {} events of {} B per run, {} runs per phase after {} warm-up events, \
+         window {}, {} reader threads.\n",
+        if args.kernel_baseline {
+            "Kernel baseline".to_owned()
+        } else {
+            format!("Engine at {}", args.target)
+        },
+        args.topic,
+        args.events,
+        args.bytes,
+        args.runs,
+        args.warmup,
+        args.window,
+        args.threads
     );
-    out
+    let mut summary = Vec::new();
+    let mut runs = Vec::new();
+    let mut counters = Vec::new();
+    for set in sets {
+        for p in &set.phases {
+            let (median, lo, hi) = phase_rate(args, p);
+            let h = phase_latency(p);
+            let delivered: u64 = p.runs.iter().map(|r| r.got.events).sum();
+            let expected: u64 = p.runs.iter().map(|r| r.expected).sum();
+            let dropped: u64 = p.runs.iter().map(|r| r.got.dropped).sum();
+            summary.push(vec![
+                set.fast.to_string(),
+                p.slow.to_string(),
+                fixed(median, 0),
+                fixed(median * set.fast as f64 / 1e6, 3),
+                format!("{}..{}", fixed(lo, 0), fixed(hi, 0)),
+                quantile_ms(&h, 0.5),
+                quantile_ms(&h, 0.9),
+                quantile_ms(&h, 0.99),
+                quantile_ms(&h, 0.999),
+                quantile_ms(&h, 1.0),
+                format!("{delivered}/{expected}"),
+                dropped.to_string(),
+            ]);
+            for (i, r) in p.runs.iter().enumerate() {
+                let cpu =
+                    |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{:.0}%", 100.0 * v / r.secs));
+                runs.push(vec![
+                    set.fast.to_string(),
+                    p.slow.to_string(),
+                    (i + 1).to_string(),
+                    fixed(r.events_per_sec(args.events), 0),
+                    fixed(r.got.events as f64 / r.secs / 1e6, 3),
+                    format!("{}/{}", r.got.events, r.expected),
+                    r.got.dropped.to_string(),
+                    quantile_ms(&r.latency, 0.5),
+                    quantile_ms(&r.latency, 0.99),
+                    quantile_ms(&r.latency, 1.0),
+                    cpu(r.engine_cpu_secs),
+                    cpu(r.bench_cpu_secs),
+                ]);
+            }
+            if !p.counters.is_empty() {
+                let list: Vec<String> = p.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                counters.push(vec![set.fast.to_string(), p.slow.to_string(), list.join(", ")]);
+            }
+        }
+    }
+    md.push_str("## Per phase (median over runs, latency over all runs, ms)\n\n");
+    md.push_str(&markdown_table(
+        &[
+            "fast",
+            "slow",
+            "events/s",
+            "M deliveries/s",
+            "spread events/s",
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "max",
+            "delivered",
+            "told dropped",
+        ],
+        &summary,
+    ));
+    md.push_str("\n## Every run\n\n");
+    md.push_str(&markdown_table(
+        &[
+            "fast",
+            "slow",
+            "run",
+            "events/s",
+            "M deliveries/s",
+            "delivered",
+            "told dropped",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "CPU engine",
+            "CPU bench",
+        ],
+        &runs,
+    ));
+    if !counters.is_empty() {
+        md.push_str("\n## Engine counters over each phase (open: at its end)\n\n");
+        md.push_str(&markdown_table(&["fast", "slow", "counters"], &counters));
+    }
+    md.push_str("\n## Conditions\n\n");
+    md.push_str(&conditions_markdown(c));
+    md
 }
 
 #[cfg(test)]
