@@ -97,10 +97,98 @@ pub fn scan(received: &[u8]) -> Scan {
     }
 }
 
-/// Whether the response head (through the blank line) has fully arrived.
-pub fn head_complete(received: &[u8]) -> bool {
-    find(received, b"\r\n\r\n").is_some()
+/// Scans what arrived after an NDJSON subscription request (`GET /stream`): held once a
+/// complete head says 200 with a `Content-Type` of `application/x-ndjson`. The engine
+/// sends nothing more until the first event or heartbeat line.
+pub fn scan_ndjson(received: &[u8]) -> Scan {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(received) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return partial_or_too_large(received),
+        Err(_) => return Scan::Refused(Refusal::Malformed),
+    }
+    match response.code {
+        Some(200) => {}
+        Some(code) => return Scan::Refused(Refusal::Status(code)),
+        None => return Scan::Refused(Refusal::Malformed),
+    }
+    let ndjson = response.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("content-type") && contains_ignore_case(h.value, b"application/x-ndjson")
+    });
+    if ndjson {
+        Scan::Held
+    } else {
+        Scan::Refused(Refusal::Malformed)
+    }
 }
+
+/// Where a poll response stands after the bytes received so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollScan {
+    /// More bytes are needed.
+    Partial,
+    /// A whole `200` response of `consumed` bytes whose JSON body names the cursor `next`.
+    Complete {
+        /// The `next` field of the body: the `after` of the following poll.
+        next: String,
+        /// Bytes of `received` the response occupied (head and body).
+        consumed: usize,
+    },
+    /// The response can never be a poll answer.
+    Refused(Refusal),
+}
+
+/// Scans the bytes received after a `GET /poll` request: complete once the head and the
+/// `Content-Length` body arrived, and the body is the engine's JSON object with a string
+/// `next` (`{"events":[..],"next":"<id>"}`).
+pub fn scan_poll(received: &[u8]) -> PollScan {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut response = httparse::Response::new(&mut headers);
+    let head_len = match response.parse(received) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return match partial_or_too_large(received) {
+                Scan::Refused(r) => PollScan::Refused(r),
+                _ => PollScan::Partial,
+            };
+        }
+        Err(_) => return PollScan::Refused(Refusal::Malformed),
+    };
+    match response.code {
+        Some(200) => {}
+        Some(code) => return PollScan::Refused(Refusal::Status(code)),
+        None => return PollScan::Refused(Refusal::Malformed),
+    }
+    let length = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let Some(length) = length else {
+        return PollScan::Refused(Refusal::Malformed);
+    };
+    if length > POLL_BODY_MAX {
+        return PollScan::Refused(Refusal::TooLarge);
+    }
+    let Some(body) = received.get(head_len..head_len + length) else {
+        return PollScan::Partial;
+    };
+    let next = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("next").and_then(|n| n.as_str()).map(str::to_owned));
+    match next {
+        Some(next) => PollScan::Complete {
+            next,
+            consumed: head_len + length,
+        },
+        None => PollScan::Refused(Refusal::Malformed),
+    }
+}
+
+/// Bound on a poll response body: a held poll returns the events of one wait.
+pub const POLL_BODY_MAX: usize = 4 << 20;
 
 fn partial_or_too_large(received: &[u8]) -> Scan {
     if received.len() >= RESPONSE_BYTES_MAX {
@@ -313,8 +401,48 @@ mod tests {
     }
 
     #[test]
-    fn head_complete_needs_the_blank_line() {
-        assert!(!head_complete(&HEAD[..HEAD.len() - 1]));
-        assert!(head_complete(HEAD));
+    fn ndjson_is_held_at_its_head() {
+        let head =
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for len in 0..head.len() {
+            assert_eq!(scan_ndjson(&head[..len]), Scan::Partial, "prefix {len}");
+        }
+        assert_eq!(scan_ndjson(head), Scan::Held);
+        let sse = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n";
+        assert_eq!(scan_ndjson(sse), Scan::Refused(Refusal::Malformed));
+        assert_eq!(
+            scan_ndjson(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+            Scan::Refused(Refusal::Status(404))
+        );
+    }
+
+    #[test]
+    fn poll_response_is_complete_with_its_body_and_names_next() {
+        let body = br#"{"events":[],"next":"1a2b-7"}"#;
+        let mut whole = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        whole.extend_from_slice(body);
+        for len in 0..whole.len() {
+            assert_eq!(scan_poll(&whole[..len]), PollScan::Partial, "prefix {len}");
+        }
+        let complete = PollScan::Complete {
+            next: "1a2b-7".to_owned(),
+            consumed: whole.len(),
+        };
+        assert_eq!(scan_poll(&whole), complete);
+        // A pipelined next response after it does not change the verdict.
+        whole.extend_from_slice(b"HTTP/1.1 200");
+        assert_eq!(scan_poll(&whole), complete);
+        assert_eq!(
+            scan_poll(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nbad"),
+            PollScan::Refused(Refusal::Status(400))
+        );
+        assert_eq!(
+            scan_poll(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"),
+            PollScan::Refused(Refusal::Malformed)
+        );
     }
 }

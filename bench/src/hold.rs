@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::conditions::Conditions;
+use crate::output::{self, OutDir};
 use crate::plan::{self, Limits, Share};
 use crate::procfs::{self, Snapshot};
-use crate::report::{Latency, Report};
+use crate::report::{Report, Step};
 use crate::sys;
 use crate::wire::{self, Line, WorkerResult};
 use crate::worker::Transport;
@@ -33,44 +34,59 @@ pub struct HoldArgs {
     /// Engine address, IPv4 `host:port`.
     #[arg(long)]
     pub target: String,
-    /// Subscribers to open and hold.
-    #[arg(long)]
-    pub conns: u64,
+    /// Subscribers to open and hold; several ascending counts (`5000,10000,19000`) measure
+    /// the engine's memory at each step, opening only the difference each time.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub conns: Vec<u64>,
     /// Engine process id, whose VmRSS is measured.
     #[arg(long)]
     pub pid: u32,
     /// `sse`: `GET` streams with `Accept: text/event-stream`; `ws`: WebSocket upgrades
-    /// (random key, 101 and `Sec-WebSocket-Accept` checked), pings answered with pongs.
+    /// (random key, 101 and `Sec-WebSocket-Accept` checked), pings answered with pongs;
+    /// `ndjson`: `GET /stream`; `poll`: long-polls re-issued as each is answered.
     #[arg(long, value_enum, default_value_t = Transport::Sse)]
     pub transport: Transport,
-    /// Request path and query of the subscription [default: `/sse?topic=bench`, or
-    /// `/ws?topic=bench` with `--transport ws`].
+    /// Request path and query of the subscription [default: the transport's endpoint on
+    /// topic `bench`: `/sse`, `/ws`, `/stream` or `/poll` `?topic=bench`].
     #[arg(long)]
     pub path: Option<String>,
-    /// Most sockets per worker process (RLIMIT_NOFILE is per process).
+    /// Most connections per io_uring ring of a worker (its file table; RLIMIT_NOFILE caps it).
     #[arg(long, default_value_t = 19_000)]
-    pub per_proc: u64,
+    pub per_ring: u64,
+    /// Rings (one thread each) per worker process; a worker holds up to `rings x per-ring`.
+    #[arg(long, default_value_t = 8)]
+    pub rings: u64,
     /// Source addresses 127.0.0.2 ..= 127.0.0.(1+N), round robin; 0 lets the kernel choose.
     #[arg(long, default_value_t = 16)]
     pub sources: u32,
     /// Connections in flight (between connect and held) per worker.
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
+    /// Connections opened per second over all workers; 0 for as fast as `--concurrency`
+    /// allows.
+    #[arg(long, default_value_t = 0.0)]
+    pub connect_rate: f64,
+    /// `wait` of each held long-poll (`--transport poll`), seconds.
+    #[arg(long, default_value_t = 25)]
+    pub poll_wait_secs: u64,
     /// Bound on one connection's connect + handshake, milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub conn_timeout_ms: u64,
-    /// Seconds to wait after the last handshake before measuring.
+    /// Seconds to wait after the last handshake (of each step) before measuring.
     #[arg(long, default_value_t = 3)]
     pub settle_secs: u64,
     /// Seconds to keep holding after measuring.
     #[arg(long, default_value_t = 0)]
     pub hold_secs: u64,
-    /// Bound on the connect phase, seconds.
+    /// Bound on each step's connect phase, seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout_secs: u64,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     pub json: bool,
+    /// Also write the result as JSON, Markdown and SVG charts into this directory.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
 }
 
 /// Extra time the parent grants workers past their own connect bound to report.
@@ -98,6 +114,17 @@ pub fn main(args: HoldArgs) -> ExitCode {
             } else {
                 print!("{}", report.to_text());
             }
+            if let Some(dir) = &args.out {
+                let written = OutDir::create(dir, OutDir::stem("hold", &report.conditions))
+                    .and_then(|out| report.write(&out));
+                match written {
+                    Ok(paths) => eprint!("{}", output::written_text(&paths)),
+                    Err(e) => {
+                        eprintln!("ringcast-bench hold: --out {}: {e}", dir.display());
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             if report.success() {
                 ExitCode::SUCCESS
             } else {
@@ -119,14 +146,17 @@ fn run(args: &HoldArgs) -> Result<Report, String> {
     let target = resolve(&args.target)?;
     let path = subscription_path(args);
     check_path(&path)?;
+    check_steps(&args.conns)?;
+    let total = *args.conns.last().expect("check_steps refuses an empty list");
     if args.sources > 0 && !target.ip().is_loopback() {
         return Err(format!(
             "source addresses 127.0.0.x cannot reach {target}; pass --sources 0"
         ));
     }
     plan::check(Limits {
-        total: args.conns,
-        per_proc: args.per_proc,
+        total,
+        per_ring: args.per_ring,
+        rings: args.rings,
         sources: args.sources,
         nofile_hard,
         ports: procfs::read_port_range()?,
@@ -134,19 +164,43 @@ fn run(args: &HoldArgs) -> Result<Report, String> {
     if args.concurrency == 0 {
         return Err("--concurrency must be at least 1".to_owned());
     }
-    let shares = plan::split(args.conns, args.per_proc);
     let started = Instant::now();
-    let mut fleet = Fleet::spawn(args, target, &shares)?;
-    fleet.await_results(
-        started + Duration::from_secs(args.timeout_secs) + RESULT_GRACE,
-        args.conns,
-    );
+    let mut fleet = Fleet::new();
+    let mut steps = Vec::with_capacity(args.conns.len());
+    let mut opened = 0;
+    for &step in &args.conns {
+        let step_started = Instant::now();
+        let shares: Vec<Share> = plan::split(step - opened, args.per_ring * args.rings)
+            .into_iter()
+            .map(|s| Share {
+                start: s.start + opened,
+                count: s.count,
+            })
+            .collect();
+        fleet.spawn(args, target, &shares)?;
+        fleet.await_results(
+            step_started + Duration::from_secs(args.timeout_secs) + RESULT_GRACE,
+            total,
+        );
+        opened = step;
+        thread::sleep(Duration::from_secs(args.settle_secs));
+        let loaded = Snapshot::read(args.pid)
+            .map_err(|e| eprintln!("ringcast-bench hold: after connecting {step}: {e}"))
+            .ok();
+        let (held, _, _) = fleet.tally();
+        steps.push(Step {
+            requested: step,
+            held,
+            ramp_ms: step_started.elapsed().as_millis() as u64,
+            loaded,
+        });
+        if loaded.is_none() {
+            break;
+        }
+    }
     let ramp_ms = started.elapsed().as_millis() as u64;
-    let (held, failures, latency) = fleet.tally();
-    thread::sleep(Duration::from_secs(args.settle_secs));
-    let loaded = Snapshot::read(args.pid)
-        .map_err(|e| eprintln!("ringcast-bench hold: after connecting: {e}"))
-        .ok();
+    let (held, failures, handshake_us) = fleet.tally();
+    let loaded = steps.last().and_then(|s| s.loaded);
     if args.hold_secs > 0 {
         eprintln!(
             "hold: measured; holding {held} connections for {} s",
@@ -154,7 +208,8 @@ fn run(args: &HoldArgs) -> Result<Report, String> {
         );
         thread::sleep(Duration::from_secs(args.hold_secs));
     }
-    let dropped_during_hold = fleet.close();
+    let (dropped_during_hold, repolls) = fleet.close();
+    let workers = fleet.members.len();
     drop(fleet);
     thread::sleep(AFTER_CLOSE_WAIT);
     let after_close_rss_kb = Snapshot::read(args.pid).ok().map(|s| s.rss_kb);
@@ -164,22 +219,38 @@ fn run(args: &HoldArgs) -> Result<Report, String> {
         transport: args.transport.name(),
         path,
         pid: args.pid,
-        workers: shares.len(),
-        per_proc: args.per_proc,
+        workers,
+        per_ring: args.per_ring,
+        rings: args.rings,
         sources: args.sources,
         concurrency: args.concurrency,
-        requested: args.conns,
+        connect_rate: args.connect_rate,
+        requested: total,
         held,
         failures,
         ramp_ms,
-        latency,
+        handshake_us,
         settle_secs: args.settle_secs,
         hold_secs: args.hold_secs,
         baseline,
         loaded,
+        steps,
         after_close_rss_kb,
         dropped_during_hold,
+        repolls,
     })
+}
+
+/// `--conns` must be one or more counts, each above the one before.
+fn check_steps(steps: &[u64]) -> Result<(), String> {
+    match steps {
+        [] => Err("--conns needs at least one count".to_owned()),
+        [0, ..] => Err("--conns must be at least 1".to_owned()),
+        _ if steps.windows(2).any(|w| w[1] <= w[0]) => Err(format!(
+            "--conns {steps:?}: each step must be larger than the one before"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Resolves `host:port` to its first IPv4 address.
@@ -198,11 +269,9 @@ fn resolve(target: &str) -> Result<SocketAddrV4, String> {
 
 /// The subscription path: `--path`, else the transport's own endpoint.
 fn subscription_path(args: &HoldArgs) -> String {
-    match (&args.path, args.transport) {
-        (Some(path), _) => path.clone(),
-        (None, Transport::Sse) => "/sse?topic=bench".to_owned(),
-        (None, Transport::Ws) => "/ws?topic=bench".to_owned(),
-    }
+    args.path
+        .clone()
+        .unwrap_or_else(|| args.transport.default_path().to_owned())
 }
 
 /// The path goes verbatim into the request line.
@@ -223,7 +292,8 @@ struct Member {
     stdin: Option<ChildStdin>,
     progress: (u64, u64),
     result: Option<WorkerResult>,
-    dropped: Option<u64>,
+    /// Held connections it lost while holding, and long-polls it re-issued.
+    closed: Option<(u64, u64)>,
     /// Its stdout ended: it exited or is about to.
     eof: bool,
     reaped: bool,
@@ -233,12 +303,22 @@ struct Member {
 struct Fleet {
     members: Vec<Member>,
     lines: Receiver<(usize, Option<Line>)>,
+    sender: mpsc::Sender<(usize, Option<Line>)>,
 }
 
 impl Fleet {
-    /// Spawns one worker per share; if one fails to spawn, those already spawned are
-    /// killed (by [`Drop`]).
-    fn spawn(args: &HoldArgs, target: SocketAddrV4, shares: &[Share]) -> Result<Fleet, String> {
+    fn new() -> Fleet {
+        let (sender, lines) = mpsc::channel();
+        Fleet {
+            members: Vec::new(),
+            lines,
+            sender,
+        }
+    }
+
+    /// Spawns one more worker per share; if one fails to spawn, every worker is killed
+    /// (by [`Drop`]) when the caller returns the error.
+    fn spawn(&mut self, args: &HoldArgs, target: SocketAddrV4, shares: &[Share]) -> Result<(), String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
         let life_secs = args.timeout_secs
             + RESULT_GRACE.as_secs()
@@ -246,12 +326,10 @@ impl Fleet {
             + args.hold_secs
             + CLOSE_GRACE.as_secs()
             + WORKER_LIFE_SPARE_SECS;
-        let (tx, rx) = mpsc::channel();
-        let mut fleet = Fleet {
-            members: Vec::with_capacity(shares.len()),
-            lines: rx,
-        };
-        for (index, share) in shares.iter().enumerate() {
+        let life_secs = life_secs + args.conns.len() as u64 * (args.timeout_secs + args.settle_secs);
+        let worker_rate = args.connect_rate / shares.len().max(1) as f64;
+        for share in shares {
+            let index = self.members.len();
             let mut child = Command::new(&exe)
                 .arg("hold-worker")
                 .args(["--target", &target.to_string()])
@@ -260,8 +338,11 @@ impl Fleet {
                 .args(["--transport", args.transport.name()])
                 .args(["--count", &share.count.to_string()])
                 .args(["--start-index", &share.start.to_string()])
+                .args(["--per-ring", &args.per_ring.to_string()])
                 .args(["--sources", &args.sources.to_string()])
                 .args(["--concurrency", &args.concurrency.to_string()])
+                .args(["--connect-rate", &worker_rate.to_string()])
+                .args(["--poll-wait-secs", &args.poll_wait_secs.to_string()])
                 .args(["--conn-timeout-ms", &args.conn_timeout_ms.to_string()])
                 .args(["--connect-secs", &args.timeout_secs.to_string()])
                 .args(["--life-secs", &life_secs.to_string()])
@@ -271,7 +352,7 @@ impl Fleet {
                 .spawn()
                 .map_err(|e| format!("cannot spawn worker {index}: {e}"))?;
             let stdout = child.stdout.take().ok_or("worker stdout not piped")?;
-            let tx = tx.clone();
+            let tx = self.sender.clone();
             // The reader ends at the worker's end of file, which its exit guarantees.
             thread::spawn(move || {
                 for line in BufReader::new(stdout).lines() {
@@ -287,18 +368,18 @@ impl Fleet {
                 }
                 let _ = tx.send((index, None));
             });
-            fleet.members.push(Member {
+            self.members.push(Member {
                 share: *share,
                 stdin: child.stdin.take(),
                 child,
                 progress: (0, 0),
                 result: None,
-                dropped: None,
+                closed: None,
                 eof: false,
                 reaped: false,
             });
         }
-        Ok(fleet)
+        Ok(())
     }
 
     fn apply(&mut self, (index, line): (usize, Option<Line>)) {
@@ -306,7 +387,7 @@ impl Fleet {
         match line {
             Some(Line::Progress { held, failed }) => m.progress = (held, failed),
             Some(Line::Result(result)) => m.result = Some(result),
-            Some(Line::Closed { dropped }) => m.dropped = Some(dropped),
+            Some(Line::Closed { dropped, repolls }) => m.closed = Some((dropped, repolls)),
             None => m.eof = true,
         }
     }
@@ -359,8 +440,8 @@ impl Fleet {
     }
 
     /// Merges the workers' results: held count, failures by kind (a worker without a
-    /// result fails its whole share), and handshake latency percentiles.
-    fn tally(&self) -> (u64, BTreeMap<String, u64>, Latency) {
+    /// result fails its whole share), and the handshake latency histogram.
+    fn tally(&self) -> (u64, BTreeMap<String, u64>, Histogram<u64>) {
         let mut held = 0;
         let mut failures = BTreeMap::new();
         let mut hist = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3)
@@ -379,19 +460,13 @@ impl Fleet {
                 hist.saturating_record_n(us.clamp(1, LATENCY_US_MAX), n);
             }
         }
-        let latency = Latency {
-            count: hist.len(),
-            p50_us: hist.value_at_quantile(0.5),
-            p99_us: hist.value_at_quantile(0.99),
-            p999_us: hist.value_at_quantile(0.999),
-            max_us: hist.max(),
-        };
-        (held, failures, latency)
+        (held, failures, hist)
     }
 
     /// Tells every worker to close, waits for them to exit (bounded), kills the rest,
-    /// and returns the connections the engine dropped during the hold.
-    fn close(&mut self) -> u64 {
+    /// and returns the connections the engine dropped during the hold and the long-polls
+    /// re-issued.
+    fn close(&mut self) -> (u64, u64) {
         for m in &mut self.members {
             if let Some(mut stdin) = m.stdin.take() {
                 // A worker that already exited has closed its end; nothing to tell it.
@@ -406,7 +481,10 @@ impl Fleet {
             },
         );
         self.reap(REAP_GRACE);
-        self.members.iter().filter_map(|m| m.dropped).sum()
+        self.members
+            .iter()
+            .filter_map(|m| m.closed)
+            .fold((0, 0), |(d, r), (dropped, repolls)| (d + dropped, r + repolls))
     }
 
     /// Waits up to `grace` for every worker not yet reaped to exit, then kills and
@@ -451,5 +529,11 @@ mod tests {
         assert!(check_path("sse").is_err());
         assert!(check_path("/a b").is_err());
         assert!(check_path("/a\r\nX: y").is_err());
+        assert!(check_steps(&[19_000]).is_ok());
+        assert!(check_steps(&[5_000, 10_000, 19_000]).is_ok());
+        assert!(check_steps(&[]).is_err());
+        assert!(check_steps(&[0]).is_err());
+        assert!(check_steps(&[10, 10]).is_err());
+        assert!(check_steps(&[10, 5]).is_err());
     }
 }

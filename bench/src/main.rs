@@ -1,21 +1,28 @@
 //! `ringcast-bench`: the C10M-style load tool of ringcast.
 //!
 //! Subcommands:
-//! - `hold`: opens N idle subscribers (SSE streams, or WebSockets with `--transport ws`)
-//!   against a running engine, spread over worker processes (RLIMIT_NOFILE is per
-//!   process) and source addresses 127.0.0.x (ephemeral ports are per source and
-//!   destination), and reports the engine's resident memory per connection with the
-//!   conditions of the run.
+//! - `hold`: opens N idle subscribers (SSE, WebSocket, NDJSON or long-poll) against a
+//!   running engine, in steps of N if asked, through worker processes that each drive
+//!   several io_uring rings of direct descriptors (RLIMIT_NOFILE caps each ring's file
+//!   table, not their sum) from source addresses 127.0.0.x (ephemeral ports are per
+//!   source and destination), and reports the engine's resident memory per connection
+//!   with the conditions of the run.
 //! - `hold-worker` (hidden): one such worker process, spawned by `hold`.
+//! - `fanout`, `slow`, `churn`, `storm`, `compare`, `check`: see bench/README.md.
 //!
-//! Module map: [`hold`] orchestrates and measures, [`worker`] drives sockets,
-//! [`handshake`] recognises a held SSE subscription and [`ws`] a held WebSocket (both
-//! sans-IO), [`plan`] splits the load, [`wire`] is the worker-to-parent line protocol,
-//! [`procfs`] and [`conditions`] read the machine, [`report`] renders results, [`sys`]
-//! holds every `unsafe` libc call.
+//! Module map: [`hold`] orchestrates and measures, [`worker`] runs one worker process,
+//! [`client`] is its io_uring client engine, [`handshake`] recognises a held SSE, NDJSON
+//! or poll subscription and [`ws`] a held WebSocket (both sans-IO), [`plan`] splits the
+//! load, [`wire`] is the worker-to-parent line protocol, [`procfs`] and [`conditions`]
+//! read the machine, [`report`] and [`output`] render results, [`sys`] holds the
+//! `unsafe` libc calls and [`client`] the io_uring submissions.
+
+// The `hold` report's JSON is one `serde_json::json!` object of some fifty fields.
+#![recursion_limit = "256"]
 
 mod check;
 mod churn;
+mod client;
 mod compare;
 mod conditions;
 mod fanout;

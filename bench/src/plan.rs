@@ -1,21 +1,28 @@
-//! Splits N connections over worker processes and source addresses, and checks the
-//! split against this machine's limits before any socket opens.
+//! Splits N connections over worker processes, their io_uring rings and source
+//! addresses, and checks the split against this machine's limits before any socket
+//! opens.
 //!
-//! Pure arithmetic: no sockets, no processes. Connection `i` (global index, 0-based) is
+//! Pure arithmetic: no sockets, no processes. A worker holds at most `rings x per_ring`
+//! connections; each ring holds at most `per_ring` in its registered file table, which
+//! `RLIMIT_NOFILE` caps per ring (DESIGN.md §3). Connection `i` (global index, 0-based) is
 //! held by the worker whose [`Share`] contains `i` and leaves from source address
 //! `127.0.0.(2 + i % sources)`, so every source carries at most `ceil(N / sources)`
 //! connections to the one destination whatever the worker count.
 
 use std::net::Ipv4Addr;
 
+/// Most rings (threads) one worker process runs.
+pub const RINGS_MAX: u64 = 256;
+
 /// Highest source count: 127.0.0.2 ..= 127.0.0.254.
 pub const SOURCES_MAX: u32 = 253;
 
-/// File descriptors a worker needs besides its sockets: stdio, epoll, and slack for
-/// the runtime.
+/// Slots of `RLIMIT_NOFILE` kept free beside a ring's file table: stdio, the ring
+/// descriptors, and slack for the runtime.
 pub const FDS_SPARE: u64 = 32;
 
-/// The contiguous range of global connection indices one worker process holds.
+/// A contiguous range of global connection indices (of a worker process, or of one of
+/// its rings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Share {
     /// Global index of the worker's first connection.
@@ -63,11 +70,13 @@ pub fn per_source_max(total: u64, sources: u32) -> u64 {
 pub struct Limits {
     /// Connections requested.
     pub total: u64,
-    /// Connections per worker process.
-    pub per_proc: u64,
+    /// Connections per io_uring ring.
+    pub per_ring: u64,
+    /// Rings per worker process.
+    pub rings: u64,
     /// Source addresses, 0 for the kernel's choice.
     pub sources: u32,
-    /// Hard `RLIMIT_NOFILE` each worker can raise itself to.
+    /// Hard `RLIMIT_NOFILE` each worker can raise itself to; it caps each ring's table.
     pub nofile_hard: u64,
     /// Ports in `net.ipv4.ip_local_port_range`.
     pub ports: u64,
@@ -81,15 +90,18 @@ pub fn check(l: Limits) -> Result<(), String> {
     if l.total == 0 {
         return Err("--conns must be at least 1".to_owned());
     }
-    if l.per_proc == 0 || l.per_proc + FDS_SPARE > l.nofile_hard {
+    if l.per_ring == 0 || l.per_ring + FDS_SPARE > l.nofile_hard {
         return Err(format!(
-            "--per-proc {} needs {} file descriptors per worker but RLIMIT_NOFILE allows {}; \
-             pass --per-proc {} or less",
-            l.per_proc,
-            l.per_proc + FDS_SPARE,
+            "--per-ring {} needs a file table of {} slots but RLIMIT_NOFILE caps it at {}; \
+             pass --per-ring {} or less (and more --rings)",
+            l.per_ring,
+            l.per_ring + FDS_SPARE,
             l.nofile_hard,
             l.nofile_hard.saturating_sub(FDS_SPARE)
         ));
+    }
+    if l.rings == 0 || l.rings > RINGS_MAX {
+        return Err(format!("--rings {} must be 1..={RINGS_MAX}", l.rings));
     }
     if l.sources > SOURCES_MAX {
         return Err(format!(
@@ -172,10 +184,11 @@ mod tests {
         assert_eq!(source_for(7, 0), None);
     }
 
-    fn limits(total: u64, per_proc: u64, sources: u32) -> Limits {
+    fn limits(total: u64, per_ring: u64, sources: u32) -> Limits {
         Limits {
             total,
-            per_proc,
+            per_ring,
+            rings: 8,
             sources,
             nofile_hard: 20_000,
             ports: 28_232,
@@ -194,5 +207,15 @@ mod tests {
         let err = check(limits(28_233, 19_000, 0)).unwrap_err();
         assert!(err.contains("--sources 2"), "{err}");
         assert!(check(limits(1_000_000, 19_000, 35)).is_err());
+        assert!(check(Limits {
+            rings: 0,
+            ..limits(10, 100, 1)
+        })
+        .is_err());
+        assert!(check(Limits {
+            rings: RINGS_MAX + 1,
+            ..limits(10, 100, 1)
+        })
+        .is_err());
     }
 }

@@ -1,15 +1,31 @@
-//! The result of one `hold` run and its two renderings: a human-readable report and one
-//! JSON object (`--json`). Derived figures (bytes per connection, kernel bytes per pair)
-//! are computed here and nowhere else.
-//!
-//! JSON is written by hand: the report is flat and small, and the bench keeps its
-//! dependency list short.
+//! The result of one `hold` run and its renderings: a human-readable report, one JSON
+//! object (`--json`), and with `--out` a Markdown page and SVG charts (memory per
+//! connection against N, handshake latency CDF). Derived figures (bytes per connection,
+//! kernel bytes per pair) are computed here and nowhere else.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::path::PathBuf;
+
+use hdrhistogram::Histogram;
+use serde_json::json;
 
 use crate::conditions::Conditions;
+use crate::output::{self, Chart, OutDir, Series};
 use crate::procfs::Snapshot;
+
+/// One step of a run: the engine measured once `requested` connections were opened.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    /// Connections opened so far.
+    pub requested: u64,
+    /// Of them, held when the step's connect phase ended.
+    pub held: u64,
+    /// Wall time of the step, from spawning its workers to the measurement, milliseconds.
+    pub ramp_ms: u64,
+    /// After the step and the settle time; `None` if the engine was gone.
+    pub loaded: Option<Snapshot>,
+}
 
 /// Connect + handshake latency percentiles, microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -26,6 +42,19 @@ pub struct Latency {
     pub max_us: u64,
 }
 
+impl Latency {
+    /// The percentiles of a histogram of microseconds.
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        Latency {
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
 /// Everything one `hold` run measured, with its setup and conditions.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -33,7 +62,7 @@ pub struct Report {
     pub conditions: Conditions,
     /// Engine address as given.
     pub target: String,
-    /// `sse` or `ws`.
+    /// `sse`, `ws`, `ndjson` or `poll`.
     pub transport: &'static str,
     /// Request path.
     pub path: String,
@@ -41,12 +70,16 @@ pub struct Report {
     pub pid: u32,
     /// Worker processes used.
     pub workers: usize,
-    /// Most connections per worker.
-    pub per_proc: u64,
+    /// Most connections per io_uring ring.
+    pub per_ring: u64,
+    /// Most rings per worker.
+    pub rings: u64,
     /// Source addresses used (0: kernel's choice).
     pub sources: u32,
     /// In-flight connections per worker.
     pub concurrency: usize,
+    /// Connections opened per second over all workers, 0 for unpaced.
+    pub connect_rate: f64,
     /// Connections requested.
     pub requested: u64,
     /// Connections held when the connect phase ended.
@@ -55,20 +88,25 @@ pub struct Report {
     pub failures: BTreeMap<String, u64>,
     /// Wall time from spawning workers to the last worker's result, milliseconds.
     pub ramp_ms: u64,
-    /// Connect + handshake latency of held connections.
-    pub latency: Latency,
+    /// Connect + handshake latency of held connections, microseconds.
+    pub handshake_us: Histogram<u64>,
     /// Seconds waited after the connect phase before measuring.
     pub settle_secs: u64,
     /// Seconds held after measuring.
     pub hold_secs: u64,
     /// Before any connection was opened.
     pub baseline: Snapshot,
-    /// After the connect phase and the settle time; `None` if the engine was gone.
+    /// After the last step's connect phase and the settle time; `None` if the engine was
+    /// gone.
     pub loaded: Option<Snapshot>,
+    /// Every step's measurement, the last one equal to `held` and `loaded`.
+    pub steps: Vec<Step>,
     /// The engine's `VmRSS` one second after every connection was closed.
     pub after_close_rss_kb: Option<u64>,
     /// Held connections the engine closed after the connect phase.
     pub dropped_during_hold: u64,
+    /// Long-polls answered and re-issued while holding (`poll` only).
+    pub repolls: u64,
 }
 
 /// `(after - before) * 1024 / per`, in bytes, or `None` when `per` is zero.
@@ -76,7 +114,19 @@ fn growth_bytes_per(before_kb: u64, after_kb: u64, per: u64) -> Option<f64> {
     (per > 0).then(|| (after_kb as f64 - before_kb as f64) * 1024.0 / per as f64)
 }
 
+impl Step {
+    /// Engine RSS growth per held connection at this step, bytes.
+    pub fn bytes_per_conn(&self, baseline: &Snapshot) -> Option<f64> {
+        growth_bytes_per(baseline.rss_kb, self.loaded?.rss_kb, self.held)
+    }
+}
+
 impl Report {
+    /// Connect + handshake latency percentiles.
+    pub fn latency(&self) -> Latency {
+        Latency::of(&self.handshake_us)
+    }
+
     /// Engine RSS growth per held connection, bytes.
     pub fn bytes_per_conn(&self) -> Option<f64> {
         let loaded = self.loaded?;
@@ -121,10 +171,13 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "  clients      {} worker(s) of at most {}, {} in flight each, {}",
+            "  clients      {} worker(s) of at most {} io_uring ring(s) x {} connections, {} in flight \
+             each, {}, {}",
             self.workers,
-            self.per_proc,
+            self.rings,
+            self.per_ring,
             self.concurrency,
+            rate_text(self.connect_rate),
             sources_text(self.sources)
         );
         let rate = per_sec(self.held, self.ramp_ms);
@@ -133,7 +186,7 @@ impl Report {
             "  ramp         {:.2} s ({rate:.0} held/s)",
             self.ramp_ms as f64 / 1000.0
         );
-        let l = &self.latency;
+        let l = self.latency();
         let _ = writeln!(
             out,
             "  handshake    p50 {} p99 {} p99.9 {} max {} ({} samples)",
@@ -149,16 +202,46 @@ impl Report {
             failures_text(&self.failures, self.failed())
         );
         self.memory_text(&mut out);
+        if self.steps.len() > 1 {
+            let _ = writeln!(
+                out,
+                "  steps        connections   held   engine RSS kB   bytes per connection"
+            );
+            for step in &self.steps {
+                let _ = writeln!(
+                    out,
+                    "               {:>11} {:>6} {:>15} {:>22}",
+                    step.requested,
+                    step.held,
+                    step.loaded
+                        .map_or_else(|| "n/a".to_owned(), |s| s.rss_kb.to_string()),
+                    bytes(step.bytes_per_conn(&self.baseline))
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "  dropped      {} during the hold of {} s",
             self.dropped_during_hold, self.hold_secs
         );
+        if self.transport == "poll" {
+            let _ = writeln!(
+                out,
+                "  repolls      {} long-polls answered and re-issued",
+                self.repolls
+            );
+        }
         let _ = writeln!(out, "conditions");
         let _ = writeln!(out, "  date         {}", c.date);
         let _ = writeln!(out, "  kernel       {}", c.kernel);
         let _ = writeln!(out, "  cpu          {} x{}", c.cpu, c.nproc);
-        let _ = writeln!(out, "  bench        ringcast-bench {}", c.version);
+        let _ = writeln!(
+            out,
+            "  bench        ringcast-bench {} ({})",
+            c.version,
+            c.commit()
+        );
+        let _ = writeln!(out, "  engine ver.  {}", c.engine_version());
         let _ = writeln!(out, "  command      {}", c.command);
         let _ = writeln!(out, "  engine       {}", c.engine_command);
         out
@@ -205,52 +288,202 @@ impl Report {
     /// One JSON object, no trailing newline.
     pub fn to_json(&self) -> String {
         let c = &self.conditions;
-        let mut o = JsonObject::default();
-        o.raw("ok", if self.success() { "true" } else { "false" });
-        o.num("requested", self.requested);
-        o.num("held", self.held);
-        o.num("failed", self.failed());
-        o.raw("failures", &json_counts(&self.failures));
-        o.num("dropped_during_hold", self.dropped_during_hold);
-        o.opt_f64("bytes_per_conn", self.bytes_per_conn());
-        o.num("baseline_rss_kb", self.baseline.rss_kb);
-        o.num("baseline_hwm_kb", self.baseline.hwm_kb);
-        o.opt_num("held_rss_kb", self.loaded.map(|s| s.rss_kb));
-        o.opt_num("held_hwm_kb", self.loaded.map(|s| s.hwm_kb));
-        o.opt_num("after_close_rss_kb", self.after_close_rss_kb);
-        o.num("baseline_slab_kb", self.baseline.slab_kb);
-        o.num("baseline_sunreclaim_kb", self.baseline.sunreclaim_kb);
-        o.opt_num("held_slab_kb", self.loaded.map(|s| s.slab_kb));
-        o.opt_num("held_sunreclaim_kb", self.loaded.map(|s| s.sunreclaim_kb));
-        o.opt_f64("kernel_slab_bytes_per_pair", self.slab_bytes_per_pair());
-        o.opt_f64(
-            "kernel_sunreclaim_bytes_per_pair",
-            self.sunreclaim_bytes_per_pair(),
+        let l = self.latency();
+        let loaded = self.loaded;
+        let steps: Vec<serde_json::Value> = self
+            .steps
+            .iter()
+            .map(|s| {
+                json!({
+                    "requested": s.requested,
+                    "held": s.held,
+                    "ramp_ms": s.ramp_ms,
+                    "rss_kb": s.loaded.map(|l| l.rss_kb),
+                    "slab_kb": s.loaded.map(|l| l.slab_kb),
+                    "bytes_per_conn": finite(s.bytes_per_conn(&self.baseline)),
+                })
+            })
+            .collect();
+        json!({
+            "ok": self.success(),
+            "requested": self.requested,
+            "held": self.held,
+            "failed": self.failed(),
+            "failures": self.failures,
+            "dropped_during_hold": self.dropped_during_hold,
+            "repolls": self.repolls,
+            "bytes_per_conn": finite(self.bytes_per_conn()),
+            "baseline_rss_kb": self.baseline.rss_kb,
+            "baseline_hwm_kb": self.baseline.hwm_kb,
+            "held_rss_kb": loaded.map(|s| s.rss_kb),
+            "held_hwm_kb": loaded.map(|s| s.hwm_kb),
+            "after_close_rss_kb": self.after_close_rss_kb,
+            "baseline_slab_kb": self.baseline.slab_kb,
+            "baseline_sunreclaim_kb": self.baseline.sunreclaim_kb,
+            "held_slab_kb": loaded.map(|s| s.slab_kb),
+            "held_sunreclaim_kb": loaded.map(|s| s.sunreclaim_kb),
+            "kernel_slab_bytes_per_pair": finite(self.slab_bytes_per_pair()),
+            "kernel_sunreclaim_bytes_per_pair": finite(self.sunreclaim_bytes_per_pair()),
+            "steps": steps,
+            "handshake_samples": l.count,
+            "handshake_p50_us": l.p50_us,
+            "handshake_p99_us": l.p99_us,
+            "handshake_p999_us": l.p999_us,
+            "handshake_max_us": l.max_us,
+            "ramp_ms": self.ramp_ms,
+            "target": self.target,
+            "transport": self.transport,
+            "path": self.path,
+            "pid": self.pid,
+            "workers": self.workers,
+            "per_ring": self.per_ring,
+            "rings": self.rings,
+            "sources": self.sources,
+            "concurrency": self.concurrency,
+            "connect_rate": self.connect_rate,
+            "settle_secs": self.settle_secs,
+            "hold_secs": self.hold_secs,
+            "date": c.date,
+            "kernel": c.kernel,
+            "cpu": c.cpu,
+            "nproc": c.nproc,
+            "version": c.version,
+            "commit": c.commit(),
+            "engine_version": c.engine_version(),
+            "command": c.command,
+            "engine_command": c.engine_command,
+        })
+        .to_string()
+    }
+
+    /// A Markdown page: the result table, the steps, the failures and the conditions.
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::new();
+        let verdict = if self.success() { "ok" } else { "FAILED" };
+        let _ = writeln!(
+            out,
+            "# ringcast-bench hold: {} of {} {} subscribers held ({verdict})\n",
+            self.held, self.requested, self.transport
         );
-        o.num("handshake_samples", self.latency.count);
-        o.num("handshake_p50_us", self.latency.p50_us);
-        o.num("handshake_p99_us", self.latency.p99_us);
-        o.num("handshake_p999_us", self.latency.p999_us);
-        o.num("handshake_max_us", self.latency.max_us);
-        o.num("ramp_ms", self.ramp_ms);
-        o.str("target", &self.target);
-        o.str("transport", self.transport);
-        o.str("path", &self.path);
-        o.num("pid", self.pid);
-        o.num("workers", self.workers as u64);
-        o.num("per_proc", self.per_proc);
-        o.num("sources", self.sources);
-        o.num("concurrency", self.concurrency as u64);
-        o.num("settle_secs", self.settle_secs);
-        o.num("hold_secs", self.hold_secs);
-        o.str("date", &c.date);
-        o.str("kernel", &c.kernel);
-        o.str("cpu", &c.cpu);
-        o.num("nproc", c.nproc as u64);
-        o.str("version", &c.version);
-        o.str("command", &c.command);
-        o.str("engine_command", &c.engine_command);
-        o.finish()
+        let l = self.latency();
+        let rows = vec![vec![
+            self.transport.to_owned(),
+            self.held.to_string(),
+            bytes(self.bytes_per_conn()),
+            bytes(self.slab_bytes_per_pair()),
+            format!("{:.0}", per_sec(self.held, self.ramp_ms)),
+            format!("{:.3}", l.p50_us as f64 / 1000.0),
+            format!("{:.3}", l.p99_us as f64 / 1000.0),
+            format!("{:.3}", l.max_us as f64 / 1000.0),
+            self.failed().to_string(),
+            self.dropped_during_hold.to_string(),
+        ]];
+        out.push_str(&output::markdown_table(
+            &[
+                "transport",
+                "held",
+                "engine B/conn",
+                "kernel slab B/pair",
+                "held/s",
+                "handshake p50 ms",
+                "p99 ms",
+                "max ms",
+                "failed",
+                "dropped while held",
+            ],
+            &rows,
+        ));
+        let steps: Vec<Vec<String>> = self
+            .steps
+            .iter()
+            .map(|s| {
+                vec![
+                    s.requested.to_string(),
+                    s.held.to_string(),
+                    s.loaded
+                        .map_or_else(|| "n/a".to_owned(), |l| l.rss_kb.to_string()),
+                    bytes(s.bytes_per_conn(&self.baseline)),
+                ]
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nEngine RSS before the first connection: {} kB.\n",
+            self.baseline.rss_kb
+        );
+        out.push_str(&output::markdown_table(
+            &["connections", "held", "engine RSS kB", "B per connection"],
+            &steps,
+        ));
+        let _ = writeln!(
+            out,
+            "\nFailures: {}.\n\nClients: {} worker(s), at most {} io_uring ring(s) x {} connections each, \
+             {} in flight per worker, {}, {}.\n",
+            failures_text(&self.failures, self.failed()),
+            self.workers,
+            self.rings,
+            self.per_ring,
+            self.concurrency,
+            rate_text(self.connect_rate),
+            sources_text(self.sources)
+        );
+        out.push_str(&output::conditions_markdown(&self.conditions));
+        out
+    }
+
+    /// Engine bytes per connection against connections held, one point per step.
+    pub fn memory_chart(&self) -> Chart {
+        let points = self
+            .steps
+            .iter()
+            .filter_map(|s| Some((s.held as f64, s.bytes_per_conn(&self.baseline)?)))
+            .collect();
+        Chart {
+            title: format!("ringcast engine memory per idle {} connection", self.transport),
+            x_label: "connections held".to_owned(),
+            y_label: "bytes of engine RSS per connection".to_owned(),
+            x_log: false,
+            series: vec![Series {
+                label: format!("{} ({})", self.transport, self.conditions.commit()),
+                points,
+            }],
+        }
+    }
+
+    /// The connect + handshake latency CDF.
+    pub fn handshake_chart(&self) -> Chart {
+        Chart {
+            title: format!("connect + handshake latency, {} {}", self.held, self.transport),
+            x_label: "latency (ms)".to_owned(),
+            y_label: "fraction of connections".to_owned(),
+            x_log: true,
+            series: vec![output::latency_cdf(self.transport, &self.handshake_us)],
+        }
+    }
+
+    /// Writes the JSON, the Markdown page and both charts into `out`.
+    ///
+    /// # Errors
+    /// The file that could not be written.
+    pub fn write(&self, out: &OutDir) -> Result<Vec<PathBuf>, String> {
+        Ok(vec![
+            out.write_json(&self.to_json())?,
+            out.write_markdown(&self.to_markdown())?,
+            out.write_chart("memory", &self.memory_chart())?,
+            out.write_chart("handshake", &self.handshake_chart())?,
+        ])
+    }
+}
+
+fn finite(value: Option<f64>) -> Option<f64> {
+    value.filter(|v| v.is_finite()).map(|v| (v * 10.0).round() / 10.0)
+}
+
+fn rate_text(rate: f64) -> String {
+    if rate > 0.0 {
+        format!("paced at {rate:.0} connects/s")
+    } else {
+        "unpaced".to_owned()
     }
 }
 
@@ -280,74 +513,6 @@ fn ms(us: u64) -> String {
 
 fn bytes(value: Option<f64>) -> String {
     value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.0}"))
-}
-
-/// A flat JSON object built field by field.
-#[derive(Default)]
-struct JsonObject {
-    body: String,
-}
-
-impl JsonObject {
-    fn raw(&mut self, key: &str, value: &str) {
-        if !self.body.is_empty() {
-            self.body.push(',');
-        }
-        let _ = write!(self.body, "{}:{value}", json_string(key));
-    }
-
-    fn str(&mut self, key: &str, value: &str) {
-        self.raw(key, &json_string(value));
-    }
-
-    fn num(&mut self, key: &str, value: impl Into<u64>) {
-        self.raw(key, &value.into().to_string());
-    }
-
-    fn opt_num(&mut self, key: &str, value: Option<u64>) {
-        self.raw(key, &value.map_or_else(|| "null".to_owned(), |v| v.to_string()));
-    }
-
-    fn opt_f64(&mut self, key: &str, value: Option<f64>) {
-        let text = match value {
-            Some(v) if v.is_finite() => format!("{v:.1}"),
-            _ => "null".to_owned(),
-        };
-        self.raw(key, &text);
-    }
-
-    fn finish(self) -> String {
-        format!("{{{}}}", self.body)
-    }
-}
-
-fn json_counts(counts: &BTreeMap<String, u64>) -> String {
-    let mut o = JsonObject::default();
-    for (k, n) in counts {
-        o.num(k, *n);
-    }
-    o.finish()
-}
-
-/// A JSON string literal (RFC 8259 §7).
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Prints a subcommand's text report and turns its verdict into the exit code: 0 when
@@ -391,14 +556,16 @@ mod tests {
             path: "/sse".to_owned(),
             pid: 42,
             workers: 1,
-            per_proc: 19_000,
+            per_ring: 19_000,
+            rings: 8,
             sources: 16,
             concurrency: 256,
+            connect_rate: 0.0,
             requested: 1_002,
             held: 1_000,
             failures,
             ramp_ms: 500,
-            latency: Latency::default(),
+            handshake_us: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
             settle_secs: 3,
             hold_secs: 0,
             baseline: Snapshot {
@@ -413,8 +580,20 @@ mod tests {
                 slab_kb: 57_500,
                 sunreclaim_kb: 47_000,
             }),
+            steps: vec![Step {
+                requested: 1_002,
+                held: 1_000,
+                ramp_ms: 500,
+                loaded: Some(Snapshot {
+                    rss_kb: 3_000,
+                    hwm_kb: 3_100,
+                    slab_kb: 57_500,
+                    sunreclaim_kb: 47_000,
+                }),
+            }],
             after_close_rss_kb: Some(2_000),
             dropped_during_hold: 0,
+            repolls: 0,
         }
     }
 
@@ -447,19 +626,26 @@ mod tests {
     #[test]
     fn json_is_one_escaped_object() {
         let json = report().to_json();
-        assert!(
-            json.starts_with("{\"ok\":false,") && json.ends_with('}'),
-            "{json}"
-        );
         assert!(!json.contains('\n'), "{json}");
-        assert!(json.contains(r#""cpu":"AMD \"EPYC\"""#), "{json}");
-        assert!(json.contains(r#""engine_command":"ringcast\n""#), "{json}");
-        assert!(
-            json.contains(r#""failures":{"connect/ECONNREFUSED":2}"#),
-            "{json}"
-        );
-        assert!(json.contains(r#""bytes_per_conn":2048.0"#), "{json}");
-        assert_eq!(json_string("\u{1}"), "\"\\u0001\"");
+        let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["cpu"], "AMD \"EPYC\"");
+        assert_eq!(v["engine_command"], "ringcast\n");
+        assert_eq!(v["failures"]["connect/ECONNREFUSED"], 2);
+        assert_eq!(v["bytes_per_conn"], 2048.0);
+        assert_eq!(v["steps"][0]["bytes_per_conn"], 2048.0);
+        assert!(v["commit"].is_string());
+    }
+
+    #[test]
+    fn markdown_and_charts_carry_the_steps() {
+        let r = report();
+        let md = r.to_markdown();
+        assert!(md.contains("| 1002 | 1000 | 3000 | 2048 |"), "{md}");
+        assert!(md.contains("commit"), "{md}");
+        let chart = r.memory_chart();
+        assert_eq!(chart.series[0].points, vec![(1_000.0, 2_048.0)]);
+        assert!(chart.to_svg().expect("renders").contains("<svg"));
     }
 
     #[test]

@@ -260,19 +260,6 @@ pub fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
-/// Reads from a raw descriptor this process does not own (stdin).
-///
-/// # Errors
-/// The `read` error.
-pub fn read_raw(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; a bad `fd` only yields EBADF.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
-}
-
 /// An epoll instance with level-triggered registrations keyed by a `u64` token.
 pub struct Epoll {
     fd: OwnedFd,

@@ -6,7 +6,7 @@
 //! ```text
 //! progress held=1200 failed=0
 //! result held=2000 ramp_ms=431 fail=connect/ECONNREFUSED:3,timeout/connect:1 lat=120:5,131:2
-//! closed dropped=0
+//! closed dropped=0 repolls=0
 //! ```
 //!
 //! `lat` lists latency histogram buckets as `microseconds:count`. Failure kinds never
@@ -46,6 +46,8 @@ pub enum Line {
     Closed {
         /// Held connections the server closed during the hold phase.
         dropped: u64,
+        /// Long-polls answered and re-issued while holding.
+        repolls: u64,
     },
 }
 
@@ -63,7 +65,7 @@ pub fn sanitize_kind(kind: &str) -> String {
 pub fn encode(line: &Line) -> String {
     match line {
         Line::Progress { held, failed } => format!("progress held={held} failed={failed}"),
-        Line::Closed { dropped } => format!("closed dropped={dropped}"),
+        Line::Closed { dropped, repolls } => format!("closed dropped={dropped} repolls={repolls}"),
         Line::Result(r) => {
             let fail: Vec<String> = r
                 .failures
@@ -101,6 +103,7 @@ pub fn decode(line: &str) -> Result<Line, String> {
         }),
         "closed" => Ok(Line::Closed {
             dropped: num("dropped")?,
+            repolls: num("repolls")?,
         }),
         "result" => {
             let failures = pairs(fields.get("fail").copied().unwrap_or(""))?
@@ -148,7 +151,10 @@ mod tests {
         failures.insert("status/503".to_owned(), 1);
         let lines = [
             Line::Progress { held: 5, failed: 1 },
-            Line::Closed { dropped: 0 },
+            Line::Closed {
+                dropped: 0,
+                repolls: 3,
+            },
             Line::Result(WorkerResult::default()),
             Line::Result(WorkerResult {
                 held: 19_000,

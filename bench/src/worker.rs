@@ -1,28 +1,26 @@
 //! The hidden `hold-worker` subcommand: one process that opens its share of idle
-//! subscribers (SSE streams, or WebSockets with `--transport ws`), reports on stdout (see
-//! [`crate::wire`]), holds them until its parent writes `close` or goes away, then closes
-//! them all and exits. Held WebSockets answer the engine's pings with pongs.
+//! subscribers over `--rings` io_uring client rings, one thread each ([`crate::client`]),
+//! reports on stdout (see [`crate::wire`]), holds them until its parent writes `close` or
+//! goes away, then closes them all and exits.
 //!
-//! One thread and one epoll instance drive every socket; at most `--concurrency`
-//! connections are between `connect()` and a held subscription at any time. Every loop is
-//! bounded in time: the connect phase by `--connect-secs`, the whole life by
-//! `--life-secs`, and the process dies with its parent (`PR_SET_PDEATHSIG`) or when its
-//! stdin reaches end of file.
+//! Every phase is bounded in time: the connect phase by `--connect-secs`, the whole life
+//! by `--life-secs`, and the process dies with its parent (`PR_SET_PDEATHSIG`) or when
+//! its stdin reaches end of file.
 
-use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::SocketAddrV4;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::handshake::{self, Scan, RESPONSE_BYTES_MAX};
+use crate::client::{self, Client, Connected, Holding, Setup, Shared};
 use crate::plan;
-use crate::sys::{self, Epoll};
+use crate::sys;
 use crate::wire::{self, Line, WorkerResult};
-use crate::ws;
 
 /// How a subscriber connects.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +29,11 @@ pub enum Transport {
     Sse,
     /// A WebSocket upgrade with a random key; held at a correct 101 (RFC 6455 §4.2.2).
     Ws,
+    /// `GET /stream` (NDJSON); held at status 200 with `Content-Type: application/x-ndjson`.
+    Ndjson,
+    /// Long-polling: held once a first `wait=0` poll is answered and the next poll,
+    /// `after=<next>`, is sent; every answer is followed by the next poll.
+    Poll,
 }
 
 impl Transport {
@@ -39,6 +42,18 @@ impl Transport {
         match self {
             Transport::Sse => "sse",
             Transport::Ws => "ws",
+            Transport::Ndjson => "ndjson",
+            Transport::Poll => "poll",
+        }
+    }
+
+    /// The engine's endpoint for this transport, on topic `bench`.
+    pub fn default_path(self) -> &'static str {
+        match self {
+            Transport::Sse => "/sse?topic=bench",
+            Transport::Ws => "/ws?topic=bench",
+            Transport::Ndjson => "/stream?topic=bench",
+            Transport::Poll => "/poll?topic=bench",
         }
     }
 }
@@ -55,7 +70,7 @@ pub struct WorkerArgs {
     /// Request path with query.
     #[arg(long)]
     pub path: String,
-    /// SSE or WebSocket subscribers.
+    /// How subscribers connect.
     #[arg(long, value_enum)]
     pub transport: Transport,
     /// Connections this worker opens.
@@ -64,12 +79,21 @@ pub struct WorkerArgs {
     /// Global index of this worker's first connection (picks its source addresses).
     #[arg(long)]
     pub start_index: u64,
+    /// Most connections per io_uring ring (each ring's file table is capped by RLIMIT_NOFILE).
+    #[arg(long)]
+    pub per_ring: u64,
     /// Source addresses 127.0.0.2 ..= 127.0.0.(1+N); 0 lets the kernel choose.
     #[arg(long)]
     pub sources: u32,
-    /// Connections in flight (connecting or awaiting the handshake) at once.
+    /// Connections in flight (connecting or awaiting the handshake) at once, over all rings.
     #[arg(long)]
     pub concurrency: usize,
+    /// Connections opened per second by this worker, 0 for unpaced.
+    #[arg(long, default_value_t = 0.0)]
+    pub connect_rate: f64,
+    /// `wait` of each held long-poll, seconds.
+    #[arg(long, default_value_t = 25)]
+    pub poll_wait_secs: u64,
     /// Per-connection bound on connect + handshake, milliseconds.
     #[arg(long)]
     pub conn_timeout_ms: u64,
@@ -81,80 +105,17 @@ pub struct WorkerArgs {
     pub life_secs: u64,
 }
 
-/// Token under which stdin is registered; connection tokens are their indices.
-const STDIN_TOKEN: u64 = u64::MAX;
-/// Ready events taken per `epoll_wait`.
-const EVENTS_PER_WAIT: usize = 1024;
-/// How long one wait blocks in the connect phase; bounds how late timeouts fire.
-const CONNECT_WAIT_MS: i32 = 20;
-/// How long one wait blocks in the hold phase.
-const HOLD_WAIT_MS: i32 = 200;
 /// Interval between progress lines.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
-/// Reads per readiness event on a held socket, so one chatty socket cannot starve others.
-const HELD_READS_MAX: usize = 4;
-/// Latency histogram range: 1 µs to 10 minutes, 3 significant figures.
-const LATENCY_US_MAX: u64 = 600_000_000;
+/// Time rings get past the life bound to close and report.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
-/// Where one connection is.
-enum State {
-    /// `connect()` in progress; waiting for `EPOLLOUT`.
-    Connecting,
-    /// Connected; `sent` bytes of the request are out.
-    Sending { sent: usize },
-    /// Request sent; the response so far.
-    Reading { received: Vec<u8> },
-    /// Status 200 and `retry:` arrived; the socket stays open.
-    Held,
-    /// Failed or dropped; the socket is closed.
-    Done,
-}
-
-struct Conn {
-    fd: Option<OwnedFd>,
-    started: Instant,
-    state: State,
-    /// The `Sec-WebSocket-Key` (WebSocket only).
-    key: [u8; ws::KEY_LEN],
-    /// Bytes of a WebSocket frame still arriving on a held connection; empty (and not
-    /// allocated) while idle.
-    pending: Vec<u8>,
-}
-
-impl Conn {
-    fn in_flight(&self) -> bool {
-        matches!(
-            self.state,
-            State::Connecting | State::Sending { .. } | State::Reading { .. }
-        )
-    }
-}
-
-/// What stdin said.
-enum Command {
-    /// Nothing yet.
-    Continue,
-    /// `close`, or end of file: the parent is done or gone.
-    Stop,
-}
-
-struct Worker {
-    args: WorkerArgs,
-    epoll: Epoll,
-    request: Vec<u8>,
-    conns: Vec<Conn>,
-    in_flight: usize,
-    /// Every connection below this index is finished (held, failed or dropped).
-    low: usize,
-    held: u64,
-    failures: BTreeMap<String, u64>,
-    failed: u64,
-    latency_us: Histogram<u64>,
-    scratch: Vec<u8>,
-    /// Tokens of the registrations the last wait found ready.
-    ready: Vec<u64>,
-    /// The mask of this worker's pongs (RFC 6455 §5.3: a client masks every frame).
-    mask: [u8; 4],
+/// What a ring thread tells the main thread.
+enum Report {
+    /// The connect phase ended (or the ring could not start, failing its share).
+    Connected(Result<Connected, (String, u64)>),
+    /// The ring closed everything.
+    Closed(Holding),
 }
 
 /// Runs the worker to completion.
@@ -166,425 +127,157 @@ pub fn main(args: WorkerArgs) -> ExitCode {
     if let Err(e) = sys::raise_nofile() {
         eprintln!("hold-worker: cannot raise RLIMIT_NOFILE: {e}");
     }
-    let mut worker = match Worker::new(args) {
-        Ok(w) => w,
+    if args.per_ring == 0 {
+        eprintln!("hold-worker: --per-ring must be at least 1");
+        return ExitCode::from(2);
+    }
+    let life_end = born + Duration::from_secs(args.life_secs);
+    let connect_end = (born + Duration::from_secs(args.connect_secs)).min(life_end);
+    let shared = Arc::new(Shared::default());
+    watch_stdin(Arc::clone(&shared));
+
+    let shares = plan::split(args.count, args.per_ring);
+    let rings = shares.len().max(1);
+    let (tx, rx) = mpsc::channel();
+    for share in &shares {
+        let setup = Setup {
+            target: args.target,
+            host: args.host.clone(),
+            path: args.path.clone(),
+            transport: args.transport,
+            sources: args.sources,
+            start_index: args.start_index + share.start,
+            count: share.count,
+            concurrency: args.concurrency.div_ceil(rings).max(1),
+            conn_timeout: Duration::from_millis(args.conn_timeout_ms),
+            connect_rate: args.connect_rate / rings as f64,
+            poll_wait_secs: args.poll_wait_secs,
+        };
+        let (tx, shared) = (tx.clone(), Arc::clone(&shared));
+        thread::spawn(move || ring_thread(setup, &shared, connect_end, life_end, &tx));
+    }
+    drop(tx);
+
+    // Connect phase: progress until every ring reported.
+    let mut result = WorkerResult::default();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, client::LATENCY_US_MAX, 3)
+        .expect("constant histogram bounds are valid");
+    let mut connected = 0;
+    let mut parent_gone = false;
+    while connected < shares.len() {
+        match rx.recv_timeout(PROGRESS_EVERY) {
+            Ok(Report::Connected(Ok(c))) => {
+                connected += 1;
+                result.held += c.held;
+                for (kind, n) in c.failures {
+                    *result.failures.entry(kind).or_insert(0) += n;
+                }
+                latency.add(&c.latency_us).expect("same histogram bounds");
+            }
+            Ok(Report::Connected(Err((message, count)))) => {
+                connected += 1;
+                eprintln!("hold-worker: {message}");
+                *result.failures.entry("ring/setup".to_owned()).or_insert(0) += count;
+            }
+            Ok(Report::Closed(_)) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let held = shared.held.load(Ordering::Relaxed);
+                let failed = shared.failed.load(Ordering::Relaxed);
+                parent_gone |= !emit(&Line::Progress { held, failed });
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    result.ramp_ms = born.elapsed().as_millis() as u64;
+    result.latency_us = latency
+        .iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect();
+    if parent_gone || !emit(&Line::Result(result)) {
+        shared.stop.store(true, Ordering::Relaxed);
+    }
+
+    // Hold phase: the rings run until told to stop; collect what they saw.
+    let mut holding = Holding::default();
+    let mut closed = 0;
+    let end = life_end + CLOSE_GRACE;
+    while closed < connected {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        match rx.recv_timeout(end - now) {
+            Ok(Report::Closed(h)) => {
+                closed += 1;
+                holding.dropped += h.dropped;
+                holding.repolls += h.repolls;
+            }
+            Ok(Report::Connected(_)) => {}
+            Err(_) => break,
+        }
+    }
+    emit(&Line::Closed {
+        dropped: holding.dropped,
+        repolls: holding.repolls,
+    });
+    ExitCode::SUCCESS
+}
+
+/// One ring's life: set up, connect, hold, close (by dropping the ring).
+fn ring_thread(
+    setup: Setup,
+    shared: &Shared,
+    connect_end: Instant,
+    life_end: Instant,
+    tx: &mpsc::Sender<Report>,
+) {
+    let count = setup.count;
+    let mut client = match Client::new(setup) {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("hold-worker: {e}");
-            return ExitCode::from(2);
+            shared.failed.fetch_add(count, Ordering::Relaxed);
+            let _ = tx.send(Report::Connected(Err((e, count))));
+            return;
         }
     };
-    let life_end = born + Duration::from_secs(worker.args.life_secs);
-    let connect_end = born + Duration::from_secs(worker.args.connect_secs);
-    let (command, ramp) = worker.connect_phase(connect_end.min(life_end));
-    let result = worker.result(ramp);
-    if !emit(&Line::Result(result)) || matches!(command, Command::Stop) {
-        return ExitCode::SUCCESS;
+    let connected = client.connect_phase(shared, connect_end);
+    if tx.send(Report::Connected(Ok(connected))).is_err() {
+        return;
     }
-    let dropped = worker.hold_phase(life_end);
-    drop(worker);
-    emit(&Line::Closed { dropped });
-    ExitCode::SUCCESS
+    let holding = client.hold_phase(shared, life_end);
+    drop(client);
+    let _ = tx.send(Report::Closed(holding));
+}
+
+/// Sets `shared.stop` when stdin says `close` or ends (the parent is done or gone).
+fn watch_stdin(shared: Arc<Shared>) {
+    thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen
+                        .windows(wire::CLOSE.len())
+                        .any(|w| w == wire::CLOSE.as_bytes())
+                    {
+                        break;
+                    }
+                    // Keep only a tail long enough to hold a split `close`.
+                    let keep = seen.len().saturating_sub(wire::CLOSE.len());
+                    seen.drain(..keep);
+                }
+            }
+        }
+        shared.stop.store(true, Ordering::Relaxed);
+    });
 }
 
 /// Writes one line to stdout; `false` once the parent stopped reading.
 fn emit(line: &Line) -> bool {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", wire::encode(line)).is_ok() && out.flush().is_ok()
-}
-
-impl Worker {
-    fn new(args: WorkerArgs) -> Result<Worker, String> {
-        let epoll = Epoll::new().map_err(|e| format!("epoll_create1: {e}"))?;
-        // A regular file or /dev/null on stdin cannot be polled; the worker then relies
-        // on its life bound and the parent-death signal alone.
-        if let Err(e) = epoll.add(0, libc::EPOLLIN as u32, STDIN_TOKEN) {
-            eprintln!("hold-worker: stdin cannot be polled ({e}); relying on --life-secs");
-        }
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-            args.path, args.host
-        )
-        .into_bytes();
-        let latency_us =
-            Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).map_err(|e| format!("histogram: {e}"))?;
-        let mut mask = [0u8; 4];
-        sys::random_bytes(&mut mask).map_err(|e| format!("getrandom: {e}"))?;
-        Ok(Worker {
-            conns: Vec::with_capacity(args.count as usize),
-            args,
-            epoll,
-            request,
-            in_flight: 0,
-            low: 0,
-            held: 0,
-            failures: BTreeMap::new(),
-            failed: 0,
-            latency_us,
-            scratch: vec![0; RESPONSE_BYTES_MAX],
-            ready: Vec::with_capacity(EVENTS_PER_WAIT),
-            mask,
-        })
-    }
-
-    /// Opens every connection and drives it to held or failed, until `deadline`.
-    /// Returns what stdin said and the phase's duration.
-    fn connect_phase(&mut self, deadline: Instant) -> (Command, Duration) {
-        let started = Instant::now();
-        let mut next_progress = started + PROGRESS_EVERY;
-        loop {
-            self.open_more();
-            if self.conns.len() as u64 == self.args.count && self.in_flight == 0 {
-                break;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                self.expire(now, true);
-                break;
-            }
-            if let Err(e) = self.wait(CONNECT_WAIT_MS) {
-                eprintln!("hold-worker: epoll_wait: {e}");
-                self.expire(now, true);
-                break;
-            }
-            for i in 0..self.ready.len() {
-                let token = self.ready[i];
-                if token == STDIN_TOKEN {
-                    if let Command::Stop = self.read_stdin() {
-                        return (Command::Stop, started.elapsed());
-                    }
-                } else {
-                    self.on_ready(token as usize);
-                }
-            }
-            let now = Instant::now();
-            self.expire(now, false);
-            if now >= next_progress {
-                next_progress = now + PROGRESS_EVERY;
-                let (held, failed) = (self.held, self.failed);
-                if !emit(&Line::Progress { held, failed }) {
-                    return (Command::Stop, started.elapsed());
-                }
-            }
-        }
-        (Command::Continue, started.elapsed())
-    }
-
-    /// Holds until stdin says `close` or ends, or `deadline`; returns the connections
-    /// the server closed meanwhile.
-    fn hold_phase(&mut self, deadline: Instant) -> u64 {
-        let mut dropped = 0;
-        while Instant::now() < deadline {
-            if self.wait(HOLD_WAIT_MS).is_err() {
-                break;
-            }
-            for i in 0..self.ready.len() {
-                let token = self.ready[i];
-                if token == STDIN_TOKEN {
-                    if let Command::Stop = self.read_stdin() {
-                        return dropped;
-                    }
-                } else if self.drain_held(token as usize) {
-                    dropped += 1;
-                }
-            }
-        }
-        dropped
-    }
-
-    fn wait(&mut self, timeout_ms: i32) -> std::io::Result<()> {
-        self.epoll.wait(&mut self.ready, EVENTS_PER_WAIT, timeout_ms)
-    }
-
-    fn read_stdin(&self) -> Command {
-        let mut buf = [0u8; 64];
-        match sys::read_raw(0, &mut buf) {
-            Ok(0) => Command::Stop,
-            Ok(n)
-                if buf[..n]
-                    .windows(wire::CLOSE.len())
-                    .any(|w| w == wire::CLOSE.as_bytes()) =>
-            {
-                Command::Stop
-            }
-            Ok(_) => Command::Continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Command::Continue,
-            // The parent's end is unusable: treat it as gone.
-            Err(_) => Command::Stop,
-        }
-    }
-
-    fn open_more(&mut self) {
-        while self.in_flight < self.args.concurrency && (self.conns.len() as u64) < self.args.count {
-            let index = self.conns.len();
-            let global = self.args.start_index + index as u64;
-            let source = plan::source_for(global, self.args.sources);
-            let started = Instant::now();
-            let key = match self.args.transport {
-                Transport::Sse => Ok([0; ws::KEY_LEN]),
-                Transport::Ws => {
-                    let mut nonce = [0u8; 16];
-                    sys::random_bytes(&mut nonce)
-                        .map(|()| ws::key_from(nonce))
-                        .map_err(|e| format!("getrandom/{}", sys::errno_name(e.raw_os_error().unwrap_or(0))))
-                }
-            };
-            let opened = key.and_then(|key| {
-                sys::connect_start(source, self.args.target)
-                    .map(|fd| (fd, key))
-                    .map_err(|e| e.kind())
-            });
-            let registered = opened.and_then(|(fd, key)| {
-                let events = (libc::EPOLLOUT | libc::EPOLLRDHUP) as u32;
-                match self.epoll.add(fd.as_raw_fd(), events, index as u64) {
-                    Ok(()) => Ok((fd, key)),
-                    Err(e) => Err(format!(
-                        "epoll/{}",
-                        sys::errno_name(e.raw_os_error().unwrap_or(0))
-                    )),
-                }
-            });
-            match registered {
-                Ok((fd, key)) => {
-                    self.conns.push(Conn {
-                        fd: Some(fd),
-                        started,
-                        state: State::Connecting,
-                        key,
-                        pending: Vec::new(),
-                    });
-                    self.in_flight += 1;
-                }
-                Err(kind) => {
-                    self.conns.push(Conn {
-                        fd: None,
-                        started,
-                        state: State::Done,
-                        key: [0; ws::KEY_LEN],
-                        pending: Vec::new(),
-                    });
-                    self.count_failure(kind);
-                }
-            }
-        }
-    }
-
-    fn on_ready(&mut self, index: usize) {
-        let Some(conn) = self.conns.get(index) else {
-            return;
-        };
-        match conn.state {
-            State::Connecting => self.on_connected(index),
-            State::Sending { .. } => self.send_request(index),
-            State::Reading { .. } => self.read_response(index),
-            State::Held => {
-                if self.drain_held(index) {
-                    self.held -= 1;
-                    self.count_failure("dropped/after-handshake".to_owned());
-                }
-            }
-            // Closing a socket removes it from epoll, so no later wait reports it.
-            State::Done => {}
-        }
-    }
-
-    fn on_connected(&mut self, index: usize) {
-        let Some(fd) = &self.conns[index].fd else {
-            return;
-        };
-        match sys::take_socket_error(fd) {
-            Err(errno) => self.fail(index, format!("connect/{}", sys::errno_name(errno))),
-            Ok(()) => {
-                self.conns[index].state = State::Sending { sent: 0 };
-                self.send_request(index);
-            }
-        }
-    }
-
-    fn send_request(&mut self, index: usize) {
-        let upgrade;
-        let request: &[u8] = match self.args.transport {
-            Transport::Sse => &self.request,
-            Transport::Ws => {
-                upgrade = ws::upgrade_request(&self.args.path, &self.args.host, &self.conns[index].key);
-                &upgrade
-            }
-        };
-        let conn = &mut self.conns[index];
-        let (Some(fd), State::Sending { sent }) = (&conn.fd, &mut conn.state) else {
-            return;
-        };
-        // Bounded: each round sends at least one byte or leaves.
-        while *sent < request.len() {
-            match sys::send(fd, &request[*sent..]) {
-                Ok(n) => *sent += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    let kind = format!("send/{}", sys::errno_name(e.raw_os_error().unwrap_or(0)));
-                    return self.fail(index, kind);
-                }
-            }
-        }
-        let raw = fd.as_raw_fd();
-        conn.state = State::Reading {
-            received: Vec::with_capacity(512),
-        };
-        let events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
-        if let Err(e) = self.epoll.modify(raw, events, index as u64) {
-            let kind = format!("epoll/{}", sys::errno_name(e.raw_os_error().unwrap_or(0)));
-            self.fail(index, kind);
-        }
-    }
-
-    fn read_response(&mut self, index: usize) {
-        let conn = &mut self.conns[index];
-        let (Some(fd), State::Reading { received }) = (&conn.fd, &mut conn.state) else {
-            return;
-        };
-        // One read per readiness event: epoll is level-triggered and calls again.
-        let verdict = match sys::recv(fd, &mut self.scratch) {
-            Ok(0) if handshake::head_complete(received) => Err("closed/after-head".to_owned()),
-            Ok(0) => Err("closed/before-head".to_owned()),
-            Ok(n) => {
-                received.extend_from_slice(&self.scratch[..n]);
-                let scan = match self.args.transport {
-                    Transport::Sse => handshake::scan(received),
-                    Transport::Ws => ws::scan(received, &ws::accept_for(&conn.key)),
-                };
-                match scan {
-                    Scan::Partial => return,
-                    Scan::Held => Ok(()),
-                    Scan::Refused(refusal) => Err(refusal.kind()),
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-            Err(e) => Err(format!("recv/{}", sys::errno_name(e.raw_os_error().unwrap_or(0)))),
-        };
-        match verdict {
-            Ok(()) => self.mark_held(index),
-            Err(kind) => self.fail(index, kind),
-        }
-    }
-
-    fn mark_held(&mut self, index: usize) {
-        let conn = &mut self.conns[index];
-        let us = conn.started.elapsed().as_micros() as u64;
-        if let (Transport::Ws, State::Reading { received }) = (self.args.transport, &conn.state) {
-            // Frames that came with the 101 (a ping, replayed events) are read as held input.
-            if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
-                conn.pending = received[at + 4..].to_vec();
-            }
-        }
-        conn.state = State::Held;
-        self.latency_us.saturating_record(us.clamp(1, LATENCY_US_MAX));
-        self.held += 1;
-        self.in_flight -= 1;
-    }
-
-    /// Reads and discards what a held connection received (comments, heartbeats; for a
-    /// WebSocket, frames, each ping answered with a pong). Returns `true` when the server
-    /// closed it (or sent a close frame, or bytes that are not server frames); the socket
-    /// is then closed here.
-    fn drain_held(&mut self, index: usize) -> bool {
-        let Some(Conn {
-            fd: Some(fd),
-            pending,
-            ..
-        }) = self.conns.get_mut(index)
-        else {
-            return false;
-        };
-        let mut closed = false;
-        for _ in 0..HELD_READS_MAX {
-            match sys::recv(fd, &mut self.scratch) {
-                Ok(0) => closed = true,
-                Ok(n) if self.args.transport == Transport::Ws => {
-                    pending.extend_from_slice(&self.scratch[..n]);
-                    match ws::on_held_input(pending, self.mask) {
-                        Ok(held) if held.closed => closed = true,
-                        Ok(held) => {
-                            // A pong of a few bytes on an idle socket: its send buffer is
-                            // empty, so the send is whole or the socket is broken, which
-                            // the next read reports.
-                            if !held.pongs.is_empty() {
-                                let _ = sys::send(fd, &held.pongs);
-                            }
-                            continue;
-                        }
-                        Err(e) => {
-                            eprintln!("hold-worker: connection {index}: {}", e.kind());
-                            closed = true;
-                        }
-                    }
-                }
-                Ok(_) => continue,
-                Err(e) => closed = e.kind() != std::io::ErrorKind::WouldBlock,
-            }
-            break;
-        }
-        // Not closed: either drained or more is left, and level-triggered epoll calls again.
-        if closed {
-            let conn = &mut self.conns[index];
-            conn.fd = None;
-            conn.state = State::Done;
-        }
-        closed
-    }
-
-    fn fail(&mut self, index: usize, kind: String) {
-        let conn = &mut self.conns[index];
-        if conn.in_flight() {
-            self.in_flight -= 1;
-        }
-        // Dropping the descriptor closes it, which also removes it from epoll.
-        conn.fd = None;
-        conn.state = State::Done;
-        self.count_failure(kind);
-    }
-
-    fn count_failure(&mut self, kind: String) {
-        *self.failures.entry(kind).or_insert(0) += 1;
-        self.failed += 1;
-    }
-
-    /// Fails in-flight connections older than the per-connection bound, or all of them
-    /// when `all` (the phase is over).
-    fn expire(&mut self, now: Instant, all: bool) {
-        let bound = Duration::from_millis(self.args.conn_timeout_ms);
-        while self.low < self.conns.len() && !self.conns[self.low].in_flight() {
-            self.low += 1;
-        }
-        for index in self.low..self.conns.len() {
-            let conn = &self.conns[index];
-            if !conn.in_flight() || (!all && now.duration_since(conn.started) < bound) {
-                continue;
-            }
-            let kind = match &conn.state {
-                State::Connecting => "timeout/connect",
-                State::Sending { .. } => "timeout/send",
-                State::Reading { received } if received.is_empty() => "timeout/no-response",
-                _ => "timeout/response",
-            };
-            self.fail(index, kind.to_owned());
-        }
-        if all {
-            let unopened = self.args.count - self.conns.len() as u64;
-            if unopened > 0 {
-                *self.failures.entry("timeout/not-opened".to_owned()).or_insert(0) += unopened;
-                self.failed += unopened;
-            }
-        }
-    }
-
-    fn result(&self, ramp: Duration) -> WorkerResult {
-        WorkerResult {
-            held: self.held,
-            ramp_ms: ramp.as_millis() as u64,
-            failures: self.failures.clone(),
-            latency_us: self
-                .latency_us
-                .iter_recorded()
-                .map(|v| (v.value_iterated_to(), v.count_at_value()))
-                .collect(),
-        }
-    }
 }

@@ -3,11 +3,14 @@
 //! `Sec-WebSocket-Accept`), and the frames a held connection may receive, answering each
 //! ping with a masked pong (§5.5.2-§5.5.3).
 //!
-//! SHA-1 (FIPS 180-4) and base64 (RFC 4648 §4) are written out here, a few dozen lines,
-//! so that the bench does not grow its dependency list for a handshake; both are
-//! checked against the published test vectors and the RFC 6455 §1.3 sample.
+//! The accept value is computed with the `sha1` and `base64` crates, checked against the
+//! RFC 6455 §1.3 sample.
 //!
 //! Never touches a socket or a clock.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
 
 use crate::handshake::{Refusal, Scan, HEADERS_MAX, RESPONSE_BYTES_MAX};
 
@@ -23,7 +26,7 @@ pub const HELD_PENDING_MAX: usize = 64 * 1024;
 
 /// Encodes 16 random bytes as a `Sec-WebSocket-Key`.
 pub fn key_from(nonce: [u8; 16]) -> [u8; KEY_LEN] {
-    let text = base64(&nonce);
+    let text = BASE64.encode(nonce);
     let mut key = [0u8; KEY_LEN];
     key.copy_from_slice(text.as_bytes());
     key
@@ -31,10 +34,7 @@ pub fn key_from(nonce: [u8; 16]) -> [u8; KEY_LEN] {
 
 /// The `Sec-WebSocket-Accept` value a server must answer `key` with.
 pub fn accept_for(key: &[u8]) -> String {
-    let mut input = Vec::with_capacity(key.len() + GUID.len());
-    input.extend_from_slice(key);
-    input.extend_from_slice(GUID);
-    base64(&sha1(&input))
+    BASE64.encode(Sha1::new().chain_update(key).chain_update(GUID).finalize())
 }
 
 /// The upgrade request for `path` on `host` with `key`.
@@ -175,106 +175,9 @@ fn push_pong(out: &mut Vec<u8>, payload: &[u8], mask: [u8; 4]) {
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
 }
 
-/// Standard base64 with padding (RFC 4648 §4).
-pub fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// SHA-1 of `input` (FIPS 180-4 §6.1). Used only for the handshake, never for security.
-pub fn sha1(input: &[u8]) -> [u8; 20] {
-    let mut h: [u32; 5] = [0x6745_2301, 0xEFCD_AB89, 0x98BA_DCFE, 0x1032_5476, 0xC3D2_E1F0];
-    let mut message = input.to_vec();
-    message.push(0x80);
-    while message.len() % 64 != 56 {
-        message.push(0);
-    }
-    message.extend_from_slice(&((input.len() as u64) * 8).to_be_bytes());
-    for block in message.chunks_exact(64) {
-        let mut w = [0u32; 80];
-        for (i, word) in block.chunks_exact(4).enumerate() {
-            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
-        }
-        for i in 16..80 {
-            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (i, &wi) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..=19 => ((b & c) | (!b & d), 0x5A82_7999),
-                20..=39 => (b ^ c ^ d, 0x6ED9_EBA1),
-                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1B_BCDC),
-                _ => (b ^ c ^ d, 0xCA62_C1D6),
-            };
-            let t = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(wi);
-            (e, d, c, b, a) = (d, c, b.rotate_left(30), a, t);
-        }
-        for (hi, v) in h.iter_mut().zip([a, b, c, d, e]) {
-            *hi = hi.wrapping_add(v);
-        }
-    }
-    let mut out = [0u8; 20];
-    for (chunk, word) in out.chunks_exact_mut(4).zip(h) {
-        chunk.copy_from_slice(&word.to_be_bytes());
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    #[test]
-    fn sha1_matches_the_fips_vectors() {
-        assert_eq!(hex(&sha1(b"abc")), "a9993e364706816aba3e25717850c26c9cd0d89d");
-        assert_eq!(hex(&sha1(b"")), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
-        assert_eq!(
-            hex(&sha1(b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq")),
-            "84983e441c3bd26ebaae4aa1f95129e5e54670f1"
-        );
-        let million_a = vec![b'a'; 1_000_000];
-        assert_eq!(hex(&sha1(&million_a)), "34aa973cd4c4daa4f61eeb2bdbad27316534016f");
-    }
-
-    #[test]
-    fn base64_matches_the_rfc_4648_vectors() {
-        let vectors = [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ];
-        for (plain, encoded) in vectors {
-            assert_eq!(base64(plain.as_bytes()), encoded, "{plain:?}");
-        }
-        assert_eq!(key_from([0xFF; 16]).len(), KEY_LEN);
-    }
 
     #[test]
     fn accept_matches_the_rfc_6455_sample() {
@@ -282,6 +185,7 @@ mod tests {
             accept_for(b"dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
+        assert_eq!(key_from([0xFF; 16]).len(), KEY_LEN);
     }
 
     const KEY: &[u8] = b"dGhlIHNhbXBsZSBub25jZQ==";
