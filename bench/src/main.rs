@@ -32,6 +32,7 @@ mod output;
 mod plan;
 mod procfs;
 mod report;
+mod slow;
 mod storm;
 mod sys;
 mod wire;
@@ -70,6 +71,8 @@ enum Cmd {
     Storm(storm::StormArgs),
     /// Run one scenario (idle memory, fan-out) against ringcast, nginx+nchan or Pushpin.
     Compare(compare::CompareArgs),
+    /// Fast and slow readers on one topic: what backpressure does to each class.
+    Slow(slow::SlowArgs),
 }
 
 fn main() -> ExitCode {
@@ -81,5 +84,6 @@ fn main() -> ExitCode {
         Cmd::Churn(args) => churn::main(args),
         Cmd::Storm(args) => storm::main(args),
         Cmd::Compare(args) => compare::main(args),
+        Cmd::Slow(args) => slow::main(args),
     }
 }

@@ -30,6 +30,32 @@ pub fn payload(base: Instant, index: u64, bytes: usize) -> Vec<u8> {
     data
 }
 
+/// The payload of event `index` stamped `t=<sent_ns>`: `t=<ns> i=<index> ` padded to
+/// `bytes`. Paced publishing stamps each event with its scheduled time, so latency
+/// includes any delay of the publisher (no coordinated omission).
+pub fn payload_at(sent_ns: u128, index: u64, bytes: usize) -> Vec<u8> {
+    let mut data = format!("t={sent_ns} i={index} ").into_bytes();
+    data.resize(bytes.max(data.len()), b'x');
+    data
+}
+
+/// What a paced publication did.
+#[derive(Debug, Clone, Default)]
+pub struct Paced {
+    /// Events the engine acknowledged with `+OK`.
+    pub acked: u64,
+    /// Sequence numbers of the first and last acknowledged event.
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// The most an event was written after its scheduled time, milliseconds.
+    pub late_max_ms: f64,
+    /// Events written after their scheduled time by more than a millisecond.
+    pub late: u64,
+}
+
+/// Events written together at most, when the publisher is behind its schedule.
+const PACED_BATCH_MAX: u64 = 64;
+
 /// A publisher connection to the engine's ingest socket.
 pub struct Publisher {
     stream: BufReader<UnixStream>,
@@ -102,6 +128,87 @@ impl Publisher {
             }
         }
         Ok(seqs)
+    }
+
+    /// Publishes `count` events of `bytes` bytes on `topic` at `rate` per second from now:
+    /// event `i` is due at `start + i / rate` and carries that time (relative to `base`)
+    /// as its timestamp. Events already due are written together (at most
+    /// [`PACED_BATCH_MAX`]); replies are read by a second thread, so a slow reply never
+    /// delays the schedule.
+    ///
+    /// # Errors
+    /// A failed write or read, or an `-ERR` reply.
+    pub fn publish_paced(
+        &mut self,
+        topic: &str,
+        count: u64,
+        bytes: usize,
+        rate: f64,
+        base: Instant,
+    ) -> Result<Paced, String> {
+        let mut writer = self
+            .stream
+            .get_ref()
+            .try_clone()
+            .map_err(|e| format!("ingest socket: {e}"))?;
+        let start = Instant::now();
+        let due = |i: u64| start + Duration::from_secs_f64(i as f64 / rate);
+        thread::scope(|scope| {
+            let replies = scope.spawn(|| -> Result<Paced, String> {
+                let mut paced = Paced::default();
+                for _ in 0..count {
+                    let seq = self.reply()?;
+                    paced.acked += 1;
+                    paced.first_seq.get_or_insert(seq);
+                    paced.last_seq = Some(seq);
+                }
+                Ok(paced)
+            });
+            let mut late = (0u64, 0f64);
+            let mut next = 0;
+            let written = (|| -> Result<(), String> {
+                while next < count {
+                    if let Some(wait) = due(next).checked_duration_since(Instant::now()) {
+                        thread::sleep(wait);
+                    }
+                    let now = Instant::now();
+                    let mut frames = Vec::new();
+                    let end = (next + PACED_BATCH_MAX).min(count);
+                    while next < end && due(next) <= now {
+                        let at = due(next);
+                        let behind_ms = now.duration_since(at).as_secs_f64() * 1e3;
+                        if behind_ms > 1.0 {
+                            late.0 += 1;
+                        }
+                        late.1 = late.1.max(behind_ms);
+                        frames.extend_from_slice(format!("PUB {topic} {bytes}\n").as_bytes());
+                        frames.extend_from_slice(&payload_at(
+                            at.duration_since(base).as_nanos(),
+                            next,
+                            bytes,
+                        ));
+                        frames.push(b'\n');
+                        next += 1;
+                    }
+                    writer
+                        .write_all(&frames)
+                        .map_err(|e| format!("write to the ingest socket: {e}"))?;
+                }
+                Ok(())
+            })();
+            if written.is_err() {
+                // Unblock the reply reader: nothing more will be acknowledged.
+                let _ = writer.shutdown(std::net::Shutdown::Both);
+            }
+            let replied = replies
+                .join()
+                .map_err(|_| "the reply reader panicked".to_owned())?;
+            written?;
+            let mut paced = replied?;
+            paced.late = late.0;
+            paced.late_max_ms = late.1;
+            Ok(paced)
+        })
     }
 
     /// Reads one `+OK <epoch>-<seq>` reply and returns the sequence number.
@@ -276,6 +383,25 @@ mod tests {
                 sent_ns: Some(_)
             }
         ));
+    }
+
+    #[test]
+    fn stamped_payloads_carry_the_given_time() {
+        let p = payload_at(12_345, 3, 64);
+        assert_eq!(p.len(), 64);
+        assert!(p.starts_with(b"t=12345 i=3 x"));
+        let mut scan = Scan::default();
+        let mut stream = BASELINE_HEAD.to_vec();
+        stream.extend(sse_chunk(9, &p));
+        let mut seen = Vec::new();
+        scan.feed(&stream, &mut |s| seen.push(s)).expect("valid stream");
+        assert_eq!(
+            seen,
+            vec![Seen::Event {
+                seq: 9,
+                sent_ns: Some(12_345)
+            }]
+        );
     }
 
     #[test]
