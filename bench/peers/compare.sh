@@ -10,6 +10,10 @@
 # setting: it runs its four services as usual (noted in the results). A second, paced
 # fan-out per server (PACED_RATE events/s, default 100; 0 skips it; 500 events per run)
 # measures latency below every server's capacity; its log is <server>-paced.txt.
+# Every measurement also writes JSON, Markdown (latency p50/p90/p99/p99.9/max) and SVG
+# charts into $OUT (`--out`). Binaries: $RINGCAST_BENCH_BIN and $RINGCAST_BIN (read by
+# ringcast.sh), else target/release/ of this workspace. The load at the start and end, the
+# commit and the tree's state go to $OUT/conditions-start.txt and $OUT/conditions.txt.
 set -euo pipefail
 cores=${1:-1}; idle=${2:-5000}; fast=${3:-1000}; events=${4:-2000}; runs=${5:-3}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,8 +22,14 @@ bench=${RINGCAST_BENCH_BIN:-$root/target/release/ringcast-bench}
 out=${OUT:-/tmp/ringcast-peers/compare-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$out"
 paced_rate=${PACED_RATE:-100}
-paced=(--idle 0 --fast "$fast" --events 500 --bytes 128 --runs "$runs" --publish-rate "$paced_rate")
-common=(--idle "$idle" --rate 400 --fast "$fast" --events "$events" --bytes 128 --runs "$runs")
+paced=(--idle 0 --fast "$fast" --events 500 --bytes 128 --runs "$runs" --publish-rate "$paced_rate" --out "$out")
+common=(--idle "$idle" --rate 400 --fast "$fast" --events "$events" --bytes 128 --runs "$runs" --out "$out")
+{
+  echo "start: $(date -u)"; echo "command: $0 $*"
+  echo "bench: $bench"; echo "engine: ${RINGCAST_BIN:-$root/target/release/ringcast}"
+  git -C "$root" rev-parse HEAD; git -C "$root" status --short
+  uptime; top -bn1 | head -15
+} > "$out/conditions-start.txt" 2>&1
 pidflags() { for p in "$@"; do printf -- '--pid %s ' "$p"; done; }
 
 # ringcast
@@ -49,12 +59,12 @@ timeout 600 "$bench" compare --server pushpin --target 127.0.0.1:17999 $(pidflag
 # Kernel-only baseline: the same subscribers and bytes, written by a trivial loop,
 # ungated (--window 0) like the servers above.
 timeout 600 "$bench" fanout --kernel-baseline --baseline-senders "$cores" --window 0 --fast "$fast" \
-  --events "$events" --bytes 128 --runs "$runs" --warmup "$((events / 10))" > "$out/kernel.txt" || true
+  --events "$events" --bytes 128 --runs "$runs" --warmup "$((events / 10))" --out "$out" > "$out/kernel.txt" || true
 
 {
   nginx -v 2>&1; dpkg-query -W -f '${Package} ${Version}\n' nginx libnginx-mod-nchan pushpin
   git -C "$root" rev-parse HEAD; uname -r; nproc; date -u
 } > "$out/conditions.txt" 2>&1
-uptime >> "$out/conditions.txt"
+{ uptime; top -bn1 | head -15; } >> "$out/conditions.txt"
 grep -h -E 'idle:|SUMMARY|median|command:' "$out"/*.txt
 echo "logs: $out"

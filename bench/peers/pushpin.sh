@@ -8,10 +8,20 @@
 # Ramp new connections at about 500/s: faster bursts get `500 Accept service unavailable`.
 set -euo pipefail
 cmd=${1:?start|stop}; port=${2:?PORT}
-# Pushpin paces deliveries: Debian's default is message_rate=2500 (messages/s over all
-# subscribers) and message_hwm=25000. For a capacity comparison the script lifts both;
-# set PUSHPIN_MESSAGE_RATE=2500 PUSHPIN_MESSAGE_HWM=25000 to run with the defaults.
-rate=${PUSHPIN_MESSAGE_RATE:-100000000}; hwm=${PUSHPIN_MESSAGE_HWM:-100000000}
+# pushpin-handler sends every (event, subscriber) delivery through one rate limiter:
+# Debian's default message_rate=2500 counts deliveries per second (2.5 events/s to 1,000
+# subscribers) and message_hwm=25000 queued deliveries. 0 turns the limiter off
+# (handler ratelimiter.cpp: rate <= 0 is no limit, hwm <= 0 no bound). A huge rate does
+# NOT: any rate > 0 keeps the limiter's 25 ms batch timer, which every queued delivery
+# restarts, so nothing is delivered while publishes come more often than every 25 ms;
+# the backlog then floods each connection's hard-coded 100-item queue
+# (httpsession.cpp PUBLISH_QUEUE_MAX, "publish queue at max, dropping"). The earlier
+# default 100000000 caused the 21 % loss and the seconds of paced latency in
+# bench/RESULTS.md's 1,000-subscriber run (finding: /tmp/ringcast-peers/pushpin-loss.md).
+# Even with the limiter off Pushpin drops, by design, what exceeds about 100 queued plus
+# client_buffer_size (8192 B, ~60 events) of credit per connection: /publish/ has no
+# backpressure. Set PUSHPIN_MESSAGE_RATE=2500 PUSHPIN_MESSAGE_HWM=25000 for Debian's values.
+rate=${PUSHPIN_MESSAGE_RATE:-0}; hwm=${PUSHPIN_MESSAGE_HWM:-0}
 dir=/tmp/ringcast-peers/pushpin-$port
 if [ "$cmd" = stop ]; then
   [ -f "$dir/pushpin.pid" ] || { echo "no $dir/pushpin.pid" >&2; exit 1; }
