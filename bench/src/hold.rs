@@ -10,7 +10,7 @@
 //! child is killed if it outlives its bound.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -18,6 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::conditions::Conditions;
 use crate::output::{self, OutDir};
@@ -414,20 +415,45 @@ impl Fleet {
     }
 
     /// Waits for every worker's result (or its exit), printing progress to stderr.
+    /// On a terminal the progress is a bar; otherwise (a log file) a line per second.
     fn await_results(&mut self, deadline: Instant, requested: u64) {
         let started = Instant::now();
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(requested);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "hold {elapsed_precise} [{bar:40}] {pos}/{len} held {per_sec} {msg}",
+                )
+                .expect("a valid progress template")
+                .progress_chars("=> "),
+            );
+            bar
+        });
         self.pump(
             deadline,
             |m| m.result.is_some() || m.eof,
             |fleet| {
                 let (held, failed) = fleet.totals();
-                let secs = started.elapsed().as_secs_f64();
-                eprintln!(
-                    "hold: {secs:4.0} s  held {held}/{requested}  failed {failed}  {:.0} held/s",
-                    held as f64 / secs.max(0.001)
-                );
+                match &bar {
+                    Some(bar) => {
+                        bar.set_position(held);
+                        bar.set_message(format!("failed {failed}"));
+                    }
+                    None => {
+                        let secs = started.elapsed().as_secs_f64();
+                        eprintln!(
+                            "hold: {secs:4.0} s  held {held}/{requested}  failed {failed}  {:.0} held/s",
+                            held as f64 / secs.max(0.001)
+                        );
+                    }
+                }
             },
         );
+        if let Some(bar) = bar {
+            let (held, failed) = self.totals();
+            bar.set_position(held);
+            bar.finish_with_message(format!("failed {failed}"));
+        }
     }
 
     fn totals(&self) -> (u64, u64) {
