@@ -417,17 +417,7 @@ fn text(args: &ChurnArgs, c: &Conditions, churn: &Churn, o: &Outcome) -> String 
     for b in o.bad.iter().take(10) {
         let _ = writeln!(out, "  BAD {b}");
     }
-    let _ = writeln!(
-        out,
-        "conditions: kernel {}, CPU {} x{}, ringcast-bench {}, {}\n  command: {}\n  engine: {}",
-        c.kernel, c.cpu, c.nproc, c.version, c.date, c.command, c.engine_command
-    );
-    let _ = writeln!(
-        out,
-        "  commit: {}, engine version: {}",
-        c.commit(),
-        c.engine_version()
-    );
+    let _ = writeln!(out, "{}", c.text("", "engine"));
     out
 }
 

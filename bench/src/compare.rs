@@ -223,23 +223,7 @@ fn measure(args: &CompareArgs) -> Result<Measured, String> {
     } else {
         None
     };
-    let _ = writeln!(
-        out,
-        "  conditions: kernel {}, CPU {} x{}, ringcast-bench {}, {}\n  command: {}\n  server: {}",
-        conditions.kernel,
-        conditions.cpu,
-        conditions.nproc,
-        conditions.version,
-        conditions.date,
-        conditions.command,
-        conditions.engine_command
-    );
-    let _ = writeln!(
-        out,
-        "  commit: {}, server version: {}",
-        conditions.commit(),
-        conditions.engine_version()
-    );
+    let _ = writeln!(out, "{}", conditions.text("  ", "server"));
     Ok((conditions, out, idle, fan))
 }
 

@@ -48,6 +48,25 @@ pub struct Conditions {
 }
 
 impl Conditions {
+    /// The conditions as three text lines (the last without a newline), each after
+    /// `indent`, for the end of a text report; `measured` names the measured process
+    /// (`engine`, `server`).
+    pub fn text(&self, indent: &str, measured: &str) -> String {
+        format!(
+            "{indent}conditions: kernel {}, CPU {} x{}, ringcast-bench {} (commit {}), {}\n\
+             {indent}  command: {}\n{indent}  {measured}: {} ({})",
+            self.kernel,
+            self.cpu,
+            self.nproc,
+            self.version,
+            self.commit(),
+            self.date,
+            self.command,
+            self.engine_command,
+            self.engine_version()
+        )
+    }
+
     /// Gathers the conditions now, for the engine process `pid`.
     pub fn collect(pid: u32) -> Conditions {
         let unknown = || "unknown".to_owned();

@@ -63,17 +63,10 @@ impl Refusal {
 /// whole `retry:` line scans as [`Scan::Held`].
 pub fn scan(received: &[u8]) -> Scan {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
-    let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(received) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return partial_or_too_large(received),
-        Err(_) => return Scan::Refused(Refusal::Malformed),
+    let (head_len, response) = match ok_head(received, &mut headers) {
+        Ok(head) => head,
+        Err(verdict) => return verdict,
     };
-    match response.code {
-        Some(200) => {}
-        Some(code) => return Scan::Refused(Refusal::Status(code)),
-        None => return Scan::Refused(Refusal::Malformed),
-    }
     let chunked = response.headers.iter().any(|h| {
         h.name.eq_ignore_ascii_case("transfer-encoding") && contains_ignore_case(h.value, b"chunked")
     });
@@ -102,17 +95,10 @@ pub fn scan(received: &[u8]) -> Scan {
 /// sends nothing more until the first event or heartbeat line.
 pub fn scan_ndjson(received: &[u8]) -> Scan {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
-    let mut response = httparse::Response::new(&mut headers);
-    match response.parse(received) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return partial_or_too_large(received),
-        Err(_) => return Scan::Refused(Refusal::Malformed),
-    }
-    match response.code {
-        Some(200) => {}
-        Some(code) => return Scan::Refused(Refusal::Status(code)),
-        None => return Scan::Refused(Refusal::Malformed),
-    }
+    let response = match ok_head(received, &mut headers) {
+        Ok((_, response)) => response,
+        Err(verdict) => return verdict,
+    };
     let ndjson = response.headers.iter().any(|h| {
         h.name.eq_ignore_ascii_case("content-type") && contains_ignore_case(h.value, b"application/x-ndjson")
     });
@@ -144,22 +130,11 @@ pub enum PollScan {
 /// `next` (`{"events":[..],"next":"<id>"}`).
 pub fn scan_poll(received: &[u8]) -> PollScan {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
-    let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(received) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return match partial_or_too_large(received) {
-                Scan::Refused(r) => PollScan::Refused(r),
-                _ => PollScan::Partial,
-            };
-        }
-        Err(_) => return PollScan::Refused(Refusal::Malformed),
+    let (head_len, response) = match ok_head(received, &mut headers) {
+        Ok(head) => head,
+        Err(Scan::Refused(refusal)) => return PollScan::Refused(refusal),
+        Err(_) => return PollScan::Partial,
     };
-    match response.code {
-        Some(200) => {}
-        Some(code) => return PollScan::Refused(Refusal::Status(code)),
-        None => return PollScan::Refused(Refusal::Malformed),
-    }
     let length = response
         .headers
         .iter()
@@ -189,6 +164,25 @@ pub fn scan_poll(received: &[u8]) -> PollScan {
 
 /// Bound on a poll response body: a held poll returns the events of one wait.
 pub const POLL_BODY_MAX: usize = 4 << 20;
+
+/// Parses a response head and requires status 200: the head's length and the parsed
+/// response, or the scan verdict to return (more bytes needed, or refused).
+fn ok_head<'h, 'b>(
+    received: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>],
+) -> Result<(usize, httparse::Response<'h, 'b>), Scan> {
+    let mut response = httparse::Response::new(headers);
+    let head_len = match response.parse(received) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Err(partial_or_too_large(received)),
+        Err(_) => return Err(Scan::Refused(Refusal::Malformed)),
+    };
+    match response.code {
+        Some(200) => Ok((head_len, response)),
+        Some(code) => Err(Scan::Refused(Refusal::Status(code))),
+        None => Err(Scan::Refused(Refusal::Malformed)),
+    }
+}
 
 fn partial_or_too_large(received: &[u8]) -> Scan {
     if received.len() >= RESPONSE_BYTES_MAX {

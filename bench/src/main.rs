@@ -25,6 +25,7 @@ mod churn;
 mod client;
 mod compare;
 mod conditions;
+mod engine_args;
 mod fanout;
 mod handshake;
 mod hold;

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::conditions::Conditions;
+use crate::engine_args::EngineArgs;
 use crate::fanout::publish::{Paced, Publisher};
 use crate::fanout::readers::{Readers, Totals};
 use crate::fanout::scan::{Scan, Seen};
@@ -47,18 +48,9 @@ const SLOW_BURST_SECS: f64 = 0.5;
 /// Arguments of `ringcast-bench slow`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SlowArgs {
-    /// Engine client address, IPv4 `host:port`.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub target: String,
-    /// The engine's ingest socket.
-    #[arg(long, default_value = "./ringcast.sock")]
-    pub ingest: PathBuf,
-    /// The engine's admin address, for its counters; `none` to skip them.
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    pub admin: String,
-    /// Engine process id, for its command line and version in the conditions.
-    #[arg(long)]
-    pub pid: Option<u32>,
+    /// The engine under test.
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// The topic every subscriber reads and every event goes to.
     #[arg(long, default_value = "slow")]
     pub topic: String,
@@ -159,10 +151,10 @@ fn run(args: &SlowArgs) -> Result<(String, bool), String> {
     }
     crate::sys::raise_nofile().map_err(|e| format!("raise RLIMIT_NOFILE: {e}"))?;
     let base = Instant::now();
-    let conditions = Conditions::collect(args.pid.unwrap_or_else(std::process::id));
-    let admin = (args.admin != "none").then_some(args.admin.as_str());
+    let conditions = Conditions::collect(args.engine.pid.unwrap_or_else(std::process::id));
+    let admin = (args.engine.admin != "none").then_some(args.engine.admin.as_str());
     let streams_before = admin.and_then(totals).map_or(0, |t| t["streams"]);
-    let target = resolve(&args.target)?;
+    let target = resolve(&args.engine.target)?;
     let fast = open_fast(&args.topic, args.fast, target)?;
     let slow = (0..args.slow)
         .map(|_| open_slow(&args.topic, args.slow_rcvbuf, target))
@@ -172,7 +164,7 @@ fn run(args: &SlowArgs) -> Result<(String, bool), String> {
     if let Some(admin) = admin {
         wait_streams(admin, streams_before + (args.fast + args.slow) as i64)?;
     }
-    let mut publisher = Publisher::connect(&args.ingest).map_err(|e| e.to_string())?;
+    let mut publisher = Publisher::connect(&args.engine.ingest).map_err(|e| e.to_string())?;
     let before = admin.and_then(totals);
     let events = (args.rate * args.duration as f64).round() as u64;
     let t0 = Instant::now();
@@ -393,7 +385,7 @@ fn json(args: &SlowArgs, c: &Conditions, o: &Outcome) -> String {
     serde_json::json!({
         "subcommand": "slow",
         "ok": o.fast_whole(args.fast),
-        "target": args.target,
+        "target": args.engine.target,
         "topic": args.topic,
         "fast": args.fast,
         "slow": args.slow,
@@ -460,7 +452,7 @@ fn text(args: &SlowArgs, c: &Conditions, o: &Outcome) -> String {
             format!("reading {} B/s each", args.slow_read_bps)
         },
         args.topic,
-        args.target,
+        args.engine.target,
         args.rate,
         args.bytes,
         args.duration
@@ -517,19 +509,7 @@ fn text(args: &SlowArgs, c: &Conditions, o: &Outcome) -> String {
             list.join(", ")
         );
     }
-    let _ = writeln!(
-        out,
-        "conditions: kernel {}, CPU {} x{}, ringcast-bench {} (commit {}), {}\n  command: {}\n  engine: {} ({})",
-        c.kernel,
-        c.cpu,
-        c.nproc,
-        c.version,
-        c.commit(),
-        c.date,
-        c.command,
-        c.engine_command,
-        c.engine_version()
-    );
+    let _ = writeln!(out, "{}", c.text("", "engine"));
     out
 }
 

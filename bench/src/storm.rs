@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::conditions::Conditions;
+use crate::engine_args::EngineArgs;
 use crate::sys::{self, Epoll};
 
 /// Longest response head accepted.
@@ -452,18 +453,9 @@ pub fn verify(got: &[u64], published: &[u64]) -> Result<(), String> {
 /// Arguments of `ringcast-bench storm`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct StormArgs {
-    /// Engine client address, IPv4 `host:port`.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub target: String,
-    /// The engine's ingest socket.
-    #[arg(long, default_value = "./ringcast.sock")]
-    pub ingest: PathBuf,
-    /// The engine's admin address (`/stats`).
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    pub admin: String,
-    /// Engine process id, for its command line in the conditions.
-    #[arg(long)]
-    pub pid: Option<u32>,
+    /// The engine under test.
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Subscribers.
     #[arg(long, default_value_t = 1000)]
     pub conns: usize,
@@ -646,8 +638,8 @@ fn run(args: &StormArgs) -> Result<(String, bool), String> {
         return Err(format!("--conns {} must be 1..=1048576", args.conns));
     }
     crate::sys::raise_nofile().map_err(|e| format!("raise RLIMIT_NOFILE: {e}"))?;
-    let conditions = Conditions::collect(args.pid.unwrap_or_else(std::process::id));
-    let target = resolve(&args.target)?;
+    let conditions = Conditions::collect(args.engine.pid.unwrap_or_else(std::process::id));
+    let target = resolve(&args.engine.target)?;
     let timeout = Duration::from_secs(args.timeout_secs);
     let mut storm = Storm::new(args.conns)?;
     let started = Instant::now();
@@ -661,7 +653,7 @@ fn run(args: &StormArgs) -> Result<(String, bool), String> {
     if !heads {
         return Err(format!("not every subscriber was answered within {timeout:?}"));
     }
-    let pacer = Pacer::start(&args.ingest, &args.topic, args.rate)?;
+    let pacer = Pacer::start(&args.engine.ingest, &args.topic, args.rate)?;
     storm.until(false, Duration::from_secs(args.before_secs), |_| false)?;
     let events_before = storm.slots.iter().map(|s| s.seqs.len() as u64).min().unwrap_or(0);
     let back = reconnect(&mut storm, args, target, timeout)?;
@@ -727,17 +719,17 @@ fn reconnect(
     target: SocketAddrV4,
     timeout: Duration,
 ) -> Result<Reconnect, String> {
-    let accepted_before =
-        stat(&args.admin, "accepted").ok_or_else(|| format!("no /stats at --admin {}", args.admin))?;
-    let open_live = open_count(&args.admin).ok_or("no open count in /stats")?;
-    let pid = args.pid.unwrap_or(0);
+    let accepted_before = stat(&args.engine.admin, "accepted")
+        .ok_or_else(|| format!("no /stats at --admin {}", args.engine.admin))?;
+    let open_live = open_count(&args.engine.admin).ok_or("no open count in /stats")?;
+    let pid = args.engine.pid.unwrap_or(0);
     let cpu_before = [cpu_secs(pid), cpu_secs(std::process::id())];
     let dropped_at = Instant::now();
     for slot in &mut storm.slots {
         slot.sub = None;
     }
     storm.connect_all(target, &args.topic, !args.no_resume);
-    let admin = args.admin.clone();
+    let admin = args.engine.admin.clone();
     let want_accepted = accepted_before + args.conns as i64;
     let watcher = thread::spawn(move || watch_open(&admin, open_live, want_accepted, dropped_at, timeout));
     let all_live = storm.until(true, timeout, |s| {
@@ -883,17 +875,7 @@ fn text(args: &StormArgs, c: &Conditions, o: &Outcome) -> String {
     for b in o.bad.iter().take(10) {
         let _ = writeln!(out, "  BAD {b}");
     }
-    let _ = writeln!(
-        out,
-        "conditions: kernel {}, CPU {} x{}, ringcast-bench {}, {}\n  command: {}\n  engine: {}",
-        c.kernel, c.cpu, c.nproc, c.version, c.date, c.command, c.engine_command
-    );
-    let _ = writeln!(
-        out,
-        "  commit: {}, engine version: {}",
-        c.commit(),
-        c.engine_version()
-    );
+    let _ = writeln!(out, "{}", c.text("", "engine"));
     out
 }
 

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::conditions::Conditions;
+use crate::engine_args::EngineArgs;
 use publish::{Baseline, Publisher};
 use readers::{Readers, Totals};
 
@@ -52,18 +53,9 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(30);
 /// Arguments of `ringcast-bench fanout`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct FanoutArgs {
-    /// Engine client address, IPv4 `host:port` (unused with `--kernel-baseline`).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub target: String,
-    /// The engine's ingest socket.
-    #[arg(long, default_value = "./ringcast.sock")]
-    pub ingest: PathBuf,
-    /// The engine's admin address, for its counters; `none` to skip them.
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    pub admin: String,
-    /// Engine process id, for its command line and CPU time.
-    #[arg(long)]
-    pub pid: Option<u32>,
+    /// The engine under test.
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// The topic every subscriber reads and every event goes to.
     #[arg(long, default_value = "fanout")]
     pub topic: String,
@@ -188,8 +180,8 @@ fn run(args: &FanoutArgs) -> Result<(String, bool), String> {
     check_args(args)?;
     crate::sys::raise_nofile().map_err(|e| format!("raise RLIMIT_NOFILE: {e}"))?;
     let base = Instant::now();
-    let conditions = Conditions::collect(args.pid.unwrap_or_else(std::process::id));
-    let admin = (!args.kernel_baseline && args.admin != "none").then(|| args.admin.clone());
+    let conditions = Conditions::collect(args.engine.pid.unwrap_or_else(std::process::id));
+    let admin = (!args.kernel_baseline && args.engine.admin != "none").then(|| args.engine.admin.clone());
     let open_before = admin.as_deref().and_then(totals).map(|t| t["open_sse"]);
     let mut sets = Vec::new();
     for (i, &fast) in args.fast.iter().enumerate() {
@@ -232,7 +224,7 @@ fn measure_set(args: &FanoutArgs, admin: Option<&str>, base: Instant, fast: usiz
             publish::baseline_listen(fast).map_err(|e| format!("baseline listener: {e}"))?;
         (addr, Some(acceptor))
     } else {
-        (resolve(&args.target)?, None)
+        (resolve(&args.engine.target)?, None)
     };
     let fast_fds = open_fast(&args.topic, fast, target)?;
     let mut src = match acceptor {
@@ -247,7 +239,7 @@ fn measure_set(args: &FanoutArgs, admin: Option<&str>, base: Instant, fast: usiz
             }
         }
         None => Source::Engine {
-            publisher: Publisher::connect(&args.ingest).map_err(|e| e.to_string())?,
+            publisher: Publisher::connect(&args.engine.ingest).map_err(|e| e.to_string())?,
             next: 0,
         },
     };
@@ -414,6 +406,7 @@ fn measure_phase(
     Ok(Phase {
         slow,
         engine_rss_kib: args
+            .engine
             .pid
             .and_then(|pid| crate::procfs::Snapshot::read(pid).ok())
             .map(|s| s.rss_kb),
@@ -471,7 +464,7 @@ fn one_run(
     let expected = events * fast as u64;
     let start_totals = readers.totals();
     let _ = readers.take_latencies();
-    let cpu_before = (args.pid.and_then(cpu_secs), cpu_secs(std::process::id()));
+    let cpu_before = (args.engine.pid.and_then(cpu_secs), cpu_secs(std::process::id()));
     let gate = |end: u64| wait_window(readers, args.window, end);
     let t0 = Instant::now();
     match src {
@@ -511,7 +504,7 @@ fn one_run(
         got: diff(&now, &start_totals),
         expected,
         latency: readers.take_latencies(),
-        engine_cpu_secs: cpu(cpu_before.0, args.pid),
+        engine_cpu_secs: cpu(cpu_before.0, args.engine.pid),
         bench_cpu_secs: cpu(cpu_before.1, Some(std::process::id())),
     })
 }
@@ -633,19 +626,7 @@ fn report(args: &FanoutArgs, c: &Conditions, sets: &[Set]) -> String {
     for set in sets {
         set_report(&mut out, args, set);
     }
-    let _ = writeln!(
-        out,
-        "  conditions: kernel {}, CPU {} x{}, ringcast-bench {} (commit {}), {}\n  command: {}\n  engine: {} ({})",
-        c.kernel,
-        c.cpu,
-        c.nproc,
-        c.version,
-        c.commit(),
-        c.date,
-        c.command,
-        c.engine_command,
-        c.engine_version()
-    );
+    let _ = writeln!(out, "{}", c.text("  ", "engine"));
     out
 }
 
@@ -672,7 +653,7 @@ fn set_report(out: &mut String, args: &FanoutArgs, set: &Set) {
             args.baseline_senders, args.baseline_batch
         )
     } else {
-        format!("engine at {}, topic {}", args.target, args.topic)
+        format!("engine at {}, topic {}", args.engine.target, args.topic)
     };
     let _ = writeln!(
         out,
@@ -790,7 +771,7 @@ fn json(args: &FanoutArgs, c: &Conditions, sets: &[Set]) -> String {
         .collect();
     serde_json::json!({
         "subcommand": "fanout",
-        "target": if args.kernel_baseline { "kernel-baseline".to_owned() } else { args.target.clone() },
+        "target": if args.kernel_baseline { "kernel-baseline".to_owned() } else { args.engine.target.clone() },
         "topic": args.topic,
         "events": args.events,
         "bytes": args.bytes,
@@ -885,7 +866,7 @@ fn markdown(args: &FanoutArgs, c: &Conditions, sets: &[Set]) -> String {
         if args.kernel_baseline {
             "Kernel baseline".to_owned()
         } else {
-            format!("Engine at {}", args.target)
+            format!("Engine at {}", args.engine.target)
         },
         args.topic,
         args.events,
