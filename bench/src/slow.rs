@@ -168,7 +168,13 @@ fn run(args: &SlowArgs) -> Result<(String, bool), String> {
     let before = admin.and_then(totals);
     let events = (args.rate * args.duration as f64).round() as u64;
     let t0 = Instant::now();
-    let published = publisher.publish_paced(&args.topic, events, args.bytes, args.rate, base)?;
+    let published = publisher.publish_paced(
+        std::slice::from_ref(&args.topic),
+        events,
+        args.bytes,
+        args.rate,
+        base,
+    )?;
     let publish_secs = t0.elapsed().as_secs_f64();
     wait_fast(&readers, published.acked);
     let after = admin.and_then(totals);

@@ -12,6 +12,13 @@
 //! told they missed, and CPU time of the engine and of this tool. Phases report the
 //! median and spread over runs and the ratio of their medians.
 //!
+//! `--topics T` spreads the subscribers over T topics (subscriber k reads topic k % T)
+//! and the events likewise (event i goes to topic i % T). `--rate R` paces the measured
+//! runs at R events/s (`--duration D` seconds each) and stamps every event with its
+//! scheduled publish time, so latency counts any stall of the publisher or the engine
+//! instead of hiding it (coordinated omission); without it a run publishes as fast as
+//! the engine acknowledges, `--window` events ahead of the slowest subscriber at most.
+//!
 //! `--kernel-baseline` replaces the engine by [`publish::Baseline`]: the same readers,
 //! the same bytes, written by a trivial loop to K accepted loopback sockets.
 //!
@@ -56,9 +63,23 @@ pub struct FanoutArgs {
     /// The engine under test.
     #[command(flatten)]
     pub engine: EngineArgs,
-    /// The topic every subscriber reads and every event goes to.
+    /// The topic every subscriber reads and every event goes to; with `--topics T` above
+    /// 1, the prefix of topics `<topic>-0` ..= `<topic>-(T-1)`.
     #[arg(long, default_value = "fanout")]
     pub topic: String,
+    /// Topics: subscriber `k` reads topic `k % T`, event `i` goes to topic `i % T`, so
+    /// each event reaches about N / T subscribers.
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
+    /// Events per second over all topics, each stamped with its scheduled publish time
+    /// so that a stall of the publisher or the engine is not hidden (coordinated
+    /// omission); 0: as fast as the engine acknowledges, within `--window`.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// With `--rate`: seconds per measured run (events per run = rate x duration,
+    /// instead of `--events`).
+    #[arg(long)]
+    pub duration: Option<f64>,
     /// Fast subscribers: read continuously. A comma-separated list (`1000,5000,10000`)
     /// measures each count in turn against the same engine.
     #[arg(long, value_delimiter = ',', default_value = "1000")]
@@ -226,7 +247,11 @@ fn measure_set(args: &FanoutArgs, admin: Option<&str>, base: Instant, fast: usiz
     } else {
         (resolve(&args.engine.target)?, None)
     };
-    let fast_fds = open_fast(&args.topic, fast, target)?;
+    let topics = topic_names(args);
+    let mut fast_fds = Vec::with_capacity(fast);
+    for (topic, &n) in topics.iter().zip(&subscribers_per_topic(fast, topics.len())) {
+        fast_fds.extend(open_fast(topic, n as usize, target)?);
+    }
     let mut src = match acceptor {
         Some(acceptor) => {
             let accepted = acceptor
@@ -256,7 +281,7 @@ fn measure_set(args: &FanoutArgs, admin: Option<&str>, base: Instant, fast: usiz
     let mut slow_held: Vec<TcpStream> = Vec::new();
     for slow in plan {
         while slow_held.len() < slow {
-            slow_held.push(open_slow(&args.topic, args.slow_rcvbuf, target)?);
+            slow_held.push(open_slow(&topic_names(args)[0], args.slow_rcvbuf, target)?);
         }
         if let Some(admin) = admin {
             wait_streams(admin, streams_before + (fast + slow) as i64)?;
@@ -278,6 +303,12 @@ fn check_args(args: &FanoutArgs) -> Result<(), String> {
     }
     if args.fast.is_empty() || args.fast.contains(&0) || args.events == 0 || args.runs == 0 {
         return Err("--fast (each count), --events and --runs must be at least 1".into());
+    }
+    if args.kernel_baseline && (args.topics > 1 || args.rate > 0.0) {
+        return Err("--kernel-baseline writes one topic as fast as it can: no --topics or --rate".into());
+    }
+    if args.rate < 0.0 || args.duration.is_some_and(|d| d <= 0.0 || args.rate == 0.0) {
+        return Err("--rate must be positive, and --duration (positive) needs --rate".into());
     }
     if args.kernel_baseline && args.slow > 0 {
         return Err(
@@ -301,6 +332,67 @@ pub fn resolve(target: &str) -> Result<SocketAddrV4, String> {
 /// The SSE request of a subscriber to `topic`.
 pub fn request(topic: &str, target: SocketAddrV4) -> String {
     format!("GET /sse?topic={topic} HTTP/1.1\r\nHost: {target}\r\nAccept: text/event-stream\r\n\r\n")
+}
+
+/// The topics of a run: `--topic` alone, or `<topic>-0` ..= `<topic>-(T-1)`.
+fn topic_names(args: &FanoutArgs) -> Vec<String> {
+    match args.topics {
+        0 | 1 => vec![args.topic.clone()],
+        t => (0..t).map(|i| format!("{}-{i}", args.topic)).collect(),
+    }
+}
+
+/// Subscribers of each topic when subscriber `k` reads topic `k % topics`.
+fn subscribers_per_topic(fast: usize, topics: usize) -> Vec<u64> {
+    (0..topics)
+        .map(|t| (fast / topics + usize::from(t < fast % topics)) as u64)
+        .collect()
+}
+
+/// Deliveries owed for events `first..first + events` when event `i` goes to topic
+/// `i % subs.len()` and `subs[t]` subscribers read topic `t`.
+fn expected_deliveries(first: u64, events: u64, subs: &[u64]) -> u64 {
+    let t = subs.len() as u64;
+    (0..t)
+        .map(|topic| {
+            // Events i in first..first+events with i % t == topic.
+            let count = |end: u64| end / t + u64::from(end % t > topic);
+            subs[topic as usize] * (count(first + events) - count(first))
+        })
+        .sum()
+}
+
+/// Deliveries per event: the subscribers of one topic, on average.
+fn per_event(args: &FanoutArgs, fast: usize) -> f64 {
+    fast as f64 / args.topics.max(1) as f64
+}
+
+/// `topic fanout` or `8 topics fanout-0..fanout-7`.
+fn topics_text(args: &FanoutArgs) -> String {
+    match args.topics {
+        0 | 1 => format!("topic {}", args.topic),
+        t => format!("{t} topics {0}-0..{0}-{1}", args.topic, t - 1),
+    }
+}
+
+/// `, paced at R events/s` or nothing.
+fn pace_text(args: &FanoutArgs) -> String {
+    if args.rate > 0.0 {
+        format!(
+            ", paced at {} events/s (latency from each event's scheduled time)",
+            args.rate
+        )
+    } else {
+        String::new()
+    }
+}
+
+/// Events per measured run: `--rate x --duration` when paced, else `--events`.
+fn events_per_run(args: &FanoutArgs) -> u64 {
+    match (args.rate > 0.0, args.duration) {
+        (true, Some(secs)) => ((args.rate * secs).round() as u64).max(1),
+        _ => args.events,
+    }
 }
 
 /// Connects `fast` subscribers to `topic` (blocking connects, then the request).
@@ -394,13 +486,21 @@ fn measure_phase(
 ) -> Result<Phase, String> {
     let before = admin.and_then(totals);
     let warmup = if args.warmup > 0 {
-        Some(one_run(args, src, readers, base, fast, args.warmup)?)
+        Some(one_run(args, src, readers, base, fast, args.warmup, 0.0)?)
     } else {
         None
     };
     let mut runs = Vec::new();
     for _ in 0..args.runs {
-        runs.push(one_run(args, src, readers, base, fast, args.events)?);
+        runs.push(one_run(
+            args,
+            src,
+            readers,
+            base,
+            fast,
+            events_per_run(args),
+            args.rate,
+        )?);
     }
     let after = admin.and_then(totals);
     Ok(Phase {
@@ -453,6 +553,8 @@ pub fn counter_deltas(
 
 /// Publishes `events` events and waits until the fast readers have them all (or no more
 /// arrive for [`IDLE_END`]).
+/// One run of `events` events: paced at `rate` events/s (stamped with their scheduled
+/// times), or with `rate` 0 as fast as the engine acknowledges within `--window`.
 fn one_run(
     args: &FanoutArgs,
     src: &mut Source,
@@ -460,16 +562,32 @@ fn one_run(
     base: Instant,
     fast: usize,
     events: u64,
+    rate: f64,
 ) -> Result<Run, String> {
-    let expected = events * fast as u64;
+    let topics = topic_names(args);
+    let subs = subscribers_per_topic(fast, topics.len());
+    // Paced events are numbered from 0 on every run (event i on topic i % T); the
+    // others continue the numbering of the runs before.
+    let first = match src {
+        _ if rate > 0.0 => 0,
+        Source::Engine { next, .. } | Source::Baseline { next, .. } => *next,
+    };
+    let expected = expected_deliveries(first, events, &subs);
     let start_totals = readers.totals();
     let _ = readers.take_latencies();
     let cpu_before = (args.engine.pid.and_then(cpu_secs), cpu_secs(std::process::id()));
-    let gate = |end: u64| wait_window(readers, args.window, end);
+    // A subscriber reads about one event in `topics`: its progress is compared with
+    // its share of the events published so far.
+    let per_topic = topics.len() as u64;
+    let gate = |end: u64| wait_window(readers, args.window, end / per_topic);
     let t0 = Instant::now();
     match src {
+        Source::Engine { publisher, next } if rate > 0.0 => {
+            publisher.publish_paced(&topics, events, args.bytes, rate, base)?;
+            *next += events;
+        }
         Source::Engine { publisher, next } => {
-            publisher.publish(&args.topic, *next, events, args.bytes, args.batch, base, &gate)?;
+            publisher.publish(&topics, *next, events, args.bytes, args.batch, base, &gate)?;
             *next += events;
         }
         Source::Baseline { baseline, next } => {
@@ -632,7 +750,11 @@ fn report(args: &FanoutArgs, c: &Conditions, sets: &[Set]) -> String {
 
 /// The median events/s of a phase's runs, with the lowest and highest.
 fn phase_rate(args: &FanoutArgs, p: &Phase) -> (f64, f64, f64) {
-    let mut rates: Vec<f64> = p.runs.iter().map(|r| r.events_per_sec(args.events)).collect();
+    let mut rates: Vec<f64> = p
+        .runs
+        .iter()
+        .map(|r| r.events_per_sec(events_per_run(args)))
+        .collect();
     median_spread(&mut rates)
 }
 
@@ -653,7 +775,12 @@ fn set_report(out: &mut String, args: &FanoutArgs, set: &Set) {
             args.baseline_senders, args.baseline_batch
         )
     } else {
-        format!("engine at {}, topic {}", args.engine.target, args.topic)
+        format!(
+            "engine at {}, {}{}",
+            args.engine.target,
+            topics_text(args),
+            pace_text(args)
+        )
     };
     let _ = writeln!(
         out,
@@ -661,7 +788,7 @@ fn set_report(out: &mut String, args: &FanoutArgs, set: &Set) {
          {} runs per phase after {} warm-up events, window {}",
         set.fast,
         args.threads,
-        args.events,
+        events_per_run(args),
         args.bytes,
         args.runs,
         args.warmup,
@@ -682,7 +809,12 @@ fn set_report(out: &mut String, args: &FanoutArgs, set: &Set) {
             out.push_str(&run_text(args, "warm-up", w, args.warmup));
         }
         for (i, r) in p.runs.iter().enumerate() {
-            out.push_str(&run_text(args, &format!("run {}", i + 1), r, args.events));
+            out.push_str(&run_text(
+                args,
+                &format!("run {}", i + 1),
+                r,
+                events_per_run(args),
+            ));
         }
         let (median, lo, hi) = phase_rate(args, p);
         let merged = phase_latency(p);
@@ -690,7 +822,7 @@ fn set_report(out: &mut String, args: &FanoutArgs, set: &Set) {
             out,
             "    median {median:.0} events/s ({:.2} M deliveries/s), spread {lo:.0}..{hi:.0} over {} runs; \
              latency over all runs {}",
-            median * set.fast as f64 / 1e6,
+            median * per_event(args, set.fast) / 1e6,
             p.runs.len(),
             latency_text(&merged)
         );
@@ -756,13 +888,13 @@ fn json(args: &FanoutArgs, c: &Conditions, sets: &[Set]) -> String {
                         "median_events_per_sec": median,
                         "min_events_per_sec": lo,
                         "max_events_per_sec": hi,
-                        "median_deliveries_per_sec": median * set.fast as f64,
+                        "median_deliveries_per_sec": median * per_event(args, set.fast),
                         "latency": crate::output::latency_json(&phase_latency(p)),
                         "engine_counters": p.counters,
                         "engine_rss_kib": p.engine_rss_kib,
                         "tcp_mem_kib": p.tcp_mem_kib,
                         "warmup": p.warmup.as_ref().map(|w| run_json(w, args.warmup)),
-                        "runs": p.runs.iter().map(|r| run_json(r, args.events)).collect::<Vec<_>>(),
+                        "runs": p.runs.iter().map(|r| run_json(r, events_per_run(args))).collect::<Vec<_>>(),
                     })
                 })
                 .collect();
@@ -773,7 +905,9 @@ fn json(args: &FanoutArgs, c: &Conditions, sets: &[Set]) -> String {
         "subcommand": "fanout",
         "target": if args.kernel_baseline { "kernel-baseline".to_owned() } else { args.engine.target.clone() },
         "topic": args.topic,
-        "events": args.events,
+        "events": events_per_run(args),
+        "topics": args.topics.max(1),
+        "rate": args.rate,
         "bytes": args.bytes,
         "runs": args.runs,
         "warmup": args.warmup,
@@ -835,7 +969,10 @@ fn write_out(
             x_label: "fast subscribers N".into(),
             y_label: "deliveries per second".into(),
             x_log: false,
-            series: against_n(&|set, p| phase_rate(args, p).0 * set.fast as f64, "deliveries/s"),
+            series: against_n(
+                &|set, p| phase_rate(args, p).0 * per_event(args, set.fast),
+                "deliveries/s",
+            ),
         };
         written.push(out.write_chart("deliveries-vs-n", &deliveries)?);
         let quantile =
@@ -861,15 +998,16 @@ fn markdown(args: &FanoutArgs, c: &Conditions, sets: &[Set]) -> String {
     let mut md = String::from("# ringcast-bench fanout\n\n");
     let _ = writeln!(
         md,
-        "{} on topic `{}`: {} events of {} B per run, {} runs per phase after {} warm-up events, \
+        "{} on {}{}: {} events of {} B per run, {} runs per phase after {} warm-up events, \
          window {}, {} reader threads.\n",
         if args.kernel_baseline {
             "Kernel baseline".to_owned()
         } else {
             format!("Engine at {}", args.engine.target)
         },
-        args.topic,
-        args.events,
+        topics_text(args),
+        pace_text(args),
+        events_per_run(args),
         args.bytes,
         args.runs,
         args.warmup,
@@ -890,7 +1028,7 @@ fn markdown(args: &FanoutArgs, c: &Conditions, sets: &[Set]) -> String {
                 set.fast.to_string(),
                 p.slow.to_string(),
                 fixed(median, 0),
-                fixed(median * set.fast as f64 / 1e6, 3),
+                fixed(median * per_event(args, set.fast) / 1e6, 3),
                 format!("{}..{}", fixed(lo, 0), fixed(hi, 0)),
                 quantile_ms(&h, 0.5),
                 quantile_ms(&h, 0.9),
@@ -907,7 +1045,7 @@ fn markdown(args: &FanoutArgs, c: &Conditions, sets: &[Set]) -> String {
                     set.fast.to_string(),
                     p.slow.to_string(),
                     (i + 1).to_string(),
-                    fixed(r.events_per_sec(args.events), 0),
+                    fixed(r.events_per_sec(events_per_run(args)), 0),
                     fixed(r.got.events as f64 / r.secs / 1e6, 3),
                     format!("{}/{}", r.got.events, r.expected),
                     r.got.dropped.to_string(),
@@ -972,6 +1110,29 @@ fn markdown(args: &FanoutArgs, c: &Conditions, sets: &[Set]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expected_deliveries_follow_the_topic_of_each_event() {
+        // Brute force: event i to topic i % T, subs[t] readers of topic t.
+        for fast in [1usize, 7, 10, 1000] {
+            for topics in 1..=5usize {
+                let subs = subscribers_per_topic(fast, topics);
+                assert_eq!(subs.iter().sum::<u64>(), fast as u64);
+                for first in 0..7u64 {
+                    for events in 0..12u64 {
+                        let brute: u64 = (first..first + events)
+                            .map(|i| subs[(i % topics as u64) as usize])
+                            .sum();
+                        assert_eq!(
+                            expected_deliveries(first, events, &subs),
+                            brute,
+                            "{fast} {topics} {first} {events}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn median_and_spread() {

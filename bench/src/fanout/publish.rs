@@ -78,7 +78,8 @@ impl Publisher {
         })
     }
 
-    /// Publishes events `first..first + count` of `bytes` bytes on `topic`, `batch`
+    /// Publishes events `first..first + count` of `bytes` bytes, event `i` on
+    /// `topics[i % topics.len()]`, `batch`
     /// `PUB` commands per write, writing a batch before reading the replies to the one
     /// before it (two batches in flight at most), and calling `gate` with the index one
     /// past a batch's last event before writing it. Returns the sequence numbers of the
@@ -89,7 +90,7 @@ impl Publisher {
     #[allow(clippy::too_many_arguments)]
     pub fn publish(
         &mut self,
-        topic: &str,
+        topics: &[String],
         first: u64,
         count: u64,
         bytes: usize,
@@ -108,6 +109,7 @@ impl Publisher {
                 gate(next + n)?;
                 let mut frames = Vec::with_capacity(n as usize * (bytes + 64));
                 for i in next..next + n {
+                    let topic = &topics[(i % topics.len() as u64) as usize];
                     frames.extend_from_slice(format!("PUB {topic} {bytes}\n").as_bytes());
                     frames.extend_from_slice(&payload(base, i, bytes));
                     frames.push(b'\n');
@@ -130,9 +132,9 @@ impl Publisher {
         Ok(seqs)
     }
 
-    /// Publishes `count` events of `bytes` bytes on `topic` at `rate` per second from now:
-    /// event `i` is due at `start + i / rate` and carries that time (relative to `base`)
-    /// as its timestamp. Events already due are written together (at most
+    /// Publishes `count` events of `bytes` bytes at `rate` per second from now, event `i`
+    /// on `topics[i % topics.len()]`: event `i` is due at `start + i / rate` and carries
+    /// that time (relative to `base`) as its timestamp. Events already due are written together (at most
     /// [`PACED_BATCH_MAX`]); replies are read by a second thread, so a slow reply never
     /// delays the schedule.
     ///
@@ -140,7 +142,7 @@ impl Publisher {
     /// A failed write or read, or an `-ERR` reply.
     pub fn publish_paced(
         &mut self,
-        topic: &str,
+        topics: &[String],
         count: u64,
         bytes: usize,
         rate: f64,
@@ -181,6 +183,7 @@ impl Publisher {
                             late.0 += 1;
                         }
                         late.1 = late.1.max(behind_ms);
+                        let topic = &topics[(next % topics.len() as u64) as usize];
                         frames.extend_from_slice(format!("PUB {topic} {bytes}\n").as_bytes());
                         frames.extend_from_slice(&payload_at(
                             at.duration_since(base).as_nanos(),
