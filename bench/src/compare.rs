@@ -714,14 +714,19 @@ struct Pace {
 }
 
 impl Pace {
-    fn wait(&self, i: u64) {
+    /// Waits until event `i` is due and returns its payload, stamped with the time it
+    /// was due: a publisher held up by a slow server (a POST that blocks) then shows in
+    /// the latency instead of hiding it (coordinated omission). Unpaced, the stamp is
+    /// the time of sending.
+    fn payload(&self, base: Instant, i: u64, bytes: usize) -> Vec<u8> {
         if self.rate == 0 {
-            return;
+            return payload(base, i, bytes);
         }
         let due = self.t0 + Duration::from_secs_f64((i - self.first) as f64 / self.rate as f64);
         if let Some(d) = due.checked_duration_since(Instant::now()) {
             thread::sleep(d);
         }
+        crate::fanout::publish::payload_at(due.duration_since(base).as_nanos(), i, bytes)
     }
 }
 
@@ -756,9 +761,9 @@ fn publish_ingest(
             let n = batch.min(end - next);
             let mut frames = Vec::new();
             for i in next..next + n {
-                pace.wait(i);
+                let data = pace.payload(base, i, args.bytes);
                 frames.extend_from_slice(format!("PUB {topic} {}\n", args.bytes).as_bytes());
-                frames.extend_from_slice(&payload(base, i, args.bytes));
+                frames.extend_from_slice(&data);
                 frames.push(b'\n');
             }
             writer
@@ -815,8 +820,7 @@ fn publish_http(args: &CompareArgs, base: Instant, lo: u64, hi: u64, pace: &Pace
     let (mut writer, mut reader) = connect()?;
     let mut line = String::new();
     for i in lo..hi {
-        pace.wait(i);
-        let data = payload(base, i, args.bytes);
+        let data = pace.payload(base, i, args.bytes);
         let body = match args.server {
             Server::Nchan => data,
             _ => {

@@ -304,8 +304,8 @@ fn check_args(args: &FanoutArgs) -> Result<(), String> {
     if args.fast.is_empty() || args.fast.contains(&0) || args.events == 0 || args.runs == 0 {
         return Err("--fast (each count), --events and --runs must be at least 1".into());
     }
-    if args.kernel_baseline && (args.topics > 1 || args.rate > 0.0) {
-        return Err("--kernel-baseline writes one topic as fast as it can: no --topics or --rate".into());
+    if args.kernel_baseline && args.topics > 1 {
+        return Err("--kernel-baseline writes one topic: no --topics".into());
     }
     if args.rate < 0.0 || args.duration.is_some_and(|d| d <= 0.0 || args.rate == 0.0) {
         return Err("--rate must be positive, and --duration (positive) needs --rate".into());
@@ -588,6 +588,10 @@ fn one_run(
         }
         Source::Engine { publisher, next } => {
             publisher.publish(&topics, *next, events, args.bytes, args.batch, base, &gate)?;
+            *next += events;
+        }
+        Source::Baseline { baseline, next } if rate > 0.0 => {
+            baseline.send_paced(*next, events, args.bytes, rate, base)?;
             *next += events;
         }
         Source::Baseline { baseline, next } => {

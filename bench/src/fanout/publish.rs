@@ -295,6 +295,49 @@ impl Baseline {
         Baseline { shares }
     }
 
+    /// Sends `count` events of `bytes` bytes at `rate` per second from now: event `i` is
+    /// due at `start + i / rate`, stamped with that time, encoded once and written to
+    /// every socket of each sender thread in turn (blocking) once due.
+    ///
+    /// # Errors
+    /// The first failed write.
+    pub fn send_paced(
+        &mut self,
+        first: u64,
+        count: u64,
+        bytes: usize,
+        rate: f64,
+        base: Instant,
+    ) -> Result<(), String> {
+        let start = Instant::now();
+        thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .shares
+                .iter_mut()
+                .map(|share| {
+                    scope.spawn(move || -> Result<(), String> {
+                        for i in 0..count {
+                            let due = start + Duration::from_secs_f64(i as f64 / rate);
+                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                                thread::sleep(wait);
+                            }
+                            let data = payload_at(due.duration_since(base).as_nanos(), i, bytes);
+                            let chunk = sse_chunk(first + i + 1, &data);
+                            for s in share.iter_mut() {
+                                s.write_all(&chunk).map_err(|e| format!("baseline write: {e}"))?;
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("baseline sender panicked".into()))
+            })
+        })
+    }
+
     /// Sends events `first..first + count` of `bytes` bytes: each sender thread takes
     /// them `batch` at a time (the engine too fans out up to 64 events per loop turn,
     /// gathered into one `sendmsg` per subscriber), encodes each once (an SSE event in
