@@ -305,6 +305,20 @@ impl OutQueue {
         self.event_bytes
     }
 
+    /// The unsent bytes when they are one entry, marked in flight as by `prepare`: a
+    /// plain `Send` of them spares the kernel the `msghdr` and iovec copies of `SendMsg`
+    /// (the common case when events arrive further apart than a send takes). The
+    /// pointer stays valid until `sent` is called: the entry is pinned in the queue.
+    pub fn prepare_single(&mut self) -> Option<(*const u8, u32)> {
+        if self.queue.len() != 1 {
+            return None;
+        }
+        let front = self.queue.front()?;
+        let rest = &front.bytes[self.offset..];
+        self.in_flight = 1;
+        Some((rest.as_ptr(), u32::try_from(rest.len()).ok()?))
+    }
+
     /// Fills the `msghdr` with the first unsent bytes and returns it for `SendMsg`. The
     /// queue must not be empty, and must not be prepared again before `sent` is called.
     pub fn prepare(&mut self) -> *const libc::msghdr {
@@ -456,6 +470,36 @@ mod tests {
         assert_eq!(gaps.len(), 1);
         assert_eq!((gaps[0].first.seq, gaps[0].last.seq, gaps[0].dropped), (1, 2, 2));
         assert!(!q.has_gaps());
+    }
+
+    #[test]
+    fn a_single_entry_is_sent_plainly_and_stays_pinned() {
+        let mut q = OutQueue::default();
+        q.push_event(bytes_of(1), &event(1, "t", None), Policy::DropOldest, LIMITS);
+        let (ptr, len) = q.prepare_single().expect("one entry");
+        let front = bytes_of(1);
+        // SAFETY: the pointer is into the queued entry, alive until `sent`.
+        assert_eq!(
+            unsafe { std::slice::from_raw_parts(ptr, len as usize) },
+            &front[..]
+        );
+        // In flight: a newcomer under drop-oldest cannot push it out.
+        for seq in 2..=8 {
+            q.push_event(bytes_of(seq), &event(seq, "t", None), Policy::DropOldest, LIMITS);
+        }
+        assert_eq!(seqs(&q)[0], 1);
+        q.sent(2);
+        assert_eq!(q.prepare_single(), None, "several entries go by SendMsg");
+        let mut lone = OutQueue::default();
+        lone.push_event(bytes_of(9), &event(9, "t", None), Policy::DropOldest, LIMITS);
+        let _ = lone.prepare_single();
+        lone.sent(1);
+        let (ptr, len) = lone.prepare_single().expect("the rest of one entry");
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { std::slice::from_raw_parts(ptr, len as usize) },
+            &bytes_of(9)[1..]
+        );
     }
 
     #[test]

@@ -286,9 +286,10 @@ impl Shard {
 
     /// Queues one submission, flushing the queue to the kernel when it is full.
     fn push(&mut self, entry: squeue::Entry) {
-        // SAFETY: every entry's buffers (msghdr, iovecs, timespec, provided buffers) are
-        // owned by this shard or by a boxed out-queue that stays alive until the entry's
-        // final completion, which the `ops` bits of its connection track.
+        // SAFETY: every entry's buffers (msghdr, iovecs, queued bytes, timespec, provided
+        // buffers) are owned by this shard or by a boxed out-queue that stays alive, with
+        // its in-flight entries pinned, until the entry's final completion, which the
+        // `ops` bits of its connection track.
         unsafe { uring::push(&mut self.ring, &entry) }
     }
 
@@ -853,13 +854,17 @@ impl Shard {
         if out.is_empty() {
             return;
         }
-        let msg = out.prepare();
+        let entry = match out.prepare_single() {
+            Some((ptr, len)) => opcode::Send::new(types::Fixed(conn.file), ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build(),
+            None => opcode::SendMsg::new(types::Fixed(conn.file), out.prepare())
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build(),
+        };
         conn.ops |= ops::SEND;
         self.sending += 1;
-        let entry = opcode::SendMsg::new(types::Fixed(conn.file), msg)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(user_data(tag::SEND, conn.generation, index));
+        let entry = entry.user_data(user_data(tag::SEND, conn.generation, index));
         self.push(entry);
         // A write-stall deadline applies while bytes are unsent.
         self.arm_earlier(index);
