@@ -477,12 +477,9 @@ mod tests {
         let mut q = OutQueue::default();
         q.push_event(bytes_of(1), &event(1, "t", None), Policy::DropOldest, LIMITS);
         let (ptr, len) = q.prepare_single().expect("one entry");
-        let front = bytes_of(1);
         // SAFETY: the pointer is into the queued entry, alive until `sent`.
-        assert_eq!(
-            unsafe { std::slice::from_raw_parts(ptr, len as usize) },
-            &front[..]
-        );
+        let sending = unsafe { std::slice::from_raw_parts(ptr, len as usize) };
+        assert_eq!(sending, &bytes_of(1)[..]);
         // In flight: a newcomer under drop-oldest cannot push it out.
         for seq in 2..=8 {
             q.push_event(bytes_of(seq), &event(seq, "t", None), Policy::DropOldest, LIMITS);
@@ -496,10 +493,8 @@ mod tests {
         lone.sent(1);
         let (ptr, len) = lone.prepare_single().expect("the rest of one entry");
         // SAFETY: as above.
-        assert_eq!(
-            unsafe { std::slice::from_raw_parts(ptr, len as usize) },
-            &bytes_of(9)[1..]
-        );
+        let rest = unsafe { std::slice::from_raw_parts(ptr, len as usize) };
+        assert_eq!(rest, &bytes_of(9)[1..]);
     }
 
     #[test]
