@@ -165,10 +165,11 @@ fn run(args: &HoldArgs) -> Result<Report, String> {
     if args.concurrency == 0 {
         return Err("--concurrency must be at least 1".to_owned());
     }
-    let started = Instant::now();
     let mut fleet = Fleet::new();
     let mut steps = Vec::with_capacity(args.conns.len());
     let mut opened = 0;
+    // Time spent connecting, every step's settle and measurement left out.
+    let mut connecting_ms = 0;
     for &step in &args.conns {
         let step_started = Instant::now();
         let shares: Vec<Share> = plan::split(step - opened, args.per_ring * args.rings)
@@ -183,6 +184,8 @@ fn run(args: &HoldArgs) -> Result<Report, String> {
             step_started + Duration::from_secs(args.timeout_secs) + RESULT_GRACE,
             total,
         );
+        let ramp_ms = step_started.elapsed().as_millis() as u64;
+        connecting_ms += ramp_ms;
         opened = step;
         thread::sleep(Duration::from_secs(args.settle_secs));
         let loaded = Snapshot::read(args.pid)
@@ -192,14 +195,14 @@ fn run(args: &HoldArgs) -> Result<Report, String> {
         steps.push(Step {
             requested: step,
             held,
-            ramp_ms: step_started.elapsed().as_millis() as u64,
+            ramp_ms,
             loaded,
         });
         if loaded.is_none() {
             break;
         }
     }
-    let ramp_ms = started.elapsed().as_millis() as u64;
+    let ramp_ms = connecting_ms;
     let (held, failures, handshake_us) = fleet.tally();
     let loaded = steps.last().and_then(|s| s.loaded);
     if args.hold_secs > 0 {

@@ -21,7 +21,8 @@ pub struct Step {
     pub requested: u64,
     /// Of them, held when the step's connect phase ended.
     pub held: u64,
-    /// Wall time of the step, from spawning its workers to the measurement, milliseconds.
+    /// Wall time of the step's connect phase, from spawning its workers to their last
+    /// result, milliseconds.
     pub ramp_ms: u64,
     /// After the step and the settle time; `None` if the engine was gone.
     pub loaded: Option<Snapshot>,
@@ -86,7 +87,8 @@ pub struct Report {
     pub held: u64,
     /// Failed connections by kind.
     pub failures: BTreeMap<String, u64>,
-    /// Wall time from spawning workers to the last worker's result, milliseconds.
+    /// Wall time of every step's connect phase together (settling and measuring left
+    /// out), milliseconds: connections held per second is `held / ramp_ms`.
     pub ramp_ms: u64,
     /// Connect + handshake latency of held connections, microseconds.
     pub handshake_us: Histogram<u64>,

@@ -22,21 +22,33 @@ use crate::event::Event;
 use crate::proto::{json, ws};
 
 impl Shard {
-    pub(super) fn deliver(&mut self, event: &Arc<Event>) {
-        // The subscriber list is lent out while the bytes are queued: queueing touches
-        // connections and the ring, never subscriptions. Slow connections are closed after.
-        let Some((topic, subscribers)) = self.subs.take(&event.topic) else {
+    /// Delivers a run of consecutive events of one topic (in sequence order). Each
+    /// subscriber is visited once for the whole run and gets every event of it queued
+    /// before one flush: with thousands of subscribers, visiting each connection once per
+    /// run rather than once per event keeps the loop from walking every connection's
+    /// queue out of the cache for every event.
+    pub(super) fn deliver(&mut self, run: &[Arc<Event>]) {
+        let Some(first) = run.first() else {
             return;
         };
-        bump(&self.counters.events);
-        let policy = self.shared.config.policy_for(&event.topic);
+        debug_assert!(
+            run.iter().all(|e| e.topic == first.topic),
+            "a run is of one topic"
+        );
+        // The subscriber list is lent out while the bytes are queued: queueing touches
+        // connections and the ring, never subscriptions. Slow connections are closed after.
+        let Some((topic, subscribers)) = self.subs.take(&first.topic) else {
+            return;
+        };
+        bump_by(&self.counters.events, run.len() as u64);
+        let policy = self.shared.config.policy_for(&first.topic);
         let limits = self.shared.config.queue_limits();
         let hard_cap = self.shared.config.out_queue_bytes_max;
         let (mut delivered, mut dropped, mut coalesced) = (0u64, 0u64, 0u64);
         let mut slow = Vec::new();
         let mut too_big = Vec::new();
         let mut polls = Vec::new();
-        for &index in &subscribers {
+        'subscribers: for &index in &subscribers {
             let conn = &mut self.conns[index as usize];
             if conn.state == State::Poll {
                 // Answered after the list is returned: answering unsubscribes.
@@ -46,27 +58,31 @@ impl Shard {
             if !matches!(conn.state, State::Stream | State::Ws) {
                 continue;
             }
-            let bytes = event.bytes_for(conn.kind);
-            if conn.queued_bytes() + bytes.len() > hard_cap {
-                too_big.push(index);
-                continue;
-            }
-            let out = conn
-                .out
-                .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
-            let before = out.bytes();
-            let pushed = out.push_event(bytes, event, policy, limits);
-            self.queued += out.bytes() as i64 - before as i64;
-            match pushed {
-                Pushed::Queued { dropped: n } => {
-                    delivered += 1;
-                    dropped += n as u64;
+            let kind = conn.kind;
+            for event in run {
+                let conn = &mut self.conns[index as usize];
+                let bytes = event.bytes_for(kind);
+                if conn.queued_bytes() + bytes.len() > hard_cap {
+                    too_big.push(index);
+                    continue 'subscribers;
                 }
-                Pushed::Coalesced => coalesced += 1,
-                Pushed::Refused => dropped += 1,
-                Pushed::Disconnect => {
-                    slow.push(index);
-                    continue;
+                let out = conn
+                    .out
+                    .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+                let before = out.bytes();
+                let pushed = out.push_event(bytes, event, policy, limits);
+                self.queued += out.bytes() as i64 - before as i64;
+                match pushed {
+                    Pushed::Queued { dropped: n } => {
+                        delivered += 1;
+                        dropped += n as u64;
+                    }
+                    Pushed::Coalesced => coalesced += 1,
+                    Pushed::Refused => dropped += 1,
+                    Pushed::Disconnect => {
+                        slow.push(index);
+                        continue 'subscribers;
+                    }
                 }
             }
             self.flush(index);
@@ -74,14 +90,16 @@ impl Shard {
         bump_by(&self.counters.dropped, dropped);
         bump_by(&self.counters.coalesced, coalesced);
         self.subs.put_back(topic, subscribers);
+        // A held poll is answered with the run's first event; the client's next poll,
+        // `after` it, gets the rest from the history.
         for index in polls {
             delivered += 1;
-            self.poll_event(index, event);
+            self.poll_event(index, first);
         }
         bump_by(&self.counters.deliveries, delivered);
         for index in slow {
             bump(&self.counters.slow_disconnected);
-            self.disconnect_slow(index, &event.topic);
+            self.disconnect_slow(index, &first.topic);
         }
         for index in too_big {
             bump(&self.counters.slow_closed);

@@ -129,6 +129,9 @@ pub struct Shard {
     poll_cors: HashMap<u32, String>,
     /// Events refilled from the history after a broadcast-ring overrun, not yet delivered.
     refill: std::collections::VecDeque<Arc<Event>>,
+    /// Events read from the ring (or the refill) in one turn, delivered as runs per topic;
+    /// kept to reuse its allocation.
+    batch: Vec<Arc<Event>>,
     cqes: Vec<(u64, i32, u32)>,
     id: usize,
     /// The next broadcast sequence number this loop will read.
@@ -210,6 +213,7 @@ impl Shard {
             upstream_waiting: false,
             poll_cors: HashMap::new(),
             refill: std::collections::VecDeque::new(),
+            batch: Vec::with_capacity(DRAIN_BATCH_EVENTS),
             cqes: Vec::with_capacity(1024),
             id,
             next_seq: shared.broadcast.head(),
@@ -773,29 +777,49 @@ impl Shard {
 
     fn drain_broadcast_upto(&mut self, broadcast: &Broadcast<Event>, events: usize, bytes: usize) {
         let (mut n, mut size) = (0, 0);
+        let mut batch = std::mem::take(&mut self.batch);
         // Events refilled from the history after an overrun go first, in batches too.
         while n < events && size < bytes {
             let Some(event) = self.refill.pop_front() else {
                 break;
             };
-            self.deliver(&event);
             n += 1;
             size += event.data.len();
+            batch.push(event);
         }
         let head = broadcast.head();
         while self.refill.is_empty() && self.next_seq < head && n < events && size < bytes {
             match broadcast.read(self.next_seq) {
                 Read::Item(event) => {
-                    self.deliver(&event);
                     self.next_seq += 1;
                     n += 1;
                     size += event.data.len();
+                    batch.push(event);
                 }
-                Read::Overrun => self.recover(broadcast),
+                Read::Overrun => {
+                    // What was read before the overrun goes out before its notices.
+                    self.deliver_batch(&mut batch);
+                    self.recover(broadcast);
+                }
                 Read::Empty => break,
             }
         }
+        self.deliver_batch(&mut batch);
+        self.batch = batch;
         broadcast.set_cursor(self.id, self.next_seq);
+    }
+
+    /// Delivers `batch` in order, as runs of consecutive events of one topic, and
+    /// empties it.
+    fn deliver_batch(&mut self, batch: &mut Vec<Arc<Event>>) {
+        let mut start = 0;
+        while start < batch.len() {
+            let topic = &batch[start].topic;
+            let len = batch[start..].iter().take_while(|e| &e.topic == topic).count();
+            self.deliver(&batch[start..start + len]);
+            start += len;
+        }
+        batch.clear();
     }
 
     /// This loop fell more than the ring's capacity behind: refill the lost range from
