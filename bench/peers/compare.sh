@@ -70,4 +70,5 @@ timeout 600 "$bench" fanout --kernel-baseline --baseline-senders "$cores" --wind
 } > "$out/conditions.txt" 2>&1
 { uptime; top -bn1 | head -15; } >> "$out/conditions.txt"
 grep -h -E 'idle:|SUMMARY|median|command:' "$out"/*.txt
+python3 "$here/ratios.py" "$out" | tee "$out/ratios.txt"
 echo "logs: $out"
