@@ -4,17 +4,12 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ringcast_tests::engine::{binary, Engine};
+use ringcast_tests::engine::{bench_binary, Engine};
 
 #[test]
 fn paced_fanout_over_topics_delivers_each_event_to_its_topic_only() {
     let engine = Engine::start(&[]);
-    let bench = binary().with_file_name("ringcast-bench");
-    assert!(
-        bench.is_file(),
-        "build it first: cargo build --release -p ringcast-bench"
-    );
-    let mut child = Command::new(bench)
+    let mut child = Command::new(bench_binary())
         .arg("fanout")
         .args(["--target", &engine.addr.to_string()])
         .args(["--ingest", engine.ingest.to_str().expect("utf-8 path")])

@@ -6,16 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use ringcast_tests::engine::{binary, Engine, TempDir};
-
-fn bench_binary() -> PathBuf {
-    let bin = binary().with_file_name("ringcast-bench");
-    assert!(
-        bin.is_file(),
-        "no ringcast-bench at {bin:?}: build it first: cargo build --release -p ringcast-bench"
-    );
-    bin
-}
+use ringcast_tests::engine::{bench_binary, Engine, TempDir};
 
 /// Runs `hold` with a bound on its run time.
 fn hold(engine: &Engine, args: &[&str]) -> Output {

@@ -7,23 +7,14 @@
 //! Each run publishes 1 KiB events at 200/s for 5 s: 1 MB per slow reader, well past
 //! what its kernel buffers (`TCP_NOTSENT_LOWAT` 128 KiB, a 4 KiB `SO_RCVBUF`) and the
 //! engine's 256 KiB queue hold, so the policy must act.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ringcast_tests::engine::{binary, Engine, TempDir};
+use ringcast_tests::engine::{bench_binary, Engine, TempDir};
 
 /// Slow readers per run.
 const SLOW: u64 = 20;
-
-fn bench_binary() -> PathBuf {
-    let bin = binary().with_file_name("ringcast-bench");
-    assert!(
-        bin.is_file(),
-        "no ringcast-bench at {bin:?}: build it first: cargo build --release -p ringcast-bench"
-    );
-    bin
-}
 
 /// Runs `slow` on `topic` with `--json`, bounded to 60 s.
 fn slow(engine: &Engine, topic: &str, out: Option<&Path>) -> Output {

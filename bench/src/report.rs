@@ -152,6 +152,19 @@ impl Report {
         self.held == self.requested && self.loaded.is_some() && self.dropped_during_hold == 0
     }
 
+    /// How the load was generated, one line for the text and the Markdown report.
+    fn clients_text(&self) -> String {
+        format!(
+            "{} worker(s) of at most {} io_uring ring(s) x {} connections, {} in flight each, {}, {}",
+            self.workers,
+            self.rings,
+            self.per_ring,
+            self.concurrency,
+            rate_text(self.connect_rate),
+            sources_text(self.sources)
+        )
+    }
+
     fn failed(&self) -> u64 {
         self.failures.values().sum()
     }
@@ -171,17 +184,7 @@ impl Report {
             "  target       {} {} over {} (engine pid {})",
             self.target, self.path, self.transport, self.pid
         );
-        let _ = writeln!(
-            out,
-            "  clients      {} worker(s) of at most {} io_uring ring(s) x {} connections, {} in flight \
-             each, {}, {}",
-            self.workers,
-            self.rings,
-            self.per_ring,
-            self.concurrency,
-            rate_text(self.connect_rate),
-            sources_text(self.sources)
-        );
+        let _ = writeln!(out, "  clients      {}", self.clients_text());
         let rate = per_sec(self.held, self.ramp_ms);
         let _ = writeln!(
             out,
@@ -419,15 +422,9 @@ impl Report {
         ));
         let _ = writeln!(
             out,
-            "\nFailures: {}.\n\nClients: {} worker(s), at most {} io_uring ring(s) x {} connections each, \
-             {} in flight per worker, {}, {}.\n",
+            "\nFailures: {}.\n\nClients: {}.\n",
             failures_text(&self.failures, self.failed()),
-            self.workers,
-            self.rings,
-            self.per_ring,
-            self.concurrency,
-            rate_text(self.connect_rate),
-            sources_text(self.sources)
+            self.clients_text()
         );
         out.push_str(&output::conditions_markdown(&self.conditions));
         out

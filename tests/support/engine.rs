@@ -51,6 +51,21 @@ pub fn binary() -> PathBuf {
     }
 }
 
+/// The `ringcast-bench` binary beside [`binary`] (cargo builds it for
+/// `bench/tests/cli.rs`).
+///
+/// # Panics
+///
+/// If it is not there.
+pub fn bench_binary() -> PathBuf {
+    let bin = binary().with_file_name("ringcast-bench");
+    assert!(
+        bin.is_file(),
+        "no ringcast-bench at {bin:?}: build it first: cargo build --release -p ringcast-bench"
+    );
+    bin
+}
+
 /// A loopback address with a port nobody listens on, never the same twice in this
 /// process, so that tests running in parallel cannot meet on one port.
 ///

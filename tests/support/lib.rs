@@ -17,6 +17,10 @@ pub mod sse;
 pub mod whatwg;
 pub mod wsclient;
 
+use std::io::Read;
+use std::process::ChildStderr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread;
 use std::time::Duration;
 
 /// How long a test waits for something that should happen (an event, a reply). Generous,
@@ -51,4 +55,36 @@ pub fn seq_of(id: &str) -> u64 {
 pub fn epoch_of(id: &str) -> &str {
     seq_of(id);
     id.rsplit_once('-').map(|(epoch, _)| epoch).unwrap_or_default()
+}
+
+/// What a child process writes to stderr, collected by a thread until its end of file
+/// (which the child's exit or kill brings), for failure messages.
+#[derive(Clone, Default)]
+pub struct StderrLog(Arc<Mutex<String>>);
+
+impl StderrLog {
+    /// Starts the thread that drains `pipe` into the log.
+    pub fn drain(mut pipe: ChildStderr) -> StderrLog {
+        let log = StderrLog::default();
+        let sink = log.clone();
+        thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        });
+        log
+    }
+
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, String> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }

@@ -9,15 +9,15 @@
 //! Must never: wait without a deadline, signal a process it did not start, or read a
 //! body leniently: the JSON reader follows RFC 8259 (no trailing commas, no raw control
 //! characters in strings, nothing after the value) so that a malformed answer fails a test.
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::http::{End, HttpConn, Response};
+use crate::StderrLog;
 
 /// A JSON value (RFC 8259). Objects keep their members in the order sent.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,6 +43,18 @@ impl Json {
             Json::Obj(members) => members.iter().find(|(n, _)| n == name).map(|(_, v)| v),
             _ => None,
         }
+    }
+
+    /// The string member `name` of this object, or why it is not one.
+    ///
+    /// # Errors
+    ///
+    /// If there is no such member or it is not a string.
+    pub fn string_field(&self, name: &str) -> Result<String, String> {
+        self.get(name)
+            .and_then(Json::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{name} is not a string in {self:?}"))
     }
 
     /// The string, if this is one.
@@ -283,23 +295,16 @@ impl WireEvent {
         if value.names() != ["id", "topic", "event", "data"] {
             return Err(format!("not an event object (id, topic, event, data): {value:?}"));
         }
-        let string = |name: &str| {
-            value
-                .get(name)
-                .and_then(Json::as_str)
-                .map(str::to_owned)
-                .ok_or_else(|| format!("{name} is not a string in {value:?}"))
-        };
         let event = match value.get("event") {
             Some(Json::Null) => None,
             Some(Json::Str(name)) => Some(name.clone()),
             other => return Err(format!("event is {other:?}, neither null nor a string")),
         };
         Ok(WireEvent {
-            id: string("id")?,
-            topic: string("topic")?,
+            id: value.string_field("id")?,
+            topic: value.string_field("topic")?,
             event,
-            data: string("data")?,
+            data: value.string_field("data")?,
         })
     }
 
@@ -337,21 +342,14 @@ impl Reset {
                 "not a reset object (reason, last_event_id, oldest_id): {value:?}"
             ));
         }
-        let string = |name: &str| {
-            value
-                .get(name)
-                .and_then(Json::as_str)
-                .map(str::to_owned)
-                .ok_or_else(|| format!("{name} is not a string in {value:?}"))
-        };
         let oldest_id = match value.get("oldest_id") {
             Some(Json::Null) => None,
             Some(Json::Str(id)) => Some(id.clone()),
             other => return Err(format!("oldest_id is {other:?}, neither null nor a string")),
         };
         Ok(Reset {
-            reason: string("reason")?,
-            last_event_id: string("last_event_id")?,
+            reason: value.string_field("reason")?,
+            last_event_id: value.string_field("last_event_id")?,
             oldest_id,
         })
     }
@@ -500,7 +498,7 @@ pub struct LineChild {
     what: String,
     child: Child,
     lines: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
+    stderr: StderrLog,
     seen: Vec<String>,
 }
 
@@ -538,18 +536,7 @@ impl LineChild {
                 }
             }
         });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let log = Arc::clone(&stderr);
-        let mut pipe = child.stderr.take().expect("piped stderr");
-        thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                lock(&log).push_str(&String::from_utf8_lossy(&chunk[..n]));
-            }
-        });
+        let stderr = StderrLog::drain(child.stderr.take().expect("piped stderr"));
         LineChild {
             what,
             child,
@@ -615,7 +602,7 @@ impl LineChild {
             "{}: its lines so far:\n{}\nits stderr:\n{}",
             self.what,
             self.seen.join("\n"),
-            lock(&self.stderr)
+            self.stderr.text()
         )
     }
 }
@@ -687,8 +674,4 @@ pub fn python_ws(addr: SocketAddr, target: &str, n: usize, quiet: Duration) -> L
             &quiet.as_millis().to_string(),
         ],
     )
-}
-
-fn lock(log: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
-    log.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -12,17 +12,17 @@
 //! and the threads draining them.
 //!
 //! Must never: wait without a deadline, or signal a process it did not start.
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::http::{End, HttpConn, Response};
 use crate::json::{parse_flat_object, FlatObject};
+use crate::StderrLog;
 
 /// The `Sec-WebSocket-Key` of RFC 6455 §1.3.
 pub const SAMPLE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -359,7 +359,7 @@ pub struct PyScript {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
+    stderr: StderrLog,
     seen: Vec<String>,
 }
 
@@ -392,18 +392,7 @@ impl PyScript {
                 }
             }
         });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let log = Arc::clone(&stderr);
-        let mut pipe = child.stderr.take().expect("piped stderr");
-        thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                lock(&log).push_str(&String::from_utf8_lossy(&chunk[..n]));
-            }
-        });
+        let stderr = StderrLog::drain(child.stderr.take().expect("piped stderr"));
         PyScript {
             name: script.to_owned(),
             stdin: child.stdin.take(),
@@ -485,7 +474,7 @@ impl PyScript {
 
     /// Everything the script wrote to stderr so far.
     pub fn stderr(&self) -> String {
-        lock(&self.stderr).clone()
+        self.stderr.text()
     }
 
     /// The lines seen so far and its stderr, for failure messages.
@@ -506,10 +495,6 @@ impl Drop for PyScript {
         }
         let _ = self.child.wait();
     }
-}
-
-fn lock(log: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
-    log.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A session of `tests/py/ws_driver.py`: a real WebSocket client (Python `websockets`)
