@@ -51,6 +51,8 @@ pub struct Counters {
     pub ring_overrun: AtomicU64,
     /// Overruns the history could not fully refill.
     pub ring_lost: AtomicU64,
+    /// Ranges the history evicted before a resuming client read them (each told as a gap).
+    pub replay_gaps: AtomicU64,
     /// Heartbeat comments sent on quiet streams.
     pub heartbeats: AtomicU64,
     /// Connections closed with 408: no complete request head in time (slowloris).

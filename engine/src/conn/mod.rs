@@ -83,6 +83,9 @@ pub mod flags {
     pub const COUNTED: u8 = 1 << 3;
     /// The direct descriptor's close has been submitted.
     pub const CLOSED: u8 = 1 << 4;
+    /// Resuming from the history a page at a time: live events pass it by until the
+    /// page that reaches the loop's cursor (see `shard::catchup`).
+    pub const CATCHING_UP: u8 = 1 << 5;
 }
 
 /// Kernel operations of one connection whose final completion is still to come. The

@@ -2,10 +2,13 @@
 //! hands up to [`IOV_MAX`] of them to one `sendmsg`, and the backpressure policy that
 //! keeps it bounded.
 //!
-//! Entries are either control bytes (response heads, pongs, close frames, heartbeats,
-//! notices), which are never dropped, or events, which count against the queue's limits
-//! (bytes and entries) and are dropped or coalesced by the topic's [`Policy`] when a
-//! slow client lets them pile up. Every event dropped is remembered in a [`Gap`] per topic,
+//! Entries are either control bytes (response heads, close frames, heartbeats, notices,
+//! replies), which the policy never drops, or events, which count against the queue's
+//! limits (bytes and entries) and are dropped or coalesced by the topic's [`Policy`] when a
+//! slow client lets them pile up. Every byte, control or event, counts in
+//! [`OutQueue::bytes`], which the shard holds under `--out-queue-bytes-max` whatever the
+//! client sent. Pongs wait outside the queue until the next send (see
+//! [`OutQueue::push_pong`]), so a ping flood costs at most [`PONGS_WAITING_MAX`] frames. Every event dropped is remembered in a [`Gap`] per topic,
 //! and the gaps are told to the client, ahead of the next event it does get, by a notice
 //! the caller builds in the client's own format ([`OutQueue::take_gaps`]).
 //!
@@ -22,6 +25,16 @@ use crate::event::Event;
 
 /// Byte strings gathered into one send.
 pub const IOV_MAX: usize = 64;
+
+/// Pongs waiting for the next send. Up to this many pings are answered one for one (the
+/// Autobahn suite's cases 2.10 and 2.11 send ten and expect ten pongs); beyond it the
+/// newest ping's pong replaces the last one waiting, as RFC 6455 §5.5.3 allows ("MAY elect
+/// to send a Pong frame for only the most recently processed Ping frame").
+pub const PONGS_WAITING_MAX: usize = 16;
+
+/// A pooled queue whose deque grew beyond this many entries gives the memory back rather
+/// than keeping it for the next connection: a flood must not leave its peak resident.
+const POOLED_ENTRIES_MAX: usize = 256;
 
 /// What to do with events when a client cannot keep up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +112,11 @@ pub struct OutQueue {
     /// Entries at the front handed to the kernel by the last `prepare`.
     in_flight: usize,
     gaps: Vec<Gap>,
+    /// Pong frames waiting for the next send, back to back; `pongs_last` is where the
+    /// newest begins and `pongs_waiting` how many there are.
+    pongs: Vec<u8>,
+    pongs_last: usize,
+    pongs_waiting: usize,
     iov: [libc::iovec; IOV_MAX],
     msg: libc::msghdr,
 }
@@ -123,6 +141,9 @@ impl Default for OutQueue {
             events: 0,
             in_flight: 0,
             gaps: Vec::new(),
+            pongs: Vec::new(),
+            pongs_last: 0,
+            pongs_waiting: 0,
             iov: [libc::iovec {
                 iov_base: std::ptr::null_mut(),
                 iov_len: 0,
@@ -173,6 +194,65 @@ impl OutQueue {
         self.bytes += bytes.len();
         self.queue
             .insert(at.min(self.queue.len()), Entry { bytes, event: None });
+    }
+
+    /// Queues the pong `frame` to go out ahead of everything not yet sent (control frames
+    /// may come between data frames, RFC 6455 §5.4). While fewer than
+    /// [`PONGS_WAITING_MAX`] wait, it is added; otherwise it replaces the newest one
+    /// waiting. Returns the change in queued bytes.
+    pub fn push_pong(&mut self, frame: &[u8]) -> isize {
+        let before = self.pongs.len();
+        if self.pongs_waiting >= PONGS_WAITING_MAX {
+            self.pongs.truncate(self.pongs_last);
+        } else {
+            self.pongs_waiting += 1;
+        }
+        self.pongs_last = self.pongs.len();
+        self.pongs.extend_from_slice(frame);
+        let delta = self.pongs.len() as isize - before as isize;
+        self.bytes = self.bytes.wrapping_add_signed(delta);
+        delta
+    }
+
+    /// Moves the waiting pongs into the queue, ahead of every entry not yet sent. Only
+    /// while no send from this queue is in flight.
+    fn place_pongs(&mut self) {
+        if self.pongs_waiting == 0 {
+            return;
+        }
+        let frames = Bytes::from(std::mem::take(&mut self.pongs));
+        self.pongs_last = 0;
+        self.pongs_waiting = 0;
+        let at = usize::from(self.offset > 0);
+        self.queue.insert(
+            at.min(self.queue.len()),
+            Entry {
+                bytes: frames,
+                event: None,
+            },
+        );
+    }
+
+    /// Drops everything not yet handed to the kernel: queued entries, waiting pongs and
+    /// untold gaps (before failing a client that exceeded its cap). The entries in flight
+    /// stay until [`OutQueue::sent`]. Returns the bytes dropped.
+    pub fn truncate_unsent(&mut self) -> usize {
+        let before = self.bytes;
+        let keep = self.in_flight.max(usize::from(self.offset > 0));
+        while self.queue.len() > keep {
+            let entry = self.queue.pop_back().expect("longer than keep");
+            self.bytes -= entry.bytes.len();
+            if entry.event.is_some() {
+                self.event_bytes -= entry.bytes.len();
+                self.events -= 1;
+            }
+        }
+        self.bytes -= self.pongs.len();
+        self.pongs.clear();
+        self.pongs_last = 0;
+        self.pongs_waiting = 0;
+        self.gaps.clear();
+        before - self.bytes
     }
 
     /// Queues `bytes`, the encoding of `event`, applying `policy` when the event limits
@@ -310,6 +390,7 @@ impl OutQueue {
     /// (the common case when events arrive further apart than a send takes). The
     /// pointer stays valid until `sent` is called: the entry is pinned in the queue.
     pub fn prepare_single(&mut self) -> Option<(*const u8, u32)> {
+        self.place_pongs();
         if self.queue.len() != 1 {
             return None;
         }
@@ -323,6 +404,7 @@ impl OutQueue {
     /// queue must not be empty, and must not be prepared again before `sent` is called.
     pub fn prepare(&mut self) -> *const libc::msghdr {
         debug_assert!(!self.is_empty(), "prepare on an empty queue");
+        self.place_pongs();
         let mut n = 0;
         for (i, e) in self.queue.iter().take(IOV_MAX).enumerate() {
             let skip = if i == 0 { self.offset } else { 0 };
@@ -366,9 +448,24 @@ impl OutQueue {
         }
     }
 
-    /// Empties the queue for reuse from the loop's pool.
+    /// Queued events, the part the policy bounds by count.
+    pub fn events(&self) -> usize {
+        self.events
+    }
+
+    /// Empties the queue for reuse from the loop's pool; storage a flood made large is
+    /// freed rather than pooled.
     pub fn clear(&mut self) {
+        if self.queue.capacity() > POOLED_ENTRIES_MAX {
+            self.queue = VecDeque::new();
+        }
         self.queue.clear();
+        if self.gaps.capacity() > POOLED_ENTRIES_MAX {
+            self.gaps = Vec::new();
+        }
+        self.pongs = Vec::new();
+        self.pongs_last = 0;
+        self.pongs_waiting = 0;
         self.offset = 0;
         self.bytes = 0;
         self.event_bytes = 0;
@@ -640,5 +737,74 @@ mod tests {
         assert_eq!(&q.queue[0].bytes[..], b"PONG");
         let gap = &q.take_gaps()[0];
         assert_eq!(gap.dropped, 8);
+    }
+
+    #[test]
+    fn pongs_go_ahead_of_queued_bytes_and_a_flood_keeps_a_bounded_number() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"EVENT"));
+        let mut queued = 0isize;
+        for i in 0..10_000u32 {
+            queued += q.push_pong(&[0x8A, 4, b'p', b'0' + (i % 10) as u8, b'x', b'x']);
+        }
+        assert_eq!(
+            queued as usize,
+            PONGS_WAITING_MAX * 6,
+            "at most {PONGS_WAITING_MAX} pongs wait"
+        );
+        assert_eq!(q.bytes(), 5 + PONGS_WAITING_MAX * 6);
+        let out = gathered(&mut q);
+        assert!(out.ends_with(b"EVENT"), "pongs first");
+        // The first fifteen are answered one for one; the last one waiting is the newest.
+        assert_eq!(&out[..6], &[0x8A, 4, b'p', b'0', b'x', b'x']);
+        let last = &out[(PONGS_WAITING_MAX - 1) * 6..PONGS_WAITING_MAX * 6];
+        assert_eq!(
+            last,
+            &[0x8A, 4, b'p', b'9', b'x', b'x'],
+            "9999 was the newest ping"
+        );
+        q.sent(out.len());
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn pongs_never_split_a_half_sent_entry() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"0123456789"));
+        let _ = gathered(&mut q);
+        q.sent(4);
+        q.push_pong(b"PONG");
+        assert_eq!(gathered(&mut q), b"456789PONG");
+    }
+
+    #[test]
+    fn truncating_keeps_what_is_in_flight_and_forgets_the_rest() {
+        let mut q = OutQueue::default();
+        for seq in 1..=3 {
+            q.push_event(bytes_of(seq), &event(seq, "t", None), Policy::DropOldest, LIMITS);
+        }
+        assert!(q.prepare_single().is_none(), "three entries go by SendMsg");
+        let msg = q.prepare();
+        // SAFETY: `prepare` just pointed the msghdr at its iovecs.
+        assert_eq!(unsafe { (*msg).msg_iovlen }, 3);
+        q.sent(1); // "<1>" partly: in flight stays pinned
+        q.push(Bytes::from_static(b"REPLY"));
+        q.push_pong(b"PONG");
+        let dropped = q.truncate_unsent();
+        assert_eq!(dropped, 3 + 3 + 5 + 4, "<2>, <3>, the reply and the pong");
+        assert_eq!(q.bytes(), 2, "the rest of <1>");
+        assert_eq!(q.events(), 1);
+        assert!(!q.has_gaps());
+    }
+
+    #[test]
+    fn a_cleared_queue_gives_back_what_a_flood_grew() {
+        let mut q = OutQueue::default();
+        for _ in 0..10_000 {
+            q.push(Bytes::from_static(b"x"));
+        }
+        q.clear();
+        assert!(q.queue.capacity() <= POOLED_ENTRIES_MAX);
+        assert!(q.is_empty());
     }
 }

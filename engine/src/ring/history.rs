@@ -44,6 +44,24 @@ pub struct Replay<T> {
     /// False when some event of these topics newer than the requested point was evicted
     /// (or may have been: a whole topic forgotten), so the client has a hole.
     pub complete: bool,
+    /// The events stopped at the page's limits; more follow the last one.
+    pub more: bool,
+}
+
+/// How much one [`History::page`] returns.
+#[derive(Clone, Copy, Debug)]
+pub struct PageLimits {
+    pub events: usize,
+    /// Bytes as the events' [`Retained::cost`].
+    pub bytes: usize,
+}
+
+impl PageLimits {
+    /// No limit: the whole range.
+    pub const ALL: PageLimits = PageLimits {
+        events: usize::MAX,
+        bytes: usize::MAX,
+    };
 }
 
 /// Per-topic event logs with global budgets.
@@ -130,35 +148,66 @@ impl<T: Retained> History<T> {
     /// Retained events of `topics` with `after < seq <= upto`, in order. `complete` is
     /// false when one of those topics lost an event newer than `after`.
     pub fn since(&self, topics: &[&str], after: u64, upto: u64, now: Instant) -> Replay<T> {
+        self.page(topics, after, upto, PageLimits::ALL, now)
+    }
+
+    /// The first of those events that fit `limits` (at least one, however large), merged
+    /// across topics in sequence order. `more` says the page stopped at a limit: the
+    /// next page starts after its last event.
+    pub fn page(
+        &self,
+        topics: &[&str],
+        after: u64,
+        upto: u64,
+        limits: PageLimits,
+        now: Instant,
+    ) -> Replay<T> {
         let mut complete = true;
-        let mut events = Vec::new();
+        // One cursor per topic into its log, merged by taking the lowest sequence number:
+        // a connection has at most a few dozen topics, so a scan beats a heap.
+        let mut cursors: Vec<(&VecDeque<Arc<T>>, usize)> = Vec::with_capacity(topics.len());
         for topic in topics {
             match self.topics.get(*topic) {
                 Some(log) => {
                     if log.evicted_upto > after {
                         complete = false;
                     }
-                    let start = log.events.partition_point(|e| e.seq() <= after);
-                    for e in log.events.range(start..) {
-                        if e.seq() > upto {
-                            break;
-                        }
-                        if now.duration_since(e.published()) > self.limits.max_age {
-                            complete = false;
-                            continue;
-                        }
-                        events.push(Arc::clone(e));
-                    }
+                    cursors.push((&log.events, log.events.partition_point(|e| e.seq() <= after)));
                 }
-                None => {
-                    if self.forgotten_upto > after {
-                        complete = false;
-                    }
-                }
+                None if self.forgotten_upto > after => complete = false,
+                None => {}
             }
         }
-        events.sort_unstable_by_key(|e| e.seq());
-        Replay { events, complete }
+        let mut events = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        loop {
+            let next = cursors
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (log, at))| log.get(*at).map(|e| (i, e)))
+                .filter(|(_, e)| e.seq() <= upto)
+                .min_by_key(|(_, e)| e.seq());
+            let Some((i, event)) = next else {
+                break;
+            };
+            if !events.is_empty() && (events.len() >= limits.events || bytes + event.cost() > limits.bytes) {
+                more = true;
+                break;
+            }
+            cursors[i].1 += 1;
+            if now.duration_since(event.published()) > self.limits.max_age {
+                complete = false;
+                continue;
+            }
+            bytes += event.cost();
+            events.push(Arc::clone(event));
+        }
+        Replay {
+            events,
+            complete,
+            more,
+        }
     }
 
     fn trim_topic(&mut self, name: &str, now: Instant) {
@@ -344,5 +393,48 @@ mod tests {
         h.insert(ev(4, "c", now), now);
         assert!(h.bytes() <= 300);
         assert_eq!(seqs(&h.since(&["a", "b", "c"], 0, 4, now)), vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn pages_merge_topics_in_order_and_continue_where_they_stopped() {
+        let now = Instant::now();
+        let mut h = History::new(HistoryLimits {
+            events_per_topic: 100,
+            topics_max: 10,
+            ..limits()
+        });
+        for seq in 1..=9 {
+            h.insert(ev(seq, ["a", "b", "c"][seq as usize % 3], now), now);
+        }
+        let two = PageLimits {
+            events: 2,
+            bytes: usize::MAX,
+        };
+        let mut after = 0;
+        let mut all = Vec::new();
+        loop {
+            let page = h.page(&["a", "b"], after, 8, two, now);
+            assert!(page.complete && page.events.len() <= 2);
+            all.extend(seqs(&page));
+            after = page.events.last().map_or(after, |e| e.seq);
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(all, vec![1, 3, 4, 6, 7], "c's events and 9 (past upto) left out");
+        let bytes = PageLimits {
+            events: 100,
+            bytes: 250,
+        };
+        assert_eq!(seqs(&h.page(&["a", "b", "c"], 0, 9, bytes, now)), vec![1, 2]);
+        let tiny = PageLimits {
+            events: 100,
+            bytes: 1,
+        };
+        assert_eq!(
+            seqs(&h.page(&["a"], 0, 9, tiny, now)),
+            vec![3],
+            "one event always fits"
+        );
     }
 }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use super::{bump, bump_by, control, Shard};
 use crate::conn::outq::{Gap, Pushed};
-use crate::conn::{Kind, State};
+use crate::conn::{flags, Kind, State};
 use crate::event::Event;
 use crate::proto::{json, ws};
 
@@ -46,7 +46,7 @@ impl Shard {
         let hard_cap = self.shared.config.out_queue_bytes_max;
         let (mut delivered, mut dropped, mut coalesced) = (0u64, 0u64, 0u64);
         let mut slow = Vec::new();
-        let mut too_big = Vec::new();
+        let mut overflowed = Vec::new();
         let mut polls = Vec::new();
         'subscribers: for &index in &subscribers {
             let conn = &mut self.conns[index as usize];
@@ -55,7 +55,8 @@ impl Shard {
                 polls.push(index);
                 continue;
             }
-            if !matches!(conn.state, State::Stream | State::Ws) {
+            // A client catching up from the history gets these events from it, in order.
+            if !matches!(conn.state, State::Stream | State::Ws) || conn.has_flag(flags::CATCHING_UP) {
                 continue;
             }
             let kind = conn.kind;
@@ -63,7 +64,7 @@ impl Shard {
                 let conn = &mut self.conns[index as usize];
                 let bytes = event.bytes_for(kind);
                 if conn.queued_bytes() + bytes.len() > hard_cap {
-                    too_big.push(index);
+                    overflowed.push(index);
                     continue 'subscribers;
                 }
                 let out = conn
@@ -101,9 +102,8 @@ impl Shard {
             bump(&self.counters.slow_disconnected);
             self.disconnect_slow(index, &first.topic);
         }
-        for index in too_big {
-            bump(&self.counters.slow_closed);
-            self.close(index);
+        for index in overflowed {
+            self.overflow(index);
         }
     }
 
@@ -124,7 +124,7 @@ impl Shard {
 
     /// The policy said disconnect: drop what is queued (the client resumes from the
     /// history), say why, and close once that is sent.
-    fn disconnect_slow(&mut self, index: u32, topic: &str) {
+    pub(super) fn disconnect_slow(&mut self, index: u32, topic: &str) {
         let conn = &mut self.conns[index as usize];
         let kind = conn.kind;
         if let Some(out) = conn.out.as_mut() {
@@ -147,9 +147,7 @@ impl Shard {
             );
             control(kind, "ringcast.slow", None, &data)
         };
-        self.enqueue(index, notice);
-        self.conns[index as usize].state = State::Draining;
-        self.flush(index);
+        self.send_final(index, notice);
     }
 
     /// The loop was lapped on the broadcast ring and the history could not refill all of
@@ -164,12 +162,16 @@ impl Shard {
         let streams: Vec<(u32, Kind)> = self
             .conns
             .iter()
-            .filter(|(_, c)| matches!(c.state, State::Stream | State::Ws) && c.kind != Kind::WsEcho)
+            // A client catching up hears of losses from its own pages.
+            .filter(|(_, c)| {
+                matches!(c.state, State::Stream | State::Ws)
+                    && c.kind != Kind::WsEcho
+                    && !c.has_flag(flags::CATCHING_UP)
+            })
             .map(|(i, c)| (i as u32, c.kind))
             .collect();
         for (index, kind) in streams {
-            self.enqueue(index, control(kind, "ringcast.gap", None, &data));
-            self.flush(index);
+            self.send_control(index, control(kind, "ringcast.gap", None, &data));
         }
     }
 }

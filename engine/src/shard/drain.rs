@@ -109,9 +109,8 @@ impl Shard {
 
     fn end_stream(&mut self, index: u32, goodbye: Bytes) {
         self.subs.remove_all(&mut self.conns, index);
-        self.enqueue(index, goodbye);
-        self.conns[index as usize].state = State::Draining;
-        self.flush(index);
+        self.end_catchup(index);
+        self.send_final(index, goodbye);
     }
 
     /// A reconnection delay spread over the drain window, so clients told at the same

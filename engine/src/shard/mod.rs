@@ -9,6 +9,7 @@
 //! It never blocks except in `io_uring_enter`, and it never sleeps while the broadcast
 //! ring holds something it has not read (see [`Broadcast::park`]).
 mod backpressure;
+mod catchup;
 mod drain;
 mod poll;
 mod subs;
@@ -26,7 +27,7 @@ use slab::Slab;
 
 use crate::conn::{flags, ops, Conn, Kind, OutQueue, State};
 use crate::engine::{Counters, Shared};
-use crate::event::{Event, LastId};
+use crate::event::Event;
 use crate::proto::http::{self, Method, Request};
 use crate::proto::{json, sse, ws};
 use crate::ring::broadcast::{Broadcast, Read};
@@ -123,10 +124,15 @@ pub struct Shard {
     /// Bytes queued on this loop's connections, all out-queues together (a gauge
     /// published each tick).
     queued: i64,
+    /// The most `queued` has been since memory was last handed back to the OS.
+    queued_peak: i64,
     /// Client messages were queued for the ingest thread this turn: ring it.
     upstream_waiting: bool,
     /// CORS header lines of held long-polls, when `--cors-origin` is configured.
     poll_cors: HashMap<u32, String>,
+    /// Connections catching up from the history, by slab index: the sequence number of
+    /// the last event queued to each (see `catchup`).
+    catchup: HashMap<u32, u64>,
     /// Events refilled from the history after a broadcast-ring overrun, not yet delivered.
     refill: std::collections::VecDeque<Arc<Event>>,
     /// Events read from the ring (or the refill) in one turn, delivered as runs per topic;
@@ -210,8 +216,10 @@ impl Shard {
             due: Vec::new(),
             decoders: HashMap::new(),
             queued: 0,
+            queued_peak: 0,
             upstream_waiting: false,
             poll_cors: HashMap::new(),
+            catchup: HashMap::new(),
             refill: std::collections::VecDeque::new(),
             batch: Vec::with_capacity(DRAIN_BATCH_EVENTS),
             cqes: Vec::with_capacity(1024),
@@ -412,6 +420,7 @@ impl Shard {
         self.counters
             .queued_bytes
             .store(self.queued.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
+        self.release_memory();
         if !self.shutting_down
             && self
                 .shared
@@ -444,6 +453,18 @@ impl Shard {
             }
         }
         self.run_timers();
+    }
+
+    /// Once the loop's backlog has shrunk to a quarter of a peak of a megabyte or more,
+    /// hands the freed memory back to the OS: a burst or a flood must not stay resident.
+    /// Checked each tick, so it runs at most once per drained peak.
+    fn release_memory(&mut self) {
+        const PEAK_MIN: i64 = 1 << 20;
+        self.queued_peak = self.queued_peak.max(self.queued);
+        if self.queued_peak >= PEAK_MIN && self.queued <= self.queued_peak / 4 {
+            crate::sys::alloc::release_free_memory();
+            self.queued_peak = self.queued;
+        }
     }
 
     // ----- receiving and requests --------------------------------------------------------
@@ -618,12 +639,12 @@ impl Shard {
 
     /// Queues a plain-text answer; without keep-alive the connection closes after it.
     fn respond(&mut self, index: u32, status: u16, body: &str, keep_alive: bool, headers: &[(&str, &str)]) {
-        let bytes = http::simple_response(status, body, keep_alive, headers);
-        self.enqueue(index, Bytes::from(bytes));
-        if !keep_alive {
-            self.conns[index as usize].state = State::Draining;
+        let bytes = Bytes::from(http::simple_response(status, body, keep_alive, headers));
+        if keep_alive {
+            self.send_control(index, bytes);
+        } else {
+            self.send_final(index, bytes);
         }
-        self.flush(index);
     }
 
     // ----- SSE ----------------------------------------------------------------------------
@@ -644,11 +665,11 @@ impl Shard {
             } else {
                 self.head_only.clone()
             };
-            self.enqueue(index, head);
-            if !keep_alive {
-                self.conns[index as usize].state = State::Draining;
+            if keep_alive {
+                self.send_control(index, head);
+            } else {
+                self.send_final(index, head);
             }
-            self.flush(index);
             return;
         }
         let kind = match (ndjson, req.minor_version >= 1) {
@@ -677,9 +698,13 @@ impl Shard {
                 Some(lines) => with_cors(&head, &lines),
                 None => head,
             };
-            self.enqueue(index, head);
+            if !self.enqueue(index, head) {
+                return;
+            }
             if let Some(last) = last {
-                self.replay(index, &sub.topics, &last, kind);
+                if !self.replay(index, &sub.topics, &last, kind) {
+                    return;
+                }
             }
             self.flush(index);
         } else {
@@ -693,74 +718,6 @@ impl Shard {
         // The timer still holds the request deadline; the next tick re-arms it for the
         // stream's own (heartbeat, write stall).
         self.arm_timer(index, self.tick.wrapping_add(1));
-    }
-
-    /// Queues what a client resuming from `last` missed, or a `ringcast.reset` event and
-    /// then everything retained when the history cannot fill the gap.
-    fn replay(&mut self, index: u32, topics: &[String], last: &[u8], kind: Kind) {
-        let missed = self.missed_since(topics, last);
-        if let Some(reset) = &missed.reset {
-            let bytes = control(kind, "ringcast.reset", Some(&reset.id), &reset.data);
-            self.enqueue(index, bytes);
-        }
-        for event in missed.events {
-            self.enqueue(index, event.bytes_for(kind));
-        }
-    }
-
-    /// What a client that last saw `last` missed on `topics`, up to this loop's cursor:
-    /// every retained event after it, or, when the history cannot say (an id from another
-    /// epoch, a malformed one, one older than what is retained), a reset and everything
-    /// retained.
-    fn missed_since(&mut self, topics: &[String], last: &[u8]) -> Missed {
-        let epoch = self.shared.epoch;
-        let mut parsed = epoch.parse(last);
-        if let LastId::Seq(seen) = parsed {
-            if seen >= self.next_seq {
-                // Another loop may already have delivered `seen`; catch up so that live
-                // events after it come from this loop's cursor, not a replay.
-                let broadcast = Arc::clone(&self.shared.broadcast);
-                self.catch_up(&broadcast);
-                if seen >= self.next_seq {
-                    parsed = LastId::Malformed;
-                }
-            }
-        }
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let upto = self.next_seq - 1;
-        let now = std::time::Instant::now();
-        let history = self
-            .shared
-            .history
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (reason, replay) = match parsed {
-            LastId::Seq(seen) => {
-                let r = history.since(&names, seen, upto, now);
-                if r.complete {
-                    (None, r)
-                } else {
-                    (Some("expired"), history.since(&names, 0, upto, now))
-                }
-            }
-            LastId::OtherEpoch => (Some("unknown-epoch"), history.since(&names, 0, upto, now)),
-            LastId::Malformed => (Some("malformed-id"), history.since(&names, 0, upto, now)),
-        };
-        drop(history);
-        let reset = reason.map(|reason| {
-            bump(&self.counters.resets);
-            let oldest = replay.events.first().map(|e| e.seq);
-            let reset_seq = oldest.map_or(upto, |s| s - 1);
-            Reset {
-                id: epoch.id(reset_seq),
-                data: reset_json(reason, last, oldest.map(|s| epoch.id(s))),
-            }
-        });
-        bump_by(&self.counters.replayed, replay.events.len() as u64);
-        Missed {
-            reset,
-            events: replay.events,
-        }
     }
 
     /// Delivers what the broadcast ring holds, at most one batch per loop turn: between
@@ -851,13 +808,65 @@ impl Shard {
 
     // ----- sending --------------------------------------------------------------------------
 
-    fn enqueue(&mut self, index: u32, bytes: Bytes) {
+    /// Queues control bytes for connection `index`. Every byte queued for a client counts
+    /// against its cap (`--out-queue-bytes-max`), whatever the client did to cause it: a
+    /// client that would exceed it is failed instead (see [`Shard::overflow`]) and false
+    /// is returned, after which the caller must leave the connection alone.
+    #[must_use]
+    fn enqueue(&mut self, index: u32, bytes: Bytes) -> bool {
         let conn = &mut self.conns[index as usize];
+        if conn.queued_bytes() + bytes.len() > self.shared.config.out_queue_bytes_max {
+            self.overflow(index);
+            return false;
+        }
         let out = conn
             .out
             .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
         self.queued += bytes.len() as i64;
         out.push(bytes);
+        true
+    }
+
+    /// Queues control bytes and sends them.
+    fn send_control(&mut self, index: u32, bytes: Bytes) {
+        if self.enqueue(index, bytes) {
+            self.flush(index);
+        }
+    }
+
+    /// Queues a connection's last bytes: once they are sent, it closes.
+    fn send_final(&mut self, index: u32, bytes: Bytes) {
+        if self.enqueue(index, bytes) {
+            self.conns[index as usize].state = State::Draining;
+            self.flush(index);
+        }
+    }
+
+    /// A client's unsent bytes would exceed its cap: everything not yet handed to the
+    /// kernel is dropped, and a WebSocket is closed with 1008 (RFC 6455 §7.4.1, policy),
+    /// any other connection at once. The write-stall deadline reaps a WebSocket that
+    /// does not read its close frame either.
+    fn overflow(&mut self, index: u32) {
+        bump(&self.counters.slow_closed);
+        self.queued_peak = self.queued_peak.max(self.queued);
+        let conn = &mut self.conns[index as usize];
+        if conn.state != State::Ws {
+            return self.close(index);
+        }
+        if let Some(out) = conn.out.as_mut() {
+            self.queued -= out.truncate_unsent() as i64;
+        }
+        self.end_catchup(index);
+        let mut frame = Vec::with_capacity(32);
+        ws::encode_close(&mut frame, ws::close::POLICY, "send queue limit exceeded");
+        let conn = &mut self.conns[index as usize];
+        let out = conn
+            .out
+            .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+        self.queued += frame.len() as i64;
+        out.push(Bytes::from(frame));
+        conn.state = State::Draining;
+        self.flush(index);
     }
 
     fn flush(&mut self, index: u32) {
@@ -940,6 +949,16 @@ impl Shard {
         let out = conn.out.as_mut().expect("a send completed, so a queue exists");
         out.sent(res as usize);
         self.queued -= i64::from(res);
+        if conn.has_flag(flags::CATCHING_UP) {
+            self.next_page(index);
+            if self.conns[index as usize].state == State::Closing {
+                return;
+            }
+        }
+        let conn = &mut self.conns[index as usize];
+        let Some(out) = conn.out.as_mut() else {
+            return;
+        };
         if !out.is_empty() {
             self.flush(index);
             return;
@@ -994,6 +1013,7 @@ impl Shard {
         let (file, generation) = (conn.file, conn.generation);
         conn.ops |= ops::CANCEL;
         self.wheel.remove(index);
+        self.end_catchup(index);
         self.decoders.remove(&index);
         self.poll_cors.remove(&index);
         self.subs.remove_all(&mut self.conns, index);
@@ -1086,10 +1106,12 @@ struct Reset {
     data: String,
 }
 
-/// The answer of `Shard::missed_since`.
+/// The answer of `Shard::missed_since`: one page of what a resuming client missed.
 struct Missed {
     reset: Option<Reset>,
     events: Vec<Arc<Event>>,
+    /// More than the page: the rest follows its last event.
+    more: bool,
 }
 
 /// The response head of an NDJSON stream, built once per loop.

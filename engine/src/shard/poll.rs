@@ -72,10 +72,11 @@ impl Shard {
         .min(self.shared.config.poll_wait_max_ms);
         let after = http::query_param(req.query, "after");
         let missed = match &after {
-            Some(after) => self.missed_since(&sub.topics, after.as_bytes()),
+            Some(after) => self.missed_since(&sub.topics, after.as_bytes(), self.page_limits()),
             None => Missed {
                 reset: None,
                 events: Vec::new(),
+                more: false,
             },
         };
         bump(&self.counters.polls);
@@ -151,11 +152,11 @@ impl Shard {
         }
         head.push_str("\r\n");
         head.push_str(body);
-        self.enqueue(index, Bytes::from(head));
-        if !keep_alive {
-            self.conns[index as usize].state = State::Draining;
+        if keep_alive {
+            self.send_control(index, Bytes::from(head));
+        } else {
+            self.send_final(index, Bytes::from(head));
         }
-        self.flush(index);
     }
 
     /// The cursor after `events`, or, with none, the id the client passed (still valid)
@@ -171,7 +172,7 @@ impl Shard {
             {
                 after.to_string()
             }
-            _ => self.shared.epoch.id(self.next_seq - 1),
+            _ => self.shared.epoch.id(self.delivered_upto()),
         }
     }
 
@@ -198,11 +199,11 @@ impl Shard {
             head.push_str("Connection: close\r\n");
         }
         head.push_str("\r\n");
-        self.enqueue(index, Bytes::from(head));
-        if !keep_alive {
-            self.conns[index as usize].state = State::Draining;
+        if keep_alive {
+            self.send_control(index, Bytes::from(head));
+        } else {
+            self.send_final(index, Bytes::from(head));
         }
-        self.flush(index);
     }
 }
 

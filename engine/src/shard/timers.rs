@@ -238,9 +238,7 @@ impl Shard {
         let bytes = self.static_bytes(index, which);
         let conn = &mut self.conns[index as usize];
         if conn.has_op(ops::SEND) || conn.out.is_some() {
-            self.enqueue(index, bytes);
-            self.flush(index);
-            return;
+            return self.send_control(index, bytes);
         }
         conn.ops |= ops::SEND
             | match which {

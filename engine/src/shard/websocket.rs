@@ -91,7 +91,9 @@ impl Shard {
                 .or_else(|| sub.last_event_id.map(String::into_bytes));
             (kind, sub.topics, last)
         };
-        self.enqueue(index, Bytes::from(ws::switching_protocols(upgrade.key)));
+        if !self.enqueue(index, Bytes::from(ws::switching_protocols(upgrade.key))) {
+            return;
+        }
         let tick = self.tick;
         let conn = &mut self.conns[index as usize];
         conn.state = State::Ws;
@@ -99,7 +101,9 @@ impl Shard {
         conn.staging = None;
         conn.mark = tick;
         if let Some(last) = last {
-            self.replay(index, &topics, &last, kind);
+            if !self.replay(index, &topics, &last, kind) {
+                return;
+            }
         }
         for topic in &topics {
             self.subs.add(&mut self.conns, index, topic);
@@ -163,7 +167,7 @@ impl Shard {
             Message::Binary(payload) if kind == Kind::WsEcho => self.ws_send(index, Opcode::Binary, payload),
             Message::Text(payload) => self.on_client_text(index, payload),
             Message::Binary(payload) => self.upstream(index, false, payload),
-            Message::Ping(payload) => self.ws_send(index, Opcode::Pong, payload),
+            Message::Ping(payload) => self.ws_pong(index, payload),
             Message::Pong(_) => {}
             Message::Close { code, .. } => {
                 // Echo the peer's code (§5.5.1); a close without one is answered likewise.
@@ -172,30 +176,42 @@ impl Shard {
                     Some(code) => ws::encode_close(&mut frame, code, ""),
                     None => ws::encode_frame(&mut frame, Opcode::Close, true, &[]),
                 }
-                self.enqueue(index, Bytes::from(frame));
-                self.conns[index as usize].state = State::Draining;
-                self.flush(index);
+                self.send_final(index, Bytes::from(frame));
                 return false;
             }
         }
-        true
+        // A reply may have failed the client for exceeding its cap.
+        self.conns[index as usize].state == State::Ws
+    }
+
+    /// Answers a ping. Pongs wait outside the queue until the next send, and a flood of
+    /// pings costs a bounded number of them (see `OutQueue::push_pong`).
+    fn ws_pong(&mut self, index: u32, payload: &[u8]) {
+        let mut frame = Vec::with_capacity(payload.len() + 2);
+        ws::encode_frame(&mut frame, Opcode::Pong, true, payload);
+        let conn = &mut self.conns[index as usize];
+        if conn.queued_bytes() + frame.len() > self.shared.config.out_queue_bytes_max {
+            return self.overflow(index);
+        }
+        let out = conn
+            .out
+            .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+        self.queued += out.push_pong(&frame) as i64;
+        self.flush(index);
     }
 
     /// Queues one unfragmented frame.
     fn ws_send(&mut self, index: u32, opcode: Opcode, payload: &[u8]) {
         let mut frame = Vec::with_capacity(payload.len() + 10);
         ws::encode_frame(&mut frame, opcode, true, payload);
-        self.enqueue(index, Bytes::from(frame));
-        self.flush(index);
+        self.send_control(index, Bytes::from(frame));
     }
 
     /// Fails the connection (§7.1.7): a close frame with `code`, then the TCP close.
     pub(super) fn ws_close(&mut self, index: u32, code: u16, reason: &str) {
         let mut frame = Vec::with_capacity(reason.len() + 4);
         ws::encode_close(&mut frame, code, reason);
-        self.enqueue(index, Bytes::from(frame));
-        self.conns[index as usize].state = State::Draining;
-        self.flush(index);
+        self.send_final(index, Bytes::from(frame));
     }
 
     fn on_client_text(&mut self, index: u32, payload: &[u8]) {
@@ -234,11 +250,10 @@ impl Shard {
             }
         }
         text.push(b'}');
-        self.enqueue(
+        self.send_control(
             index,
             ws_control(std::str::from_utf8(&text).expect("JSON is UTF-8")),
         );
-        self.flush(index);
     }
 
     fn ws_subscribe(&mut self, index: u32, topic: &str) -> Result<&'static str, &'static str> {
@@ -329,10 +344,9 @@ impl Shard {
         text.extend_from_slice(b"{\"event\":\"ringcast.error\",\"reason\":");
         json::push_string(&mut text, reason);
         text.extend_from_slice(b",\"topic\":null}");
-        self.enqueue(
+        self.send_control(
             index,
             ws_control(std::str::from_utf8(&text).expect("JSON is UTF-8")),
         );
-        self.flush(index);
     }
 }
