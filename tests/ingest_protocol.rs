@@ -1,8 +1,9 @@
 //! The publisher protocol on the ingest socket, spoken byte for byte: replies in order
 //! for pipelined commands; refusals that keep the connection (the same connection then
-//! publishes fine, and nothing refused reaches a subscriber); framing errors that close
-//! it without disturbing other publishers; a publisher vanishing mid-frame; CRLF line
-//! ends; and payloads up to the 1 MiB default limit arriving intact.
+//! publishes fine, and nothing refused reaches a subscriber); framing errors, and payloads
+//! announced over the limit, that close it at once without disturbing other publishers;
+//! a publisher vanishing mid-frame; CRLF line ends; and payloads up to the 1 MiB default
+//! limit arriving intact.
 use std::time::Duration;
 
 use ringcast_tests::engine::Engine;
@@ -56,7 +57,6 @@ fn refusals_keep_the_connection_and_publish_nothing() {
     let mut p = Publisher::connect(&engine.ingest);
     // Payloads are "PING" lines: if a refused frame's payload were read as commands, a
     // stray +PONG would come back in place of the next reply.
-    let over_limit = pub_frame("t", "PING\n".repeat(1000).as_bytes(), "");
     let long_topic = pub_frame(&"t".repeat(201), b"PING", "");
     let long_event = pub_frame("t", b"PING", &format!("event={}", "e".repeat(65)));
     let bad: Vec<&[u8]> = vec![
@@ -66,7 +66,6 @@ fn refusals_keep_the_connection_and_publish_nothing() {
         b"PUB t 4 bogus=1\nPING\n",
         b"PUB t 4 key=\nPING\n",
         b"PUB t 3\n\xff\xfe\xfd\n",
-        &over_limit,
         &long_topic,
         &long_event,
     ];
@@ -85,16 +84,30 @@ fn refusals_keep_the_connection_and_publish_nothing() {
 }
 
 #[test]
-fn payload_limit_is_inclusive() {
+fn payload_limit_is_inclusive_and_a_larger_length_is_refused_at_once() {
     let engine = Engine::start(&["--payload-max", "1024"]);
     let mut sub = SseClient::subscribe(engine.addr, &["t"]);
     let mut p = Publisher::connect(&engine.ingest);
     let at_limit = "x".repeat(1024);
     let id = p.publish("t", at_limit.as_bytes());
     assert_eq!(sub.expect_event(), message(&id, &at_limit));
-    let over = pub_frame("t", "y".repeat(1025).as_bytes(), "");
-    p.send(&over);
-    assert_refused(&p.reply(), &over);
+    // Refused from the line alone, before any payload: the engine will not read 2 GiB,
+    // and commands behind a wrong length are never taken for payload.
+    for line in [
+        &b"PUB t 1025\n"[..],
+        b"PUB t 2147483648\nPING\n",
+        b"SEND 0.1.1 4096\n",
+    ] {
+        let mut p = Publisher::connect(&engine.ingest);
+        p.send(line);
+        let reply = p.reply();
+        assert!(
+            reply.starts_with("-ERR payload of ")
+                && reply.ends_with("exceeds the limit of 1024 bytes; closing"),
+            "{reply:?}"
+        );
+        assert!(p.closes_within(WAIT), "closed after the refusal");
+    }
     let id = p.publish("t", b"next");
     assert_eq!(sub.expect_event(), message(&id, "next"));
 }

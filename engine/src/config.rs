@@ -20,6 +20,14 @@ fn parse_policy(s: &str) -> Result<(String, Policy), String> {
 }
 
 /// Whether `topic` matches `pattern`: exact, `prefix*`, `*suffix` or `*`.
+/// An octal file mode such as `0600` or `660`.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode from 0 to 0777 (for example 0600)"))
+}
+
 pub fn topic_matches(pattern: &str, topic: &str) -> bool {
     if pattern == "*" {
         true
@@ -70,6 +78,17 @@ pub struct Config {
         env = "RINGCAST_INGEST"
     )]
     pub ingest: PathBuf,
+
+    /// Permissions of the ingest socket, in octal: who may connect, and so publish. Set by
+    /// the engine itself whatever the umask (0600: the engine's own user only).
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "0600",
+        value_parser = parse_mode,
+        env = "RINGCAST_INGEST_MODE"
+    )]
+    pub ingest_mode: u32,
 
     /// Event loops, one thread each [default: the number of CPUs].
     #[arg(long, value_name = "N", env = "RINGCAST_LOOPS")]
@@ -132,6 +151,17 @@ pub struct Config {
         env = "RINGCAST_PUBLISHERS_MAX"
     )]
     pub publishers_max: usize,
+
+    /// A publisher that sends no command (PING counts) for this long is closed, so idle
+    /// connections cannot hold every slot; 0 never. Backends listening for upstream
+    /// messages, and the admin listener's own publishing, are exempt.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 60_000,
+        env = "RINGCAST_PUBLISHER_IDLE_MS"
+    )]
+    pub publisher_idle_ms: u64,
 
     /// Slots of the broadcast ring between the ingest thread and the loops (a power of two).
     #[arg(long, value_name = "N", default_value_t = 16_384, env = "RINGCAST_RING_SLOTS")]
@@ -453,7 +483,8 @@ pub fn example_file(serve: &clap::Command) -> String {
             )
         } else {
             match defaults.first() {
-                Some(d) if d.parse::<i64>().is_ok() => d.clone(),
+                // A TOML integer has no leading zero: a mode such as 0600 stays a string.
+                Some(d) if d.parse::<i64>().is_ok() && (d.len() == 1 || !d.starts_with('0')) => d.clone(),
                 Some(d) => format!("{d:?}"),
                 None => {
                     out.push_str(&format!("# {long} =\n"));

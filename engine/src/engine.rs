@@ -147,7 +147,15 @@ pub fn run(config: Config) -> Result<(), EngineError> {
     let admin_addr = admin
         .local_addr()
         .map_err(|e| EngineError::Start(e.to_string()))?;
-    let listener = sys::socket::ingest_listener(&config.ingest)?;
+    // Created owner-only, then given its mode: never briefly open to anyone.
+    let listener = sys::perm::with_umask(0o177, || sys::socket::ingest_listener(&config.ingest))?;
+    sys::perm::set_mode(&config.ingest, config.ingest_mode).map_err(|e| {
+        EngineError::Start(format!(
+            "cannot set the mode of the ingest socket {} to {:o}: {e}",
+            config.ingest.display(),
+            config.ingest_mode
+        ))
+    })?;
     let socket_file = sys::socket::FileId::of(&config.ingest);
     // A second descriptor keeps the socket listening until this function returns, so an
     // engine started on the same path during our shutdown is told it is in use rather

@@ -5,6 +5,13 @@
 //!
 //! This thread is the broadcast ring's only producer. It runs its own small io_uring over
 //! plain descriptors: publishers are few and each owns an input buffer.
+//!
+//! Slots: at most `--publishers-max` publishers at once, and beyond them up to
+//! [`OWN_CONNECTIONS_MAX`] connections from the engine's own process (the admin
+//! listener's `POST /publish`, recognised by `SO_PEERCRED`), so that idle or hostile
+//! publishers can never lock HTTP publishing out. A publisher that sends no command for
+//! `--publisher-idle-ms` is told so and closed, unless it listens for upstream messages
+//! (a backend waiting for them may be quiet for hours) or is the engine's own.
 pub mod client;
 
 use std::io;
@@ -61,6 +68,10 @@ const EXPIRE_EVERY_TICKS: u32 = 10;
 const LINE_MAX: usize = 1024;
 /// Ticks shutdown waits for publishers to read their acknowledgements.
 const SHUTDOWN_TICKS: u32 = 20;
+/// Connections from the engine's own process accepted beyond `--publishers-max`.
+pub const OWN_CONNECTIONS_MAX: usize = 8;
+/// Idle publishers are looked for this often (1 s).
+const IDLE_CHECK_TICKS: u32 = 10;
 
 struct Publisher {
     stream: UnixStream,
@@ -77,6 +88,10 @@ struct Publisher {
     closing: bool,
     /// Sent `UPSTREAM`: client messages are pushed to it.
     upstream: bool,
+    /// Connected from the engine's own process: in a reserved slot, never idle-closed.
+    own: bool,
+    /// The tick of the last complete command (or of the connect).
+    last_command: u32,
 }
 
 struct Ingest {
@@ -228,8 +243,18 @@ impl Ingest {
         }
         // SAFETY: a successful accept returns a new descriptor that nothing else owns.
         let stream = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(res) };
-        if self.publishers.len() >= self.shared.config.publishers_max {
+        let own = crate::sys::socket::peer_pid(&stream) == Some(std::process::id() as i32);
+        let taken = self.publishers.iter().filter(|(_, p)| p.own == own).count();
+        let room = if own {
+            OWN_CONNECTIONS_MAX
+        } else {
+            self.shared.config.publishers_max
+        };
+        if taken >= room {
             let _ = (&stream).write_reply(b"-ERR too many publishers connected; closing\r\n");
+            if !self.accept_armed {
+                self.arm_accept();
+            }
             return;
         }
         let index = self.publishers.insert(Publisher {
@@ -243,6 +268,8 @@ impl Ingest {
             send_armed: false,
             closing: false,
             upstream: false,
+            own,
+            last_command: self.ticks,
         });
         self.arm_recv(index);
         if !self.accept_armed {
@@ -302,6 +329,7 @@ impl Ingest {
             match decoded {
                 Decoded::Command { command, consumed } => {
                     at += consumed;
+                    self.publishers[index].last_command = self.ticks;
                     self.execute(index, command);
                 }
                 Decoded::Error { error, consumed } => {
@@ -545,12 +573,46 @@ impl Ingest {
             self.arm_accept();
         }
         self.ring_doorbells(true);
+        if self.ticks.is_multiple_of(IDLE_CHECK_TICKS) {
+            self.close_idle();
+        }
         if self.ticks.is_multiple_of(EXPIRE_EVERY_TICKS) {
             self.shared
                 .history
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .expire(Instant::now());
+        }
+    }
+}
+
+impl Ingest {
+    /// Tells publishers that have sent no command for `--publisher-idle-ms` why they are
+    /// closed, and closes them: shutting the read side ends their pending receive, and
+    /// the connection goes once the reply is sent.
+    fn close_idle(&mut self) {
+        let idle_ms = self.shared.config.publisher_idle_ms;
+        if idle_ms == 0 {
+            return;
+        }
+        let idle_ticks = u32::try_from(idle_ms.div_ceil(TICK_MS)).unwrap_or(u32::MAX);
+        let now = self.ticks;
+        let idle: Vec<usize> = self
+            .publishers
+            .iter()
+            .filter(|(_, p)| {
+                !p.own && !p.upstream && !p.closing && now.wrapping_sub(p.last_command) >= idle_ticks
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for index in idle {
+            let p = &mut self.publishers[index];
+            p.replies.extend_from_slice(
+                format!("-ERR no command for {idle_ms} ms (see --publisher-idle-ms); closing\r\n").as_bytes(),
+            );
+            p.closing = true;
+            let _ = p.stream.shutdown(std::net::Shutdown::Read);
+            self.flush(index);
         }
     }
 }

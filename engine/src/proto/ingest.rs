@@ -17,15 +17,10 @@
 //! QUIT\n                                           -> "+BYE\r\n", then the engine closes
 //! ```
 //!
-//! Decoder states: `Idle` reads a line; a `PUB` whose length is above `payload_max`
-//! moves to `Skipping(remaining)`, which drops payload bytes as they arrive, then
-//! needs the terminator and reports the error:
-//!
-//! ```text
-//!   Idle --PUB len > payload_max--> Skipping(len) --payload gone, LF/CRLF--> Idle (-ERR)
-//!    ^  \--any other line: Command / Error / Partial                  |
-//!    \--------------------------------------------------------------/
-//! ```
+//! A `PUB` or `SEND` whose length is above `payload_max` is refused as soon as its line
+//! is read, before any of its payload, and the connection closes: skipping the payload
+//! would mean reading it after all (up to 2^64 bytes), and a wrong length would turn the
+//! commands behind it into payload. So the decoder holds no state between calls.
 
 use std::fmt;
 
@@ -49,7 +44,8 @@ const TOKEN_ECHO_MAX: usize = 32;
 /// Bounds on what one connection may make the decoder hold.
 #[derive(Clone, Copy, Debug)]
 pub struct IngestLimits {
-    /// Largest payload accepted, in bytes; a larger one is skipped and refused.
+    /// Largest payload accepted, in bytes; a `PUB` announcing more is refused at once
+    /// and the connection closes.
     pub payload_max: usize,
     /// Longest command line, in bytes before the LF (a CR counts).
     pub line_max: usize,
@@ -119,7 +115,7 @@ pub enum IngestError {
     /// An unknown option, a repeated one, or an argument to `PING`/`QUIT` (lossy UTF-8,
     /// at most 32 chars).
     BadOption(String),
-    /// The payload is longer than `payload_max`; it was skipped unread.
+    /// The announced payload is longer than `payload_max`; none of it is read. Fatal.
     PayloadTooLarge {
         /// The length the `PUB` line announced.
         len: u64,
@@ -154,6 +150,7 @@ impl IngestError {
                 | IngestError::MalformedSend
                 | IngestError::LineTooLong { .. }
                 | IngestError::MissingTerminator
+                | IngestError::PayloadTooLarge { .. }
         )
     }
 }
@@ -187,7 +184,10 @@ impl fmt::Display for IngestError {
                  once; PING and QUIT take no arguments"
             ),
             IngestError::PayloadTooLarge { len, max } => {
-                write!(f, "payload of {len} bytes exceeds the limit of {max} bytes")
+                write!(
+                    f,
+                    "payload of {len} bytes exceeds the limit of {max} bytes; closing"
+                )
             }
             IngestError::NotUtf8 => write!(f, "payload is not valid UTF-8"),
             IngestError::MalformedPub => write!(
@@ -248,19 +248,10 @@ pub enum Decoded<'a> {
     },
 }
 
-/// The skip-countdown state: a refused payload still streaming past.
-#[derive(Clone, Copy, Debug)]
-struct Skip {
-    /// Payload bytes still to drop before the terminator.
-    remaining: u64,
-    /// The length the `PUB` line announced, for the error.
-    len: u64,
-}
-
 /// Decodes the ingest protocol from a caller-owned buffer; see the module docs.
 ///
-/// Holds only the skip countdown, so the caller owns every byte and may compact its
-/// buffer between calls. The caller loop:
+/// Holds nothing between calls but its limits, so the caller owns every byte and may
+/// compact its buffer between calls. The caller loop:
 ///
 /// ```text
 /// loop { match dec.decode(&buf[start..]) {
@@ -272,7 +263,6 @@ struct Skip {
 #[derive(Debug)]
 pub struct IngestDecoder {
     limits: IngestLimits,
-    skip: Option<Skip>,
 }
 
 /// Where a payload's terminator stands.
@@ -298,7 +288,7 @@ impl IngestDecoder {
     /// A decoder in the `Idle` state.
     #[must_use]
     pub fn new(limits: IngestLimits) -> Self {
-        IngestDecoder { limits, skip: None }
+        IngestDecoder { limits }
     }
 
     /// Decodes the next command, error or need for input at the start of `buf`.
@@ -307,9 +297,6 @@ impl IngestDecoder {
     /// stream whole or in any pieces (with the caller loop above) yields the same
     /// commands and errors. A complete command in `buf` is always returned.
     pub fn decode<'a>(&mut self, buf: &'a [u8]) -> Decoded<'a> {
-        if let Some(skip) = self.skip {
-            return self.continue_skip(skip, buf, 0);
-        }
         let mut start = 0;
         loop {
             let rest = &buf[start..];
@@ -380,14 +367,19 @@ impl IngestDecoder {
                 consumed: line_end,
             };
         };
-        // The size decides whether the payload is buffered at all, so it is checked
-        // before anything else; other faults of an oversized PUB go unreported.
+        // The size decides whether the payload is read at all, so it is checked before
+        // anything else; other faults of an oversized PUB go unreported.
         let len_fits = usize::try_from(len)
             .ok()
             .filter(|&n| n <= self.limits.payload_max);
         let Some(payload_len) = len_fits else {
-            let skip = Skip { remaining: len, len };
-            return self.continue_skip(skip, buf, line_end);
+            return Decoded::Error {
+                error: IngestError::PayloadTooLarge {
+                    len,
+                    max: self.limits.payload_max,
+                },
+                consumed: line_end,
+            };
         };
         let payload_end = line_end.saturating_add(payload_len);
         let partial = Decoded::Partial {
@@ -416,40 +408,6 @@ impl IngestDecoder {
             Ok(command) => Decoded::Command { command, consumed },
             Err(error) => Decoded::Error { error, consumed },
         }
-    }
-
-    /// Drops the bytes of a refused payload from `buf[from..]`, then its terminator.
-    fn continue_skip<'a>(&mut self, mut skip: Skip, buf: &'a [u8], from: usize) -> Decoded<'a> {
-        let available = buf.len() - from;
-        let dropped = usize::try_from(skip.remaining).map_or(available, |r| r.min(available));
-        skip.remaining -= dropped as u64;
-        let at = from + dropped;
-        if skip.remaining > 0 {
-            self.skip = Some(skip);
-            return Decoded::Partial {
-                consumed: at,
-                need: None,
-            };
-        }
-        let (error, consumed) = match terminator(&buf[at..]) {
-            Terminator::Incomplete => {
-                self.skip = Some(skip);
-                return Decoded::Partial {
-                    consumed: at,
-                    need: Some(2),
-                };
-            }
-            Terminator::Missing => (IngestError::MissingTerminator, at + 1),
-            Terminator::Found(width) => {
-                let error = IngestError::PayloadTooLarge {
-                    len: skip.len,
-                    max: self.limits.payload_max,
-                };
-                (error, at + width)
-            }
-        };
-        self.skip = None;
-        Decoded::Error { error, consumed }
     }
 }
 
@@ -970,73 +928,56 @@ mod tests {
     }
 
     #[test]
-    fn oversized_payload_is_skipped_in_pieces_without_buffering() {
+    fn an_oversized_payload_is_refused_from_its_line_alone_and_is_fatal() {
         let limits = IngestLimits {
             payload_max: 100,
             line_max: 64,
         };
-        let mut stream = b"PUB t 1000 event=e\r\n".to_vec();
-        stream.extend_from_slice(&[b'\n'; 1000]);
-        stream.extend_from_slice(b"\r\nPUB t 2\nok\n");
-        let expected = [
-            err(IngestError::PayloadTooLarge { len: 1000, max: 100 }),
-            publish("t", None, None, b"ok"),
-        ];
-        // `drive` asserts the buffer never holds more than a line and a payload.
-        for size in [1, 2, 3, 7, 64, 999] {
-            assert_eq!(drive(limits, stream.chunks(size)), expected, "chunks of {size}");
+        // Nothing of the payload is needed: the line decides, whatever follows it.
+        for stream in [
+            &b"PUB t 1000 event=e\r\n"[..],
+            b"PUB t 1000\nxx",
+            b"SEND 0.1.2 101\n",
+        ] {
+            let mut dec = IngestDecoder::new(limits);
+            let line_end = stream.iter().position(|&b| b == b'\n').unwrap() + 1;
+            match dec.decode(stream) {
+                Decoded::Error { error, consumed } => {
+                    assert!(error.is_fatal(), "{error}");
+                    assert!(matches!(error, IngestError::PayloadTooLarge { max: 100, .. }));
+                    assert_eq!(consumed, line_end);
+                }
+                other => panic!("{other:?}"),
+            }
         }
-        // The decoder itself releases skipped bytes as soon as it sees them.
-        let mut dec = IngestDecoder::new(limits);
-        assert_eq!(
-            dec.decode(&stream[..30]),
-            Decoded::Partial {
-                consumed: 30,
-                need: None
-            }
-        );
-        assert_eq!(
-            dec.decode(&stream[30..1020]),
-            Decoded::Partial {
-                consumed: 990,
-                need: Some(2)
-            }
-        );
-        assert_eq!(
-            dec.decode(b"\r"),
-            Decoded::Partial {
-                consumed: 0,
-                need: Some(2)
-            }
-        );
-        assert_eq!(
-            dec.decode(b"\r\n"),
-            Decoded::Error {
-                error: IngestError::PayloadTooLarge { len: 1000, max: 100 },
-                consumed: 2
-            }
-        );
+        // Lengths beyond usize, and 2 GiB, are refused the same way.
+        for len in ["18446744073709551615", "2147483648"] {
+            let line = format!("PUB t {len}\nPING\n");
+            assert_eq!(
+                whole(limits, line.as_bytes()),
+                [err(IngestError::PayloadTooLarge {
+                    len: len.parse().unwrap(),
+                    max: 100
+                })],
+                "the PING behind it is never read as payload"
+            );
+        }
+        // At the limit a payload is taken.
+        let mut at_limit = b"PUB t 100\n".to_vec();
+        at_limit.extend_from_slice(&[b'x'; 100]);
+        at_limit.extend_from_slice(b"\n");
+        assert_eq!(whole(limits, &at_limit), [publish("t", None, None, &[b'x'; 100])]);
     }
 
     #[test]
-    fn oversized_payload_without_terminator_is_fatal() {
+    fn a_payload_without_terminator_is_fatal() {
         let limits = IngestLimits {
-            payload_max: 4,
+            payload_max: 8,
             line_max: 64,
         };
         assert_eq!(
             whole(limits, b"PUB t 5\n12345xPING\n"),
             [err(IngestError::MissingTerminator)]
-        );
-        // Lengths beyond usize and payload_max are skipped, not refused as malformed.
-        let mut dec = IngestDecoder::new(limits);
-        let line = b"PUB t 18446744073709551615\n";
-        assert_eq!(
-            dec.decode(line),
-            Decoded::Partial {
-                consumed: line.len(),
-                need: None
-            }
         );
     }
 
@@ -1050,7 +991,7 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "+OK 42-1\r\n\
              -ERR unknown command \"a\\r\\nb\": expected PUB, SEND, UPSTREAM, PING or QUIT\r\n\
-             -ERR payload of 5 bytes exceeds the limit of 4 bytes\r\n"
+             -ERR payload of 5 bytes exceeds the limit of 4 bytes; closing\r\n"
         );
         assert_eq!((PONG, BYE), (&b"+PONG\r\n"[..], &b"+BYE\r\n"[..]));
     }
@@ -1065,10 +1006,10 @@ mod tests {
         assert!(IngestError::BadKey.to_string().contains("200"));
     }
 
-    /// A stream that exercises every path: commands, framing-keeping errors, a skipped
-    /// payload, empty lines, and a fatal error at the end.
+    /// A stream that exercises every path: commands, framing-keeping errors, a payload
+    /// at the limit, empty lines, and a fatal error at the end.
     const STREAM: &[u8] = b"\r\nPING\nPUB a 3 event=e key=k\r\n\r\n\n\r\nbogus x\n\
-        PUB b 12\n0123456789ab\nPUB bad$ 1\nx\r\n  \nPUB c 2\n\xff\xfe\n\
+        PUB b 8\n01234567\nPUB bad$ 1\nx\r\n  \nPUB c 2\n\xff\xfe\n\
         PUB d 1\n\xc3\nPUB e 0\n\nping\nPUB f 2\nxyz\n";
 
     fn split_limits() -> IngestLimits {
@@ -1083,7 +1024,7 @@ mod tests {
         let expected = whole(split_limits(), STREAM);
         assert_eq!(expected.len(), 10, "{expected:?}");
         assert_eq!(expected[2], err(IngestError::UnknownCommand("bogus".into())));
-        assert_eq!(expected[3], err(IngestError::PayloadTooLarge { len: 12, max: 8 }));
+        assert_eq!(expected[3], publish("b", None, None, b"01234567"));
         assert_eq!(expected[9], err(IngestError::MissingTerminator));
         for cut in 0..=STREAM.len() {
             let (a, b) = STREAM.split_at(cut);
