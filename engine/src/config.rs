@@ -90,6 +90,50 @@ pub struct Config {
     )]
     pub ingest_mode: u32,
 
+    /// Run as one node of a cluster on NATS JetStream: the NATS servers to connect to
+    /// (comma-separated or repeated). Every node given the same backplane and stream is one
+    /// cluster. Without it the engine is a single node with in-memory history.
+    #[arg(
+        long,
+        value_name = "nats://HOST:PORT",
+        env = "RINGCAST_BACKPLANE",
+        value_delimiter = ','
+    )]
+    pub backplane: Vec<String>,
+
+    /// The JetStream stream the cluster shares (created if missing). Its subjects are
+    /// `<NAME>.<topic>`.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "RINGCAST",
+        env = "RINGCAST_BACKPLANE_STREAM"
+    )]
+    pub backplane_stream: String,
+
+    /// Replicas of the stream when ringcast creates it (1, or 3 or 5 on a NATS cluster).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        env = "RINGCAST_BACKPLANE_REPLICAS"
+    )]
+    pub backplane_replicas: usize,
+
+    /// How long a publish waits for JetStream to store it before it is refused with
+    /// `-ERR backplane unavailable`, in milliseconds.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 3000,
+        env = "RINGCAST_BACKPLANE_TIMEOUT_MS"
+    )]
+    pub backplane_timeout_ms: u64,
+
+    /// This node's name in the cluster [default: the hostname].
+    #[arg(long, value_name = "NAME", env = "RINGCAST_NODE_ID")]
+    pub node_id: Option<String>,
+
     /// Event loops, one thread each [default: the number of CPUs].
     #[arg(long, value_name = "N", env = "RINGCAST_LOOPS")]
     pub loops: Option<usize>,
@@ -639,12 +683,46 @@ impl Config {
             "must be at least 1 KiB and at most --out-queue-bytes-max",
         )?;
         check(
+            !self.backplane_stream.is_empty()
+                && self.backplane_stream.len() <= 32
+                && self
+                    .backplane_stream
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            "backplane-stream",
+            &self.backplane_stream,
+            "must be 1-32 bytes of [A-Za-z0-9_-]",
+        )?;
+        check(
+            matches!(self.backplane_replicas, 1..=5),
+            "backplane-replicas",
+            self.backplane_replicas,
+            "must be 1 to 5",
+        )?;
+        check(
+            self.backplane_timeout_ms >= 100,
+            "backplane-timeout-ms",
+            self.backplane_timeout_ms,
+            "must be at least 100",
+        )?;
+        check(
             self.out_queue_bytes_max >= 64 << 10,
             "out-queue-bytes-max",
             self.out_queue_bytes_max,
             "must be at least 64 KiB",
         )?;
         Ok(())
+    }
+
+    /// This node's name: `--node-id`, else the hostname.
+    pub fn node_name(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "ringcast".into())
+        })
     }
 
     /// The number of loops to run.

@@ -98,6 +98,11 @@ pub struct Shared {
     /// Set by the ingest thread once it has stopped: nothing more will be published, and
     /// each loop delivers what the ring holds, flushes its queues and exits.
     pub ingest_stopped: AtomicBool,
+    /// The cluster backplane, with `--backplane`.
+    pub backplane: Option<crate::backplane::Link>,
+    /// The sequence number of the last event before this engine started serving: 0 on a
+    /// single node, the stream's last sequence when joining a cluster.
+    pub start_seq: u64,
 }
 
 /// How long shutdown waits, beyond the drain window, before exiting anyway.
@@ -112,6 +117,8 @@ pub enum EngineError {
     Uring(#[from] sys::uring::UringError),
     #[error(transparent)]
     Ingest(#[from] sys::socket::IngestBindError),
+    #[error(transparent)]
+    Backplane(#[from] crate::backplane::BackplaneError),
     #[error("{0}")]
     Start(String),
     #[error("{0}")]
@@ -128,7 +135,7 @@ enum Stop {
 ///
 /// # Errors
 /// An [`EngineError`] that says what went wrong and what to do.
-pub fn run(config: Config) -> Result<(), EngineError> {
+pub fn run(mut config: Config) -> Result<(), EngineError> {
     config.validate()?;
     // Probe once on this thread so the most common failure reads as one clear line.
     drop(sys::uring::build_ring(sys::uring::RingSize {
@@ -170,10 +177,35 @@ pub fn run(config: Config) -> Result<(), EngineError> {
     };
     sys::signal::block_termination().map_err(|e| EngineError::Start(format!("cannot block signals: {e}")))?;
 
+    // With a backplane, ids come from the stream and the history starts where it stood.
+    let (link, epoch, start_seq) = if config.backplane.is_empty() {
+        (None, Epoch::fresh(), 0)
+    } else {
+        let (backplane, bells, joined) =
+            crate::backplane::nats::start(&config, loops).inspect_err(|_| remove_socket())?;
+        if joined.payload_max < config.payload_max {
+            eprintln!(
+                "ringcast: the NATS server takes payloads up to {} bytes with headers; --payload-max \
+                 lowered from {} to {}",
+                joined.payload_max + 4096,
+                config.payload_max,
+                joined.payload_max
+            );
+            config.payload_max = joined.payload_max;
+        }
+        eprintln!(
+            "ringcast: backplane: joined stream {} at sequence {} as node {}",
+            config.backplane_stream,
+            joined.last_seq,
+            config.node_name()
+        );
+        let link = crate::backplane::Link { backplane, bells };
+        (Some(link), Epoch::from_raw(joined.epoch_micros), joined.last_seq)
+    };
     let shared = Arc::new(Shared {
-        epoch: Epoch::fresh(),
+        epoch,
         broadcast: Broadcast::new(config.ring_slots, loops),
-        history: Mutex::new(History::new(config.history_limits())),
+        history: Mutex::new(History::with_origin(config.history_limits(), start_seq)),
         counters: (0..loops).map(|_| Arc::new(Counters::default())).collect(),
         config: config.clone(),
         mailboxes: (0..loops).map(|_| crate::upstream::Mailbox::default()).collect(),
@@ -181,15 +213,19 @@ pub fn run(config: Config) -> Result<(), EngineError> {
         ingest_ring_fd: std::sync::atomic::AtomicI32::new(-1),
         stopping: AtomicBool::new(false),
         ingest_stopped: AtomicBool::new(false),
+        backplane: link,
+        start_seq,
     });
     let (stop_tx, stop_rx) = bounded::<Stop>(loops + 2);
     let mut ring_fds = Vec::with_capacity(loops);
     for id in 0..loops {
-        ring_fds.push(
-            start_shard(id, conns_per_loop, &shared, &stop_tx).inspect_err(|_| {
-                remove_socket();
-            })?,
-        );
+        let fd = start_shard(id, conns_per_loop, &shared, &stop_tx).inspect_err(|_| {
+            remove_socket();
+        })?;
+        if let Some(link) = &shared.backplane {
+            link.bells.loops[id].store(fd, Ordering::Release);
+        }
+        ring_fds.push(fd);
     }
     let ingest = IngestThread {
         listener,

@@ -45,10 +45,18 @@ mod tag {
     pub const DOORBELL: u8 = 5;
     /// A loop's doorbell: client messages wait in its mailbox.
     pub const UPSTREAM_BELL: u8 = 6;
+    /// The backplane thread's doorbell: stream events or acknowledgements wait.
+    pub const BACKPLANE_BELL: u8 = 7;
 }
 
 /// The `user_data` of a loop's doorbell to this thread.
 pub const UPSTREAM_BELL_DATA: u64 = user_data(tag::UPSTREAM_BELL, 0);
+/// The `user_data` of the backplane thread's doorbell to this thread.
+pub const BACKPLANE_BELL_DATA: u64 = user_data(tag::BACKPLANE_BELL, 0);
+
+/// Publishes of one publisher waiting for the backplane's acknowledgement; beyond this
+/// its input is not read until some are answered.
+const AWAITING_MAX: usize = 4096;
 
 /// A backend with more unread bytes than this is passed over for client messages.
 const UPSTREAM_BACKLOG_MAX: usize = 4 << 20;
@@ -90,6 +98,11 @@ struct Publisher {
     upstream: bool,
     /// Connected from the engine's own process: in a reserved slot, never idle-closed.
     own: bool,
+    /// Distinguishes this publisher from later ones in the same slot, for acknowledgements.
+    serial: u64,
+    /// With a backplane: replies in command order from the first publish still waiting
+    /// for its acknowledgement on (`None`: waiting). Empty otherwise.
+    awaiting: std::collections::VecDeque<Option<Vec<u8>>>,
     /// The tick of the last complete command (or of the connect).
     last_command: u32,
 }
@@ -114,6 +127,8 @@ struct Ingest {
     /// Tick at which shutdown began: no more publishers are accepted, and the loop ends
     /// once every acknowledgement is sent (or the grace period is over).
     stopping_since: Option<u32>,
+    /// Serial of the next publisher.
+    next_serial: u64,
 }
 
 /// What the ingest thread needs; the thread itself builds its ring (`SINGLE_ISSUER`
@@ -139,6 +154,11 @@ impl IngestThread {
         self.shared
             .ingest_ring_fd
             .store(ring.as_raw_fd(), std::sync::atomic::Ordering::Release);
+        if let Some(link) = &self.shared.backplane {
+            link.bells
+                .ingest
+                .store(ring.as_raw_fd(), std::sync::atomic::Ordering::Release);
+        }
         let loops = self.shard_rings.len();
         let limits = IngestLimits {
             payload_max: self.shared.config.payload_max,
@@ -159,6 +179,7 @@ impl IngestThread {
             down_woken: vec![false; loops],
             next_listener: 0,
             stopping_since: None,
+            next_serial: 0,
         }
         .run()
     }
@@ -167,6 +188,8 @@ impl IngestThread {
 impl Ingest {
     fn run(mut self) -> io::Result<()> {
         self.arm_accept();
+        // Stream events may have arrived before this ring existed to be rung.
+        self.on_backplane();
         self.push(
             opcode::Timeout::new(&self.tick_spec)
                 .flags(types::TimeoutFlags::MULTISHOT)
@@ -194,10 +217,9 @@ impl Ingest {
     /// During shutdown: true once no acknowledgement is waiting or being sent, or when the
     /// grace period is over.
     fn drained(&self) -> bool {
-        let quiet = self
-            .publishers
-            .iter()
-            .all(|(_, p)| !p.send_armed && p.replies.is_empty() && p.sent == p.sending.len());
+        let quiet = self.publishers.iter().all(|(_, p)| {
+            !p.send_armed && p.replies.is_empty() && p.awaiting.is_empty() && p.sent == p.sending.len()
+        });
         let since = self.stopping_since.unwrap_or(self.ticks);
         quiet || self.ticks.wrapping_sub(since) > SHUTDOWN_TICKS
     }
@@ -218,6 +240,7 @@ impl Ingest {
             tag::TICK => self.on_tick(flags),
             tag::DOORBELL => {}
             tag::UPSTREAM_BELL => self.route_upstream(),
+            tag::BACKPLANE_BELL => self.on_backplane(),
             t => debug_assert!(false, "unknown ingest completion tag {t}"),
         }
     }
@@ -270,7 +293,10 @@ impl Ingest {
             upstream: false,
             own,
             last_command: self.ticks,
+            serial: self.next_serial,
+            awaiting: std::collections::VecDeque::new(),
         });
+        self.next_serial += 1;
         self.arm_recv(index);
         if !self.accept_armed {
             self.arm_accept();
@@ -279,7 +305,11 @@ impl Ingest {
 
     fn arm_recv(&mut self, index: usize) {
         let p = &mut self.publishers[index];
-        if p.recv_armed || p.closing || p.replies.len() > REPLY_BACKLOG_MAX {
+        if p.recv_armed
+            || p.closing
+            || p.replies.len() > REPLY_BACKLOG_MAX
+            || p.awaiting.len() >= AWAITING_MAX
+        {
             return;
         }
         p.input.reserve(READ_CHUNK);
@@ -334,11 +364,9 @@ impl Ingest {
                 }
                 Decoded::Error { error, consumed } => {
                     at += consumed;
-                    let p = &mut self.publishers[index];
-                    p.replies
-                        .extend_from_slice(format!("-ERR {error}\r\n").as_bytes());
+                    self.reply(index, format!("-ERR {error}\r\n").as_bytes());
                     if error.is_fatal() {
-                        p.closing = true;
+                        self.publishers[index].closing = true;
                     }
                 }
                 Decoded::Partial { consumed, need } => {
@@ -356,15 +384,15 @@ impl Ingest {
 
     fn execute(&mut self, index: usize, command: Command<'_>) {
         match command {
+            Command::Publish(p) if self.shared.backplane.is_some() => self.forward(index, &p),
             Command::Publish(p) => {
                 let id = self.publish(&p);
                 ingest::encode_ok(&mut self.publishers[index].replies, &id);
             }
-            Command::Ping => self.publishers[index].replies.extend_from_slice(ingest::PONG),
+            Command::Ping => self.reply(index, ingest::PONG),
             Command::Quit => {
-                let p = &mut self.publishers[index];
-                p.closing = true;
-                p.replies.extend_from_slice(ingest::BYE);
+                self.publishers[index].closing = true;
+                self.reply(index, ingest::BYE);
             }
             Command::Upstream => {
                 let p = &mut self.publishers[index];
@@ -372,17 +400,106 @@ impl Ingest {
                     p.upstream = true;
                     self.shared.upstream_listeners.add();
                 }
-                p.replies.extend_from_slice(b"+OK upstream\r\n");
+                self.reply(index, b"+OK upstream\r\n");
             }
-            Command::Send(send) => {
-                let reply = self.send_down(send.conn, send.payload);
-                let replies = &mut self.publishers[index].replies;
-                match reply {
-                    Ok(()) => replies.extend_from_slice(b"+OK sent\r\n"),
-                    Err(reason) => replies.extend_from_slice(format!("-ERR {reason}\r\n").as_bytes()),
-                }
-            }
+            Command::Send(send) => match self.send_down(send.conn, send.payload) {
+                Ok(()) => self.reply(index, b"+OK sent\r\n"),
+                Err(reason) => self.reply(index, format!("-ERR {reason}\r\n").as_bytes()),
+            },
         }
+    }
+
+    /// Queues a reply behind any still waiting for the backplane, so replies keep the
+    /// order of the commands.
+    fn reply(&mut self, index: usize, bytes: &[u8]) {
+        let p = &mut self.publishers[index];
+        if p.awaiting.is_empty() {
+            p.replies.extend_from_slice(bytes);
+        } else {
+            p.awaiting.push_back(Some(bytes.to_vec()));
+        }
+    }
+
+    /// With a backplane: hands the publish to it; the reply waits for JetStream.
+    fn forward(&mut self, index: usize, p: &Publish<'_>) {
+        let link = self.shared.backplane.as_ref().expect("a backplane");
+        let publisher = &mut self.publishers[index];
+        let request = crate::backplane::Request::Publish(crate::backplane::Publish {
+            publisher: (index, publisher.serial),
+            topic: p.topic.into(),
+            event: p.event.map(Into::into),
+            key: p.key.map(Into::into),
+            payload: Bytes::copy_from_slice(p.payload),
+        });
+        if link.backplane.request(request) {
+            publisher.awaiting.push_back(None);
+        } else {
+            self.reply(index, b"-ERR backplane unavailable: its thread has stopped\r\n");
+        }
+    }
+
+    /// The backplane's doorbell: puts stream events into the history and the ring in
+    /// stream order, and answers publishes JetStream has stored or refused.
+    fn on_backplane(&mut self) {
+        let Some(link) = &self.shared.backplane else {
+            return;
+        };
+        let taken = link.backplane.take_for_ingest();
+        for consumed in taken.consumed {
+            self.publish_consumed(consumed);
+        }
+        if std::mem::take(&mut self.published) {
+            self.ring_doorbells(false);
+        }
+        let epoch = self.shared.epoch;
+        let mut answered = Vec::new();
+        for ack in taken.acks {
+            let (index, serial) = ack.publisher;
+            let Some(p) = self.publishers.get_mut(index).filter(|p| p.serial == serial) else {
+                continue;
+            };
+            let Some(slot) = p.awaiting.iter_mut().find(|r| r.is_none()) else {
+                continue;
+            };
+            let mut reply = Vec::new();
+            match ack.result {
+                Ok(seq) => ingest::encode_ok(&mut reply, &epoch.id(seq)),
+                Err(reason) => reply.extend_from_slice(format!("-ERR {reason}\r\n").as_bytes()),
+            }
+            *slot = Some(reply);
+            while let Some(Some(_)) = p.awaiting.front() {
+                let ready = p.awaiting.pop_front().flatten().expect("checked");
+                p.replies.extend_from_slice(&ready);
+            }
+            answered.push(index);
+        }
+        answered.dedup();
+        for index in answered {
+            self.arm_recv(index);
+            self.flush(index);
+        }
+    }
+
+    /// An event the stream delivered: retained and handed to every loop, with its stream
+    /// sequence as its id.
+    fn publish_consumed(&mut self, c: crate::backplane::Consumed) {
+        let now = Instant::now();
+        let event = Arc::new(Event::new(
+            self.shared.epoch,
+            c.seq,
+            &c.topic,
+            c.event.as_deref(),
+            c.key.as_deref(),
+            &c.payload,
+            now,
+        ));
+        self.shared
+            .history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(Arc::clone(&event), now);
+        self.producer.push(event);
+        self.published = true;
     }
 
     /// Hands a backend's `SEND` to the client's loop. `+OK` means queued there: a
@@ -524,7 +641,7 @@ impl Ingest {
             std::mem::swap(&mut p.sending, &mut p.replies);
         }
         if p.sending.is_empty() {
-            if p.closing && !p.recv_armed && self.publishers.remove(index).upstream {
+            if p.closing && !p.recv_armed && p.awaiting.is_empty() && self.publishers.remove(index).upstream {
                 self.shared.upstream_listeners.remove();
             }
             return;
@@ -601,7 +718,11 @@ impl Ingest {
             .publishers
             .iter()
             .filter(|(_, p)| {
-                !p.own && !p.upstream && !p.closing && now.wrapping_sub(p.last_command) >= idle_ticks
+                !p.own
+                    && !p.upstream
+                    && !p.closing
+                    && p.awaiting.is_empty()
+                    && now.wrapping_sub(p.last_command) >= idle_ticks
             })
             .map(|(i, _)| i)
             .collect();

@@ -87,6 +87,15 @@ impl<T: Retained> History<T> {
         }
     }
 
+    /// A history that knows nothing at or before `origin`: a resume from before it is
+    /// never complete (a node joining a cluster's stream at `origin`).
+    pub fn with_origin(limits: HistoryLimits, origin: u64) -> Self {
+        History {
+            forgotten_upto: origin,
+            ..History::new(limits)
+        }
+    }
+
     pub fn topics(&self) -> usize {
         self.topics.len()
     }

@@ -1,4 +1,5 @@
-//! Resuming clients, a page at a time.
+//! Resuming clients, a page at a time, from the local history or, in a cluster, from the
+//! stream.
 //!
 //! A client that reconnects with a Last-Event-ID (or polls with `after`) is owed every
 //! retained event of its topics since that id: up to the history's per-topic budget times
@@ -10,18 +11,74 @@
 //! that cursor. A resuming client thus never holds more than a page plus its replies, and
 //! still gets every event once, in order.
 //!
-//! If the history evicts part of the range before a slow resumer reads it, the client is
-//! told with a `ringcast.gap` notice naming the lost range (`topic` and `dropped` null, as
-//! for a ring overrun), ahead of the events that follow it. A long-poll answers with one
-//! page and a `next` cursor at its last event; the client's next poll gets the next page.
+//! ```text
+//!            resume --local page whole--> Local --page reaches the cursor--> live
+//!              |  \                        |  ^
+//!   (cluster)  |   `--history lacks it-->  |  | page read, more to come
+//!   id ahead   |       Fetching <----------'  |
+//!   of this    |          `-------------------'
+//!   node       `--> Ahead --this node delivered the id--> Local
+//! ```
+//!
+//! On a single node, a range the history evicted before a slow resumer read it is told
+//! with a `ringcast.gap` notice naming the lost range (`topic` and `dropped` null, as for a
+//! ring overrun), ahead of the events that follow it. In a cluster the history is only a
+//! cache in front of the stream: what it lacks (events from before this node started, or
+//! evicted here) is asked of the backplane thread, which reads it from JetStream and
+//! proves it whole or not (see `backplane::proof`); a resume the stream cannot honour gets
+//! `ringcast.reset` and everything retained, as on a single node. A client whose id this
+//! node has not delivered yet (another node was faster) waits until it has.
+//!
+//! A long-poll answers with one page and a `next` cursor at its last event; the client's
+//! next poll gets the next page. In a cluster a poll the stream must answer is held until
+//! it does.
 use std::sync::Arc;
 
 use super::{bump, bump_by, control, Missed, Reset, Shard};
+use crate::backplane::{FetchRequest, Fetched, Request};
 use crate::conn::outq::Pushed;
 use crate::conn::{flags, Kind, State};
 use crate::event::{Event, LastId};
 use crate::proto::json;
 use crate::ring::history::PageLimits;
+
+/// A connection catching up (flag `CATCHING_UP`).
+pub(super) struct CatchUp {
+    /// The sequence number of the last event queued to the client, or the client's id.
+    after: u64,
+    phase: Phase,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Paging from the local history as the client reads.
+    Local,
+    /// Waiting for the stream's answer to a fetch.
+    Fetching(Fetch),
+    /// Waiting for this node to deliver the client's id.
+    Ahead,
+}
+
+/// What a fetch is for.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Fetch {
+    /// The client's own id: a hole here means the id cannot be honoured.
+    initial: bool,
+    /// The id could not be honoured: this is everything retained, behind a reset.
+    reset: Option<&'static str>,
+    /// A held poll, answered with the page.
+    poll: bool,
+}
+
+/// Where a resume is answered from.
+pub(super) enum Resume {
+    /// The local history: a page, after a reset when the id cannot be honoured.
+    Local(Missed),
+    /// The stream (cluster only), from `after`; `reset` when the id cannot be honoured.
+    Stream { after: u64, reset: Option<&'static str> },
+    /// The client has seen events this node has not delivered yet (cluster only).
+    Ahead(u64),
+}
 
 impl Shard {
     /// One page of a resume: half the client's queue limits, so that the next page fits
@@ -37,17 +94,30 @@ impl Shard {
     /// The newest sequence number this loop has delivered to its live subscribers: events
     /// refilled from the history after an overrun are still to come.
     pub(super) fn delivered_upto(&self) -> u64 {
-        self.refill
-            .front()
-            .map_or(self.next_seq - 1, |event| event.seq - 1)
+        self.refill.front().map_or(self.ring_seq, |event| event.seq - 1)
     }
 
-    /// Queues what a client resuming from `last` missed: a `ringcast.reset` when the
-    /// history cannot honour `last`, then the first page; the next pages follow as the
-    /// client reads (see [`Shard::next_page`]). False when the client was failed instead
-    /// (it exceeded its cap): the caller must leave the connection alone.
+    /// Queues what a client resuming from `last` missed: a `ringcast.reset` when it cannot
+    /// be honoured, then the first page; the next pages follow as the client reads (see
+    /// [`Shard::next_page`]). False when the client was failed instead (it exceeded its
+    /// cap): the caller must leave the connection alone.
     pub(super) fn replay(&mut self, index: u32, topics: &[String], last: &[u8], kind: Kind) -> bool {
-        let missed = self.missed_since(topics, last, self.page_limits());
+        let missed = match self.resume_from(topics, last, self.page_limits()) {
+            Resume::Local(missed) => missed,
+            Resume::Stream { after, reset } => {
+                let fetch = Fetch {
+                    initial: reset.is_none(),
+                    reset,
+                    poll: false,
+                };
+                self.start_catchup(index, after, Phase::Fetching(fetch), last);
+                return true;
+            }
+            Resume::Ahead(seen) => {
+                self.start_catchup(index, seen, Phase::Ahead, last);
+                return true;
+            }
+        };
         if let Some(reset) = &missed.reset {
             let bytes = control(kind, "ringcast.reset", Some(&reset.id), &reset.data);
             if !self.enqueue(index, bytes) {
@@ -59,14 +129,110 @@ impl Shard {
         }
         if missed.more {
             let after = missed.events.last().expect("a page with more has events").seq;
-            self.conns[index as usize].flags |= flags::CATCHING_UP;
-            self.catchup.insert(index, after);
+            self.start_catchup(index, after, Phase::Local, last);
         }
         true
     }
 
+    /// Holds a poll whose resume the stream must answer (cluster only): it is answered
+    /// when the stream's page arrives, or empty at its deadline.
+    pub(super) fn hold_poll_for_stream(
+        &mut self,
+        index: u32,
+        after: u64,
+        reset: Option<&'static str>,
+        last: &[u8],
+    ) {
+        let fetch = Fetch {
+            initial: reset.is_none(),
+            reset,
+            poll: true,
+        };
+        self.start_catchup(index, after, Phase::Fetching(fetch), last);
+    }
+
+    /// Holds a poll whose cursor this node has not delivered yet (cluster only), until it
+    /// has.
+    pub(super) fn hold_poll_until(&mut self, index: u32, seen: u64, last: &[u8]) {
+        self.start_catchup(index, seen, Phase::Ahead, last);
+    }
+
+    /// A held poll's cursor has been delivered here: it is answered with what followed,
+    /// or, with nothing yet, waits for its topics' next event like any long-poll.
+    fn poll_caught_up(&mut self, index: u32, after: u64) {
+        self.end_catchup(index);
+        let topics = self.poll_topics.remove(&index).unwrap_or_default();
+        let page = {
+            let names: Vec<&str> = topics.iter().map(|t| &**t).collect();
+            let history = self
+                .shared
+                .history
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            history.page(
+                &names,
+                after,
+                self.delivered_upto(),
+                self.page_limits(),
+                std::time::Instant::now(),
+            )
+        };
+        if let Some(last) = page.events.last() {
+            let body = super::poll::poll_body(&page.events, &last.id, None);
+            return self.end_poll(index, &body);
+        }
+        for topic in &topics {
+            self.subs.add(&mut self.conns, index, topic);
+        }
+    }
+
+    fn start_catchup(&mut self, index: u32, after: u64, phase: Phase, last: &[u8]) {
+        self.conns[index as usize].flags |= flags::CATCHING_UP;
+        self.catchup.insert(index, CatchUp { after, phase });
+        match phase {
+            Phase::Fetching(fetch) => {
+                if fetch.reset.is_some() {
+                    self.reset_ids.insert(index, last.to_vec());
+                }
+                self.fetch(index, after);
+            }
+            Phase::Ahead => self.waiting.push(index),
+            Phase::Local => {}
+        }
+    }
+
+    /// Asks the backplane for the connection's topics after `after`, up to what this loop
+    /// has delivered.
+    fn fetch(&mut self, index: u32, after: u64) {
+        let Some(link) = &self.shared.backplane else {
+            return;
+        };
+        let request = FetchRequest {
+            shard: self.id,
+            index,
+            generation: self.conns[index as usize].generation,
+            topics: self.topics_for(index),
+            after,
+            upto: self.delivered_upto(),
+            limits: self.page_limits(),
+        };
+        if !link.backplane.request(Request::Fetch(request)) {
+            // No backplane thread: the resume cannot be answered; the client hears a reset.
+            self.end_catchup(index);
+        }
+    }
+
+    /// The topics a catching-up connection is owed events of: its subscriptions, or for
+    /// a held poll the topics it asked for.
+    fn topics_for(&self, index: u32) -> Vec<Box<str>> {
+        match self.poll_topics.get(&index) {
+            Some(topics) => topics.clone(),
+            None => self.subs.topics_of(&self.conns, index).map(Into::into).collect(),
+        }
+    }
+
     /// Queues the next page of a catching-up client once it has read most of the last:
-    /// called as its sends complete.
+    /// called as its sends complete, and as this loop delivers what an `Ahead` client saw.
     pub(super) fn next_page(&mut self, index: u32) {
         let limits = self.page_limits();
         let conn = &self.conns[index as usize];
@@ -78,10 +244,15 @@ impl Shard {
             return;
         }
         let kind = conn.kind;
-        let Some(&after) = self.catchup.get(&index) else {
+        let Some(&CatchUp { after, phase }) = self.catchup.get(&index) else {
             return;
         };
         let upto = self.delivered_upto();
+        match phase {
+            Phase::Fetching(_) => return,
+            Phase::Ahead if after > upto => return,
+            Phase::Ahead | Phase::Local => {}
+        }
         let page = {
             let names: Vec<&str> = self.subs.topics_of(&self.conns, index).collect();
             let history = self
@@ -92,19 +263,14 @@ impl Shard {
             history.page(&names, after, upto, limits, std::time::Instant::now())
         };
         if !page.complete {
+            if self.shared.backplane.is_some() {
+                self.set_phase(index, after, Phase::Fetching(Fetch::default()));
+                return self.fetch(index, after);
+            }
             // Evicted before this client read it: say which range is gone.
             let lost_upto = page.events.first().map_or(upto, |e| e.seq - 1);
-            if lost_upto > after {
-                bump(&self.counters.replay_gaps);
-                let epoch = self.shared.epoch;
-                let data = format!(
-                    "{{\"topic\":null,\"dropped\":null,\"first_id\":{},\"last_id\":{}}}",
-                    json::string(&epoch.id(after + 1)),
-                    json::string(&epoch.id(lost_upto)),
-                );
-                if !self.enqueue(index, control(kind, "ringcast.gap", None, &data)) {
-                    return;
-                }
+            if lost_upto > after && !self.tell_lost(index, kind, after + 1, lost_upto) {
+                return;
             }
         }
         bump_by(&self.counters.replayed, page.events.len() as u64);
@@ -112,12 +278,165 @@ impl Shard {
             return;
         }
         match page.events.last() {
-            Some(last) if page.more => {
-                self.catchup.insert(index, last.seq);
-            }
+            Some(last) if page.more => self.set_phase(index, last.seq, Phase::Local),
             _ => self.end_catchup(index),
         }
         self.flush(index);
+    }
+
+    fn set_phase(&mut self, index: u32, after: u64, phase: Phase) {
+        self.catchup.insert(index, CatchUp { after, phase });
+    }
+
+    /// Tells a client that events `first..=last` of its topics are gone. False when the
+    /// client was failed instead.
+    fn tell_lost(&mut self, index: u32, kind: Kind, first: u64, last: u64) -> bool {
+        bump(&self.counters.replay_gaps);
+        let epoch = self.shared.epoch;
+        let data = format!(
+            "{{\"topic\":null,\"dropped\":null,\"first_id\":{},\"last_id\":{}}}",
+            json::string(&epoch.id(first)),
+            json::string(&epoch.id(last)),
+        );
+        self.enqueue(index, control(kind, "ringcast.gap", None, &data))
+    }
+
+    /// Clients that were waiting on this loop's cursor: those it has now passed page on.
+    pub(super) fn wake_waiting(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let upto = self.delivered_upto();
+        let mut waiting = std::mem::take(&mut self.waiting);
+        waiting.retain(|&index| {
+            let Some(c) = self.catchup.get(&index) else {
+                return false;
+            };
+            if c.phase != Phase::Ahead {
+                return false;
+            }
+            if c.after > upto {
+                return true;
+            }
+            let after = c.after;
+            if self.poll_topics.contains_key(&index) {
+                self.poll_caught_up(index, after);
+            } else {
+                self.set_phase(index, after, Phase::Local);
+                self.next_page(index);
+            }
+            false
+        });
+        self.waiting.extend(waiting);
+    }
+
+    /// Acts on the backplane's answers to this loop's fetches.
+    pub(super) fn deliver_fetched(&mut self) {
+        let Some(link) = &self.shared.backplane else {
+            return;
+        };
+        let answers = link.backplane.take_fetched(self.id);
+        for fetched in answers {
+            self.on_fetched(fetched);
+        }
+    }
+
+    fn on_fetched(&mut self, f: Fetched) {
+        let index = f.index;
+        let live = self
+            .conns
+            .get(index as usize)
+            .is_some_and(|c| c.generation == f.generation && c.has_flag(flags::CATCHING_UP));
+        if !live {
+            return;
+        }
+        let Some(&CatchUp {
+            after,
+            phase: Phase::Fetching(fetch),
+        }) = self.catchup.get(&index)
+        else {
+            return;
+        };
+        if after != f.after {
+            return;
+        }
+        if let Some(why) = &f.error {
+            eprintln!(
+                "ringcast: loop {}: a resume could not be read from the stream: {why}",
+                self.id
+            );
+        }
+        let whole = f.whole && f.error.is_none();
+        if !whole && fetch.initial && fetch.reset.is_none() {
+            // The client's id cannot be honoured: everything retained, behind a reset.
+            bump(&self.counters.resets);
+            let last = self.epoch_id_bytes(after);
+            self.reset_ids.insert(index, last);
+            let fetch = Fetch {
+                initial: false,
+                reset: Some("expired"),
+                poll: fetch.poll,
+            };
+            self.set_phase(index, 0, Phase::Fetching(fetch));
+            return self.fetch(index, 0);
+        }
+        let reset = fetch.reset.map(|reason| {
+            let last = self.reset_ids.remove(&index).unwrap_or_default();
+            let oldest = f.events.first().map(|e| e.seq);
+            let reset_seq = oldest.map_or(f.upto, |s| s - 1);
+            Reset {
+                id: self.shared.epoch.id(reset_seq),
+                data: super::reset_json(reason, &last, oldest.map(|s| self.shared.epoch.id(s))),
+            }
+        });
+        bump_by(&self.counters.replayed, f.events.len() as u64);
+        if fetch.poll {
+            return self.answer_fetched_poll(index, &f, reset.as_ref());
+        }
+        let kind = self.conns[index as usize].kind;
+        if let Some(reset) = &reset {
+            if !self.enqueue(
+                index,
+                control(kind, "ringcast.reset", Some(&reset.id), &reset.data),
+            ) {
+                return;
+            }
+        } else if !whole {
+            let lost_upto = f.events.first().map_or(f.upto, |e| e.seq - 1);
+            if lost_upto > after && !self.tell_lost(index, kind, after + 1, lost_upto) {
+                return;
+            }
+        }
+        if !self.queue_page(index, &f.events, kind) {
+            return;
+        }
+        let next = match (f.events.last(), f.more) {
+            (Some(last), true) => last.seq,
+            _ => f.upto,
+        };
+        self.set_phase(index, next, Phase::Local);
+        self.flush(index);
+        // Nothing queued means no send completes to ask for the next page: ask now.
+        if self.conns[index as usize].queued_bytes() == 0 {
+            self.next_page(index);
+        }
+    }
+
+    /// Answers a held poll with the stream's page.
+    fn answer_fetched_poll(&mut self, index: u32, f: &Fetched, reset: Option<&Reset>) {
+        self.end_catchup(index);
+        self.poll_topics.remove(&index);
+        let next = match (f.events.last(), reset) {
+            (Some(last), _) => last.id.to_string(),
+            (None, Some(reset)) => reset.id.clone(),
+            (None, None) => self.shared.epoch.id(f.upto.max(f.after)),
+        };
+        let body = super::poll::poll_body(&f.events, &next, reset);
+        self.end_poll(index, &body);
+    }
+
+    fn epoch_id_bytes(&self, seq: u64) -> Vec<u8> {
+        self.shared.epoch.id(seq).into_bytes()
     }
 
     /// The connection reads live events again (caught up, or closing).
@@ -126,6 +445,7 @@ impl Shard {
             if conn.has_flag(flags::CATCHING_UP) {
                 conn.flags &= !flags::CATCHING_UP;
                 self.catchup.remove(&index);
+                self.reset_ids.remove(&index);
             }
         }
     }
@@ -163,20 +483,32 @@ impl Shard {
         true
     }
 
-    /// What a client that last saw `last` missed on `topics`, up to what this loop has
-    /// delivered, at most a page of it: the retained events after it, or, when the history
-    /// cannot say (an id from another epoch, a malformed one, one older than what is
-    /// retained), a reset and the oldest retained.
-    pub(super) fn missed_since(&mut self, topics: &[String], last: &[u8], limits: PageLimits) -> Missed {
+    /// Where a client that last saw `last` on `topics` resumes from: a page of the local
+    /// history (after a reset when the history cannot say: an id from another epoch, a
+    /// malformed one, one older than what is retained), or in a cluster the stream, when
+    /// the local history lacks the range, or the wait for this node to deliver the id.
+    pub(super) fn resume_from(&mut self, topics: &[String], last: &[u8], limits: PageLimits) -> Resume {
         let epoch = self.shared.epoch;
+        let shared = Arc::clone(&self.shared);
+        let cluster = shared.backplane.as_ref();
         let mut parsed = epoch.parse(last);
         if let LastId::Seq(seen) = parsed {
-            if seen >= self.next_seq {
+            if seen > self.delivered_upto() {
                 // Another loop may already have delivered `seen`; catch up so that live
                 // events after it come from this loop's cursor, not a replay.
                 let broadcast = Arc::clone(&self.shared.broadcast);
                 self.catch_up(&broadcast);
                 if seen > self.delivered_upto() {
+                    let stored = cluster.is_some_and(|l| {
+                        seen <= l
+                            .backplane
+                            .status
+                            .last_seq
+                            .load(std::sync::atomic::Ordering::Acquire)
+                    });
+                    if stored {
+                        return Resume::Ahead(seen);
+                    }
                     parsed = LastId::Malformed;
                 }
             }
@@ -194,9 +526,26 @@ impl Shard {
                 let r = history.page(&names, seen, upto, limits, now);
                 if r.complete {
                     (None, r)
+                } else if cluster.is_some() {
+                    return Resume::Stream {
+                        after: seen,
+                        reset: None,
+                    };
                 } else {
                     (Some("expired"), history.page(&names, 0, upto, limits, now))
                 }
+            }
+            LastId::OtherEpoch | LastId::Malformed if cluster.is_some() => {
+                bump(&self.counters.resets);
+                let reason = if parsed == LastId::OtherEpoch {
+                    "unknown-epoch"
+                } else {
+                    "malformed-id"
+                };
+                return Resume::Stream {
+                    after: 0,
+                    reset: Some(reason),
+                };
             }
             LastId::OtherEpoch => (Some("unknown-epoch"), history.page(&names, 0, upto, limits, now)),
             LastId::Malformed => (Some("malformed-id"), history.page(&names, 0, upto, limits, now)),
@@ -212,10 +561,10 @@ impl Shard {
             }
         });
         bump_by(&self.counters.replayed, replay.events.len() as u64);
-        Missed {
+        Resume::Local(Missed {
             reset,
             events: replay.events,
             more: replay.more,
-        }
+        })
     }
 }

@@ -130,9 +130,15 @@ pub struct Shard {
     upstream_waiting: bool,
     /// CORS header lines of held long-polls, when `--cors-origin` is configured.
     poll_cors: HashMap<u32, String>,
-    /// Connections catching up from the history, by slab index: the sequence number of
-    /// the last event queued to each (see `catchup`).
-    catchup: HashMap<u32, u64>,
+    /// Connections catching up from the history or the stream, by slab index (see
+    /// `catchup`).
+    catchup: HashMap<u32, catchup::CatchUp>,
+    /// Catching-up connections waiting for this loop's cursor to pass their id.
+    waiting: Vec<u32>,
+    /// The ids of resuming clients that will be told of a reset once the stream answers.
+    reset_ids: HashMap<u32, Vec<u8>>,
+    /// The topics of polls held until the stream answers (they subscribe to nothing).
+    poll_topics: HashMap<u32, Vec<Box<str>>>,
     /// Events refilled from the history after a broadcast-ring overrun, not yet delivered.
     refill: std::collections::VecDeque<Arc<Event>>,
     /// Events read from the ring (or the refill) in one turn, delivered as runs per topic;
@@ -140,8 +146,15 @@ pub struct Shard {
     batch: Vec<Arc<Event>>,
     cqes: Vec<(u64, i32, u32)>,
     id: usize,
-    /// The next broadcast sequence number this loop will read.
+    /// The next broadcast ring position this loop will read.
     next_seq: u64,
+    /// The sequence number of the newest event read from the ring. Ring positions and
+    /// event sequence numbers are the same on a single node; in a cluster events carry
+    /// their stream sequence.
+    ring_seq: u64,
+    /// The loop was lapped on the ring after the event with this sequence number: the
+    /// next event read tells how much to refill from the history.
+    lost_after: Option<u64>,
     tick: u32,
     tick_spec: types::Timespec,
     generation: u32,
@@ -220,11 +233,16 @@ impl Shard {
             upstream_waiting: false,
             poll_cors: HashMap::new(),
             catchup: HashMap::new(),
+            waiting: Vec::new(),
+            reset_ids: HashMap::new(),
+            poll_topics: HashMap::new(),
             refill: std::collections::VecDeque::new(),
             batch: Vec::with_capacity(DRAIN_BATCH_EVENTS),
             cqes: Vec::with_capacity(1024),
             id,
             next_seq: shared.broadcast.head(),
+            ring_seq: shared.start_seq,
+            lost_after: None,
             tick: 0,
             tick_spec: types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32),
             generation: 0,
@@ -275,6 +293,8 @@ impl Shard {
                 Err(e) => return Err(e),
             }
             self.reap();
+            self.wake_waiting();
+            self.deliver_fetched();
             self.deliver_downstream();
             self.ring_upstream();
             if self.flushed(&broadcast) {
@@ -693,6 +713,10 @@ impl Shard {
             .map(<[u8]>::to_vec)
             .or_else(|| sub.last_event_id.as_ref().map(|s| s.clone().into_bytes()));
         let cors = self.cors_lines(req.origin);
+        // Subscribed first: a resume the stream must answer asks for these topics.
+        for topic in &sub.topics {
+            self.subs.add(&mut self.conns, index, topic);
+        }
         if last.is_some() || cors.is_some() {
             let head = match cors {
                 Some(lines) => with_cors(&head, &lines),
@@ -709,9 +733,6 @@ impl Shard {
             self.flush(index);
         } else {
             self.send_static(index, Static::Head);
-        }
-        for topic in &sub.topics {
-            self.subs.add(&mut self.conns, index, topic);
         }
         bump(&self.counters.streams);
         self.count_open(index, 1);
@@ -749,6 +770,14 @@ impl Shard {
             match broadcast.read(self.next_seq) {
                 Read::Item(event) => {
                     self.next_seq += 1;
+                    self.ring_seq = event.seq;
+                    if let Some(after) = self.lost_after.take() {
+                        // The first event after an overrun: what came between is refilled
+                        // from the history, and this event follows it.
+                        self.deliver_batch(&mut batch);
+                        self.refill_lost(after, event);
+                        continue;
+                    }
                     n += 1;
                     size += event.data.len();
                     batch.push(event);
@@ -779,31 +808,40 @@ impl Shard {
         batch.clear();
     }
 
-    /// This loop fell more than the ring's capacity behind: refill the lost range from
-    /// the history for the topics it serves, and count what even the history lost.
+    /// This loop fell more than the ring's capacity behind: it skips ahead to the oldest
+    /// position the ring still holds; the next event read tells what to refill.
     fn recover(&mut self, broadcast: &Broadcast<Event>) {
         let resume = broadcast
             .head()
             .saturating_sub(broadcast.capacity())
             .max(self.next_seq + 1);
-        let lost = resume - self.next_seq;
-        bump_by(&self.counters.ring_overrun, lost);
-        let names = self.subs.topic_names();
-        let names: Vec<&str> = names.iter().map(|s| &**s).collect();
-        let replay = {
-            let history = self
-                .shared
-                .history
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            history.since(&names, self.next_seq - 1, resume - 1, std::time::Instant::now())
-        };
-        if !replay.complete {
-            bump(&self.counters.ring_lost);
-            self.tell_ring_loss(self.next_seq, resume - 1);
-        }
-        self.refill.extend(replay.events);
         self.next_seq = resume;
+        self.lost_after.get_or_insert(self.ring_seq);
+    }
+
+    /// Refills events after `after` and before `next` from the history for the topics
+    /// this loop serves, counting what even the history lost, and queues `next` behind them.
+    fn refill_lost(&mut self, after: u64, next: Arc<Event>) {
+        let upto = next.seq - 1;
+        if upto > after {
+            bump_by(&self.counters.ring_overrun, upto - after);
+            let names = self.subs.topic_names();
+            let names: Vec<&str> = names.iter().map(|s| &**s).collect();
+            let replay = {
+                let history = self
+                    .shared
+                    .history
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                history.since(&names, after, upto, std::time::Instant::now())
+            };
+            if !replay.complete {
+                bump(&self.counters.ring_lost);
+                self.tell_ring_loss(after + 1, upto);
+            }
+            self.refill.extend(replay.events);
+        }
+        self.refill.push_back(next);
     }
 
     // ----- sending --------------------------------------------------------------------------
@@ -1014,6 +1052,7 @@ impl Shard {
         conn.ops |= ops::CANCEL;
         self.wheel.remove(index);
         self.end_catchup(index);
+        self.poll_topics.remove(&index);
         self.decoders.remove(&index);
         self.poll_cors.remove(&index);
         self.subs.remove_all(&mut self.conns, index);

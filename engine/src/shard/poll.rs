@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::catchup::Resume;
 use super::{bump, Missed, Shard};
 use crate::conn::{flags, State};
 use crate::event::Event;
@@ -71,16 +72,32 @@ impl Shard {
         }
         .min(self.shared.config.poll_wait_max_ms);
         let after = http::query_param(req.query, "after");
-        let missed = match &after {
-            Some(after) => self.missed_since(&sub.topics, after.as_bytes(), self.page_limits()),
-            None => Missed {
+        bump(&self.counters.polls);
+        let cors = self.cors_lines(req.origin);
+        let resume = match &after {
+            Some(after) => self.resume_from(&sub.topics, after.as_bytes(), self.page_limits()),
+            None => Resume::Local(Missed {
                 reset: None,
                 events: Vec::new(),
                 more: false,
-            },
+            }),
         };
-        bump(&self.counters.polls);
-        let cors = self.cors_lines(req.origin);
+        let missed = match resume {
+            Resume::Local(missed) => missed,
+            // The stream answers, or this node must first deliver what the client saw:
+            // held like a long-poll, subscribed to nothing, until the answer comes.
+            stream_or_ahead => {
+                self.hold(index, keep_alive, cors, self.stream_wait_ticks());
+                self.poll_topics
+                    .insert(index, sub.topics.iter().map(|t| t.as_str().into()).collect());
+                let last = after.as_deref().unwrap_or_default().as_bytes().to_vec();
+                return match stream_or_ahead {
+                    Resume::Stream { after, reset } => self.hold_poll_for_stream(index, after, reset, &last),
+                    Resume::Ahead(seen) => self.hold_poll_until(index, seen, &last),
+                    Resume::Local(_) => unreachable!("matched above"),
+                };
+            }
+        };
         if !missed.events.is_empty() || missed.reset.is_some() || wait_ms == 0 {
             // After a reset the rejected cursor must not come back as `next`: it would be
             // rejected again. The reset's own id (just before what was replayed) is the
@@ -93,12 +110,19 @@ impl Shard {
             let body = poll_body(&missed.events, &next, missed.reset.as_ref());
             return self.answer_poll(index, &body, keep_alive, cors.as_deref());
         }
+        let wait = self.clock.ticks_in(std::time::Duration::from_millis(wait_ms)) + 1;
+        self.hold(index, keep_alive, cors, wait);
+        for topic in &sub.topics {
+            self.subs.add(&mut self.conns, index, topic);
+        }
+    }
+
+    /// Holds a poll for `wait` ticks at most.
+    fn hold(&mut self, index: u32, keep_alive: bool, cors: Option<String>, wait: u32) {
         if let Some(cors) = cors {
             self.poll_cors.insert(index, cors);
         }
-        let deadline = self
-            .tick
-            .wrapping_add(self.clock.ticks_in(std::time::Duration::from_millis(wait_ms)) + 1);
+        let deadline = self.tick.wrapping_add(wait);
         let conn = &mut self.conns[index as usize];
         conn.state = State::Poll;
         conn.mark = deadline;
@@ -107,11 +131,14 @@ impl Shard {
         } else {
             conn.flags &= !flags::KEEP_ALIVE;
         }
-        for topic in &sub.topics {
-            self.subs.add(&mut self.conns, index, topic);
-        }
         self.count_open(index, 1);
         self.arm_timer(index, deadline);
+    }
+
+    /// How long a poll waits for the stream's answer: twice the backplane's timeout.
+    fn stream_wait_ticks(&self) -> u32 {
+        let ms = self.shared.config.backplane_timeout_ms.saturating_mul(2);
+        self.clock.ticks_in(std::time::Duration::from_millis(ms)) + 1
     }
 
     /// A held poll gets its event: answer, and go back to reading requests.
@@ -126,7 +153,9 @@ impl Shard {
         self.end_poll(index, &body);
     }
 
-    fn end_poll(&mut self, index: u32, body: &str) {
+    pub(super) fn end_poll(&mut self, index: u32, body: &str) {
+        self.end_catchup(index);
+        self.poll_topics.remove(&index);
         self.count_open(index, -1);
         self.subs.remove_all(&mut self.conns, index);
         let conn = &mut self.conns[index as usize];
@@ -207,7 +236,7 @@ impl Shard {
     }
 }
 
-fn poll_body(events: &[Arc<Event>], next: &str, reset: Option<&super::Reset>) -> String {
+pub(super) fn poll_body(events: &[Arc<Event>], next: &str, reset: Option<&super::Reset>) -> String {
     let mut body = Vec::with_capacity(64 + events.iter().map(|e| e.data.len() + 64).sum::<usize>());
     body.extend_from_slice(b"{\"events\":[");
     for (i, event) in events.iter().enumerate() {

@@ -100,13 +100,14 @@ impl Shard {
         conn.kind = kind;
         conn.staging = None;
         conn.mark = tick;
+        // Subscribed first: a resume the stream must answer asks for these topics.
+        for topic in &topics {
+            self.subs.add(&mut self.conns, index, topic);
+        }
         if let Some(last) = last {
             if !self.replay(index, &topics, &last, kind) {
                 return;
             }
-        }
-        for topic in &topics {
-            self.subs.add(&mut self.conns, index, topic);
         }
         bump(&self.counters.websockets);
         self.count_open(index, 1);

@@ -118,3 +118,36 @@ pub fn take_completions(ring: &mut IoUring, batch: &mut Vec<Cqe>) -> bool {
     batch.extend(ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
     !batch.is_empty()
 }
+
+/// A ring that only rings other rings: `MSG_RING` doorbells from a thread with no loop of
+/// its own (the backplane thread). Built on, and used only by, that thread.
+pub struct Bell {
+    ring: IoUring,
+    completions: Vec<Cqe>,
+}
+
+impl Bell {
+    /// # Errors
+    /// As [`build_ring`].
+    pub fn new() -> Result<Bell, UringError> {
+        Ok(Bell {
+            ring: build_ring(RingSize {
+                sq_entries: 64,
+                cq_entries: 256,
+            })?,
+            completions: Vec::new(),
+        })
+    }
+
+    /// Posts a completion carrying `data` on the ring behind `fd`, waking its loop.
+    pub fn ring(&mut self, fd: std::os::fd::RawFd, data: u64) {
+        let entry = io_uring::opcode::MsgRingData::new(io_uring::types::Fd(fd), 0, data, None)
+            .build()
+            .user_data(0);
+        // SAFETY: a MSG_RING entry points at no memory of ours.
+        unsafe { push(&mut self.ring, &entry) };
+        let _ = submit_and_reap(&self.ring);
+        // Its own completions say only that the message was posted; they are dropped.
+        while take_completions(&mut self.ring, &mut self.completions) {}
+    }
+}

@@ -1,0 +1,247 @@
+//! The cluster backplane: NATS JetStream as the one ordered, durable log every node
+//! publishes to and serves from (`--backplane nats://HOST:PORT[,...]`). Without the flag
+//! none of this runs and the engine is a single node with in-memory history.
+//!
+//! # Shape
+//!
+//! ```text
+//!  publishers -> ingest thread --PUB--> backplane thread --atomic batch--> JetStream stream
+//!                  ^    |  acks, stream events (in stream order)   |            |
+//!                  |    `------------------------------------------'  ordered consumer
+//!                  |                                                             |
+//!   broadcast ring + history <- ingest thread <- every stored event <------------'
+//!   loops --resume a node's history cannot fill--> backplane thread --direct get--> stream
+//! ```
+//!
+//! The io_uring loops see only the broadcast ring, as on a single node. The backplane
+//! thread runs async-nats on a current-thread tokio runtime of its own; it talks to the
+//! ingest thread and the loops through the mailboxes of [`Backplane`] and wakes them with
+//! `MSG_RING` doorbells from a small ring of its own.
+//!
+//! # One id space
+//!
+//! All topics share one stream (`--backplane-stream`, default `RINGCAST`) over the subjects
+//! `<stream>.<topic>` (see [`subject`]). An event's id is `<epoch>-<seq>`: `seq` is its
+//! stream sequence and `epoch` the stream's creation time, so every node and transport
+//! gives an event the same id, ids survive node restarts, and they change only when the
+//! stream is recreated (a client then gets `ringcast.reset` with `unknown-epoch`).
+//!
+//! # Publishing
+//!
+//! `+OK <id>` is sent only once JetStream has stored the event. Publishes are sent as
+//! JetStream atomic batches (up to [`nats::BATCH_MESSAGES_MAX`] events), one batch in flight
+//! at a time, so events keep the order the node received them in while a batch carries
+//! many of them per round trip. Every message names its topic's previous message
+//! (`Ringcast-Prev`, see [`proof`]), checked by JetStream with
+//! `Nats-Expected-Last-Subject-Sequence`; a batch refused because another node published
+//! the same topic in between is retried with the new predecessor. When NATS cannot be
+//! reached a publish is answered `-ERR backplane unavailable: <reason>` within
+//! `--backplane-timeout-ms`; a batch whose acknowledgement never came is reported so,
+//! though JetStream may still have stored it.
+//!
+//! # Serving
+//!
+//! Each node consumes the whole stream from where it stood when the node started, with an
+//! ordered consumer, and its ingest thread puts every event into the broadcast ring and
+//! the history in stream order, so every subscriber on every node gets every event once,
+//! in one order. The history is a cache in front of the stream: it starts knowing nothing
+//! before the node's start, and a resume it cannot fill (from before the start, or evicted
+//! locally) is read from the stream with direct gets, a page at a time, and proven whole
+//! or told as a reset (see [`proof`]). Stream limits map from the history flags:
+//! `--history-events` is the stream's messages per subject, `--history-age-secs` its
+//! maximum age, `--history-bytes-total` its maximum bytes; `--history-bytes` (per topic)
+//! bounds only the local cache, JetStream having no per-subject byte limit.
+pub mod nats;
+pub mod proof;
+pub mod subject;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+
+use crate::event::Event;
+use crate::ring::history::PageLimits;
+
+/// Events the backplane thread may have waiting for the ingest thread; beyond this it
+/// stops reading the stream until the ingest thread catches up (JetStream holds the rest).
+pub const CONSUMED_WAITING_MAX: usize = 16_384;
+
+/// A publisher's event on its way to JetStream.
+pub struct Publish {
+    /// Which publisher asked, for the acknowledgement: its slab index and serial.
+    pub publisher: (usize, u64),
+    pub topic: Box<str>,
+    pub event: Option<Box<str>>,
+    pub key: Option<Box<str>>,
+    pub payload: Bytes,
+}
+
+/// The answer to a [`Publish`]: the stored event's stream sequence, or why not.
+pub struct Ack {
+    pub publisher: (usize, u64),
+    pub result: Result<u64, String>,
+}
+
+/// An event the stream delivered, in stream order.
+pub struct Consumed {
+    pub seq: u64,
+    pub topic: String,
+    pub event: Option<String>,
+    pub key: Option<String>,
+    pub payload: Bytes,
+}
+
+/// A loop's request for what its history cannot replay: events of `topics` in
+/// `(after, upto]`, at most a page.
+pub struct FetchRequest {
+    pub shard: usize,
+    pub index: u32,
+    pub generation: u32,
+    pub topics: Vec<Box<str>>,
+    pub after: u64,
+    pub upto: u64,
+    pub limits: PageLimits,
+}
+
+/// The stream's answer to a [`FetchRequest`].
+pub struct Fetched {
+    pub index: u32,
+    pub generation: u32,
+    pub after: u64,
+    /// The end of the range asked for.
+    pub upto: u64,
+    /// The events, in order.
+    pub events: Vec<Arc<Event>>,
+    /// The stream proved nothing of the range is missing (see [`proof`]).
+    pub whole: bool,
+    /// The page stopped at its limits: more follow its last event.
+    pub more: bool,
+    /// The stream could not be read: the reason (the range is treated as not whole).
+    pub error: Option<String>,
+}
+
+/// What the backplane thread hands the ingest thread.
+#[derive(Default)]
+pub struct ToIngest {
+    pub consumed: VecDeque<Consumed>,
+    pub acks: VecDeque<Ack>,
+}
+
+/// Requests to the backplane thread.
+pub enum Request {
+    Publish(Publish),
+    Fetch(FetchRequest),
+}
+
+/// The backplane as every other thread sees it.
+pub struct Backplane {
+    requests: tokio::sync::mpsc::UnboundedSender<Request>,
+    /// Filled by the backplane thread, drained by the ingest thread.
+    pub to_ingest: Mutex<ToIngest>,
+    /// Rung, not yet drained: the backplane thread rings the ingest thread only once.
+    pub ingest_bell_pending: AtomicBool,
+    /// The ingest thread drained `to_ingest`: the backplane thread may read the stream on.
+    pub drained: tokio::sync::Notify,
+    /// Per loop: answers to its fetches.
+    pub fetched: Vec<Mutex<Vec<Fetched>>>,
+    pub status: Status,
+}
+
+/// The backplane's health, for `/healthz`, `/metrics` and the loops.
+#[derive(Default)]
+pub struct Status {
+    /// Connected to NATS.
+    pub up: AtomicBool,
+    /// Why not, when not.
+    pub reason: Mutex<String>,
+    /// The newest stream sequence this node knows of (from acks and the consumer).
+    pub last_seq: AtomicU64,
+    /// Events stored through this node.
+    pub published: AtomicU64,
+    /// Publishes refused because the backplane could not store them.
+    pub refused: AtomicU64,
+    /// Batches retried because another node published one of their topics in between.
+    pub conflicts: AtomicU64,
+    /// Events read from the stream.
+    pub consumed: AtomicU64,
+    /// Resumes read from the stream rather than the local history.
+    pub fetches: AtomicU64,
+    /// Stream sequences this node never received (evicted before it read them).
+    pub skipped: AtomicU64,
+}
+
+impl Status {
+    pub fn set_down(&self, reason: impl Into<String>) {
+        self.up.store(false, Ordering::Release);
+        *self.reason.lock().unwrap_or_else(PoisonError::into_inner) = reason.into();
+    }
+
+    pub fn set_up(&self) {
+        self.up.store(true, Ordering::Release);
+        self.reason.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    pub fn reason(&self) -> String {
+        self.reason.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+impl Backplane {
+    /// Hands a request to the backplane thread. False when the thread has gone.
+    pub fn request(&self, request: Request) -> bool {
+        self.requests.send(request).is_ok()
+    }
+
+    /// Takes what waits for the ingest thread and lets the backplane thread read on.
+    pub fn take_for_ingest(&self) -> ToIngest {
+        self.ingest_bell_pending.store(false, Ordering::Release);
+        let taken = std::mem::take(&mut *self.to_ingest.lock().unwrap_or_else(PoisonError::into_inner));
+        self.drained.notify_one();
+        taken
+    }
+
+    /// Takes loop `shard`'s answered fetches.
+    pub fn take_fetched(&self, shard: usize) -> Vec<Fetched> {
+        let mut slot = self.fetched[shard].lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_empty() {
+            return Vec::new();
+        }
+        std::mem::take(&mut *slot)
+    }
+}
+
+/// The backplane as the engine's threads hold it.
+pub struct Link {
+    pub backplane: Arc<Backplane>,
+    pub bells: Arc<nats::Bells>,
+}
+
+/// Where the stream stood when this node joined it.
+#[derive(Clone, Copy, Debug)]
+pub struct Joined {
+    /// The stream's creation time in microseconds: the epoch of every id.
+    pub epoch_micros: u64,
+    /// The stream's last sequence at the join: the history knows nothing at or before it.
+    pub last_seq: u64,
+    /// The largest payload the NATS server takes, less room for headers.
+    pub payload_max: usize,
+}
+
+/// Why the backplane did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BackplaneError {
+    #[error("cannot reach the backplane {urls}: {reason}; start nats-server with JetStream (-js) or fix --backplane")]
+    Unreachable { urls: String, reason: String },
+    #[error("the backplane stream {stream} cannot be used as ringcast's: {why}; delete it, or pass --backplane-stream with another name")]
+    Incompatible { stream: String, why: String },
+    #[error("the backplane stream {stream}: {reason}")]
+    Stream { stream: String, reason: String },
+    #[error("cannot start the backplane thread: {0}")]
+    Thread(String),
+}

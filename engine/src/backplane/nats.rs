@@ -1,0 +1,904 @@
+//! The backplane thread: async-nats on a current-thread tokio runtime, and four tasks on
+//! it (a `LocalSet`, so they share state without locks):
+//!
+//! - the publisher: takes the ingest thread's publishes in order and stores them as atomic
+//!   batches, one in flight at a time, each message naming its topic's predecessor (see
+//!   [`super::proof`]); acknowledges each publish with its stream sequence or the reason;
+//! - the consumer: an ordered consumer over the whole stream from the node's join point,
+//!   handing every event to the ingest thread in stream order, pausing while the ingest
+//!   thread has [`super::CONSUMED_WAITING_MAX`] events waiting;
+//! - fetches: a loop's resume its history cannot fill, read with batched direct gets per
+//!   topic and proven whole or not;
+//! - the watch: the connection's state, for `/healthz` and for failing publishes fast.
+//!
+//! It never blocks the io_uring loops: they see its results in mailboxes and are woken
+//! by `MSG_RING` doorbells from the thread's own small ring ([`crate::sys::uring::Bell`]).
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{Client, HeaderMap, StatusCode};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::proof::{self, Evidence, Prev, PREV_HEADER};
+use super::{
+    subject, Ack, Backplane, BackplaneError, Consumed, FetchRequest, Fetched, Joined, Publish, Request,
+};
+use crate::config::Config;
+use crate::event::{Epoch, Event};
+use crate::sys::uring::Bell;
+
+/// Events per atomic batch (JetStream's own limit is 1,000).
+pub const BATCH_MESSAGES_MAX: usize = 1000;
+/// Payload bytes per atomic batch.
+const BATCH_BYTES_MAX: usize = 8 << 20;
+/// Times a batch is retried after another node published one of its topics in between.
+const CONFLICT_RETRIES: usize = 20;
+/// Header of the event name.
+const EVENT_HEADER: &str = "Ringcast-Event";
+/// Header of the coalescing key.
+const KEY_HEADER: &str = "Ringcast-Key";
+/// Room left for headers below the server's `max_payload`.
+const HEADER_ROOM: usize = 4096;
+/// How long the start waits for NATS.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The JetStream error code of a failed `Nats-Expected-Last-Subject-Sequence` check.
+const WRONG_LAST_SEQUENCE: u64 = 10071;
+
+/// Doorbell targets, filled in as the ingest thread and the loops build their rings.
+pub struct Bells {
+    pub ingest: AtomicI32,
+    pub loops: Vec<AtomicI32>,
+}
+
+/// What the backplane needs from the configuration.
+#[derive(Clone)]
+struct Settings {
+    urls: Vec<String>,
+    stream: String,
+    node: String,
+    replicas: usize,
+    timeout: Duration,
+    per_subject: i64,
+    max_age: Duration,
+    max_bytes: i64,
+    payload_max: usize,
+}
+
+impl Settings {
+    fn of(config: &Config) -> Settings {
+        Settings {
+            urls: config
+                .backplane
+                .iter()
+                .flat_map(|u| u.split(','))
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect(),
+            stream: config.backplane_stream.clone(),
+            node: config.node_name(),
+            replicas: config.backplane_replicas,
+            timeout: Duration::from_millis(config.backplane_timeout_ms),
+            per_subject: i64::try_from(config.history_events).unwrap_or(i64::MAX),
+            max_age: Duration::from_secs(config.history_age_secs),
+            max_bytes: i64::try_from(config.history_bytes_total).unwrap_or(i64::MAX),
+            payload_max: config.payload_max,
+        }
+    }
+}
+
+/// Starts the backplane thread, connects, and joins (or creates) the stream; returns once
+/// the node may serve.
+///
+/// # Errors
+/// A [`BackplaneError`] saying what is wrong and what to do.
+pub fn start(config: &Config, loops: usize) -> Result<(Arc<Backplane>, Arc<Bells>, Joined), BackplaneError> {
+    let settings = Settings::of(config);
+    let (requests_tx, requests_rx) = tokio::sync::mpsc::unbounded_channel();
+    let backplane = Arc::new(Backplane {
+        requests: requests_tx,
+        to_ingest: Default::default(),
+        ingest_bell_pending: Default::default(),
+        drained: tokio::sync::Notify::new(),
+        fetched: (0..loops).map(|_| Default::default()).collect(),
+        status: Default::default(),
+    });
+    let bells = Arc::new(Bells {
+        ingest: AtomicI32::new(-1),
+        loops: (0..loops).map(|_| AtomicI32::new(-1)).collect(),
+    });
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let shared = (Arc::clone(&backplane), Arc::clone(&bells));
+    std::thread::Builder::new()
+        .name("ringcast-backplane".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(BackplaneError::Thread(e.to_string())));
+                    return;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, async move {
+                let joined = match join(&settings).await {
+                    Ok(j) => j,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let (client, stream, info) = joined;
+                let _ = ready_tx.send(Ok(info));
+                serve(settings, client, stream, info, shared.0, shared.1, requests_rx).await;
+            });
+        })
+        .map_err(|e| BackplaneError::Thread(e.to_string()))?;
+    let joined = ready_rx
+        .recv()
+        .map_err(|_| BackplaneError::Thread("the backplane thread died while starting".into()))??;
+    backplane.status.set_up();
+    backplane
+        .status
+        .last_seq
+        .store(joined.last_seq, Ordering::Release);
+    Ok((backplane, bells, joined))
+}
+
+/// Connects and finds or creates the stream.
+async fn join(s: &Settings) -> Result<(Client, stream::Stream, Joined), BackplaneError> {
+    let urls = s.urls.join(",");
+    let unreachable = |reason: String| BackplaneError::Unreachable {
+        urls: urls.clone(),
+        reason,
+    };
+    let connect = async_nats::ConnectOptions::new()
+        .name(format!("ringcast {}", s.node))
+        .connection_timeout(CONNECT_TIMEOUT)
+        .request_timeout(Some(s.timeout))
+        .max_reconnects(None::<usize>)
+        .connect(s.urls.clone());
+    let client = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    let js = jetstream::new(client.clone());
+    let stream_error = |reason: String| BackplaneError::Stream {
+        stream: s.stream.clone(),
+        reason,
+    };
+    let mut stream = match js.get_stream(&s.stream).await {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            let wanted = stream_config(s);
+            js.create_stream(wanted).await.map_err(|e| {
+                stream_error(format!(
+                    "cannot create it: {e}; is JetStream enabled (nats-server -js)?"
+                ))
+            })?
+        }
+        Err(e) => {
+            return Err(stream_error(format!(
+                "cannot look it up: {e}; is JetStream enabled (nats-server -js)?"
+            )))
+        }
+    };
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| stream_error(e.to_string()))?
+        .clone();
+    check_compatible(s, &info.config)?;
+    let epoch_micros = u64::try_from(info.created.unix_timestamp_nanos() / 1000)
+        .unwrap_or(1)
+        .max(1);
+    let payload_max = client.server_info().max_payload.saturating_sub(HEADER_ROOM);
+    Ok((
+        client,
+        stream,
+        Joined {
+            epoch_micros,
+            last_seq: info.state.last_sequence,
+            payload_max,
+        },
+    ))
+}
+
+/// The stream ringcast creates when none exists.
+fn stream_config(s: &Settings) -> stream::Config {
+    stream::Config {
+        name: s.stream.clone(),
+        subjects: vec![subject::all_topics(&s.stream)],
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        storage: stream::StorageType::File,
+        num_replicas: s.replicas,
+        max_messages_per_subject: s.per_subject,
+        max_age: s.max_age,
+        max_bytes: s.max_bytes,
+        max_message_size: i32::try_from(s.payload_max + HEADER_ROOM).unwrap_or(i32::MAX),
+        allow_direct: true,
+        allow_atomic_publish: true,
+        description: Some("ringcast events: one subject per topic".into()),
+        ..Default::default()
+    }
+}
+
+/// Refuses a stream whose settings would break ordering or the gap proof, naming what
+/// differs; limits that only differ are the stream's to keep, with a line saying so.
+fn check_compatible(s: &Settings, c: &stream::Config) -> Result<(), BackplaneError> {
+    let mut wrong = Vec::new();
+    let subjects = subject::all_topics(&s.stream);
+    if c.subjects != [subjects.clone()] {
+        wrong.push(format!(
+            "its subjects are {:?}, ringcast needs exactly [{subjects:?}]",
+            c.subjects
+        ));
+    }
+    if c.retention != stream::RetentionPolicy::Limits {
+        wrong.push(format!("retention is {:?}, ringcast needs limits", c.retention));
+    }
+    if c.discard != stream::DiscardPolicy::Old || c.discard_new_per_subject {
+        wrong.push("it discards new messages when full; ringcast needs discard old".into());
+    }
+    if !c.allow_direct {
+        wrong.push("allow_direct is off; ringcast reads resumes with direct gets".into());
+    }
+    if !c.allow_atomic_publish {
+        wrong.push("allow_atomic is off; ringcast publishes atomic batches".into());
+    }
+    if c.sealed || c.mirror.is_some() || c.sources.as_ref().is_some_and(|v| !v.is_empty()) {
+        wrong.push("it is sealed, a mirror or sourced; ringcast must write it".into());
+    }
+    if c.subject_transform.is_some() {
+        wrong.push("it transforms subjects; ringcast reads topics from subjects".into());
+    }
+    if !wrong.is_empty() {
+        return Err(BackplaneError::Incompatible {
+            stream: s.stream.clone(),
+            why: wrong.join("; "),
+        });
+    }
+    if c.max_messages_per_subject != s.per_subject || c.max_age != s.max_age || c.max_bytes != s.max_bytes {
+        eprintln!(
+            "ringcast: backplane stream {} keeps {} messages per topic for {:?} and {} bytes; its \
+             limits apply rather than --history-events {} / --history-age-secs {} / --history-bytes-total {}",
+            s.stream,
+            c.max_messages_per_subject,
+            c.max_age,
+            c.max_bytes,
+            s.per_subject,
+            s.max_age.as_secs(),
+            s.max_bytes
+        );
+    }
+    Ok(())
+}
+
+/// The thread's state, shared by its tasks (one thread: `Rc`, no locks).
+struct Node {
+    settings: Settings,
+    client: Client,
+    stream: RefCell<stream::Stream>,
+    epoch: Epoch,
+    backplane: Arc<Backplane>,
+    bells: Arc<Bells>,
+    bell: RefCell<Option<Bell>>,
+    /// The stream sequence of each topic's newest message, as far as this node knows.
+    last: RefCell<HashMap<String, u64>>,
+}
+
+async fn serve(
+    settings: Settings,
+    client: Client,
+    stream: stream::Stream,
+    joined: Joined,
+    backplane: Arc<Backplane>,
+    bells: Arc<Bells>,
+    mut requests: UnboundedReceiver<Request>,
+) {
+    let bell = match Bell::new() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            eprintln!("ringcast: backplane: no doorbell ring ({e}); loops learn of results on their tick");
+            None
+        }
+    };
+    let node = Rc::new(Node {
+        settings,
+        client,
+        stream: RefCell::new(stream),
+        epoch: Epoch::from_raw(joined.epoch_micros),
+        backplane,
+        bells,
+        bell: RefCell::new(bell),
+        last: RefCell::new(HashMap::new()),
+    });
+    let (publish_tx, publish_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::task::spawn_local(publisher(Rc::clone(&node), publish_rx));
+    tokio::task::spawn_local(consumer(Rc::clone(&node), joined.last_seq + 1));
+    tokio::task::spawn_local(watch(Rc::clone(&node)));
+    while let Some(request) = requests.recv().await {
+        match request {
+            Request::Publish(p) => {
+                let _ = publish_tx.send(p);
+            }
+            Request::Fetch(f) => {
+                tokio::task::spawn_local(fetch_task(Rc::clone(&node), f));
+            }
+        }
+    }
+}
+
+impl Node {
+    fn ring(&self, fd: &AtomicI32, data: u64) {
+        let fd = fd.load(Ordering::Acquire);
+        if fd < 0 {
+            return;
+        }
+        if let Some(bell) = self.bell.borrow_mut().as_mut() {
+            bell.ring(fd, data);
+        }
+    }
+
+    fn ring_ingest(&self) {
+        if !self.backplane.ingest_bell_pending.swap(true, Ordering::AcqRel) {
+            self.ring(&self.bells.ingest, crate::ingest::BACKPLANE_BELL_DATA);
+        }
+    }
+
+    fn ack(&self, acks: impl IntoIterator<Item = Ack>) {
+        self.backplane
+            .to_ingest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .acks
+            .extend(acks);
+        self.ring_ingest();
+    }
+
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+/// Watches the connection: the status follows it, so `/healthz` says when the backplane
+/// is down and publishes fail fast.
+async fn watch(node: Rc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let status = &node.backplane.status;
+        match (node.connected(), status.is_up()) {
+            (true, false) => {
+                eprintln!("ringcast: backplane: connected to NATS again");
+                status.set_up();
+            }
+            (false, true) => {
+                eprintln!("ringcast: backplane: lost the connection to NATS; publishes are refused until it is back");
+                status.set_down("not connected to NATS");
+            }
+            _ => {}
+        }
+    }
+}
+
+// ----- publishing ---------------------------------------------------------------------
+
+async fn publisher(node: Rc<Node>, mut rx: UnboundedReceiver<Publish>) {
+    let mut batch: Vec<Publish> = Vec::with_capacity(BATCH_MESSAGES_MAX);
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.payload.len();
+        batch.push(first);
+        while batch.len() < BATCH_MESSAGES_MAX && bytes < BATCH_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.payload.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let results = store(&node, &batch).await;
+        let status = &node.backplane.status;
+        let acks: Vec<Ack> = batch
+            .drain(..)
+            .zip(results)
+            .map(|(p, result)| {
+                match &result {
+                    Ok(_) => status.published.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => status.refused.fetch_add(1, Ordering::Relaxed),
+                };
+                Ack {
+                    publisher: p.publisher,
+                    result,
+                }
+            })
+            .collect();
+        node.ack(acks);
+    }
+}
+
+/// Stores `batch` as one atomic batch; the stream sequence of each event, or why not.
+async fn store(node: &Node, batch: &[Publish]) -> Vec<Result<u64, String>> {
+    let refuse = |why: String| batch.iter().map(|_| Err(why.clone())).collect();
+    for _ in 0..CONFLICT_RETRIES {
+        if !node.connected() {
+            return refuse(format!("backplane unavailable: {}", down_reason(node)));
+        }
+        match send_batch(node, batch).await {
+            Ok(last) => {
+                let first = last + 1 - batch.len() as u64;
+                let mut known = node.last.borrow_mut();
+                for (i, p) in batch.iter().enumerate() {
+                    let seq = first + i as u64;
+                    let entry = known.entry(p.topic.to_string()).or_insert(0);
+                    *entry = (*entry).max(seq);
+                }
+                node.backplane.status.last_seq.fetch_max(last, Ordering::AcqRel);
+                return (first..=last).map(Ok).collect();
+            }
+            Err(BatchError::Conflict) => {
+                node.backplane.status.conflicts.fetch_add(1, Ordering::Relaxed);
+                refresh_last(node, batch).await;
+            }
+            Err(BatchError::Refused(why)) => return refuse(why),
+            Err(BatchError::Unavailable(why)) => return refuse(format!("backplane unavailable: {why}")),
+        }
+    }
+    refuse(format!(
+        "backplane busy: other nodes kept publishing these topics; {CONFLICT_RETRIES} attempts failed"
+    ))
+}
+
+fn down_reason(node: &Node) -> String {
+    let reason = node.backplane.status.reason();
+    if reason.is_empty() {
+        "not connected to NATS".into()
+    } else {
+        reason
+    }
+}
+
+enum BatchError {
+    /// A topic's predecessor was not the one named: another node published it meanwhile.
+    Conflict,
+    /// JetStream refused the batch for good.
+    Refused(String),
+    /// No answer, or no connection.
+    Unavailable(String),
+}
+
+thread_local! {
+    static BATCH_SERIAL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Sends one atomic batch and returns the sequence of its last message.
+async fn send_batch(node: &Node, batch: &[Publish]) -> Result<u64, BatchError> {
+    let serial = BATCH_SERIAL.with(|s| {
+        s.set(s.get() + 1);
+        s.get()
+    });
+    // Batch ids are at most 64 bytes; the node name is shortened if need be.
+    let name: String = node.settings.node.chars().take(40).collect();
+    let batch_id = format!("{name}-{}-{serial}", std::process::id());
+    let known = node.last.borrow().clone();
+    let mut seen_at: HashMap<&str, usize> = HashMap::new();
+    let last_index = batch.len() - 1;
+    for (i, p) in batch.iter().enumerate() {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Batch-Id", batch_id.as_str());
+        headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+        match seen_at.insert(&p.topic, i) {
+            // Stored right after one another: name the predecessor by distance.
+            Some(j) => headers.insert(PREV_HEADER, format!("-{}", i - j).as_str()),
+            None => {
+                let prev = known.get(&*p.topic).copied().unwrap_or(0);
+                headers.insert(PREV_HEADER, prev.to_string().as_str());
+                headers.insert("Nats-Expected-Last-Subject-Sequence", prev.to_string().as_str());
+            }
+        }
+        if let Some(event) = &p.event {
+            headers.insert(EVENT_HEADER, &**event);
+        }
+        if let Some(key) = &p.key {
+            headers.insert(KEY_HEADER, &**key);
+        }
+        let subject = subject::of_topic(&node.settings.stream, &p.topic);
+        if i < last_index {
+            node.client
+                .publish_with_headers(subject, headers, p.payload.clone())
+                .await
+                .map_err(|e| BatchError::Unavailable(e.to_string()))?;
+            continue;
+        }
+        headers.insert("Nats-Batch-Commit", "1");
+        let request = async_nats::Request::new()
+            .headers(headers)
+            .payload(p.payload.clone())
+            .timeout(Some(node.settings.timeout));
+        let reply = node
+            .client
+            .send_request(subject, request)
+            .await
+            .map_err(|e| BatchError::Unavailable(e.to_string()))?;
+        return parse_batch_ack(&reply.payload, batch.len());
+    }
+    Err(BatchError::Refused("empty batch".into()))
+}
+
+/// A JetStream publish acknowledgement: `{"stream":..,"seq":N,"batch":..,"count":K}` or
+/// `{"error":{"code":..,"err_code":..,"description":..}}`.
+fn parse_batch_ack(payload: &[u8], count: usize) -> Result<u64, BatchError> {
+    #[derive(serde::Deserialize)]
+    struct AckJson {
+        seq: Option<u64>,
+        count: Option<u64>,
+        error: Option<ErrorJson>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorJson {
+        err_code: Option<u64>,
+        description: Option<String>,
+    }
+    let ack: AckJson = serde_json::from_slice(payload)
+        .map_err(|e| BatchError::Refused(format!("unreadable acknowledgement from JetStream: {e}")))?;
+    if let Some(error) = ack.error {
+        if error.err_code == Some(WRONG_LAST_SEQUENCE) {
+            return Err(BatchError::Conflict);
+        }
+        return Err(BatchError::Refused(format!(
+            "JetStream refused the event: {}",
+            error.description.unwrap_or_default()
+        )));
+    }
+    match (ack.seq, ack.count.unwrap_or(1)) {
+        (Some(seq), n) if n == count as u64 && seq >= n => Ok(seq),
+        (seq, n) => Err(BatchError::Refused(format!(
+            "JetStream stored {n} of {count} events (last {seq:?}); the batch is not whole"
+        ))),
+    }
+}
+
+/// Learns the newest stored message of each of `batch`'s topics.
+async fn refresh_last(node: &Node, batch: &[Publish]) {
+    let mut topics: Vec<&str> = batch.iter().map(|p| &*p.topic).collect();
+    topics.sort_unstable();
+    topics.dedup();
+    for topic in topics {
+        let subject = subject::of_topic(&node.settings.stream, topic);
+        if let Ok(Some((seq, _))) = last_at_or_before(node, &subject, None).await {
+            let mut known = node.last.borrow_mut();
+            let entry = known.entry(topic.to_string()).or_insert(0);
+            *entry = (*entry).max(seq);
+        }
+    }
+}
+
+// ----- consuming ----------------------------------------------------------------------
+
+async fn consumer(node: Rc<Node>, mut next: u64) {
+    loop {
+        let stream = node.stream.borrow().clone();
+        let created = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: next },
+                ..Default::default()
+            })
+            .await;
+        let messages = match created {
+            Ok(c) => c.messages().await,
+            Err(e) => {
+                node.backplane
+                    .status
+                    .set_down(format!("cannot read the stream: {e}"));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                node.backplane
+                    .status
+                    .set_down(format!("cannot read the stream: {e}"));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        while let Some(message) = messages.next().await {
+            let Ok(message) = message else {
+                // The ordered consumer recreates itself after most errors; it ended.
+                break;
+            };
+            let Ok(info) = message.info() else { continue };
+            let seq = info.stream_sequence;
+            if seq < next {
+                continue;
+            }
+            if seq > next {
+                node.backplane
+                    .status
+                    .skipped
+                    .fetch_add(seq - next, Ordering::Relaxed);
+            }
+            next = seq + 1;
+            let Some(consumed) = consumed_of(&node, seq, &message.message) else {
+                continue;
+            };
+            deliver_consumed(&node, consumed).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
+    headers?.get(name).map(|v| v.as_str())
+}
+
+/// The event a stream message carries; `None` for a message ringcast cannot serve (a
+/// subject that names no topic, a payload that is not UTF-8), which is skipped.
+fn consumed_of(node: &Node, seq: u64, message: &async_nats::Message) -> Option<Consumed> {
+    let topic = subject::topic_of(&node.settings.stream, message.subject.as_str())?;
+    std::str::from_utf8(&message.payload).ok()?;
+    let headers = message.headers.as_ref();
+    {
+        let mut known = node.last.borrow_mut();
+        let entry = known.entry(topic.clone()).or_insert(0);
+        *entry = (*entry).max(seq);
+    }
+    node.backplane.status.last_seq.fetch_max(seq, Ordering::AcqRel);
+    node.backplane.status.consumed.fetch_add(1, Ordering::Relaxed);
+    Some(Consumed {
+        seq,
+        topic,
+        event: header(headers, EVENT_HEADER).map(str::to_owned),
+        key: header(headers, KEY_HEADER).map(str::to_owned),
+        payload: message.payload.clone(),
+    })
+}
+
+/// Hands one event to the ingest thread, waiting while it has too many waiting.
+async fn deliver_consumed(node: &Node, consumed: Consumed) {
+    let mut consumed = Some(consumed);
+    loop {
+        {
+            let mut to_ingest = node
+                .backplane
+                .to_ingest
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if to_ingest.consumed.len() < super::CONSUMED_WAITING_MAX {
+                to_ingest.consumed.push_back(consumed.take().expect("once"));
+            }
+        }
+        node.ring_ingest();
+        if consumed.is_none() {
+            return;
+        }
+        // Wait for the ingest thread to drain, with a safety net for a missed wake-up.
+        let _ = tokio::time::timeout(Duration::from_millis(10), node.backplane.drained.notified()).await;
+    }
+}
+
+// ----- fetching resumes ------------------------------------------------------------------
+
+async fn fetch_task(node: Rc<Node>, request: FetchRequest) {
+    node.backplane.status.fetches.fetch_add(1, Ordering::Relaxed);
+    let shard = request.shard;
+    let fetched = match fetch(&node, &request).await {
+        Ok(f) => f,
+        Err(why) => Fetched {
+            index: request.index,
+            generation: request.generation,
+            after: request.after,
+            upto: request.upto,
+            events: Vec::new(),
+            whole: false,
+            more: false,
+            error: Some(why),
+        },
+    };
+    node.backplane.fetched[shard]
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(fetched);
+    node.ring(&node.bells.loops[shard], crate::shard::DOORBELL_DATA);
+}
+
+/// One stored message read back.
+struct Stored {
+    seq: u64,
+    topic: usize,
+    prev: Prev,
+    event: Option<String>,
+    key: Option<String>,
+    payload: Bytes,
+}
+
+/// Reads `(after, upto]` of the request's topics, at most a page, and proves it whole.
+async fn fetch(node: &Node, r: &FetchRequest) -> Result<Fetched, String> {
+    let per_topic = r.limits.events.clamp(1, BATCH_MESSAGES_MAX);
+    let mut all: Vec<Stored> = Vec::new();
+    // A topic whose read stopped at its batch size may hold more before `upto`: the page
+    // then ends where the first such topic's read ended.
+    let mut cut = r.upto;
+    for (i, topic) in r.topics.iter().enumerate() {
+        let subject = subject::of_topic(&node.settings.stream, topic);
+        let read = batch_get(node, &subject, r.after + 1, r.upto, per_topic).await?;
+        if read.len() >= per_topic {
+            cut = cut.min(read.last().map_or(r.upto, |m| m.0));
+        }
+        all.extend(read.into_iter().map(|(seq, m)| stored(i, seq, &m)));
+    }
+    all.retain(|m| m.seq <= cut);
+    all.sort_unstable_by_key(|m| m.seq);
+    let mut more = cut < r.upto;
+    let mut bytes = 0;
+    let mut keep = 0;
+    for m in &all {
+        if keep > 0 && (keep >= r.limits.events || bytes + m.payload.len() > r.limits.bytes) {
+            more = true;
+            cut = all[keep - 1].seq;
+            break;
+        }
+        bytes += m.payload.len();
+        keep += 1;
+    }
+    all.truncate(keep);
+    let stream_first = stream_first_seq(node).await?;
+    let mut whole = true;
+    for (i, topic) in r.topics.iter().enumerate() {
+        let first = all.iter().find(|m| m.topic == i).map(|m| (m.seq, m.prev));
+        let held_before = match first {
+            Some(_) => false,
+            None => {
+                let subject = subject::of_topic(&node.settings.stream, topic);
+                last_at_or_before(node, &subject, Some(cut)).await?.is_some()
+            }
+        };
+        if !proof::whole(r.after, Evidence { first, held_before }, stream_first) {
+            whole = false;
+        }
+    }
+    let now = Instant::now();
+    let events = all
+        .into_iter()
+        .map(|m| {
+            Arc::new(Event::new(
+                node.epoch,
+                m.seq,
+                &r.topics[m.topic],
+                m.event.as_deref(),
+                m.key.as_deref(),
+                &m.payload,
+                now,
+            ))
+        })
+        .collect();
+    Ok(Fetched {
+        index: r.index,
+        generation: r.generation,
+        after: r.after,
+        upto: r.upto,
+        events,
+        whole,
+        more,
+        error: None,
+    })
+}
+
+fn stored(topic: usize, seq: u64, m: &async_nats::Message) -> Stored {
+    let headers = m.headers.as_ref();
+    Stored {
+        seq,
+        topic,
+        prev: Prev::parse(header(headers, PREV_HEADER), seq),
+        event: header(headers, EVENT_HEADER).map(str::to_owned),
+        key: header(headers, KEY_HEADER).map(str::to_owned),
+        payload: m.payload.clone(),
+    }
+}
+
+/// The direct-get API subject of the stream.
+fn direct_get_subject(node: &Node) -> String {
+    format!("$JS.API.DIRECT.GET.{}", node.settings.stream)
+}
+
+/// Up to `batch` messages of `subject` from sequence `from` to `upto`, in order (a
+/// batched direct get: the server streams them and ends with an end-of-batch status).
+async fn batch_get(
+    node: &Node,
+    subject: &str,
+    from: u64,
+    upto: u64,
+    batch: usize,
+) -> Result<Vec<(u64, async_nats::Message)>, String> {
+    if from > upto {
+        return Ok(Vec::new());
+    }
+    let inbox = node.client.new_inbox();
+    let mut replies = node
+        .client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| format!("backplane unavailable: {e}"))?;
+    let body = serde_json::json!({ "seq": from, "next_by_subj": subject, "batch": batch, "up_to_seq": upto });
+    node.client
+        .publish_with_reply(direct_get_subject(node), inbox, Bytes::from(body.to_string()))
+        .await
+        .map_err(|e| format!("backplane unavailable: {e}"))?;
+    let mut out = Vec::new();
+    loop {
+        let next = tokio::time::timeout(node.settings.timeout, replies.next()).await;
+        let Ok(Some(message)) = next else {
+            return Err("backplane unavailable: a stream read timed out".into());
+        };
+        match message.status {
+            // 204 ends a batch; 404 says nothing (more) matches.
+            Some(status) if status.as_u16() == 204 || status == StatusCode::NOT_FOUND => return Ok(out),
+            Some(status) if status != StatusCode::OK => {
+                return Err(format!(
+                    "the stream read failed: {status} {}",
+                    message.description.unwrap_or_default()
+                ))
+            }
+            _ => {}
+        }
+        let seq = header(message.headers.as_ref(), "Nats-Sequence")
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or("a stream message without its sequence")?;
+        if seq > upto {
+            return Ok(out);
+        }
+        out.push((seq, message));
+        if out.len() >= batch {
+            return Ok(out);
+        }
+    }
+}
+
+/// The newest held message of `subject` at or before `upto` (or at all): its sequence
+/// and predecessor.
+async fn last_at_or_before(
+    node: &Node,
+    subject: &str,
+    upto: Option<u64>,
+) -> Result<Option<(u64, Prev)>, String> {
+    let body = match upto {
+        Some(upto) => serde_json::json!({ "last_by_subj": subject, "up_to_seq": upto }),
+        None => serde_json::json!({ "last_by_subj": subject }),
+    };
+    let reply = node
+        .client
+        .request(direct_get_subject(node), Bytes::from(body.to_string()))
+        .await
+        .map_err(|e| format!("backplane unavailable: {e}"))?;
+    if reply.status == Some(StatusCode::NOT_FOUND) {
+        return Ok(None);
+    }
+    let headers = reply.headers.as_ref();
+    let seq = header(headers, "Nats-Sequence")
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or("a direct get answered without a sequence")?;
+    Ok(Some((seq, Prev::parse(header(headers, PREV_HEADER), seq))))
+}
+
+/// The stream's first held sequence.
+async fn stream_first_seq(node: &Node) -> Result<u64, String> {
+    let stream = node.stream.borrow().clone();
+    let info = stream
+        .get_info()
+        .await
+        .map_err(|e| format!("backplane unavailable: {e}"))?;
+    Ok(info.state.first_sequence)
+}
