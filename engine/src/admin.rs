@@ -99,7 +99,7 @@ fn read_body(
 fn route(method: http::Method, path: &str, query: &str, body: &[u8], shared: &Shared) -> Vec<u8> {
     use http::Method::{Get, Post};
     match (method, path) {
-        (Get, "/healthz") => http::simple_response(200, "ok\n", false, &[]),
+        (Get, "/healthz") => healthz(shared),
         (Get, "/stats") => typed_response(200, "application/json", &stats_json(shared)),
         (Get, "/metrics") => {
             typed_response(200, "text/plain; version=0.0.4; charset=utf-8", &metrics(shared))
@@ -115,6 +115,18 @@ fn route(method: http::Method, path: &str, query: &str, body: &[u8], shared: &Sh
             false,
             &[],
         ),
+    }
+}
+
+/// `200 ok`, or with a backplane that is down `503` saying why: this node cannot take
+/// publishes then (connected clients keep their streams and heartbeats).
+fn healthz(shared: &Shared) -> Vec<u8> {
+    match &shared.backplane {
+        Some(link) if !link.backplane.status.is_up() => {
+            let why = format!("backplane down: {}\n", link.backplane.status.reason());
+            http::simple_response(503, &why, false, &[("Retry-After", "1")])
+        }
+        _ => http::simple_response(200, "ok\n", false, &[]),
     }
 }
 

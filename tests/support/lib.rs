@@ -5,12 +5,14 @@
 //! - [`sse`] is an EventSource client: chunked decoding fed to the [`whatwg`] parser.
 //! - [`ingest`] is a publisher on the Unix socket, and a runner of `ringcast publish`.
 //! - [`json`] reads the flat JSON objects of `ringcast.reset` events.
+//! - [`nats`] runs nats-server with JetStream (alone or as a cluster) and asks it things.
 //!
 //! Every wait here has a deadline: a misbehaving engine fails a test, it never hangs it.
 pub mod engine;
 pub mod http;
 pub mod ingest;
 pub mod json;
+pub mod nats;
 pub mod poll;
 pub mod slow;
 pub mod sse;

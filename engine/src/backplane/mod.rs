@@ -35,9 +35,10 @@
 //! (`Ringcast-Prev`, see [`proof`]), checked by JetStream with
 //! `Nats-Expected-Last-Subject-Sequence`; a batch refused because another node published
 //! the same topic in between is retried with the new predecessor. When NATS cannot be
-//! reached a publish is answered `-ERR backplane unavailable: <reason>` within
-//! `--backplane-timeout-ms`; a batch whose acknowledgement never came is reported so,
-//! though JetStream may still have stored it.
+//! reached a publish is answered `-ERR backplane unavailable: <reason>` at once (no
+//! connection: nothing was sent) or within `--backplane-timeout-ms` (sent, never
+//! acknowledged: the reason then says the event may still have been stored, which happens
+//! when NATS goes away between receiving a batch and answering it).
 //!
 //! # Serving
 //!

@@ -295,6 +295,9 @@ struct Node {
     bell: RefCell<Option<Bell>>,
     /// The stream sequence of each topic's newest message, as far as this node knows.
     last: RefCell<HashMap<String, u64>>,
+    /// The connection came back: the consumer starts again at once rather than waiting
+    /// for its heartbeats to say the server lost it.
+    reconnected: tokio::sync::Notify,
 }
 
 async fn serve(
@@ -322,6 +325,7 @@ async fn serve(
         bells,
         bell: RefCell::new(bell),
         last: RefCell::new(HashMap::new()),
+        reconnected: tokio::sync::Notify::new(),
     });
     let (publish_tx, publish_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::task::spawn_local(publisher(Rc::clone(&node), publish_rx));
@@ -377,17 +381,31 @@ async fn watch(node: Rc<Node>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
-        let status = &node.backplane.status;
-        match (node.connected(), status.is_up()) {
-            (true, false) => {
-                eprintln!("ringcast: backplane: connected to NATS again");
-                status.set_up();
-            }
-            (false, true) => {
-                eprintln!("ringcast: backplane: lost the connection to NATS; publishes are refused until it is back");
-                status.set_down("not connected to NATS");
-            }
-            _ => {}
+        if node.connected() {
+            node.mark_up();
+        } else {
+            node.mark_down();
+        }
+    }
+}
+
+impl Node {
+    fn mark_up(&self) {
+        let status = &self.backplane.status;
+        if !status.is_up() {
+            eprintln!("ringcast: backplane: connected to NATS again");
+            status.set_up();
+            self.reconnected.notify_one();
+        }
+    }
+
+    fn mark_down(&self) {
+        let status = &self.backplane.status;
+        if status.is_up() {
+            eprintln!(
+                "ringcast: backplane: lost the connection to NATS; publishes are refused until it is back"
+            );
+            status.set_down("not connected to NATS");
         }
     }
 }
@@ -433,6 +451,7 @@ async fn store(node: &Node, batch: &[Publish]) -> Vec<Result<u64, String>> {
     let refuse = |why: String| batch.iter().map(|_| Err(why.clone())).collect();
     for _ in 0..CONFLICT_RETRIES {
         if !node.connected() {
+            node.mark_down();
             return refuse(format!("backplane unavailable: {}", down_reason(node)));
         }
         match send_batch(node, batch).await {
@@ -530,7 +549,14 @@ async fn send_batch(node: &Node, batch: &[Publish]) -> Result<u64, BatchError> {
             .client
             .send_request(subject, request)
             .await
-            .map_err(|e| BatchError::Unavailable(e.to_string()))?;
+            .map_err(|e| match e.kind() {
+                // The batch went out and no answer came: NATS may have stored it.
+                async_nats::RequestErrorKind::TimedOut => BatchError::Unavailable(format!(
+                    "no acknowledgement within {} ms; the event may still have been stored",
+                    node.settings.timeout.as_millis()
+                )),
+                _ => BatchError::Unavailable(e.to_string()),
+            })?;
         return parse_batch_ack(&reply.payload, batch.len());
     }
     Err(BatchError::Refused("empty batch".into()))
@@ -615,8 +641,12 @@ async fn consumer(node: Rc<Node>, mut next: u64) {
                 continue;
             }
         };
-        while let Some(message) = messages.next().await {
-            let Ok(message) = message else {
+        loop {
+            let message = tokio::select! {
+                m = messages.next() => m,
+                () = node.reconnected.notified() => break,
+            };
+            let Some(Ok(message)) = message else {
                 // The ordered consumer recreates itself after most errors; it ended.
                 break;
             };

@@ -690,6 +690,8 @@ impl Ingest {
             self.arm_accept();
         }
         self.ring_doorbells(true);
+        // The safety net behind a backplane doorbell rung before this ring existed.
+        self.on_backplane();
         if self.ticks.is_multiple_of(IDLE_CHECK_TICKS) {
             self.close_idle();
         }

@@ -47,6 +47,8 @@ pub(super) struct CatchUp {
     /// The sequence number of the last event queued to the client, or the client's id.
     after: u64,
     phase: Phase,
+    /// The tick the phase began.
+    since: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -102,7 +104,12 @@ impl Shard {
     /// [`Shard::next_page`]). False when the client was failed instead (it exceeded its
     /// cap): the caller must leave the connection alone.
     pub(super) fn replay(&mut self, index: u32, topics: &[String], last: &[u8], kind: Kind) -> bool {
-        let missed = match self.resume_from(topics, last, self.page_limits()) {
+        // Already subscribed: live events the loop delivers while the resume is worked out
+        // (`resume_from` may catch the loop up) pass this client by; the replay has them.
+        self.conns[index as usize].flags |= flags::CATCHING_UP;
+        let resume = self.resume_from(topics, last, self.page_limits());
+        self.conns[index as usize].flags &= !flags::CATCHING_UP;
+        let missed = match resume {
             Resume::Local(missed) => missed,
             Resume::Stream { after, reset } => {
                 let fetch = Fetch {
@@ -188,7 +195,7 @@ impl Shard {
 
     fn start_catchup(&mut self, index: u32, after: u64, phase: Phase, last: &[u8]) {
         self.conns[index as usize].flags |= flags::CATCHING_UP;
-        self.catchup.insert(index, CatchUp { after, phase });
+        self.set_phase(index, after, phase);
         match phase {
             Phase::Fetching(fetch) => {
                 if fetch.reset.is_some() {
@@ -196,7 +203,11 @@ impl Shard {
                 }
                 self.fetch(index, after);
             }
-            Phase::Ahead => self.waiting.push(index),
+            Phase::Ahead => {
+                // Kept in case the id proves to be one the stream never issued.
+                self.reset_ids.insert(index, last.to_vec());
+                self.waiting.push(index);
+            }
             Phase::Local => {}
         }
     }
@@ -244,7 +255,7 @@ impl Shard {
             return;
         }
         let kind = conn.kind;
-        let Some(&CatchUp { after, phase }) = self.catchup.get(&index) else {
+        let Some(&CatchUp { after, phase, .. }) = self.catchup.get(&index) else {
             return;
         };
         let upto = self.delivered_upto();
@@ -285,7 +296,8 @@ impl Shard {
     }
 
     fn set_phase(&mut self, index: u32, after: u64, phase: Phase) {
-        self.catchup.insert(index, CatchUp { after, phase });
+        let since = self.tick;
+        self.catchup.insert(index, CatchUp { after, phase, since });
     }
 
     /// Tells a client that events `first..=last` of its topics are gone. False when the
@@ -302,21 +314,58 @@ impl Shard {
     }
 
     /// Clients that were waiting on this loop's cursor: those it has now passed page on.
+    /// An id this node has not reached within the backplane's timeout, and that the stream
+    /// never stored as far as this node knows, is one the stream did not issue: the client
+    /// gets a reset, as for a malformed id.
     pub(super) fn wake_waiting(&mut self) {
         if self.waiting.is_empty() {
             return;
         }
         let upto = self.delivered_upto();
+        let known = self.shared.backplane.as_ref().map_or(0, |l| {
+            l.backplane
+                .status
+                .last_seq
+                .load(std::sync::atomic::Ordering::Acquire)
+        });
+        let patience = self.clock.ticks_in(std::time::Duration::from_millis(
+            self.shared.config.backplane_timeout_ms,
+        ));
+        // While the backplane is down nothing can be learned: patience starts again.
+        let up = self
+            .shared
+            .backplane
+            .as_ref()
+            .is_some_and(|l| l.backplane.status.is_up());
+        let tick = self.tick;
         let mut waiting = std::mem::take(&mut self.waiting);
         waiting.retain(|&index| {
-            let Some(c) = self.catchup.get(&index) else {
+            let Some(c) = self.catchup.get_mut(&index) else {
                 return false;
             };
             if c.phase != Phase::Ahead {
                 return false;
             }
             if c.after > upto {
-                return true;
+                if !up {
+                    c.since = tick;
+                }
+                if c.after <= known || tick.wrapping_sub(c.since) < patience {
+                    return true;
+                }
+                bump(&self.counters.resets);
+                let last = self.reset_ids.get(&index).cloned().unwrap_or_default();
+                if self.poll_topics.contains_key(&index) {
+                    self.hold_poll_for_stream(index, 0, Some("malformed-id"), &last);
+                } else {
+                    let fetch = Fetch {
+                        initial: false,
+                        reset: Some("malformed-id"),
+                        poll: false,
+                    };
+                    self.start_catchup(index, 0, Phase::Fetching(fetch), &last);
+                }
+                return false;
             }
             let after = c.after;
             if self.poll_topics.contains_key(&index) {
@@ -353,6 +402,7 @@ impl Shard {
         let Some(&CatchUp {
             after,
             phase: Phase::Fetching(fetch),
+            ..
         }) = self.catchup.get(&index)
         else {
             return;
@@ -499,14 +549,9 @@ impl Shard {
                 let broadcast = Arc::clone(&self.shared.broadcast);
                 self.catch_up(&broadcast);
                 if seen > self.delivered_upto() {
-                    let stored = cluster.is_some_and(|l| {
-                        seen <= l
-                            .backplane
-                            .status
-                            .last_seq
-                            .load(std::sync::atomic::Ordering::Acquire)
-                    });
-                    if stored {
+                    // In a cluster another node may have delivered it first: wait for it
+                    // here (see `wake_waiting`).
+                    if cluster.is_some() {
                         return Resume::Ahead(seen);
                     }
                     parsed = LastId::Malformed;
