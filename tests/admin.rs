@@ -7,11 +7,12 @@ use std::process::{Command, Stdio};
 use ringcast_tests::engine::Engine;
 use ringcast_tests::sse::SseClient;
 
-/// One request to the admin address; returns (status, body).
+/// One request to the admin address on its own connection, read to the close; returns
+/// (status, body).
 fn admin(addr: SocketAddr, method: &str, target: &str, body: &[u8]) -> (u16, String) {
     let mut conn = TcpStream::connect(addr).expect("connect to the admin address");
     let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\n\r\n",
+        "{method} {target} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     conn.write_all(head.as_bytes()).unwrap();

@@ -1,24 +1,41 @@
-//! The admin listener, on its own address (`--admin`, loopback by default) and its own
-//! thread: `GET /healthz`, `GET /stats` (JSON), `GET /metrics` (Prometheus text format)
-//! and `POST /publish` (HTTP publishing for convenience). Plain blocking I/O: it serves a
-//! handful of requests a minute, never a client stream, reads the loops only through
-//! their atomic counters, and publishes through the ingest socket like any backend, so
-//! the ingest thread stays the broadcast ring's only producer.
+//! The admin listener, on its own address (`--admin`, loopback by default): `GET /healthz`,
+//! `GET /stats` (JSON), `GET /metrics` (Prometheus text format) and `POST /publish` (HTTP
+//! publishing for convenience).
+//!
+//! Owns: the accept loop, the cap on connections served at once (`--admin-conns-max`,
+//! one thread each, so a slow client delays nobody else; one more is answered 503 at
+//! once), the routes, and the one ingest connection every `POST /publish` goes through.
+//!
+//! Must never: write to the loops' state (it reads them only through their atomic
+//! counters), or publish other than through the ingest socket, so the ingest thread
+//! stays the broadcast ring's only producer.
+mod conn;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, PoisonError};
-use std::time::Duration;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use crate::engine::{Counters, Shared};
-use crate::proto::http::{self, Parsed};
+use crate::ingest::client::{PublishError, Publisher};
+use crate::proto::http;
 use crate::proto::json;
+use conn::{Reply, Request};
 
-/// Bytes of an oversized body read and discarded before answering 413.
-const DISCARD_MAX: u64 = 64 << 20;
+/// Stack of each connection's thread: it parses a head, formats a few KiB of metrics and
+/// holds one read chunk (16 KiB), nothing recursive.
+const CONN_STACK_BYTES: usize = 256 << 10;
 
-/// A request must arrive whole within this time, or the admin connection is dropped.
-const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the accept loop waits after an accept error (out of descriptors or memory)
+/// rather than spinning on it.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
+
+/// The `Retry-After` of a 503, in seconds: the causes (a full table, a restarting
+/// engine) clear in about that time.
+const RETRY_AFTER_SECS: &str = "1";
 
 /// Binds the admin listener.
 ///
@@ -28,111 +45,124 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(addr)
 }
 
-/// Serves admin requests one at a time until the process exits.
+/// What the connection threads share.
+struct Admin {
+    shared: Arc<Shared>,
+    limits: conn::Limits,
+    /// Connections being served, at most `admin_conns_max`.
+    open: AtomicUsize,
+    /// The answer to a connection over the cap.
+    refusal: Vec<u8>,
+    /// The publishing connection to the ingest socket, one request at a time: a publish
+    /// takes microseconds, or [`crate::ingest::client::IO_TIMEOUT`] at worst.
+    publisher: Mutex<Publisher>,
+}
+
+/// Accepts admin connections until the process exits, each served on its own thread.
 pub fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    for stream in listener.incoming().flatten() {
-        let _ = handle(stream, &shared);
-    }
-}
-
-fn handle(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
-    stream.set_read_timeout(Some(READ_TIMEOUT))?;
-    stream.set_write_timeout(Some(READ_TIMEOUT))?;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let response = loop {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        match http::parse_request(&buf) {
-            Ok(Parsed::Partial) => continue,
-            Ok(Parsed::Complete(req)) => {
-                let (head_len, length) = (req.head_len, req.content_length);
-                let (method, path, query) = (req.method, req.path.to_owned(), req.query.to_owned());
-                let body = match read_body(&mut stream, &buf[head_len..], length, shared.config.payload_max) {
-                    Ok(body) => body,
-                    Err(response) => break response,
-                };
-                break route(method, &path, &query, &body, shared);
-            }
-            Err(e) => break http::simple_response(e.status(), e.reason(), false, &[]),
-        }
-    };
-    stream.write_all(&response)
-}
-
-/// Reads a request body of `length` bytes (`already` of it arrived with the head).
-fn read_body(
-    stream: &mut TcpStream,
-    already: &[u8],
-    length: Option<u64>,
-    max: usize,
-) -> Result<Vec<u8>, Vec<u8>> {
-    let length = length.unwrap_or(0);
-    if length > max as u64 {
-        // Read what was sent (bounded) so that closing does not reset the connection
-        // before the client reads the answer.
-        let mut left = length.saturating_sub(already.len() as u64).min(DISCARD_MAX);
-        let mut chunk = [0u8; 16 << 10];
-        while left > 0 {
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n as u64),
-            }
-        }
-        let why = format!("payload of {length} bytes exceeds the limit of {max} bytes");
-        return Err(json_error(413, &why));
-    }
-    let mut body = already[..already.len().min(length as usize)].to_vec();
-    let mut chunk = [0u8; 16 << 10];
-    while body.len() < length as usize {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return Err(json_error(400, "the body ended before Content-Length")),
-            Ok(n) => body.extend_from_slice(&chunk[..n.min(length as usize - body.len())]),
-        }
-    }
-    Ok(body)
-}
-
-fn route(method: http::Method, path: &str, query: &str, body: &[u8], shared: &Shared) -> Vec<u8> {
-    use http::Method::{Get, Post};
-    match (method, path) {
-        (Get, "/healthz") => healthz(shared),
-        (Get, "/stats") => typed_response(200, "application/json", &stats_json(shared)),
-        (Get, "/metrics") => {
-            typed_response(200, "text/plain; version=0.0.4; charset=utf-8", &metrics(shared))
-        }
-        (Post, "/publish") => publish(query, body, shared),
-        (_, "/healthz" | "/stats" | "/metrics") => {
-            http::simple_response(405, "use GET", false, &[("Allow", "GET")])
-        }
-        (_, "/publish") => http::simple_response(405, "use POST", false, &[("Allow", "POST")]),
-        _ => http::simple_response(
-            404,
-            "admin endpoints: /healthz, /stats, /metrics, /publish",
-            false,
-            &[],
+    let config = &shared.config;
+    let refusal = Reply::text(
+        503,
+        format!(
+            "the admin listener is serving {} connections (--admin-conns-max); retry later\n",
+            config.admin_conns_max
         ),
+    )
+    .with_header("Retry-After", RETRY_AFTER_SECS);
+    let admin = Arc::new(Admin {
+        limits: conn::Limits {
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            idle_timeout: Duration::from_millis(config.keepalive_idle_ms),
+            body_max: config.payload_max,
+        },
+        open: AtomicUsize::new(0),
+        refusal: conn::render(&refusal, false, false, 1),
+        publisher: Mutex::new(Publisher::new(&config.ingest)),
+        shared: Arc::clone(&shared),
+    });
+    for accepted in listener.incoming() {
+        match accepted {
+            Ok(stream) => start(&admin, stream),
+            Err(_) => thread::sleep(ACCEPT_ERROR_PAUSE),
+        }
+    }
+}
+
+/// Gives `stream` a thread of its own, or the refusal when the cap is reached.
+fn start(admin: &Arc<Admin>, stream: TcpStream) {
+    let accepted = Instant::now();
+    if admin.open.fetch_add(1, AcqRel) >= admin.shared.config.admin_conns_max {
+        admin.open.fetch_sub(1, AcqRel);
+        refuse(stream, &admin.refusal);
+        return;
+    }
+    let slot = Slot(Arc::clone(admin));
+    let spawned = thread::Builder::new()
+        .name("ringcast-admin-conn".into())
+        .stack_size(CONN_STACK_BYTES)
+        .spawn(move || {
+            let admin = &slot.0;
+            conn::serve(stream, accepted, &admin.limits, |req| route(req, admin));
+        });
+    // On a failed spawn the closure, the stream and the slot are dropped: the
+    // connection closes and its slot is given back.
+    drop(spawned);
+}
+
+/// A connection's place under the cap, given back when its thread ends, by panic too.
+struct Slot(Arc<Admin>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, AcqRel);
+    }
+}
+
+/// Answers a connection over the cap without waiting on it: what it already sent is
+/// read (so the close is not a reset that destroys the answer), the refusal written and
+/// the connection closed.
+fn refuse(mut stream: TcpStream, refusal: &[u8]) {
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let _ = stream.read(&mut sink);
+    // A fresh socket's send buffer takes these few hundred bytes in one write.
+    let _ = stream.write(refusal);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+fn route(req: &Request<'_>, admin: &Admin) -> Reply {
+    use http::Method::{Get, Post};
+    let shared = &admin.shared;
+    match (req.method, req.path) {
+        (Get, "/healthz") => healthz(shared),
+        (Get, "/stats") => typed(200, "application/json", stats_json(shared)),
+        (Get, "/metrics") => typed(200, "text/plain; version=0.0.4; charset=utf-8", metrics(shared)),
+        (Post, "/publish") => publish(req.query, req.body, admin),
+        (_, "/healthz" | "/stats" | "/metrics") => Reply::text(405, "use GET").with_header("Allow", "GET"),
+        (_, "/publish") => Reply::text(405, "use POST").with_header("Allow", "POST"),
+        _ => Reply::text(404, "admin endpoints: /healthz, /stats, /metrics, /publish"),
     }
 }
 
 /// `200 ok`, or with a backplane that is down `503` saying why: this node cannot take
 /// publishes then (connected clients keep their streams and heartbeats).
-fn healthz(shared: &Shared) -> Vec<u8> {
+fn healthz(shared: &Shared) -> Reply {
     match &shared.backplane {
         Some(link) if !link.backplane.status.is_up() => {
             let why = format!("backplane down: {}\n", link.backplane.status.reason());
-            http::simple_response(503, &why, false, &[("Retry-After", "1")])
+            Reply::text(503, why).with_header("Retry-After", RETRY_AFTER_SECS)
         }
-        _ => http::simple_response(200, "ok\n", false, &[]),
+        _ => Reply::text(200, "ok\n"),
     }
 }
 
 /// `POST /publish?topic=T[&event=E][&key=K]` with the payload as the body: the same
-/// semantics and limits as a `PUB` on the ingest socket.
-fn publish(query: &str, body: &[u8], shared: &Shared) -> Vec<u8> {
+/// semantics and limits as a `PUB` on the ingest socket. An event the engine refuses is
+/// 400; an engine that cannot take it (publisher table full, ingest socket unreachable
+/// or closed) is 503 with `Retry-After`.
+fn publish(query: &str, body: &[u8], admin: &Admin) -> Reply {
     let Some(topic) = http::query_param(query, "topic") else {
         return json_error(400, "topic is required: POST /publish?topic=NAME");
     };
@@ -152,40 +182,41 @@ fn publish(query: &str, body: &[u8], shared: &Shared) -> Vec<u8> {
             "event and key are 1 or more bytes of printable ASCII (0x21-0x7E)",
         );
     }
-    match crate::ingest::client::publish(
-        &shared.config.ingest,
-        &topic,
-        event.as_deref(),
-        key.as_deref(),
-        body,
-    ) {
-        Ok(id) => typed_response(
+    let published = admin
+        .publisher
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .publish(&topic, event.as_deref(), key.as_deref(), body);
+    match published {
+        Ok(id) => typed(
             200,
             "application/json",
-            &format!("{{\"id\":{}}}", json::string(&id)),
+            format!("{{\"id\":{}}}", json::string(&id)),
         ),
-        Err(crate::ingest::client::PublishError::Refused(reason)) => json_error(400, &reason),
-        Err(e) => json_error(503, &e.to_string()),
+        // The backplane's refusals are the engine's trouble, not the request's.
+        Err(PublishError::Refused(reason)) if reason.starts_with("backplane ") => {
+            json_error(503, &reason).with_header("Retry-After", RETRY_AFTER_SECS)
+        }
+        Err(PublishError::Refused(reason)) => json_error(400, &reason),
+        Err(e) => json_error(503, &e.to_string()).with_header("Retry-After", RETRY_AFTER_SECS),
     }
 }
 
-fn json_error(status: u16, reason: &str) -> Vec<u8> {
-    typed_response(
+fn json_error(status: u16, reason: &str) -> Reply {
+    typed(
         status,
         "application/json",
-        &format!("{{\"error\":{}}}", json::string(reason)),
+        format!("{{\"error\":{}}}", json::string(reason)),
     )
 }
 
-fn typed_response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        http::status_text(status),
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body.as_bytes());
-    out
+fn typed(status: u16, content_type: &'static str, body: String) -> Reply {
+    Reply {
+        status,
+        content_type,
+        body,
+        headers: Vec::new(),
+    }
 }
 
 /// How each counter is exposed to Prometheus: its metric name, type and help.

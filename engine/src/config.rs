@@ -70,6 +70,16 @@ pub struct Config {
     )]
     pub admin: SocketAddr,
 
+    /// Admin connections served at once, each on its own thread; one more is answered 503
+    /// and closed at once.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 64,
+        env = "RINGCAST_ADMIN_CONNS_MAX"
+    )]
+    pub admin_conns_max: usize,
+
     /// Unix socket publishers connect to.
     #[arg(
         long,
@@ -256,7 +266,8 @@ pub struct Config {
     pub write_stall_ms: u64,
 
     /// A request head must arrive whole within this long of its first byte (or of the
-    /// connection's start), or the connection gets 408 and is closed (slowloris).
+    /// connection's start), or the connection gets 408 and is closed (slowloris). On the
+    /// admin address the deadline covers the request's head and body.
     #[arg(
         long,
         value_name = "MS",
@@ -265,7 +276,8 @@ pub struct Config {
     )]
     pub request_timeout_ms: u64,
 
-    /// A keep-alive connection with no request in flight is closed after this long.
+    /// A keep-alive connection with no request in flight is closed after this long (on
+    /// the client and the admin addresses).
     #[arg(
         long,
         value_name = "MS",
@@ -619,6 +631,12 @@ impl Config {
             "payload-max",
             self.payload_max,
             "must be 1 byte to 64 MiB",
+        )?;
+        check(
+            (1..=4096).contains(&self.admin_conns_max),
+            "admin-conns-max",
+            self.admin_conns_max,
+            "must be 1 to 4096",
         )?;
         check(
             self.publishers_max >= 1,

@@ -235,7 +235,8 @@ impl Engine {
         use std::io::{Read, Write};
         let mut conn = std::net::TcpStream::connect(self.admin).expect("connect to the admin address");
         conn.set_read_timeout(Some(READY_TIMEOUT)).expect("timeout");
-        conn.write_all(b"GET /stats HTTP/1.1\r\nHost: admin\r\n\r\n")
+        // The admin keeps HTTP/1.1 connections open; this one is read to its end.
+        conn.write_all(b"GET /stats HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
             .expect("request /stats");
         let mut response = String::new();
         conn.read_to_string(&mut response).expect("read /stats");
