@@ -1,6 +1,8 @@
 //! The home of `unsafe` and `libc`: io_uring setup, the provided-buffer ring, sockets,
-//! resource limits and CPU affinity. Nothing above this module calls `libc` directly.
+//! resource limits, CPU affinity, and the sockets an exited engine leaves listening.
+//! Nothing above this module calls `libc` directly.
 pub mod bufring;
+pub mod orphan;
 pub mod signal;
 pub mod socket;
 pub mod uring;
