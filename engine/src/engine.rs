@@ -145,17 +145,16 @@ pub fn run(mut config: Config) -> Result<(), EngineError> {
     let nofile = sys::socket::raise_nofile_limit().unwrap_or(1024);
     let loops = config.loop_count();
     let conns_per_loop = config.conns_per_loop(nofile);
-    let admin = crate::admin::bind(config.admin).map_err(|e| {
-        EngineError::Start(format!(
-            "cannot listen on the admin address {}: {e}; pass --admin ADDR",
-            config.admin
-        ))
-    })?;
-    let admin_addr = admin
-        .local_addr()
-        .map_err(|e| EngineError::Start(e.to_string()))?;
     // Created owner-only, then given its mode: never briefly open to anyone.
-    let listener = sys::perm::with_umask(0o177, || sys::socket::ingest_listener(&config.ingest))?;
+    let ingest = sys::perm::with_umask(0o177, || sys::socket::ingest_listener(&config.ingest))?;
+    if let Some(pid) = ingest.replaced_exited {
+        eprintln!(
+            "ringcast: ingest socket {} still answered for pid {pid}, which has exited (the kernel \
+             is still tearing down its io_uring instances); replaced it",
+            config.ingest.display()
+        );
+    }
+    let listener = ingest.listener;
     sys::perm::set_mode(&config.ingest, config.ingest_mode).map_err(|e| {
         EngineError::Start(format!(
             "cannot set the mode of the ingest socket {} to {:o}: {e}",
@@ -175,6 +174,23 @@ pub fn run(mut config: Config) -> Result<(), EngineError> {
             file.remove_if_same(&config.ingest);
         }
     };
+    // Before binding the client and admin listeners, so that neither a client nor a
+    // readiness probe is answered while an exited engine's listeners still take
+    // connections on the same addresses, and after claiming the ingest path, so that an
+    // engine already running there is named as such.
+    check_listen_addresses(&config).inspect_err(|_| remove_socket())?;
+    let admin = crate::admin::bind(config.admin)
+        .map_err(|e| {
+            EngineError::Start(format!(
+                "cannot listen on the admin address {}: {e}; pass --admin ADDR",
+                config.admin
+            ))
+        })
+        .inspect_err(|_| remove_socket())?;
+    let admin_addr = admin
+        .local_addr()
+        .map_err(|e| EngineError::Start(e.to_string()))
+        .inspect_err(|_| remove_socket())?;
     sys::signal::block_termination().map_err(|e| EngineError::Start(format!("cannot block signals: {e}")))?;
 
     // With a backplane, ids come from the stream and the history starts where it stood.
@@ -297,6 +313,94 @@ pub fn run(mut config: Config) -> Result<(), EngineError> {
     };
     remove_socket();
     result
+}
+
+/// How long a start waits for an exited process's listeners on its addresses to close.
+/// The kernel's io_uring teardown takes milliseconds (see [`sys::orphan`]); a listener no
+/// visible process holds that outlives this is more likely a process in another pid
+/// namespace, and the engine starts beside it.
+const EXITED_LISTENERS_WAIT: Duration = Duration::from_secs(5);
+
+/// Checks the client and admin addresses before anything listens on them. A running
+/// process of this user listening on a client address with `SO_REUSEPORT` (so that the
+/// engine's bind would succeed beside it) is refused: the kernel would split the clients
+/// between two engines, and publishers would reach only one. A listener only an exited
+/// process's io_uring teardown still holds is waited for, bounded by
+/// [`EXITED_LISTENERS_WAIT`]: a listener bound beside it would share its group, and the
+/// kernel would keep handing it connections that are reset when it closes. Says on
+/// stderr what it waits for and how long it took. A failing `sock_diag` is reported and
+/// nothing is checked.
+///
+/// # Errors
+/// [`EngineError::Start`] naming the address and the running holder's pid.
+fn check_listen_addresses(config: &Config) -> Result<(), EngineError> {
+    let mut addrs = config.listen.clone();
+    addrs.push(config.admin);
+    let since = Instant::now();
+    let found = match sys::orphan::tcp_listeners(&addrs) {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("ringcast: cannot look for listeners on {addrs:?}: {e}; starting without checking");
+            return Ok(());
+        }
+    };
+    let running = found.iter().find(|l| {
+        l.holder.is_some()
+            && config
+                .listen
+                .iter()
+                .any(|&a| sys::orphan::overlaps(a, l.socket.addr))
+    });
+    if let Some(held) = running {
+        return Err(EngineError::Start(format!(
+            "client address {} is in use by a running process (pid {}) listening with \
+             SO_REUSEPORT; two engines on one address would split the clients between them; \
+             stop it or pass --listen ADDR",
+            held.socket.addr,
+            held.holder.unwrap_or_default()
+        )));
+    }
+    let orphans: Vec<sys::orphan::Listening> = found
+        .iter()
+        .filter(|l| l.holder.is_none())
+        .map(|l| l.socket)
+        .collect();
+    if !orphans.is_empty() {
+        await_closed(&orphans, since);
+    }
+    Ok(())
+}
+
+/// Waits for `orphans`, seen at `since`, to close, saying what it waits for and how it
+/// ended; starts anyway after [`EXITED_LISTENERS_WAIT`].
+fn await_closed(orphans: &[sys::orphan::Listening], since: Instant) {
+    let mut on: Vec<String> = orphans.iter().map(|l| l.addr.to_string()).collect();
+    on.dedup();
+    let count = match orphans.len() {
+        1 => "1 listening socket".to_owned(),
+        n => format!("{n} listening sockets"),
+    };
+    eprintln!(
+        "ringcast: waiting up to {} ms for {count} on {} to close: no process holds them, an \
+         exited process's io_uring teardown still does, and new connections would land on them",
+        EXITED_LISTENERS_WAIT.as_millis(),
+        on.join(", ")
+    );
+    match sys::orphan::wait_closed(orphans, EXITED_LISTENERS_WAIT) {
+        Ok(w) if w.left.is_empty() => {
+            eprintln!(
+                "ringcast: they closed {} ms after they were seen",
+                since.elapsed().as_millis()
+            );
+        }
+        Ok(w) => eprintln!(
+            "ringcast: {} of them still listen after {} ms; starting beside them (a process in \
+             another pid namespace may hold them)",
+            w.left.len(),
+            since.elapsed().as_millis()
+        ),
+        Err(e) => eprintln!("ringcast: cannot watch those listeners: {e}; starting"),
+    }
 }
 
 fn start_shard(id: usize, conns: u32, shared: &Arc<Shared>, stop: &Sender<Stop>) -> Result<i32, EngineError> {

@@ -336,6 +336,19 @@ impl Engine {
         }
     }
 
+    /// Kills the engine with SIGKILL, as a crash would, and reaps it. Its sockets may
+    /// outlive it briefly (see [`Engine::restart`]).
+    ///
+    /// # Panics
+    ///
+    /// If the signal cannot be sent or the process not reaped.
+    pub fn kill(&mut self) -> ExitStatus {
+        if let Ok(None) = self.child.try_wait() {
+            self.child.kill().expect("SIGKILL to the engine");
+        }
+        self.child.wait().expect("reap the engine")
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("try_wait on the engine").is_none()

@@ -1,7 +1,10 @@
 //! The home of `unsafe` and `libc`: io_uring setup, the provided-buffer ring, sockets,
-//! resource limits and CPU affinity. Nothing above this module calls `libc` directly.
+//! resource limits, CPU affinity, file modes, the allocator's release of freed memory, and
+//! the sockets an exited engine leaves listening. Nothing above this module calls `libc`
+//! directly.
 pub mod alloc;
 pub mod bufring;
+pub mod orphan;
 pub mod perm;
 pub mod signal;
 pub mod socket;

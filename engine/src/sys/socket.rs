@@ -1,5 +1,12 @@
 //! Sockets and process limits: TCP listeners with `SO_REUSEPORT`, the Unix ingest
 //! listener with stale-socket detection, `RLIMIT_NOFILE`, CPU affinity.
+//!
+//! The ingest socket's path names one engine. A socket there that answers belongs to the
+//! pid `SO_PEERCRED` reports (the kernel records who called `listen`); while that process
+//! runs, a second engine is refused. After it has died, its socket may go on answering
+//! for a while, held by its io_uring teardown (see [`super::orphan`]); that socket is
+//! replaced at once, which is safe because a Unix socket is reached through its path:
+//! once the path names the new socket, no new publisher reaches the old one.
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -59,6 +66,10 @@ const KEEPALIVE_PROBES: libc::c_int = 4;
 
 /// A listening TCP socket on `addr` with `SO_REUSEPORT`, so that each loop owns one
 /// listener on the same address and the kernel spreads new connections across them.
+///
+/// The bind also succeeds beside any other listener of the same user on `addr`, a running
+/// process's or one an exited engine's io_uring teardown still holds, and would share
+/// connections with it: the engine checks the address first (see [`super::orphan`]).
 ///
 /// # Errors
 /// The socket, bind or listen error (`EADDRINUSE` when another program holds the port).
@@ -168,28 +179,48 @@ pub enum IngestBindError {
     Io { path: String, source: io::Error },
 }
 
+/// A bound ingest listener, and what stood at its path before.
+#[derive(Debug)]
+pub struct Ingest {
+    pub listener: UnixListener,
+    /// The pid of an exited engine whose socket still answered at the path (its io_uring
+    /// teardown held it) and was replaced.
+    pub replaced_exited: Option<i32>,
+}
+
 /// Binds the Unix ingest listener at `path`, replacing a stale socket file (one nobody
-/// listens on) and refusing one held by a live engine.
+/// listens on) or one still held for a process that has exited, and refusing one held
+/// by a running process.
 ///
 /// # Errors
-/// [`IngestBindError::InUse`] naming the path and the holder's pid, or the bind error.
-pub fn ingest_listener(path: &Path) -> Result<UnixListener, IngestBindError> {
+/// [`IngestBindError::InUse`] naming the path and the holder's pid (also when the pid
+/// cannot be known, as for a holder in another pid namespace), or the bind error.
+pub fn ingest_listener(path: &Path) -> Result<Ingest, IngestBindError> {
     let shown = path.display().to_string();
+    let mut replaced_exited = None;
     if path.exists() {
         match UnixStream::connect(path) {
-            Ok(stream) => {
-                let pid = peer_pid(&stream)
-                    .map(|p| format!(" (pid {p})"))
-                    .unwrap_or_default();
-                return Err(IngestBindError::InUse { path: shown, pid });
-            }
+            Ok(stream) => match peer_pid(&stream) {
+                Some(pid) if super::orphan::process_state(pid) == super::orphan::Process::Exited => {
+                    replaced_exited = Some(pid);
+                    let _ = std::fs::remove_file(path);
+                }
+                holder => {
+                    let pid = holder.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                    return Err(IngestBindError::InUse { path: shown, pid });
+                }
+            },
             Err(_) => {
                 // Nobody answers: a stale file left by an engine that did not clean up.
                 let _ = std::fs::remove_file(path);
             }
         }
     }
-    UnixListener::bind(path).map_err(|source| IngestBindError::Io { path: shown, source })
+    let listener = UnixListener::bind(path).map_err(|source| IngestBindError::Io { path: shown, source })?;
+    Ok(Ingest {
+        listener,
+        replaced_exited,
+    })
 }
 
 /// Identifies the socket file this engine bound, so that at exit it removes only its own
@@ -278,7 +309,7 @@ mod tests {
         // Another engine's socket now stands at the path (the old file is moved aside, so
         // its inode stays taken and the new file cannot reuse it).
         std::fs::rename(&path, dir.join("moved.sock")).unwrap();
-        let _second = ingest_listener(&path).unwrap();
+        let _second = ingest_listener(&path).unwrap().listener;
         let new = FileId::of(&path).unwrap();
         assert_ne!(old, new);
         old.remove_if_same(&path);
