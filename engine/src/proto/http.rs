@@ -311,7 +311,7 @@ impl Codings {
     /// Every request with `Transfer-Encoding` is refused; this picks the answer.
     fn refusal(&self, minor_version: u8, content_length: bool) -> HttpError {
         if minor_version == 0 {
-            // RFC 9112 §6.1: an HTTP/1.0 recipient cannot know the coding was meant.
+            // RFC 9112 §6.1: HTTP/1.0 has no transfer codings, so the framing is faulty.
             HttpError::Malformed("Transfer-Encoding in an HTTP/1.0 request")
         } else if content_length {
             HttpError::Malformed("both Content-Length and Transfer-Encoding")
@@ -421,49 +421,14 @@ impl<'a> Target<'a> {
 /// Sorts the target into its form and checks that the method allows that form, as
 /// HAProxy does: `*` only for `OPTIONS`, authority-form only and always for `CONNECT`.
 fn parse_target<'a>(method: &str, target: &'a str) -> Result<Target<'a>, HttpError> {
-    // httparse let through 0x21-0x7E and any non-ASCII UTF-8; a fragment has no place in
-    // a request (RFC 9112 §3.2) and raw non-ASCII none in a URI (RFC 3986 §2).
-    if target.bytes().any(|b| b == b'#' || !b.is_ascii()) {
-        return Err(HttpError::Malformed("invalid byte in the request target"));
-    }
-    // RFC 3986 §2.1: `%` starts `%HH`. nginx checks the path, which it decodes, and
-    // leaves the query to the application, as here (`parse_subscription` decodes it).
-    let bytes = target.split_once('?').map_or(target, |(path, _)| path).as_bytes();
-    let bad_escape = bytes.iter().enumerate().any(|(i, &b)| {
-        b == b'%'
-            && !bytes
-                .get(i + 1..i + 3)
-                .is_some_and(|hh| hh.iter().all(u8::is_ascii_hexdigit))
-    });
-    if bad_escape {
-        return Err(HttpError::Malformed(
-            "malformed percent-encoding in the request target",
-        ));
-    }
+    check_target_bytes(target)?;
     let connect = method == "CONNECT";
     let form = if target.starts_with('/') {
         Target::Origin(target)
     } else if target == "*" {
         Target::Asterisk
     } else if let Some((scheme, after)) = target.split_once("://") {
-        let https = if scheme.eq_ignore_ascii_case("https") {
-            true
-        } else if scheme.eq_ignore_ascii_case("http") {
-            false
-        } else {
-            return Err(HttpError::Malformed("request target scheme is not http or https"));
-        };
-        let end = after.find(['/', '?']).unwrap_or(after.len());
-        let (authority, rest) = after.split_at(end);
-        // RFC 9110 §4.2.4: userinfo in an http(s) URI is to be treated as an error.
-        if authority.contains('@') || !is_valid_host(authority.as_bytes()) {
-            return Err(HttpError::Malformed("invalid authority in the request target"));
-        }
-        Target::Absolute {
-            https,
-            authority,
-            rest,
-        }
+        parse_absolute(scheme, after)?
     } else if connect
         && is_valid_host(target.as_bytes())
         && host_port(target.as_bytes()).is_some_and(|p| !p.is_empty())
@@ -483,6 +448,52 @@ fn parse_target<'a>(method: &str, target: &'a str) -> Result<Target<'a>, HttpErr
         ));
     }
     Ok(form)
+}
+
+/// httparse let through 0x21-0x7E and any non-ASCII UTF-8. A fragment has no place in a
+/// request (RFC 9112 §3.2), raw non-ASCII none in a URI (RFC 3986 §2), and `%` starts
+/// `%HH` (RFC 3986 §2.1). nginx checks escapes in the path, which it decodes, and leaves
+/// the query to the application, as here (`parse_subscription` decodes it).
+fn check_target_bytes(target: &str) -> Result<(), HttpError> {
+    if target.bytes().any(|b| b == b'#' || !b.is_ascii()) {
+        return Err(HttpError::Malformed("invalid byte in the request target"));
+    }
+    let path = target.split_once('?').map_or(target, |(path, _)| path).as_bytes();
+    let bad_escape = path.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !path
+                .get(i + 1..i + 3)
+                .is_some_and(|hh| hh.iter().all(u8::is_ascii_hexdigit))
+    });
+    if bad_escape {
+        return Err(HttpError::Malformed(
+            "malformed percent-encoding in the request target",
+        ));
+    }
+    Ok(())
+}
+
+/// `scheme://after` (RFC 9112 §3.2.2) for an `http` or `https` scheme, whose authority
+/// is a valid host without userinfo.
+fn parse_absolute<'a>(scheme: &str, after: &'a str) -> Result<Target<'a>, HttpError> {
+    let https = if scheme.eq_ignore_ascii_case("https") {
+        true
+    } else if scheme.eq_ignore_ascii_case("http") {
+        false
+    } else {
+        return Err(HttpError::Malformed("request target scheme is not http or https"));
+    };
+    let end = after.find(['/', '?']).unwrap_or(after.len());
+    let (authority, rest) = after.split_at(end);
+    // RFC 9110 §4.2.4: userinfo in an http(s) URI is to be treated as an error.
+    if authority.contains('@') || !is_valid_host(authority.as_bytes()) {
+        return Err(HttpError::Malformed("invalid authority in the request target"));
+    }
+    Ok(Target::Absolute {
+        https,
+        authority,
+        rest,
+    })
 }
 
 /// RFC 9112 §3.2: one `Host` line, required in HTTP/1.1, valid, and naming the same
