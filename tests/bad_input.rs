@@ -110,7 +110,7 @@ fn oversized_head_gets_431_and_long_request_line_414() {
     f.refused(long.as_bytes(), 414);
     // Just under the limits is fine: a 7 KiB header.
     let ok = format!(
-        "GET /sse?topic=watch HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
+        "GET /sse?topic=watch HTTP/1.1\r\nHost: test\r\nX-Pad: {}\r\n\r\n",
         "c".repeat(7 * 1024)
     );
     let mut sub = SseClient::open_raw(f.engine.addr, ok.as_bytes());

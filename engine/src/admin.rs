@@ -198,6 +198,7 @@ fn publish(query: &str, body: &[u8], admin: &Admin) -> Reply {
             json_error(503, &reason).with_header("Retry-After", RETRY_AFTER_SECS)
         }
         Err(PublishError::Refused(reason)) => json_error(400, &reason),
+        Err(e @ PublishError::BadArgument(_)) => json_error(400, &e.to_string()),
         Err(e) => json_error(503, &e.to_string()).with_header("Retry-After", RETRY_AFTER_SECS),
     }
 }

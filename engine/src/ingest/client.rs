@@ -23,6 +23,8 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest reply line read, in bytes: ids and reasons are far shorter.
 const REPLY_LINE_MAX: usize = 4096;
 
+use crate::proto::ingest::IngestError;
+
 /// Why a publish did not return an id.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -44,6 +46,10 @@ pub enum PublishError {
     NoReply,
     #[error("unexpected reply from the engine: {0:?}")]
     BadReply(String),
+    /// A topic, event name or key holding a space, tab, CR or LF, which would cut or end
+    /// the `PUB` line; nothing was sent.
+    #[error("{0}")]
+    BadArgument(IngestError),
 }
 
 impl PublishError {
@@ -51,7 +57,7 @@ impl PublishError {
     /// other error is the engine's or the socket's, and a later retry may succeed.
     #[must_use]
     pub fn is_refusal(&self) -> bool {
-        matches!(self, PublishError::Refused(_))
+        matches!(self, PublishError::Refused(_) | PublishError::BadArgument(_))
     }
 }
 
@@ -59,7 +65,8 @@ impl PublishError {
 ///
 /// # Errors
 /// [`PublishError::Refused`] carries the engine's reason (bad topic, payload too large...);
-/// the other variants say why the engine could not take it.
+/// [`PublishError::BadArgument`] is refused before anything is sent; the other variants
+/// say why the engine could not take it.
 pub fn publish(
     path: &Path,
     topic: &str,
@@ -105,6 +112,7 @@ impl Publisher {
         key: Option<&str>,
         data: &[u8],
     ) -> Result<String, PublishError> {
+        check_line_safe(topic, event, key).map_err(PublishError::BadArgument)?;
         let frame = pub_frame(topic, event, key, data);
         let mut stream = match self.stream.take().filter(is_idle_and_open) {
             Some(stream) => match (&stream).write_all(&frame) {
@@ -209,4 +217,53 @@ fn read_line(stream: &mut UnixStream) -> Result<(String, bool), PublishError> {
     let alone = buf.len() == end + 1;
     let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
     Ok((String::from_utf8_lossy(line).into_owned(), alone))
+}
+
+/// Refuses what would change the framing of the `PUB` line: the tokens are separated by
+/// spaces and tabs and the line ends at LF, so `--event 'a\nPUB other 1'` would otherwise
+/// send a second command. Every other byte is sent, and judged by the engine.
+fn check_line_safe(topic: &str, event: Option<&str>, key: Option<&str>) -> Result<(), IngestError> {
+    let has = |v: &str, bytes: &[u8]| v.bytes().any(|b| bytes.contains(&b));
+    if has(topic, b" \t\r\n") {
+        return Err(IngestError::BadTopic);
+    }
+    for (value, spaced, bad) in [
+        (
+            event,
+            IngestError::EventNameWithSpace as fn(String) -> IngestError,
+            IngestError::BadEventName,
+        ),
+        (key, IngestError::KeyWithSpace, IngestError::BadKey),
+    ] {
+        match value {
+            Some(v) if has(v, b"\r\n") => return Err(bad),
+            Some(v) if has(v, b" \t") => return Err(spaced(v.to_owned())),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_safe_arguments() {
+        assert_eq!(check_line_safe("t", Some("e.v-1"), Some("k:1")), Ok(()));
+        assert_eq!(check_line_safe("a b", None, None), Err(IngestError::BadTopic));
+        assert_eq!(
+            check_line_safe("t", Some("my event"), None),
+            Err(IngestError::EventNameWithSpace("my event".into()))
+        );
+        assert_eq!(
+            check_line_safe("t", None, Some("a\tb")),
+            Err(IngestError::KeyWithSpace("a\tb".into()))
+        );
+        assert_eq!(
+            check_line_safe("t", Some("a\r\nPUB x 1"), None),
+            Err(IngestError::BadEventName)
+        );
+        assert_eq!(check_line_safe("t", None, Some("k\n")), Err(IngestError::BadKey));
+    }
 }

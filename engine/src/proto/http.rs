@@ -2,9 +2,34 @@
 //! responses.
 //!
 //! Owns: turning the bytes a client sent into a [`Request`] (on top of `httparse`), the
-//! limits on a request head ([`HEAD_MAX`], [`HEADERS_MAX`]), the rules for framing a
-//! request body safely (RFC 9112 §6.1, §6.3), topic names ([`is_valid_topic`]) and the
-//! `?topic=...&last_event_id=...` query ([`parse_subscription`]).
+//! limits on a request head ([`HEAD_MAX`], [`HEADERS_MAX`]), the rules that refuse a head
+//! which two servers could read differently (request smuggling), topic names
+//! ([`is_valid_topic`]) and the `?topic=...&last_event_id=...` query
+//! ([`parse_subscription`]).
+//!
+//! How strict, following nginx and HAProxy where RFC 9112 leaves a choice:
+//! - Request line (§3): a method token, one SP, the target, one SP, `HTTP/1.0` or
+//!   `HTTP/1.1` exactly; another well-formed `HTTP/x.y` (`HTTP/2.0`, the HTTP/2 preface)
+//!   is 505. The target is origin-form (`/path?query`), absolute-form (`http://` or
+//!   `https://` authority, no userinfo), `*` for `OPTIONS` only, or authority-form for
+//!   `CONNECT` only (§3.2, as HAProxy); its bytes are 0x21-0x7E without `#` (non-ASCII and
+//!   fragments are 400, as HAProxy) and each `%` in its path starts `%HH` (as nginx).
+//! - Lines (§2.2): CRLF or a bare LF end a line; a bare CR, whitespace before the first
+//!   field line, and obs-fold are 400. Empty lines before the request line are skipped.
+//! - Fields (§5): a name is a token directly followed by `:` (whitespace before the colon
+//!   is 400); values hold no control byte but HTAB. Names that are no field this engine
+//!   reads, `Transfer_Encoding` with an underscore among them, are ignored, as nginx does.
+//! - `Host` (§3.2): an HTTP/1.1 request without it, any request with two `Host` lines, or
+//!   a value that is no `host[:port]` is 400 (as nginx). With an absolute-form target, the
+//!   authority and `Host` must name the same host and port (`:80`/`:443` may be left out),
+//!   or it is 400 (as HAProxy).
+//! - Body framing (§6): `Content-Length` is 1*DIGIT; several values, in one line as a list
+//!   or over several lines, are accepted when all are equal (§6.3 step 5, as HAProxy) and
+//!   400 otherwise. `Transfer-Encoding` is refused whatever it says, since no endpoint
+//!   decodes a chunked body: in HTTP/1.0, beside `Content-Length`, with an empty member,
+//!   not ending in `chunked` or naming it twice it is 400 (§6.1, §6.3 ¶3-4); other codings
+//!   before `chunked` are 501 (§6.1, as nginx); `chunked` alone is 411, asking for a
+//!   `Content-Length` (RFC 9110 §15.5.12).
 //!
 //! Must never: touch a socket or a clock, buffer or read a request body, allocate while
 //! parsing a head, or accept a head whose body framing is ambiguous (request smuggling).
@@ -59,7 +84,9 @@ impl Method {
 pub struct Request<'a> {
     /// The request method.
     pub method: Method,
-    /// The request target before the first `?`, as sent (not percent-decoded).
+    /// The request target before the first `?`, as sent (not percent-decoded); for an
+    /// absolute-form target the path after its authority (`/` when empty), for `*` and
+    /// an authority-form target the target itself.
     pub path: &'a str,
     /// The request target after the first `?`, or `""` when there is none.
     pub query: &'a str,
@@ -73,9 +100,10 @@ pub struct Request<'a> {
     pub last_event_id: Option<&'a [u8]>,
     /// The value of the first `Origin` header field, if any (RFC 6454 §7).
     pub origin: Option<&'a [u8]>,
-    /// A body follows the head: `Content-Length` above 0 or any `Transfer-Encoding`.
+    /// A body follows the head: `Content-Length` above 0 (a request with
+    /// `Transfer-Encoding` is refused, so this is the only way a body comes).
     pub has_body: bool,
-    /// The `Content-Length`, when given (and no `Transfer-Encoding`).
+    /// The `Content-Length`, when given.
     pub content_length: Option<u64>,
     /// Bytes of the head, blank line included; a pipelined request starts at
     /// `buf[head_len..]` (after the body, when `has_body`).
@@ -105,16 +133,23 @@ pub enum HttpError {
     TooManyHeaders,
     /// A well-formed HTTP version other than 1.0 and 1.1.
     VersionNotSupported,
+    /// `Transfer-Encoding: chunked`: no endpoint decodes a chunked body, so the client
+    /// is asked for a `Content-Length` (RFC 9110 §15.5.12).
+    LengthRequired,
+    /// A transfer coding other than `chunked` (RFC 9112 §6.1); the text says which.
+    NotImplemented(&'static str),
 }
 
 impl HttpError {
-    /// The status code to answer with: 400, 431, 414, 431 or 505.
+    /// The status code to answer with: 400, 411, 414, 431, 501 or 505.
     #[must_use]
     pub fn status(self) -> u16 {
         match self {
             HttpError::Malformed(_) => 400,
+            HttpError::LengthRequired => 411,
             HttpError::HeadTooLarge | HttpError::TooManyHeaders => 431,
             HttpError::UriTooLong => 414,
+            HttpError::NotImplemented(_) => 501,
             HttpError::VersionNotSupported => 505,
         }
     }
@@ -128,6 +163,10 @@ impl HttpError {
             HttpError::UriTooLong => "request line is longer than 8192 bytes",
             HttpError::TooManyHeaders => "request has more than 64 header fields",
             HttpError::VersionNotSupported => "only HTTP/1.0 and HTTP/1.1 are supported",
+            HttpError::LengthRequired => {
+                "chunked request bodies are not accepted: send the body with Content-Length"
+            }
+            HttpError::NotImplemented(why) => why,
         }
     }
 }
@@ -153,10 +192,12 @@ impl std::error::Error for HttpError {}
 ///   or [`HttpError::UriTooLong`] when those bytes do not even hold a `\n`.
 /// - [`HttpError::TooManyHeaders`] past [`HEADERS_MAX`] fields.
 /// - [`HttpError::VersionNotSupported`] for a well-formed `HTTP/x.y` other than 1.0/1.1.
-/// - [`HttpError::Malformed`] for bad syntax, a request target that is not UTF-8, an
-///   unparsable or conflicting `Content-Length`, `Content-Length` together with
-///   `Transfer-Encoding` (RFC 9112 §6.3 ¶3), a `Transfer-Encoding` whose last coding is not
-///   `chunked` (§6.3 ¶4), or `Transfer-Encoding` in an HTTP/1.0 request (§6.1).
+/// - [`HttpError::LengthRequired`] for `Transfer-Encoding: chunked`, and
+///   [`HttpError::NotImplemented`] for other codings before it.
+/// - [`HttpError::Malformed`] for everything else the module header lists: bad syntax, a
+///   bad request target, a missing, repeated or invalid `Host` or one that contradicts
+///   the target's authority, an invalid or conflicting `Content-Length`, and
+///   `Transfer-Encoding` that is ambiguous or in an HTTP/1.0 request.
 pub fn parse_request(buf: &[u8]) -> Result<Parsed<'_>, HttpError> {
     let window = &buf[..buf.len().min(HEAD_MAX)];
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
@@ -235,39 +276,80 @@ fn classify_version(window: &[u8]) -> VersionToken {
 #[derive(Default)]
 struct Fields<'a> {
     content_length: Option<u64>,
-    transfer_encoding: bool,
-    chunked_last: bool,
+    transfer_encoding: Codings,
+    host_lines: u32,
+    host: Option<&'a [u8]>,
     close: bool,
     keep_alive: bool,
     last_event_id: Option<&'a [u8]>,
     origin: Option<&'a [u8]>,
 }
 
-fn build<'a>(req: &httparse::Request<'_, 'a>, head_len: usize) -> Result<Request<'a>, HttpError> {
-    let target = req.path.unwrap_or_default();
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let minor_version = req.version.unwrap_or(1);
-    let fields = read_fields(req.headers)?;
-    if fields.transfer_encoding {
-        if fields.content_length.is_some() {
-            return Err(HttpError::Malformed("both Content-Length and Transfer-Encoding"));
-        }
-        if minor_version == 0 {
-            return Err(HttpError::Malformed("Transfer-Encoding in an HTTP/1.0 request"));
-        }
-        if !fields.chunked_last {
-            return Err(HttpError::Malformed("Transfer-Encoding does not end in chunked"));
+/// The transfer codings of every `Transfer-Encoding` line, read as one list in order
+/// (RFC 9110 §5.3).
+#[derive(Default)]
+struct Codings {
+    lines: u32,
+    empty_member: bool,
+    chunked: u32,
+    last_is_chunked: bool,
+    others: bool,
+}
+
+impl Codings {
+    fn add_line(&mut self, value: &[u8]) {
+        self.lines += 1;
+        for coding in value.split(|&b| b == b',').map(trim_ows) {
+            let chunked = coding.eq_ignore_ascii_case(b"chunked");
+            self.empty_member |= coding.is_empty();
+            self.chunked += u32::from(chunked);
+            self.others |= !chunked && !coding.is_empty();
+            self.last_is_chunked = chunked;
         }
     }
+
+    /// Every request with `Transfer-Encoding` is refused; this picks the answer.
+    fn refusal(&self, minor_version: u8, content_length: bool) -> HttpError {
+        if minor_version == 0 {
+            // RFC 9112 §6.1: HTTP/1.0 has no transfer codings, so the framing is faulty.
+            HttpError::Malformed("Transfer-Encoding in an HTTP/1.0 request")
+        } else if content_length {
+            HttpError::Malformed("both Content-Length and Transfer-Encoding")
+        } else if self.empty_member {
+            HttpError::Malformed("empty member in Transfer-Encoding")
+        } else if !self.last_is_chunked {
+            HttpError::Malformed("Transfer-Encoding does not end in chunked")
+        } else if self.chunked > 1 {
+            HttpError::Malformed("Transfer-Encoding names chunked more than once")
+        } else if self.others {
+            HttpError::NotImplemented("transfer codings other than chunked are not implemented")
+        } else {
+            HttpError::LengthRequired
+        }
+    }
+}
+
+fn build<'a>(req: &httparse::Request<'_, 'a>, head_len: usize) -> Result<Request<'a>, HttpError> {
+    let method = req.method.unwrap_or_default();
+    let minor_version = req.version.unwrap_or(1);
+    let target = parse_target(method, req.path.unwrap_or_default())?;
+    let fields = read_fields(req.headers)?;
+    check_host(&fields, minor_version, &target)?;
+    if fields.transfer_encoding.lines > 0 {
+        return Err(fields
+            .transfer_encoding
+            .refusal(minor_version, fields.content_length.is_some()));
+    }
+    let (path, query) = target.path_and_query();
     Ok(Request {
-        method: Method::from_token(req.method.unwrap_or_default()),
+        method: Method::from_token(method),
         path,
         query,
         minor_version,
         keep_alive: !fields.close && (minor_version == 1 || fields.keep_alive),
         last_event_id: fields.last_event_id,
         origin: fields.origin,
-        has_body: fields.transfer_encoding || fields.content_length.is_some_and(|n| n > 0),
+        has_body: fields.content_length.is_some_and(|n| n > 0),
         content_length: fields.content_length,
         head_len,
     })
@@ -284,12 +366,10 @@ fn read_fields<'a>(headers: &[httparse::Header<'a>]) -> Result<Fields<'a>, HttpE
             }
             fields.content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // Codings apply in order; only the last one of the last field line counts
-            // for framing (RFC 9112 §6.1).
-            fields.transfer_encoding = true;
-            fields.chunked_last = list_items(header.value)
-                .last()
-                .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+            fields.transfer_encoding.add_line(header.value);
+        } else if name.eq_ignore_ascii_case("host") {
+            fields.host_lines += 1;
+            fields.host = Some(header.value);
         } else if name.eq_ignore_ascii_case("connection") {
             for option in list_items(header.value) {
                 fields.close |= option.eq_ignore_ascii_case(b"close");
@@ -302,6 +382,230 @@ fn read_fields<'a>(headers: &[httparse::Header<'a>]) -> Result<Fields<'a>, HttpE
         }
     }
     Ok(fields)
+}
+
+/// The four forms of a request target (RFC 9112 §3.2).
+#[derive(Debug, PartialEq, Eq)]
+enum Target<'a> {
+    /// `/path?query`.
+    Origin(&'a str),
+    /// `http://authority/path?query`; `rest` is what follows the authority.
+    Absolute {
+        https: bool,
+        authority: &'a str,
+        rest: &'a str,
+    },
+    /// `host:port`, for `CONNECT`.
+    Authority(&'a str),
+    /// `*`, for `OPTIONS`.
+    Asterisk,
+}
+
+impl<'a> Target<'a> {
+    /// The path and the query for routing; an absolute-form target without a path means
+    /// `/` (RFC 9112 §3.2.1), the other forms are their own path.
+    fn path_and_query(&self) -> (&'a str, &'a str) {
+        let split = |s: &'a str| s.split_once('?').unwrap_or((s, ""));
+        match *self {
+            Target::Origin(target) => split(target),
+            Target::Absolute { rest, .. } => match split(rest) {
+                ("", query) => ("/", query),
+                path_and_query => path_and_query,
+            },
+            Target::Authority(authority) => (authority, ""),
+            Target::Asterisk => ("*", ""),
+        }
+    }
+}
+
+/// Sorts the target into its form and checks that the method allows that form, as
+/// HAProxy does: `*` only for `OPTIONS`, authority-form only and always for `CONNECT`.
+fn parse_target<'a>(method: &str, target: &'a str) -> Result<Target<'a>, HttpError> {
+    check_target_bytes(target)?;
+    let connect = method == "CONNECT";
+    let form = if target.starts_with('/') {
+        Target::Origin(target)
+    } else if target == "*" {
+        Target::Asterisk
+    } else if let Some((scheme, after)) = target.split_once("://") {
+        parse_absolute(scheme, after)?
+    } else if connect
+        && is_valid_host(target.as_bytes())
+        && host_port(target.as_bytes()).is_some_and(|p| !p.is_empty())
+    {
+        Target::Authority(target)
+    } else {
+        return Err(HttpError::Malformed("malformed request target"));
+    };
+    let allowed = match form {
+        Target::Authority(_) => connect,
+        Target::Asterisk => method == "OPTIONS",
+        Target::Origin(_) | Target::Absolute { .. } => !connect,
+    };
+    if !allowed {
+        return Err(HttpError::Malformed(
+            "request target form does not suit the method",
+        ));
+    }
+    Ok(form)
+}
+
+/// httparse let through 0x21-0x7E and any non-ASCII UTF-8. A fragment has no place in a
+/// request (RFC 9112 §3.2), raw non-ASCII none in a URI (RFC 3986 §2), and `%` starts
+/// `%HH` (RFC 3986 §2.1). nginx checks escapes in the path, which it decodes, and leaves
+/// the query to the application, as here (`parse_subscription` decodes it).
+fn check_target_bytes(target: &str) -> Result<(), HttpError> {
+    if target.bytes().any(|b| b == b'#' || !b.is_ascii()) {
+        return Err(HttpError::Malformed("invalid byte in the request target"));
+    }
+    let path = target.split_once('?').map_or(target, |(path, _)| path).as_bytes();
+    let bad_escape = path.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !path
+                .get(i + 1..i + 3)
+                .is_some_and(|hh| hh.iter().all(u8::is_ascii_hexdigit))
+    });
+    if bad_escape {
+        return Err(HttpError::Malformed(
+            "malformed percent-encoding in the request target",
+        ));
+    }
+    Ok(())
+}
+
+/// `scheme://after` (RFC 9112 §3.2.2) for an `http` or `https` scheme, whose authority
+/// is a valid host without userinfo.
+fn parse_absolute<'a>(scheme: &str, after: &'a str) -> Result<Target<'a>, HttpError> {
+    let https = if scheme.eq_ignore_ascii_case("https") {
+        true
+    } else if scheme.eq_ignore_ascii_case("http") {
+        false
+    } else {
+        return Err(HttpError::Malformed("request target scheme is not http or https"));
+    };
+    let end = after.find(['/', '?']).unwrap_or(after.len());
+    let (authority, rest) = after.split_at(end);
+    // RFC 9110 §4.2.4: userinfo in an http(s) URI is to be treated as an error.
+    if authority.contains('@') || !is_valid_host(authority.as_bytes()) {
+        return Err(HttpError::Malformed("invalid authority in the request target"));
+    }
+    Ok(Target::Absolute {
+        https,
+        authority,
+        rest,
+    })
+}
+
+/// RFC 9112 §3.2: one `Host` line, required in HTTP/1.1, valid, and naming the same
+/// host and port as an absolute-form target.
+fn check_host(fields: &Fields<'_>, minor_version: u8, target: &Target<'_>) -> Result<(), HttpError> {
+    if fields.host_lines > 1 {
+        return Err(HttpError::Malformed("more than one Host header field"));
+    }
+    let Some(host) = fields.host else {
+        return if minor_version == 1 {
+            Err(HttpError::Malformed(
+                "HTTP/1.1 request without a Host header field",
+            ))
+        } else {
+            Ok(())
+        };
+    };
+    if !is_valid_host(host) {
+        return Err(HttpError::Malformed("invalid Host header field"));
+    }
+    if let Target::Absolute { https, authority, .. } = *target {
+        if !same_authority(authority.as_bytes(), host, if https { b"443" } else { b"80" }) {
+            return Err(HttpError::Malformed(
+                "Host does not match the authority of the request target",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `a` and `b` (both valid per [`is_valid_host`]) name the same host and port,
+/// a missing or empty port standing for `default_port` (HAProxy's
+/// `h1_validate_mismatch_authority`). Hosts compare case-insensitively.
+fn same_authority(a: &[u8], b: &[u8], default_port: &[u8]) -> bool {
+    let (a_host, a_port) = host_and_port(a, default_port);
+    let (b_host, b_port) = host_and_port(b, default_port);
+    a_host.eq_ignore_ascii_case(b_host) && trim_zeros(a_port) == trim_zeros(b_port)
+}
+
+/// `host[:port]` split in two, `default_port` standing for a missing or empty port.
+fn host_and_port<'v>(value: &'v [u8], default_port: &'v [u8]) -> (&'v [u8], &'v [u8]) {
+    match host_port(value) {
+        Some(port) => {
+            let host = &value[..value.len() - port.len() - 1];
+            (host, if port.is_empty() { default_port } else { port })
+        }
+        None => (value, default_port),
+    }
+}
+
+fn trim_zeros(mut digits: &[u8]) -> &[u8] {
+    while let [b'0', rest @ ..] = digits {
+        digits = rest;
+    }
+    digits
+}
+
+/// The port of a `host[:port]` (the digits after the colon that ends the host, maybe
+/// none), or `None` without that colon.
+fn host_port(value: &[u8]) -> Option<&[u8]> {
+    let host_end = match value.first() {
+        Some(b'[') => value.iter().position(|&b| b == b']')? + 1,
+        _ => value.iter().position(|&b| b == b':')?,
+    };
+    match value.get(host_end) {
+        Some(b':') => Some(&value[host_end + 1..]),
+        _ => None,
+    }
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2), checked as nginx's
+/// `ngx_http_validate_host` does: a non-empty reg-name of unreserved, sub-delims and `%`
+/// without `..`, or an IP literal in brackets; a port of digits up to 65535, maybe empty.
+fn is_valid_host(value: &[u8]) -> bool {
+    let (host, port) = host_and_port(value, b"");
+    let no_double_dot = !host.windows(2).any(|w| w == b"..");
+    let host_ok = match host {
+        // IPv6address or IPvFuture; `%` has no place in either.
+        [b'[', inner @ .., b']'] => inner.iter().all(|&b| b != b'%' && (is_host_byte(b) || b == b':')),
+        _ => {
+            // A trailing dot ends a fully qualified name.
+            let name = host.strip_suffix(b".").unwrap_or(host);
+            !name.is_empty() && name.iter().all(|&b| is_host_byte(b))
+        }
+    };
+    let port_ok = port.len() <= 5
+        && port.iter().all(u8::is_ascii_digit)
+        && port.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65_535;
+    no_double_dot && host_ok && port_ok
+}
+
+/// unreserved / sub-delims / `%` (RFC 3986 §2.1-§2.3).
+const fn is_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b'%'
+        )
 }
 
 /// The non-empty members of a comma-separated list, optional whitespace trimmed
@@ -324,7 +628,9 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 }
 
 /// `Content-Length = 1*DIGIT` (RFC 9110 §8.6); a list of identical values such as
-/// `5, 5` is accepted as that value, as §8.6 allows.
+/// `5, 5` is accepted as that value, as RFC 9112 §6.3 step 5 allows and HAProxy does
+/// (nginx refuses it). A sign, an empty member, other bytes or a value over `u64` are
+/// refused.
 fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
     const BAD: HttpError = HttpError::Malformed("invalid Content-Length");
     let mut result = None;
@@ -621,26 +927,32 @@ mod tests {
             ("OPTIONS", Method::Options),
             ("get", Method::Other),
         ] {
-            let buf = format!("{token} / HTTP/1.1\r\n\r\n");
+            let buf = format!("{token} / HTTP/1.1\r\nHost: h\r\n\r\n");
             assert_eq!(complete(buf.as_bytes()).method, method, "{token}");
         }
     }
 
     #[test]
     fn target_without_query() {
-        let req = complete(b"GET /a/b HTTP/1.1\r\n\r\n");
+        let req = complete(b"GET /a/b HTTP/1.1\r\nHost: h\r\n\r\n");
         assert_eq!((req.path, req.query), ("/a/b", ""));
-        let req = complete(b"GET /a?x=1?y HTTP/1.1\r\n\r\n");
+        let req = complete(b"GET /a?x=1?y HTTP/1.1\r\nHost: h\r\n\r\n");
         assert_eq!((req.path, req.query), ("/a", "x=1?y"));
     }
 
     #[test]
     fn keep_alive_rules() {
         let cases: [(&[u8], bool); 8] = [
-            (b"GET / HTTP/1.1\r\n\r\n", true),
-            (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
-            (b"GET / HTTP/1.1\r\nconnection: Upgrade, CLOSE\r\n\r\n", false),
-            (b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n", true),
+            (b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", true),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", false),
+            (
+                b"GET / HTTP/1.1\r\nHost: h\r\nconnection: Upgrade, CLOSE\r\n\r\n",
+                false,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n",
+                true,
+            ),
             (b"GET / HTTP/1.0\r\n\r\n", false),
             (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
             (b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", false),
@@ -662,73 +974,268 @@ mod tests {
 
     #[test]
     fn last_event_id_header() {
-        let req = complete(b"GET / HTTP/1.1\r\nLast-Event-ID: 42-7\r\nlast-event-id: 9\r\n\r\n");
+        let req = complete(b"GET / HTTP/1.1\r\nHost: h\r\nLast-Event-ID: 42-7\r\nlast-event-id: 9\r\n\r\n");
         assert_eq!(req.last_event_id, Some(&b"42-7"[..]));
-        let req = complete(b"GET / HTTP/1.1\r\nLast-Event-ID:\r\n\r\n");
+        let req = complete(b"GET / HTTP/1.1\r\nHost: h\r\nLast-Event-ID:\r\n\r\n");
         assert_eq!(req.last_event_id, Some(&b""[..]));
+    }
+
+    /// `text` with each `|` turned into CRLF, as bytes.
+    fn crlf(text: &str) -> Vec<u8> {
+        text.replace('|', "\r\n").into_bytes()
     }
 
     #[test]
     fn body_framing() {
-        let cases: [(&[u8], bool); 5] = [
-            (b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", false),
-            (b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n", true),
-            (b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n", true),
+        let cases: [(&str, Option<u64>); 6] = [
+            ("POST / HTTP/1.1|Host: h|||", None),
+            ("POST / HTTP/1.1|Host: h|Content-Length: 0||", Some(0)),
+            ("POST / HTTP/1.1|Host: h|Content-Length: 12||", Some(12)),
+            ("POST / HTTP/1.1|Host: h|Content-Length: 007||", Some(7)),
+            // RFC 9112 §6.3 step 5: a list of one value repeated is that value.
+            ("POST / HTTP/1.1|Host: h|Content-Length: 5, 5||", Some(5)),
             (
-                b"POST / HTTP/1.1\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n",
-                true,
-            ),
-            (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
-                true,
+                "POST / HTTP/1.1|Host: h|Content-Length: 5|content-length: 5||",
+                Some(5),
             ),
         ];
-        for (buf, has_body) in cases {
-            assert_eq!(
-                complete(buf).has_body,
-                has_body,
-                "{}",
-                String::from_utf8_lossy(buf)
-            );
+        for (text, length) in cases {
+            let buf = crlf(text);
+            let req = complete(&buf);
+            assert_eq!(req.content_length, length, "{text}");
+            assert_eq!(req.has_body, length.is_some_and(|n| n > 0), "{text}");
+        }
+    }
+
+    /// Refused heads and the exact error: the Host is right in each, so the rule named
+    /// is the one that fires.
+    #[test]
+    fn framing_refusals() {
+        use HttpError::{LengthRequired, Malformed, NotImplemented};
+        let cases: [(&str, HttpError); 19] = [
+            (
+                "Content-Length: 5|Content-Length: 6",
+                Malformed("conflicting Content-Length values"),
+            ),
+            (
+                "Content-Length: 5, 6",
+                Malformed("conflicting Content-Length values"),
+            ),
+            ("Content-Length: -1", Malformed("invalid Content-Length")),
+            ("Content-Length: +1", Malformed("invalid Content-Length")),
+            ("Content-Length:", Malformed("invalid Content-Length")),
+            ("Content-Length: 5,", Malformed("invalid Content-Length")),
+            ("Content-Length: 0x5", Malformed("invalid Content-Length")),
+            (
+                "Content-Length: 99999999999999999999",
+                Malformed("invalid Content-Length"),
+            ),
+            ("Content-Length: 1 2", Malformed("invalid Content-Length")),
+            (
+                "Content-Length: 5|Transfer-Encoding: chunked",
+                Malformed("both Content-Length and Transfer-Encoding"),
+            ),
+            (
+                "Transfer-Encoding: chunked, gzip",
+                Malformed("Transfer-Encoding does not end in chunked"),
+            ),
+            (
+                "Transfer-Encoding: xchunked",
+                Malformed("Transfer-Encoding does not end in chunked"),
+            ),
+            (
+                "Transfer-Encoding:",
+                Malformed("empty member in Transfer-Encoding"),
+            ),
+            (
+                "Transfer-Encoding: ,chunked",
+                Malformed("empty member in Transfer-Encoding"),
+            ),
+            (
+                "Transfer-Encoding: chunked|Transfer-Encoding: chunked",
+                Malformed("Transfer-Encoding names chunked more than once"),
+            ),
+            (
+                "Transfer-Encoding: gzip, Chunked",
+                NotImplemented("transfer codings other than chunked are not implemented"),
+            ),
+            (
+                "Transfer-Encoding: gzip|Transfer-Encoding: chunked",
+                NotImplemented("transfer codings other than chunked are not implemented"),
+            ),
+            ("Transfer-Encoding: chunked", LengthRequired),
+            ("Transfer-Encoding:\tCHUNKED\t", LengthRequired),
+        ];
+        for (fields, want) in cases {
+            let buf = crlf(&format!("POST / HTTP/1.1|Host: h|{fields}||"));
+            assert_eq!(error(&buf), want, "{fields}");
+        }
+        let buf = crlf("POST / HTTP/1.0|Transfer-Encoding: chunked||");
+        assert_eq!(error(&buf), Malformed("Transfer-Encoding in an HTTP/1.0 request"));
+        assert_eq!(
+            (LengthRequired.status(), NotImplemented("x").status()),
+            (411, 501)
+        );
+    }
+
+    #[test]
+    fn host_rules() {
+        use HttpError::Malformed;
+        let missing = Malformed("HTTP/1.1 request without a Host header field");
+        let two = Malformed("more than one Host header field");
+        let invalid = Malformed("invalid Host header field");
+        let mismatch = Malformed("Host does not match the authority of the request target");
+        let cases: [(&str, Result<(), HttpError>); 19] = [
+            ("GET / HTTP/1.1||", Err(missing)),
+            ("GET / HTTP/1.0||", Ok(())),
+            ("GET / HTTP/1.1|Host: a|Host: a||", Err(two)),
+            ("GET / HTTP/1.0|Host: a|host: b||", Err(two)),
+            ("GET / HTTP/1.1|Host:||", Err(invalid)),
+            ("GET / HTTP/1.1|Host: a b||", Err(invalid)),
+            ("GET / HTTP/1.1|Host: a/b||", Err(invalid)),
+            ("GET / HTTP/1.1|Host: a@b||", Err(invalid)),
+            ("GET / HTTP/1.1|Host: a..b||", Err(invalid)),
+            ("GET / HTTP/1.1|Host: a:65536||", Err(invalid)),
+            ("GET / HTTP/1.1|Host: a:8x||", Err(invalid)),
+            ("GET / HTTP/1.1|Host: [::1||", Err(invalid)),
+            ("GET / HTTP/1.1|Host: 127.0.0.1:8080||", Ok(())),
+            ("GET / HTTP/1.1|Host: [::1]:65535||", Ok(())),
+            ("GET / HTTP/1.1|Host: Example.COM.:||", Ok(())),
+            ("GET http://a:80/x HTTP/1.1|Host: A||", Ok(())),
+            ("GET https://a/x HTTP/1.1|Host: a:443||", Ok(())),
+            ("GET http://a/x HTTP/1.1|Host: a:443||", Err(mismatch)),
+            ("GET http://a/x HTTP/1.1|Host: b||", Err(mismatch)),
+        ];
+        for (text, want) in cases {
+            let r = parse_request(&crlf(text)).map(|_| ());
+            assert_eq!(r, want, "{text}");
         }
     }
 
     #[test]
-    fn smuggling_and_bad_lengths_are_malformed() {
-        let cases: [&[u8]; 10] = [
-            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length:\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 1 2\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
-        ];
-        for buf in cases {
-            let e = error(buf);
-            assert!(
-                matches!(e, HttpError::Malformed(_)),
-                "{}: {e:?}",
-                String::from_utf8_lossy(buf)
-            );
-            assert_eq!(e.status(), 400);
+    fn host_validation_boundaries() {
+        for port in ["", "0", "80", "65535", "00080"] {
+            assert!(is_valid_host(format!("h:{port}").as_bytes()), "port {port:?}");
         }
+        for port in ["65536", "100000", "-1", "+1", " 1"] {
+            assert!(!is_valid_host(format!("h:{port}").as_bytes()), "port {port:?}");
+        }
+        for b in 0..=u8::MAX {
+            let name = [b'a', b, b'b'];
+            let allowed = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b);
+            // A colon starts an (invalid) port `b`.
+            assert_eq!(is_valid_host(&name), allowed, "byte {b:#04x}");
+        }
+        for literal in ["[::1]", "[abcd::ef98:0:7654:321]:80", "[v1.a!$&'()*+,;=-._~:]"] {
+            assert!(is_valid_host(literal.as_bytes()), "{literal}");
+        }
+        for literal in [
+            "[ab..cd::1]",
+            "[::1].",
+            "[::1]..:98",
+            "x[::1]",
+            "[::1",
+            "[::%31]",
+            "[::1/]",
+        ] {
+            assert!(!is_valid_host(literal.as_bytes()), "{literal}");
+        }
+        assert!(same_authority(b"a", b"A:80", b"80"));
+        assert!(same_authority(b"a:", b"a", b"80"));
+        assert!(same_authority(b"[::1]:0443", b"[::1]", b"443"));
+        assert!(!same_authority(b"a:81", b"a", b"80"));
+        assert!(!same_authority(b"a:8080", b"a:80", b"80"));
+    }
+
+    #[test]
+    fn target_forms() {
+        let cases: [(&str, &str, &str); 7] = [
+            ("GET /a?b HTTP/1.1|Host: h||", "/a", "b"),
+            ("GET http://h HTTP/1.1|Host: h||", "/", ""),
+            ("GET HTTP://h?x=1 HTTP/1.1|Host: h||", "/", "x=1"),
+            ("GET https://h:443/s/t?u HTTP/1.1|Host: h||", "/s/t", "u"),
+            ("OPTIONS * HTTP/1.1|Host: h||", "*", ""),
+            ("CONNECT h:443 HTTP/1.1|Host: h:443||", "h:443", ""),
+            ("GET /a_b?c=%_e HTTP/1.0||", "/a_b", "c=%_e"),
+        ];
+        for (text, path, query) in cases {
+            let buf = crlf(text);
+            let req = complete(&buf);
+            assert_eq!((req.path, req.query), (path, query), "{text}");
+        }
+        let refused: [(&str, &str); 14] = [
+            (
+                "GET /a%2 HTTP/1.1|Host: h||",
+                "malformed percent-encoding in the request target",
+            ),
+            (
+                "GET /a%zz HTTP/1.1|Host: h||",
+                "malformed percent-encoding in the request target",
+            ),
+            (
+                "GET /%?q HTTP/1.1|Host: h||",
+                "malformed percent-encoding in the request target",
+            ),
+            (
+                "GET * HTTP/1.1|Host: h||",
+                "request target form does not suit the method",
+            ),
+            ("OPTIONS */x HTTP/1.1|Host: h||", "malformed request target"),
+            ("GET admin HTTP/1.1|Host: h||", "malformed request target"),
+            ("GET h:80 HTTP/1.1|Host: h||", "malformed request target"),
+            ("CONNECT h HTTP/1.1|Host: h||", "malformed request target"),
+            (
+                "CONNECT / HTTP/1.1|Host: h||",
+                "request target form does not suit the method",
+            ),
+            (
+                "CONNECT http://h:80 HTTP/1.1|Host: h||",
+                "request target form does not suit the method",
+            ),
+            (
+                "GET ftp://h/ HTTP/1.1|Host: h||",
+                "request target scheme is not http or https",
+            ),
+            (
+                "GET http://u:p@h/ HTTP/1.1|Host: h||",
+                "invalid authority in the request target",
+            ),
+            (
+                "GET http:///x HTTP/1.1|Host: h||",
+                "invalid authority in the request target",
+            ),
+            (
+                "GET /a#b HTTP/1.1|Host: h||",
+                "invalid byte in the request target",
+            ),
+        ];
+        for (text, why) in refused {
+            assert_eq!(error(&crlf(text)), HttpError::Malformed(why), "{text}");
+        }
+        let non_ascii = "GET /caf\u{e9} HTTP/1.1\r\nHost: h\r\n\r\n";
+        assert_eq!(
+            error(non_ascii.as_bytes()),
+            HttpError::Malformed("invalid byte in the request target")
+        );
     }
 
     #[test]
     fn garbage_is_malformed() {
-        let cases: [&[u8]; 8] = [
+        let cases: [&[u8]; 14] = [
             b"\x00\x01\x02\x03 garbage\r\n\r\n",
-            b"GET  / HTTP/1.1\r\n\r\n",
-            b"GET / HTTP/1.1\rX\n\r\n",
-            b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
-            b"GET / HTTP/1.1\r\nName: a\x00b\r\n\r\n",
-            b"GET /\xff\xfe HTTP/1.1\r\n\r\n",
-            b"GET /?q=\xc3 HTTP/1.1\r\n\r\n",
-            b"GET / HTTX/1.1\r\n\r\n",
+            b"GET  / HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET\t/ HTTP/1.1\r\nHost: h\r\n\r\n",
+            b" GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET / HTTP/1.1 \r\nHost: h\r\n\r\n",
+            b"GET / HTTP/1.1\rHost: h\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\rX: y\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Name: x\r\nHost: h\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : h\r\n\r\n",
+            b"GET / HTTP/1.1\r\n Host: h\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nName: a\x00b\r\n\r\n",
+            b"GET /\xff\xfe HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET / HTTX/1.1\r\nHost: h\r\n\r\n",
         ];
         for buf in cases {
             let e = error(buf);
@@ -764,21 +1271,21 @@ mod tests {
 
     #[test]
     fn leading_empty_lines_are_skipped() {
-        let buf = b"\r\n\nGET / HTTP/1.1\r\n\r\n";
+        let buf = b"\r\n\nGET / HTTP/1.1\r\nHost: h\r\n\r\n";
         assert_eq!(complete(buf).head_len, buf.len());
         assert_eq!(parse_request(b"\r\n\r\n"), Ok(Parsed::Partial));
     }
 
     #[test]
     fn bare_lf_line_endings() {
-        let req = complete(b"GET /x HTTP/1.1\nConnection: close\n\n");
-        assert_eq!((req.path, req.keep_alive, req.head_len), ("/x", false, 35));
+        let req = complete(b"GET /x HTTP/1.1\nHost: h\nConnection: close\n\n");
+        assert_eq!((req.path, req.keep_alive, req.head_len), ("/x", false, 43));
     }
 
     #[test]
     fn pipelined_requests() {
         let first = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
-        let second = b"HEAD /b?c HTTP/1.1\r\nConnection: close\r\n\r\n";
+        let second = b"HEAD /b?c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
         let mut buf = first.to_vec();
         buf.extend_from_slice(second);
         buf.extend_from_slice(b"GET /c HT");
@@ -799,8 +1306,8 @@ mod tests {
         let cases: [&[u8]; 4] = [
             SIMPLE,
             b"\r\nPOST /p?q=%20 HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\n",
-            b"GET / HTTP/1.1\nLast-Event-ID: 7\nX:\n\n",
-            b"HEAD /h HTTP/1.1\r\nA: b\r\nC:  d e \r\n\r\n",
+            b"GET / HTTP/1.1\nLast-Event-ID: 7\nX:\nHost: [::1]:8080\n\n",
+            b"HEAD http://h/h HTTP/1.1\r\nA: b\r\nC:  d e \r\nHost: H:80\r\n\r\n",
         ];
         for buf in cases {
             let whole = complete(buf);
@@ -815,7 +1322,7 @@ mod tests {
     }
 
     fn head_with_header_bytes(n: usize) -> Vec<u8> {
-        let mut buf = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        let mut buf = b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: ".to_vec();
         buf.resize(buf.len() + n, b'a');
         buf.extend_from_slice(b"\r\n\r\n");
         buf
@@ -850,9 +1357,10 @@ mod tests {
         assert_eq!(parse_request(&buf[..HEAD_MAX - 1]), Ok(Parsed::Partial));
     }
 
+    /// A head with `n` header fields, `Host` the first of them.
     fn head_with_headers(n: usize) -> Vec<u8> {
-        let mut buf = b"GET / HTTP/1.1\r\n".to_vec();
-        for i in 0..n {
+        let mut buf = b"GET / HTTP/1.1\r\nHost: h\r\n".to_vec();
+        for i in 1..n {
             buf.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
         }
         buf.extend_from_slice(b"\r\n");
@@ -1007,42 +1515,91 @@ mod tests {
         has_body: bool,
     }
 
+    /// How a generated head names its host: origin-form with `Host`, absolute-form with
+    /// `Host` (the same host, the default port spelled out or not), or for HTTP/1.0
+    /// origin-form without `Host`.
+    #[derive(Debug, Clone, Copy)]
+    enum HostStyle {
+        Header,
+        Absolute { port: bool },
+        None,
+    }
+
     fn model() -> impl Strategy<Value = Model> {
         (
-            prop::sample::select(vec![
-                ("GET", Method::Get),
-                ("HEAD", Method::Head),
-                ("POST", Method::Post),
-                ("DELETE", Method::Other),
-            ]),
-            "/[a-z0-9/._-]{0,20}",
-            prop::option::of("[a-z0-9=&%+_-]{0,30}"),
-            0u8..=1,
-            prop::option::of(prop::sample::select(vec!["close", "keep-alive", "Upgrade"])),
-            prop::option::of("[ -~]{0,20}"),
-            prop::option::of(0u64..100_000),
-            prop::collection::vec(("[A-Za-z][A-Za-z0-9-]{0,15}", "[!-~]([ -~]{0,30}[!-~])?"), 0..10),
+            (
+                prop::sample::select(vec![
+                    ("GET", Method::Get),
+                    ("HEAD", Method::Head),
+                    ("POST", Method::Post),
+                    ("DELETE", Method::Other),
+                ]),
+                "/[a-z0-9/._-]{0,20}",
+                prop::option::of("[a-z0-9=&%+_-]{0,30}"),
+                0u8..=1,
+                prop::option::of(prop::sample::select(vec!["close", "keep-alive", "Upgrade"])),
+                prop::option::of("[ -~]{0,20}"),
+                prop::option::of(0u64..100_000),
+            ),
+            prop::collection::vec(("[A-Za-z][A-Za-z0-9_-]{0,15}", "[!-~]([ -~]{0,30}[!-~])?"), 0..10),
             any::<bool>(),
+            (
+                prop::sample::select(vec![
+                    HostStyle::Header,
+                    HostStyle::Absolute { port: false },
+                    HostStyle::Absolute { port: true },
+                    HostStyle::None,
+                ]),
+                "[a-z0-9-]{1,10}(\\.[a-z0-9-]{1,10}){0,2}|\\[::1\\]|127\\.0\\.0\\.1",
+                prop::option::of(1u16..),
+                0..10usize,
+            ),
         )
             .prop_map(
-                |(method, path, query, minor, connection, leid, length, others, crlf)| {
+                |(
+                    (method, path, query, minor, connection, leid, length),
+                    others,
+                    crlf,
+                    (style, host, port, host_at),
+                )| {
                     let eol = if crlf { "\r\n" } else { "\n" };
-                    let target = match &query {
-                        Some(q) => format!("{path}?{q}"),
-                        None => path.clone(),
+                    let style = match style {
+                        HostStyle::None if minor == 1 => HostStyle::Header,
+                        style => style,
                     };
-                    let mut text = format!("{} {target} HTTP/1.{minor}{eol}", method.0);
-                    for (name, value) in &others {
-                        text.push_str(&format!("X-{name}: {value}{eol}"));
+                    let host_value = match (style, port) {
+                        (HostStyle::Absolute { .. }, _) | (_, None) => host.clone(),
+                        (_, Some(port)) => format!("{host}:{port}"),
+                    };
+                    let query_part = match &query {
+                        Some(q) => format!("?{q}"),
+                        None => String::new(),
+                    };
+                    let target = match style {
+                        HostStyle::Absolute { port: true } => format!("http://{host}:80{path}{query_part}"),
+                        HostStyle::Absolute { port: false } => format!("http://{host}{path}{query_part}"),
+                        _ => format!("{path}{query_part}"),
+                    };
+                    let mut lines: Vec<String> = others
+                        .iter()
+                        .map(|(name, value)| format!("X-{name}: {value}"))
+                        .collect();
+                    if !matches!(style, HostStyle::None) {
+                        lines.insert(host_at.min(lines.len()), format!("Host: {host_value}"));
                     }
                     if let Some(c) = connection {
-                        text.push_str(&format!("Connection: {c}{eol}"));
+                        lines.push(format!("Connection: {c}"));
                     }
                     if let Some(id) = &leid {
-                        text.push_str(&format!("Last-Event-ID:{id}{eol}"));
+                        lines.push(format!("Last-Event-ID:{id}"));
                     }
                     if let Some(n) = length {
-                        text.push_str(&format!("content-length: {n}{eol}"));
+                        lines.push(format!("content-length: {n}"));
+                    }
+                    let mut text = format!("{} {target} HTTP/1.{minor}{eol}", method.0);
+                    for line in lines {
+                        text.push_str(&line);
+                        text.push_str(eol);
                     }
                     text.push_str(eol);
                     let keep_alive = match connection {

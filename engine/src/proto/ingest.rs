@@ -112,6 +112,11 @@ pub enum IngestError {
     BadEventName,
     /// The `key=` value is empty, too long or not printable ASCII.
     BadKey,
+    /// An `event=` value cut by spaces, as in `event=my event`: the value with the
+    /// tokens after it that hold no `=`, joined by spaces (lossy UTF-8, at most 32 chars).
+    EventNameWithSpace(String),
+    /// A `key=` value cut by spaces, echoed as for [`IngestError::EventNameWithSpace`].
+    KeyWithSpace(String),
     /// An unknown option, a repeated one, or an argument to `PING`/`QUIT` (lossy UTF-8,
     /// at most 32 chars).
     BadOption(String),
@@ -172,11 +177,21 @@ impl fmt::Display for IngestError {
             IngestError::BadEventName => write!(
                 f,
                 "invalid event name: 1-{EVENT_NAME_MAX} bytes of printable ASCII \
-                 (0x21-0x7E), not starting with \"{RESERVED_EVENT_PREFIX}\""
+                 (0x21-0x7E: no spaces), not starting with \"{RESERVED_EVENT_PREFIX}\""
             ),
             IngestError::BadKey => write!(
                 f,
-                "invalid key: 1-{KEY_LEN_MAX} bytes of printable ASCII (0x21-0x7E)"
+                "invalid key: 1-{KEY_LEN_MAX} bytes of printable ASCII (0x21-0x7E: no spaces)"
+            ),
+            IngestError::EventNameWithSpace(name) => write!(
+                f,
+                "invalid event name {name:?}: spaces are not allowed; event names are \
+                 1-{EVENT_NAME_MAX} bytes of printable ASCII (0x21-0x7E)"
+            ),
+            IngestError::KeyWithSpace(key) => write!(
+                f,
+                "invalid key {key:?}: spaces are not allowed; keys are 1-{KEY_LEN_MAX} \
+                 bytes of printable ASCII (0x21-0x7E)"
             ),
             IngestError::BadOption(token) => write!(
                 f,
@@ -479,14 +494,21 @@ fn publish<'a>(
         .ok_or(IngestError::BadTopic)?;
     let mut event = None;
     let mut key = None;
-    for option in options {
+    let mut options = options.peekable();
+    while let Some(option) = options.next() {
         let (name, value) = match option.iter().position(|&b| b == b'=') {
             Some(eq) => (&option[..eq], &option[eq + 1..]),
             None => return Err(IngestError::BadOption(echo(option))),
         };
         if name.eq_ignore_ascii_case(b"event") && event.is_none() {
+            if let Some(spaced) = spaced_value(value, &mut options) {
+                return Err(IngestError::EventNameWithSpace(spaced));
+            }
             event = Some(event_name(value).ok_or(IngestError::BadEventName)?);
         } else if name.eq_ignore_ascii_case(b"key") && key.is_none() {
+            if let Some(spaced) = spaced_value(value, &mut options) {
+                return Err(IngestError::KeyWithSpace(spaced));
+            }
             key = Some(printable(value, KEY_LEN_MAX).ok_or(IngestError::BadKey)?);
         } else {
             return Err(IngestError::BadOption(echo(option)));
@@ -499,6 +521,20 @@ fn publish<'a>(
         key,
         payload,
     })
+}
+
+/// For `event=my event`: `value` and the tokens after it that hold no `=` (so are no
+/// options of their own), joined by spaces and cut as [`echo`] cuts; `None` when no such
+/// token follows. Tokens are split at spaces and tabs, so a value cannot hold one.
+fn spaced_value<'a, I: Iterator<Item = &'a [u8]>>(
+    value: &[u8],
+    options: &mut std::iter::Peekable<I>,
+) -> Option<String> {
+    let mut words = vec![value];
+    while let Some(word) = options.next_if(|token| !token.contains(&b'=')) {
+        words.push(word);
+    }
+    (words.len() > 1).then(|| echo(&words.join(&b' ')))
 }
 
 fn event_name(value: &[u8]) -> Option<&str> {
@@ -716,7 +752,7 @@ mod tests {
     #[test]
     fn framing_keeping_errors() {
         use IngestError::*;
-        let cases: [(&[u8], IngestError); 13] = [
+        let cases: [(&[u8], IngestError); 18] = [
             (b"FOO bar\n", UnknownCommand("FOO".into())),
             (b"PUB a$b 1\nx\n", BadTopic),
             (b"PUB a 1 event=\nx\n", BadEventName),
@@ -726,6 +762,20 @@ mod tests {
             (b"PUB a 1 key=\xc3\xa9\nx\n", BadKey),
             (b"PUB a 1 color=red\nx\n", BadOption("color=red".into())),
             (b"PUB a 1 event\nx\n", BadOption("event".into())),
+            (b"PUB a 1 my event\nx\n", BadOption("my".into())),
+            (
+                b"PUB a 1 event=my event\nx\n",
+                EventNameWithSpace("my event".into()),
+            ),
+            (
+                b"PUB a 1 event=a\tb c key=k\nx\n",
+                EventNameWithSpace("a b c".into()),
+            ),
+            (
+                b"PUB a 1 key=k event=my event\nx\n",
+                EventNameWithSpace("my event".into()),
+            ),
+            (b"PUB a 1 key=my key\nx\n", KeyWithSpace("my key".into())),
             (b"PUB a 1 event=a event=b\nx\n", BadOption("event=b".into())),
             (b"PUB a 1 key=a KEY=b\nx\n", BadOption("KEY=b".into())),
             (b"PUB a 1\n\xff\n", NotUtf8),
@@ -1004,6 +1054,17 @@ mod tests {
         assert!(IngestError::BadTopic.to_string().contains("200"));
         assert!(IngestError::BadEventName.to_string().contains("64"));
         assert!(IngestError::BadKey.to_string().contains("200"));
+        for e in [IngestError::BadEventName, IngestError::BadKey] {
+            assert!(e.to_string().contains("(0x21-0x7E: no spaces)"), "{e}");
+        }
+        assert_eq!(
+            IngestError::EventNameWithSpace("my event".into()).to_string(),
+            "invalid event name \"my event\": spaces are not allowed; event names are 1-64 bytes \
+             of printable ASCII (0x21-0x7E)"
+        );
+        assert!(IngestError::KeyWithSpace("a b".into())
+            .to_string()
+            .starts_with("invalid key \"a b\": spaces are not allowed"));
     }
 
     /// A stream that exercises every path: commands, framing-keeping errors, a payload
