@@ -91,7 +91,10 @@ fn an_sse_resume_of_thousands_of_events_arrives_whole_then_goes_live() {
         "nothing more"
     );
     let replayed = engine.counter("replayed");
-    assert!(replayed >= 1999, "replayed {replayed}: every missed event came from the history");
+    assert!(
+        replayed >= 1999,
+        "replayed {replayed}: every missed event came from the history"
+    );
 }
 
 #[test]
