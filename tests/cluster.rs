@@ -484,3 +484,40 @@ fn a_stream_made_by_someone_else_with_other_settings_is_refused_with_what_differ
         assert!(err.stderr.contains(what), "{what:?} not named in: {}", err.stderr);
     }
 }
+
+#[test]
+fn the_backplane_is_in_stats_and_metrics_and_metrics_pass_promtool() {
+    use std::process::{Command, Stdio};
+    let nats = NatsServer::start();
+    let node = Node::start(&nats.url(), "m");
+    let ids = publish_through(&node.ingest, "m", "x", 3);
+    let stats = node.engine().stats();
+    assert!(stats.contains("\"backplane\":{\"up\":true"), "{stats}");
+    let last = seq_of(&ids[2]);
+    assert!(stats.contains(&format!("\"last_sequence\":{last}")), "{stats}");
+    assert!(stats.contains("\"published\":3"), "{stats}");
+    let metrics = admin_get(node.engine(), "/metrics");
+    let body = metrics.split_once("\r\n\r\n").expect("a body").1;
+    assert!(body.contains("ringcast_backplane_up 1"), "{body}");
+    assert!(body.contains("ringcast_backplane_published_total 3"), "{body}");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; .ci/run installs it)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("feed promtool");
+    let out = promtool.wait_with_output().expect("promtool ran");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -331,6 +331,12 @@ const METRICS: &[(&str, &str, &str, &str)] = &[
         "Overruns the history could not fully refill.",
     ),
     (
+        "replay_gaps",
+        "ringcast_replay_gaps_total",
+        "counter",
+        "Ranges evicted before a resuming client read them (each told as a gap).",
+    ),
+    (
         "heartbeats",
         "ringcast_heartbeats_total",
         "counter",
@@ -436,11 +442,26 @@ pub fn metrics(shared: &Shared) -> String {
     let _ = writeln!(out, "# HELP ringcast_events_published_total Events published.\n# TYPE ringcast_events_published_total counter\nringcast_events_published_total {}", head - 1);
     let _ = writeln!(out, "# HELP ringcast_history_topics Topics in the replay history.\n# TYPE ringcast_history_topics gauge\nringcast_history_topics {topics}");
     let _ = writeln!(out, "# HELP ringcast_history_bytes Bytes held by the replay history.\n# TYPE ringcast_history_bytes gauge\nringcast_history_bytes {bytes}");
+    if let Some(link) = &shared.backplane {
+        let status = &link.backplane.status;
+        let _ = writeln!(
+            out,
+            "# HELP ringcast_backplane_up Whether this node is connected to the NATS backplane.\n# TYPE ringcast_backplane_up gauge\nringcast_backplane_up {}",
+            u8::from(status.is_up())
+        );
+        for (name, help, value) in backplane_counters(status) {
+            let _ = writeln!(
+                out,
+                "# HELP ringcast_backplane_{name} {help}\n# TYPE ringcast_backplane_{name} {}\nringcast_backplane_{name} {value}",
+                if name.ends_with("_total") { "counter" } else { "gauge" }
+            );
+        }
+    }
     out
 }
 
 /// Every counter by name, in the order of [`Counters`].
-fn counters(c: &Counters) -> [(&'static str, u64); 35] {
+fn counters(c: &Counters) -> [(&'static str, u64); 36] {
     [
         ("accepted", c.accepted.load(Relaxed)),
         ("open", c.open.load(Relaxed)),
@@ -465,6 +486,7 @@ fn counters(c: &Counters) -> [(&'static str, u64); 35] {
         ("slow_disconnected", c.slow_disconnected.load(Relaxed)),
         ("ring_overrun", c.ring_overrun.load(Relaxed)),
         ("ring_lost", c.ring_lost.load(Relaxed)),
+        ("replay_gaps", c.replay_gaps.load(Relaxed)),
         ("heartbeats", c.heartbeats.load(Relaxed)),
         ("request_timeouts", c.request_timeouts.load(Relaxed)),
         ("idle_closed", c.idle_closed.load(Relaxed)),
@@ -481,6 +503,48 @@ fn counters(c: &Counters) -> [(&'static str, u64); 35] {
 }
 
 /// `{"epoch":..,"published":..,"history":{..},"totals":{..},"loops":[{..},..]}`.
+/// The backplane's figures: the metric name's tail, its help, its value.
+fn backplane_counters(s: &crate::backplane::Status) -> [(&'static str, &'static str, u64); 8] {
+    [
+        (
+            "last_sequence",
+            "The newest stream sequence this node knows of.",
+            s.last_seq.load(Relaxed),
+        ),
+        (
+            "published_total",
+            "Events JetStream stored through this node.",
+            s.published.load(Relaxed),
+        ),
+        (
+            "refused_total",
+            "Publishes refused because the backplane could not store them.",
+            s.refused.load(Relaxed),
+        ),
+        (
+            "conflicts_total",
+            "Batches retried because another node published one of their topics meanwhile.",
+            s.conflicts.load(Relaxed),
+        ),
+        (
+            "consumed_total",
+            "Events this node read from the stream.",
+            s.consumed.load(Relaxed),
+        ),
+        (
+            "fetches_total",
+            "Resumes read from the stream rather than the local history.",
+            s.fetches.load(Relaxed),
+        ),
+        (
+            "skipped_total",
+            "Stream sequences evicted before this node read them.",
+            s.skipped.load(Relaxed),
+        ),
+        ("batches_total", "Atomic batches sent.", s.batches.load(Relaxed)),
+    ]
+}
+
 pub fn stats_json(shared: &Shared) -> String {
     let head = shared.broadcast.head();
     let (topics, bytes) = {
@@ -510,6 +574,19 @@ pub fn stats_json(shared: &Shared) -> String {
         }
         out.push('}');
     }
-    out.push_str("]}");
+    out.push(']');
+    if let Some(link) = &shared.backplane {
+        let status = &link.backplane.status;
+        out.push_str(&format!(
+            ",\"backplane\":{{\"up\":{},\"reason\":{}",
+            status.is_up(),
+            json::string(&status.reason())
+        ));
+        for (name, _, value) in backplane_counters(status) {
+            out.push_str(&format!(",\"{}\":{value}", name.trim_end_matches("_total")));
+        }
+        out.push('}');
+    }
+    out.push('}');
     out
 }

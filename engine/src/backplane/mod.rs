@@ -171,6 +171,8 @@ pub struct Status {
     pub fetches: AtomicU64,
     /// Stream sequences this node never received (evicted before it read them).
     pub skipped: AtomicU64,
+    /// Atomic batches sent (their events are `published` or `refused`).
+    pub batches: AtomicU64,
 }
 
 impl Status {

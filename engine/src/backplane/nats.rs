@@ -454,6 +454,7 @@ async fn store(node: &Node, batch: &[Publish]) -> Vec<Result<u64, String>> {
             node.mark_down();
             return refuse(format!("backplane unavailable: {}", down_reason(node)));
         }
+        node.backplane.status.batches.fetch_add(1, Ordering::Relaxed);
         match send_batch(node, batch).await {
             Ok(last) => {
                 let first = last + 1 - batch.len() as u64;
