@@ -1,30 +1,13 @@
 //! The admin listener: `POST /publish` publishes like the ingest socket (and refuses what
 //! it refuses), `GET /metrics` passes `promtool check metrics`, `GET /healthz` answers.
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 
 use ringcast_tests::engine::Engine;
 use ringcast_tests::sse::SseClient;
 
-/// One request to the admin address on its own connection, read to the close; returns
-/// (status, body).
 fn admin(addr: SocketAddr, method: &str, target: &str, body: &[u8]) -> (u16, String) {
-    let mut conn = TcpStream::connect(addr).expect("connect to the admin address");
-    let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    conn.write_all(head.as_bytes()).unwrap();
-    conn.write_all(body).unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().expect("a status code");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    ringcast_tests::engine::admin_request(addr, method, target, body)
 }
 
 #[test]
@@ -78,26 +61,7 @@ fn metrics_pass_promtool_and_count() {
         metrics.contains("ringcast_streams_opened_total{loop="),
         "{metrics}"
     );
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus; .ci/run installs it)");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(metrics.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ringcast_tests::engine::assert_promtool_accepts(&metrics);
     let (status, body) = admin(engine.admin, "GET", "/healthz", b"");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 }

@@ -3,8 +3,6 @@
 //! admin listener's own publishing has slots of its own, so HTTP publishing works while
 //! every publisher slot is taken; and the socket's mode is what `--ingest-mode` says
 //! (0600 by default), whatever the umask the engine was started under.
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
@@ -15,22 +13,12 @@ use ringcast_tests::WAIT;
 
 /// One `POST /publish` on the admin address; returns the status and body.
 fn http_publish(engine: &Engine, topic: &str, body: &str) -> (u16, String) {
-    let mut conn = TcpStream::connect(engine.admin).expect("connect to the admin address");
-    conn.set_read_timeout(Some(WAIT)).expect("timeout");
-    let head = format!(
-        "POST /publish?topic={topic} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    conn.write_all(head.as_bytes()).expect("request");
-    conn.write_all(body.as_bytes()).expect("body");
-    let mut response = String::new();
-    conn.read_to_string(&mut response).expect("response");
-    let status = response[9..12].parse().expect("a status code");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    ringcast_tests::engine::admin_request(
+        engine.admin,
+        "POST",
+        &format!("/publish?topic={topic}"),
+        body.as_bytes(),
+    )
 }
 
 #[test]

@@ -502,7 +502,6 @@ fn counters(c: &Counters) -> [(&'static str, u64); 36] {
     ]
 }
 
-/// `{"epoch":..,"published":..,"history":{..},"totals":{..},"loops":[{..},..]}`.
 /// The backplane's figures: the metric name's tail, its help, its value.
 fn backplane_counters(s: &crate::backplane::Status) -> [(&'static str, &'static str, u64); 8] {
     [
@@ -545,6 +544,7 @@ fn backplane_counters(s: &crate::backplane::Status) -> [(&'static str, &'static 
     ]
 }
 
+/// `{"epoch":..,"published":..,"history":{..},"totals":{..},"loops":[{..},..]}`.
 pub fn stats_json(shared: &Shared) -> String {
     let head = shared.broadcast.head();
     let (topics, bytes) = {

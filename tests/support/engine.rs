@@ -478,3 +478,62 @@ fn sigterm(pid: u32) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// One request to an admin address on its own connection, read to the close; returns the
+/// status and the body.
+///
+/// # Panics
+///
+/// If the connection or the exchange fails, or the answer has no status line.
+pub fn admin_request(addr: SocketAddr, method: &str, target: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = TcpStream::connect(addr).expect("connect to the admin address");
+    conn.set_read_timeout(Some(READY_TIMEOUT)).expect("timeout");
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).expect("send the request head");
+    conn.write_all(body).expect("send the request body");
+    let mut response = String::new();
+    conn.read_to_string(&mut response).expect("read the answer");
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Checks `metrics` with `promtool check metrics` (Prometheus's own linter).
+///
+/// # Panics
+///
+/// If promtool is missing or finds fault.
+pub fn assert_promtool_accepts(metrics: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; .ci/run installs it)");
+    promtool
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(metrics.as_bytes())
+        .expect("feed promtool");
+    let out = promtool.wait_with_output().expect("promtool ran");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

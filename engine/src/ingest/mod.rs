@@ -493,6 +493,11 @@ impl Ingest {
             &c.payload,
             now,
         ));
+        self.retain_and_ring(event, now);
+    }
+
+    /// Puts `event` into the history and the broadcast ring; the loops are woken after.
+    fn retain_and_ring(&mut self, event: Arc<Event>, now: Instant) {
         self.shared
             .history
             .lock()
@@ -600,13 +605,7 @@ impl Ingest {
             now,
         ));
         let id = event.id.clone();
-        self.shared
-            .history
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(Arc::clone(&event), now);
-        self.producer.push(event);
-        self.published = true;
+        self.retain_and_ring(event, now);
         id
     }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{bump, bump_by, control, Shard};
-use crate::conn::outq::{Gap, Pushed};
+use crate::conn::outq::{Gap, Limits, Policy, Pushed};
 use crate::conn::{flags, Kind, State};
 use crate::event::Event;
 use crate::proto::{json, ws};
@@ -61,18 +61,10 @@ impl Shard {
             }
             let kind = conn.kind;
             for event in run {
-                let conn = &mut self.conns[index as usize];
-                let bytes = event.bytes_for(kind);
-                if conn.queued_bytes() + bytes.len() > hard_cap {
+                let Some(pushed) = self.queue_event(index, event, kind, policy, limits, hard_cap) else {
                     overflowed.push(index);
                     continue 'subscribers;
-                }
-                let out = conn
-                    .out
-                    .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
-                let before = out.bytes();
-                let pushed = out.push_event(bytes, event, policy, limits);
-                self.queued += out.bytes() as i64 - before as i64;
+                };
                 match pushed {
                     Pushed::Queued { dropped: n } => {
                         delivered += 1;
@@ -105,6 +97,31 @@ impl Shard {
         for index in overflowed {
             self.overflow(index);
         }
+    }
+
+    /// Queues `event` in the framing of `kind` on connection `index` under `policy`, or
+    /// `None` when that would pass the client's cap `hard_cap` (the caller fails it).
+    pub(super) fn queue_event(
+        &mut self,
+        index: u32,
+        event: &Arc<Event>,
+        kind: Kind,
+        policy: Policy,
+        limits: Limits,
+        hard_cap: usize,
+    ) -> Option<Pushed> {
+        let bytes = event.bytes_for(kind);
+        let conn = &mut self.conns[index as usize];
+        if conn.queued_bytes() + bytes.len() > hard_cap {
+            return None;
+        }
+        let out = conn
+            .out
+            .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+        let before = out.bytes();
+        let pushed = out.push_event(bytes, event, policy, limits);
+        self.queued += out.bytes() as i64 - before as i64;
+        Some(pushed)
     }
 
     /// Queues a notice for every gap the connection's queue recorded, ahead of the

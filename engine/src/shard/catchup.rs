@@ -506,19 +506,11 @@ impl Shard {
         let limits = self.shared.config.queue_limits();
         let cap = self.shared.config.out_queue_bytes_max;
         for event in events {
-            let bytes = event.bytes_for(kind);
-            let conn = &mut self.conns[index as usize];
-            if conn.queued_bytes() + bytes.len() > cap {
+            let policy = self.shared.config.policy_for(&event.topic);
+            let Some(pushed) = self.queue_event(index, event, kind, policy, limits, cap) else {
                 self.overflow(index);
                 return false;
-            }
-            let policy = self.shared.config.policy_for(&event.topic);
-            let out = conn
-                .out
-                .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
-            let before = out.bytes();
-            let pushed = out.push_event(bytes, event, policy, limits);
-            self.queued += out.bytes() as i64 - before as i64;
+            };
             match pushed {
                 Pushed::Queued { dropped } => bump_by(&self.counters.dropped, dropped as u64),
                 Pushed::Refused => bump(&self.counters.dropped),
