@@ -4,11 +4,13 @@
 //!
 //! Owns: the accept loop, the cap on connections served at once (`--admin-conns-max`,
 //! one thread each, so a slow client delays nobody else; one more is answered 503 at
-//! once), the routes, and the one ingest connection every `POST /publish` goes through.
+//! once), the routes and who may use them (`--admin-token`, see [`auth`]), and the one
+//! ingest connection every `POST /publish` goes through.
 //!
 //! Must never: write to the loops' state (it reads them only through their atomic
 //! counters), or publish other than through the ingest socket, so the ingest thread
 //! stays the broadcast ring's only producer.
+mod auth;
 mod conn;
 
 use std::io::{self, Read, Write};
@@ -23,6 +25,8 @@ use crate::engine::{Counters, Shared};
 use crate::ingest::client::{PublishError, Publisher};
 use crate::proto::http;
 use crate::proto::json;
+use auth::Gate;
+pub use auth::{Token, TokenError};
 use conn::{Reply, Request};
 
 /// Stack of each connection's thread: it parses a head, formats a few KiB of metrics and
@@ -56,10 +60,13 @@ struct Admin {
     /// The publishing connection to the ingest socket, one request at a time: a publish
     /// takes microseconds, or [`crate::ingest::client::IO_TIMEOUT`] at worst.
     publisher: Mutex<Publisher>,
+    /// Who may use the routes, and the refusals so far.
+    gate: Gate,
 }
 
-/// Accepts admin connections until the process exits, each served on its own thread.
-pub fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts admin connections until the process exits, each served on its own thread;
+/// with `token`, the routes other than `/healthz` need it (see [`auth`]).
+pub fn serve(listener: TcpListener, shared: Arc<Shared>, token: Option<Token>) {
     let config = &shared.config;
     let refusal = Reply::text(
         503,
@@ -78,6 +85,7 @@ pub fn serve(listener: TcpListener, shared: Arc<Shared>) {
         open: AtomicUsize::new(0),
         refusal: conn::render(&refusal, false, false, 1),
         publisher: Mutex::new(Publisher::new(&config.ingest)),
+        gate: Gate::new(token, config.metrics_public),
         shared: Arc::clone(&shared),
     });
     for accepted in listener.incoming() {
@@ -135,10 +143,17 @@ fn refuse(mut stream: TcpStream, refusal: &[u8]) {
 fn route(req: &Request<'_>, admin: &Admin) -> Reply {
     use http::Method::{Get, Post};
     let shared = &admin.shared;
+    if let Some(refusal) = admin.gate.check(req.path, &req.authorization) {
+        return refusal;
+    }
     match (req.method, req.path) {
         (Get, "/healthz") => healthz(shared),
-        (Get, "/stats") => typed(200, "application/json", stats_json(shared)),
-        (Get, "/metrics") => typed(200, "text/plain; version=0.0.4; charset=utf-8", metrics(shared)),
+        (Get, "/stats") => typed(200, "application/json", stats_json(shared, &admin.gate)),
+        (Get, "/metrics") => typed(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics(shared, &admin.gate),
+        ),
         (Post, "/publish") => publish(req.query, req.body, admin),
         (_, "/healthz" | "/stats" | "/metrics") => Reply::text(405, "use GET").with_header("Allow", "GET"),
         (_, "/publish") => Reply::text(405, "use POST").with_header("Allow", "POST"),
@@ -411,8 +426,8 @@ const METRICS: &[(&str, &str, &str, &str)] = &[
 ];
 
 /// Every counter in the Prometheus text format (0.0.4), labelled by loop, plus the
-/// ring lag per loop and the history's size.
-pub fn metrics(shared: &Shared) -> String {
+/// ring lag per loop, the history's size and the admin listener's refusals.
+fn metrics(shared: &Shared, gate: &Gate) -> String {
     use std::fmt::Write;
     let per_loop: Vec<_> = shared.counters.iter().map(|c| counters(c)).collect();
     let mut out = String::new();
@@ -456,6 +471,13 @@ pub fn metrics(shared: &Shared) -> String {
                 if name.ends_with("_total") { "counter" } else { "gauge" }
             );
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ringcast_admin_unauthorized_total Admin requests refused for want of the admin token, by reason.\n# TYPE ringcast_admin_unauthorized_total counter"
+    );
+    for (reason, value) in gate.refusals.counts() {
+        let _ = writeln!(out, "ringcast_admin_unauthorized_total{{reason=\"{reason}\"}} {value}");
     }
     out
 }
@@ -544,8 +566,9 @@ fn backplane_counters(s: &crate::backplane::Status) -> [(&'static str, &'static 
     ]
 }
 
-/// `{"epoch":..,"published":..,"history":{..},"totals":{..},"loops":[{..},..]}`.
-pub fn stats_json(shared: &Shared) -> String {
+/// `{"epoch":..,"published":..,"history":{..},"totals":{..},"loops":[{..},..],"admin":{..}}`
+/// (and `"backplane":{..}` with one).
+fn stats_json(shared: &Shared, gate: &Gate) -> String {
     let head = shared.broadcast.head();
     let (topics, bytes) = {
         let h = shared.history.lock().unwrap_or_else(PoisonError::into_inner);
@@ -587,6 +610,14 @@ pub fn stats_json(shared: &Shared) -> String {
         }
         out.push('}');
     }
-    out.push('}');
+    out.push_str(&format!(
+        ",\"admin\":{{\"token_required\":{},\"metrics_public\":{},\"unauthorized\":{{",
+        gate.enabled(),
+        gate.metrics_public()
+    ));
+    for (i, (reason, value)) in gate.refusals.counts().iter().enumerate() {
+        out.push_str(&format!("{}\"{reason}\":{value}", if i > 0 { "," } else { "" }));
+    }
+    out.push_str("}}}");
     out
 }

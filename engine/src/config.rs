@@ -1,5 +1,6 @@
 //! Every limit and budget of the engine, with its unit and default, parsed from the
 //! command line and validated once at start. Nothing else in the engine picks a number.
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,7 +20,6 @@ fn parse_policy(s: &str) -> Result<(String, Policy), String> {
     Ok((pattern.to_string(), policy.parse()?))
 }
 
-/// Whether `topic` matches `pattern`: exact, `prefix*`, `*suffix` or `*`.
 /// An octal file mode such as `0600` or `660`.
 fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s, 8)
@@ -28,6 +28,48 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{s:?} is not an octal mode from 0 to 0777 (for example 0600)"))
 }
 
+/// The most bytes an admin token may have: a generous bound for a random secret, which
+/// lets the comparison run over a fixed-size buffer.
+pub const ADMIN_TOKEN_BYTES_MAX: usize = 1024;
+
+/// A secret flag value: `Debug` shows `<redacted>`, so a printed configuration never
+/// carries it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret's text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+fn parse_secret(s: &str) -> Result<Secret, String> {
+    Ok(Secret(s.to_owned()))
+}
+
+/// Why `token` cannot be the admin token, or `None` when it can: it is sent as a bearer
+/// token in a header field (RFC 6750 §2.1), so it is 1 to [`ADMIN_TOKEN_BYTES_MAX`] bytes
+/// of printable ASCII without spaces.
+pub fn admin_token_problem(token: &[u8]) -> Option<&'static str> {
+    if token.is_empty() {
+        Some("is empty, which would let anyone in; use a long random secret (e.g. `openssl rand -hex 32`)")
+    } else if token.len() > ADMIN_TOKEN_BYTES_MAX {
+        Some("is longer than 1024 bytes")
+    } else if !token.iter().all(u8::is_ascii_graphic) {
+        Some("must be printable ASCII without spaces (0x21-0x7E): it is sent in an Authorization header")
+    } else {
+        None
+    }
+}
+
+/// Whether `topic` matches `pattern`: exact, `prefix*`, `*suffix` or `*`.
 pub fn topic_matches(pattern: &str, topic: &str) -> bool {
     if pattern == "*" {
         true
@@ -70,6 +112,28 @@ pub struct Config {
     )]
     pub admin: SocketAddr,
 
+    /// Require `Authorization: Bearer SECRET` for the admin listener's `/stats`, `/metrics`
+    /// and `POST /publish` (`/healthz` stays open). Visible to local users in the process
+    /// list: prefer --admin-token-file or the environment.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        value_parser = parse_secret,
+        env = "RINGCAST_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
+    pub admin_token: Option<Secret>,
+
+    /// As --admin-token, with the secret read from the first line of FILE at start (a
+    /// trailing newline is not part of it). The file must not be readable by every user.
+    #[arg(long, value_name = "FILE", env = "RINGCAST_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// With an admin token, leave `/metrics` open for scrapers that send no credentials.
+    #[arg(long, env = "RINGCAST_METRICS_PUBLIC")]
+    pub metrics_public: bool,
+
     /// Admin connections served at once, each on its own thread; one more is answered 503
     /// and closed at once.
     #[arg(
@@ -99,6 +163,12 @@ pub struct Config {
         env = "RINGCAST_INGEST_MODE"
     )]
     pub ingest_mode: u32,
+
+    /// The group the ingest socket is given, so that its members may publish with an
+    /// --ingest-mode that lets the group write (e.g. `--ingest-mode 0660 --ingest-group
+    /// backends`). The engine's user must be root or a member of the group.
+    #[arg(long, value_name = "NAME", env = "RINGCAST_INGEST_GROUP")]
+    pub ingest_group: Option<String>,
 
     /// Run as one node of a cluster on NATS JetStream: the NATS servers to connect to
     /// (comma-separated or repeated). Every node given the same backplane and stream is one
@@ -632,6 +702,7 @@ impl Config {
             self.payload_max,
             "must be 1 byte to 64 MiB",
         )?;
+        self.validate_access()?;
         check(
             (1..=4096).contains(&self.admin_conns_max),
             "admin-conns-max",
@@ -729,6 +800,40 @@ impl Config {
             self.out_queue_bytes_max,
             "must be at least 64 KiB",
         )?;
+        Ok(())
+    }
+
+    /// The flags that say who may use the admin listener and the ingest socket.
+    fn validate_access(&self) -> Result<(), ConfigError> {
+        if let Some(token) = &self.admin_token {
+            let shown = if token.0.is_empty() { "\"\"" } else { "<redacted>" };
+            if let Some(why) = admin_token_problem(token.0.as_bytes()) {
+                return Err(ConfigError {
+                    flag: "admin-token",
+                    value: shown.into(),
+                    why,
+                });
+            }
+        }
+        let loopback = self.admin.ip().to_canonical().is_loopback();
+        check(
+            loopback || self.admin_token.is_some() || self.admin_token_file.is_some(),
+            "admin",
+            self.admin,
+            "not a loopback address, and the admin listener would answer anyone who reaches \
+             it: pass --admin-token or --admin-token-file (or bind 127.0.0.1)",
+        )?;
+        if let Some(group) = &self.ingest_group {
+            check(!group.is_empty(), "ingest-group", "\"\"", "the group name is empty")?;
+            // connect(2) on a Unix socket needs write permission on it.
+            check(
+                self.ingest_mode & 0o020 != 0,
+                "ingest-group",
+                group,
+                "gives the group nothing with this --ingest-mode: let the group write (e.g. \
+                 --ingest-mode 0660)",
+            )?;
+        }
         Ok(())
     }
 
@@ -859,6 +964,56 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn parsed(args: &[&str]) -> Config {
+        let mut argv = vec!["ringcast"];
+        argv.extend_from_slice(args);
+        let matches = command().try_get_matches_from(argv).expect("the flags parse");
+        Config::from_arg_matches(&matches).expect("a config")
+    }
+
+    #[test]
+    fn only_a_loopback_admin_address_may_go_without_a_token() {
+        for addr in ["127.0.0.1:9090", "127.255.0.2:1", "[::1]:9090", "[::ffff:127.0.0.1]:9090"] {
+            assert!(parsed(&["--admin", addr]).validate().is_ok(), "{addr}");
+        }
+        for addr in ["0.0.0.0:9090", "10.0.0.1:9090", "[::]:9090", "[::ffff:10.0.0.1]:9090"] {
+            let e = parsed(&["--admin", addr]).validate().unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--admin {addr}: not a loopback address")), "{e}");
+            assert!(parsed(&["--admin", addr, "--admin-token", "t"]).validate().is_ok());
+            assert!(parsed(&["--admin", addr, "--admin-token-file", "/f"]).validate().is_ok());
+        }
+    }
+
+    #[test]
+    fn admin_tokens_are_checked_and_never_shown() {
+        let cfg = parsed(&["--admin-token", "hunter2"]);
+        assert!(cfg.validate().is_ok());
+        assert!(!format!("{cfg:?}").contains("hunter2"), "Debug redacts it");
+        for bad in ["", "two words", "tab\there", "caf\u{e9}"] {
+            let e = parsed(&["--admin-token", bad]).validate().unwrap_err().to_string();
+            assert!(e.starts_with("--admin-token "), "{e}");
+            assert!(bad.is_empty() || !e.contains(bad), "the value is not echoed: {e}");
+        }
+        let longest = "x".repeat(ADMIN_TOKEN_BYTES_MAX);
+        assert!(parsed(&["--admin-token", &longest]).validate().is_ok());
+        let longer = "x".repeat(ADMIN_TOKEN_BYTES_MAX + 1);
+        assert!(parsed(&["--admin-token", &longer]).validate().is_err());
+        assert!(command()
+            .try_get_matches_from(["ringcast", "--admin-token", "a", "--admin-token-file", "/f"])
+            .is_err());
+    }
+
+    #[test]
+    fn an_ingest_group_needs_group_write() {
+        assert!(parsed(&["--ingest-group", "g", "--ingest-mode", "0660"]).validate().is_ok());
+        assert!(parsed(&["--ingest-group", "g", "--ingest-mode", "0620"]).validate().is_ok());
+        for mode in ["0600", "0640"] {
+            let e = parsed(&["--ingest-group", "g", "--ingest-mode", mode]).validate().unwrap_err();
+            assert!(e.to_string().contains("gives the group nothing"), "{e}");
+        }
+        assert!(parsed(&["--ingest-group", "", "--ingest-mode", "0660"]).validate().is_err());
     }
 
     #[test]

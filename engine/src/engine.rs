@@ -119,6 +119,8 @@ pub enum EngineError {
     Ingest(#[from] sys::socket::IngestBindError),
     #[error(transparent)]
     Backplane(#[from] crate::backplane::BackplaneError),
+    #[error(transparent)]
+    AdminToken(#[from] crate::admin::TokenError),
     #[error("{0}")]
     Start(String),
     #[error("{0}")]
@@ -145,7 +147,10 @@ pub fn run(mut config: Config) -> Result<(), EngineError> {
     let nofile = sys::socket::raise_nofile_limit().unwrap_or(1024);
     let loops = config.loop_count();
     let conns_per_loop = config.conns_per_loop(nofile);
-    // Created owner-only, then given its mode: never briefly open to anyone.
+    // Read once, before anything is bound: a later change to the file takes a restart.
+    let admin_token = crate::admin::Token::load(&config)?;
+    let ingest_gid = ingest_group_id(&config)?;
+    // Created owner-only, then given its group and mode: never briefly open to anyone.
     let ingest = sys::perm::with_umask(0o177, || sys::socket::ingest_listener(&config.ingest))?;
     if let Some(pid) = ingest.replaced_exited {
         eprintln!(
@@ -155,13 +160,6 @@ pub fn run(mut config: Config) -> Result<(), EngineError> {
         );
     }
     let listener = ingest.listener;
-    sys::perm::set_mode(&config.ingest, config.ingest_mode).map_err(|e| {
-        EngineError::Start(format!(
-            "cannot set the mode of the ingest socket {} to {:o}: {e}",
-            config.ingest.display(),
-            config.ingest_mode
-        ))
-    })?;
     let socket_file = sys::socket::FileId::of(&config.ingest);
     // A second descriptor keeps the socket listening until this function returns, so an
     // engine started on the same path during our shutdown is told it is in use rather
@@ -174,6 +172,7 @@ pub fn run(mut config: Config) -> Result<(), EngineError> {
             file.remove_if_same(&config.ingest);
         }
     };
+    set_ingest_access(&config, ingest_gid).inspect_err(|_| remove_socket())?;
     // Before binding the client and admin listeners, so that neither a client nor a
     // readiness probe is answered while an exited engine's listeners still take
     // connections on the same addresses, and after claiming the ingest path, so that an
@@ -269,7 +268,7 @@ pub fn run(mut config: Config) -> Result<(), EngineError> {
     let admin_shared = Arc::clone(&shared);
     std::thread::Builder::new()
         .name("ringcast-admin".into())
-        .spawn(move || crate::admin::serve(admin, admin_shared))
+        .spawn(move || crate::admin::serve(admin, admin_shared, admin_token))
         .map_err(|e| EngineError::Start(format!("cannot start the admin thread: {e}")))?;
 
     let addrs: Vec<String> = config.listen.iter().map(ToString::to_string).collect();
@@ -313,6 +312,49 @@ pub fn run(mut config: Config) -> Result<(), EngineError> {
     };
     remove_socket();
     result
+}
+
+/// The gid of `--ingest-group`, looked up before the socket exists.
+///
+/// # Errors
+/// [`EngineError::Start`] naming the group when there is none of that name or the group
+/// database cannot be read.
+fn ingest_group_id(config: &Config) -> Result<Option<u32>, EngineError> {
+    let Some(name) = &config.ingest_group else {
+        return Ok(None);
+    };
+    match sys::perm::group_id(name) {
+        Ok(Some(gid)) => Ok(Some(gid)),
+        Ok(None) => Err(EngineError::Start(format!(
+            "--ingest-group {name}: no such group (see `getent group {name}`)"
+        ))),
+        Err(e) => Err(EngineError::Start(format!(
+            "--ingest-group {name}: cannot look the group up: {e}"
+        ))),
+    }
+}
+
+/// Gives the ingest socket its group, then its mode: in that order, so the group's
+/// permission bits are never granted to the engine's own primary group on the way.
+///
+/// # Errors
+/// [`EngineError::Start`] naming the socket and what could not be set.
+fn set_ingest_access(config: &Config, gid: Option<u32>) -> Result<(), EngineError> {
+    let path = config.ingest.display();
+    if let (Some(gid), Some(name)) = (gid, &config.ingest_group) {
+        sys::perm::set_group(&config.ingest, gid).map_err(|e| {
+            EngineError::Start(format!(
+                "--ingest-group {name}: cannot give the ingest socket {path} group {name} (gid \
+                 {gid}): {e}; the engine's user must be root or a member of {name}"
+            ))
+        })?;
+    }
+    sys::perm::set_mode(&config.ingest, config.ingest_mode).map_err(|e| {
+        EngineError::Start(format!(
+            "cannot set the mode of the ingest socket {path} to {:o}: {e}",
+            config.ingest_mode
+        ))
+    })
 }
 
 /// How long a start waits for an exited process's listeners on its addresses to close.

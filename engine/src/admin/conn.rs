@@ -3,8 +3,9 @@
 //! request, head and body, so a client trickling bytes is cut however it paces them.
 //!
 //! Owns: the connection's read buffer (one request head, its body, and at most one read
-//! past them), the request deadline and the idle timeout, and the framing of answers
-//! (`Content-Length`, `Connection`, no body for `HEAD`).
+//! past them), the request deadline and the idle timeout, the framing of answers
+//! (`Content-Length`, `Connection`, no body for `HEAD`), and finding a request's
+//! `Authorization` field for the routes to judge.
 //!
 //! Must never: wait on the client past a deadline, read a body without a
 //! `Content-Length` (a chunked body would be taken for the next request), or buffer
@@ -61,7 +62,19 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// The target after `?`, or `""`.
     pub query: &'a str,
+    /// The `Authorization` field(s) of the head.
+    pub authorization: Authorization<'a>,
     pub body: &'a [u8],
+}
+
+/// The `Authorization` fields of a request head (RFC 9110 §11.6.2 allows one).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Authorization<'a> {
+    Absent,
+    /// The one field's value, as sent.
+    One(&'a [u8]),
+    /// More than one: ambiguous, so never taken for either.
+    Several,
 }
 
 /// An answer; the connection adds `Content-Length` and `Connection`.
@@ -102,6 +115,15 @@ struct Head {
     keep_alive: bool,
     len: usize,
     body_len: usize,
+    /// Where the `Authorization` value lies in the head, if it has exactly one.
+    authorization: Field,
+}
+
+/// [`Authorization`] as a place in the buffer, which grows (and moves) as the body is read.
+enum Field {
+    Absent,
+    One(std::ops::Range<usize>),
+    Several,
 }
 
 /// Why a connection stops before a request is answered.
@@ -142,10 +164,16 @@ pub fn serve(
             }
         };
         let end = head.len + head.body_len;
+        let authorization = match &head.authorization {
+            Field::Absent => Authorization::Absent,
+            Field::One(range) => Authorization::One(&buf[range.clone()]),
+            Field::Several => Authorization::Several,
+        };
         let reply = answer(&Request {
             method: head.method,
             path: &head.path,
             query: &head.query,
+            authorization,
             body: &buf[head.len..end],
         });
         let bytes = render(
@@ -210,6 +238,7 @@ fn read_request(
         keep_alive: head.keep_alive,
         len,
         body_len: length as usize,
+        authorization: authorization_field(&buf[..len]),
     };
     // One allocation for the whole body: its pages become resident only as bytes arrive.
     buf.reserve((head.len + head.body_len + READ_CHUNK).saturating_sub(buf.len()));
@@ -225,6 +254,30 @@ fn read_request(
         }
     }
     Ok(head)
+}
+
+/// Finds the `Authorization` field(s) of `head`, a head [`http::parse_request`] accepted.
+fn authorization_field(head: &[u8]) -> Field {
+    let mut fields = [httparse::EMPTY_HEADER; http::HEADERS_MAX];
+    let mut req = httparse::Request::new(&mut fields);
+    // The same parser accepted this head whole already; this pass only locates a field
+    // the request parser does not keep.
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        return Field::Absent;
+    }
+    let mut found = req
+        .headers
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case("authorization"));
+    match (found.next(), found.next()) {
+        (None, _) => Field::Absent,
+        (Some(field), None) => {
+            // The value borrows from `head`: its offset is the distance between the two.
+            let start = field.value.as_ptr() as usize - head.as_ptr() as usize;
+            Field::One(start..start + field.value.len())
+        }
+        _ => Field::Several,
+    }
 }
 
 /// [`fill`] as the request reader sees it: the deadline is a 408.
@@ -349,6 +402,24 @@ mod tests {
             String::from_utf8(render(&reply, true, true, 1)).unwrap(),
             format!("{head}Retry-After: 1\r\n\r\n")
         );
+    }
+
+    fn authorization_of(head: &[u8]) -> Authorization<'_> {
+        match authorization_field(head) {
+            Field::Absent => Authorization::Absent,
+            Field::One(range) => Authorization::One(&head[range]),
+            Field::Several => Authorization::Several,
+        }
+    }
+
+    #[test]
+    fn the_authorization_field_is_found_by_any_case() {
+        let head = b"GET /stats HTTP/1.1\r\nHost: a\r\nauthorization:  Bearer t0k \r\nX: y\r\n\r\n";
+        assert_eq!(authorization_of(head), Authorization::One(b"Bearer t0k"));
+        let none = b"GET /stats HTTP/1.1\r\nHost: a\r\nX-Authorization: Bearer t\r\n\r\n";
+        assert_eq!(authorization_of(none), Authorization::Absent);
+        let two = b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer a\r\nAUTHORIZATION: Bearer b\r\n\r\n";
+        assert_eq!(authorization_of(two), Authorization::Several);
     }
 
     #[test]
