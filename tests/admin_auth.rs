@@ -38,7 +38,11 @@ fn bearer(token: &str) -> String {
 fn assert_refused(answer: &(Response, String), challenge: &str, what: &str) {
     let (response, body) = answer;
     assert_eq!(response.status, 401, "{what}: {response:?} {body}");
-    assert_eq!(response.header_count("WWW-Authenticate"), 1, "{what}: {response:?}");
+    assert_eq!(
+        response.header_count("WWW-Authenticate"),
+        1,
+        "{what}: {response:?}"
+    );
     assert_eq!(response.header("WWW-Authenticate"), Some(challenge), "{what}");
     assert!(!body.contains(TOKEN), "{what}: the answer holds no token: {body}");
 }
@@ -69,29 +73,58 @@ fn a_token_guards_stats_metrics_and_publish_but_not_healthz() {
     let admin = engine.admin;
     let mut sub = SseClient::subscribe(engine.addr, &["news"]);
 
-    assert_refused(&ask(admin, "GET", "/stats", "", b""), CHALLENGE, "/stats without a token");
+    assert_refused(
+        &ask(admin, "GET", "/stats", "", b""),
+        CHALLENGE,
+        "/stats without a token",
+    );
     let basic = "Authorization: Basic YWRtaW46YWRtaW4=\r\n";
-    assert_refused(&ask(admin, "GET", "/stats", basic, b""), CHALLENGE, "another scheme");
+    assert_refused(
+        &ask(admin, "GET", "/stats", basic, b""),
+        CHALLENGE,
+        "another scheme",
+    );
     let wrong = bearer(&format!("{TOKEN}x"));
-    assert_refused(&ask(admin, "GET", "/stats", &wrong, b""), INVALID, "a longer token");
+    assert_refused(
+        &ask(admin, "GET", "/stats", &wrong, b""),
+        INVALID,
+        "a longer token",
+    );
     let prefix = bearer(&TOKEN[..TOKEN.len() - 1]);
     assert_refused(&ask(admin, "GET", "/stats", &prefix, b""), INVALID, "a prefix");
     assert_refused(&ask(admin, "GET", "/metrics", "", b""), CHALLENGE, "/metrics");
-    assert_refused(&ask(admin, "POST", "/publish?topic=news", "", b"no"), CHALLENGE, "publish");
+    assert_refused(
+        &ask(admin, "POST", "/publish?topic=news", "", b"no"),
+        CHALLENGE,
+        "publish",
+    );
     assert_refused(
         &ask(admin, "POST", "/publish?topic=news", &wrong, b"no"),
         INVALID,
         "publish, wrong token",
     );
-    let (twice, _) = ask(admin, "GET", "/stats", &format!("{}{}", bearer(TOKEN), bearer(TOKEN)), b"");
-    assert_eq!(twice.status, 400, "two Authorization fields are ambiguous: {twice:?}");
+    let (twice, _) = ask(
+        admin,
+        "GET",
+        "/stats",
+        &format!("{}{}", bearer(TOKEN), bearer(TOKEN)),
+        b"",
+    );
+    assert_eq!(
+        twice.status, 400,
+        "two Authorization fields are ambiguous: {twice:?}"
+    );
     assert_eq!(
         twice.header("WWW-Authenticate"),
         Some("Bearer realm=\"ringcast-admin\", error=\"invalid_request\"")
     );
 
     let (health, body) = ask(admin, "GET", "/healthz", "", b"");
-    assert_eq!((health.status, body.as_str()), (200, "ok\n"), "/healthz needs no token");
+    assert_eq!(
+        (health.status, body.as_str()),
+        (200, "ok\n"),
+        "/healthz needs no token"
+    );
 
     let scheme_case = "Authorization: bearer ".to_owned() + TOKEN + "\r\n";
     let (published, body) = ask(admin, "POST", "/publish?topic=news", &scheme_case, b"yes");
@@ -131,7 +164,11 @@ fn curl_is_refused_without_the_token_and_served_with_it() {
             .args(args)
             .output()
             .expect("curl runs");
-        assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "curl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).expect("UTF-8 headers")
     };
     let without = curl(&[&url("/stats")]);
@@ -141,7 +178,10 @@ fn curl_is_refused_without_the_token_and_served_with_it() {
         "{without}"
     );
     let wrong = curl(&["--oauth2-bearer", "not-it", &url("/stats")]);
-    assert!(wrong.contains(&format!("WWW-Authenticate: {INVALID}\r\n")), "{wrong}");
+    assert!(
+        wrong.contains(&format!("WWW-Authenticate: {INVALID}\r\n")),
+        "{wrong}"
+    );
     let with = curl(&["--oauth2-bearer", TOKEN, &url("/stats")]);
     assert!(with.starts_with("HTTP/1.1 200 "), "{with}");
     let published = curl(&[
@@ -163,7 +203,9 @@ fn a_refusal_keeps_the_connection_and_the_next_request_is_judged_alone() {
     );
     let (first, _, mut conn) = exchange(engine.admin, pipelined.as_bytes());
     assert_eq!(first.status, 401);
-    let (second, body) = conn.read_response(ringcast_tests::WAIT).expect("the second answer");
+    let (second, body) = conn
+        .read_response(ringcast_tests::WAIT)
+        .expect("the second answer");
     assert_eq!(second.status, 200, "{}", String::from_utf8_lossy(&body));
 }
 
@@ -211,13 +253,23 @@ fn unusable_tokens_are_refused_at_start() {
 
     write_file(&file, "a-good-secret\n", 0o644);
     let e = refused_start(&ingest, &["--admin-token-file", file_arg]);
-    assert!(e.contains(&format!("the admin token file {file_arg} is readable by every user (mode 644)")), "{e}");
+    assert!(
+        e.contains(&format!(
+            "the admin token file {file_arg} is readable by every user (mode 644)"
+        )),
+        "{e}"
+    );
     assert!(e.contains("chmod"), "it says what to do: {e}");
     assert!(!ingest.exists(), "nothing was created");
 
     write_file(&file, "\n", 0o600);
     let e = refused_start(&ingest, &["--admin-token-file", file_arg]);
-    assert!(e.contains(&format!("the admin token file {file_arg}: its first line is empty")), "{e}");
+    assert!(
+        e.contains(&format!(
+            "the admin token file {file_arg}: its first line is empty"
+        )),
+        "{e}"
+    );
 
     write_file(&file, "two words\n", 0o600);
     let e = refused_start(&ingest, &["--admin-token-file", file_arg]);
@@ -295,7 +347,12 @@ fn an_unusable_ingest_group_is_refused_at_start() {
     let ingest = dir.path().join("ringcast.sock");
     let e = refused_start(
         &ingest,
-        &["--ingest-mode", "0660", "--ingest-group", "ringcast-no-such-group"],
+        &[
+            "--ingest-mode",
+            "0660",
+            "--ingest-group",
+            "ringcast-no-such-group",
+        ],
     );
     assert!(
         e.contains("--ingest-group ringcast-no-such-group: no such group"),
@@ -305,7 +362,9 @@ fn an_unusable_ingest_group_is_refused_at_start() {
     let (group, _) = other_group();
     let e = refused_start(&ingest, &["--ingest-group", &group]);
     assert!(
-        e.contains(&format!("--ingest-group {group}: gives the group nothing with this --ingest-mode")),
+        e.contains(&format!(
+            "--ingest-group {group}: gives the group nothing with this --ingest-mode"
+        )),
         "the default 0600 lets no group in: {e}"
     );
 }

@@ -477,7 +477,10 @@ fn metrics(shared: &Shared, gate: &Gate) -> String {
         "# HELP ringcast_admin_unauthorized_total Admin requests refused for want of the admin token, by reason.\n# TYPE ringcast_admin_unauthorized_total counter"
     );
     for (reason, value) in gate.refusals.counts() {
-        let _ = writeln!(out, "ringcast_admin_unauthorized_total{{reason=\"{reason}\"}} {value}");
+        let _ = writeln!(
+            out,
+            "ringcast_admin_unauthorized_total{{reason=\"{reason}\"}} {value}"
+        );
     }
     out
 }

@@ -824,7 +824,12 @@ impl Config {
              it: pass --admin-token or --admin-token-file (or bind 127.0.0.1)",
         )?;
         if let Some(group) = &self.ingest_group {
-            check(!group.is_empty(), "ingest-group", "\"\"", "the group name is empty")?;
+            check(
+                !group.is_empty(),
+                "ingest-group",
+                "\"\"",
+                "the group name is empty",
+            )?;
             // connect(2) on a Unix socket needs write permission on it.
             check(
                 self.ingest_mode & 0o020 != 0,
@@ -975,14 +980,31 @@ mod tests {
 
     #[test]
     fn only_a_loopback_admin_address_may_go_without_a_token() {
-        for addr in ["127.0.0.1:9090", "127.255.0.2:1", "[::1]:9090", "[::ffff:127.0.0.1]:9090"] {
+        for addr in [
+            "127.0.0.1:9090",
+            "127.255.0.2:1",
+            "[::1]:9090",
+            "[::ffff:127.0.0.1]:9090",
+        ] {
             assert!(parsed(&["--admin", addr]).validate().is_ok(), "{addr}");
         }
-        for addr in ["0.0.0.0:9090", "10.0.0.1:9090", "[::]:9090", "[::ffff:10.0.0.1]:9090"] {
+        for addr in [
+            "0.0.0.0:9090",
+            "10.0.0.1:9090",
+            "[::]:9090",
+            "[::ffff:10.0.0.1]:9090",
+        ] {
             let e = parsed(&["--admin", addr]).validate().unwrap_err().to_string();
-            assert!(e.starts_with(&format!("--admin {addr}: not a loopback address")), "{e}");
-            assert!(parsed(&["--admin", addr, "--admin-token", "t"]).validate().is_ok());
-            assert!(parsed(&["--admin", addr, "--admin-token-file", "/f"]).validate().is_ok());
+            assert!(
+                e.starts_with(&format!("--admin {addr}: not a loopback address")),
+                "{e}"
+            );
+            assert!(parsed(&["--admin", addr, "--admin-token", "t"])
+                .validate()
+                .is_ok());
+            assert!(parsed(&["--admin", addr, "--admin-token-file", "/f"])
+                .validate()
+                .is_ok());
         }
     }
 
@@ -992,7 +1014,10 @@ mod tests {
         assert!(cfg.validate().is_ok());
         assert!(!format!("{cfg:?}").contains("hunter2"), "Debug redacts it");
         for bad in ["", "two words", "tab\there", "caf\u{e9}"] {
-            let e = parsed(&["--admin-token", bad]).validate().unwrap_err().to_string();
+            let e = parsed(&["--admin-token", bad])
+                .validate()
+                .unwrap_err()
+                .to_string();
             assert!(e.starts_with("--admin-token "), "{e}");
             assert!(bad.is_empty() || !e.contains(bad), "the value is not echoed: {e}");
         }
@@ -1007,13 +1032,21 @@ mod tests {
 
     #[test]
     fn an_ingest_group_needs_group_write() {
-        assert!(parsed(&["--ingest-group", "g", "--ingest-mode", "0660"]).validate().is_ok());
-        assert!(parsed(&["--ingest-group", "g", "--ingest-mode", "0620"]).validate().is_ok());
+        assert!(parsed(&["--ingest-group", "g", "--ingest-mode", "0660"])
+            .validate()
+            .is_ok());
+        assert!(parsed(&["--ingest-group", "g", "--ingest-mode", "0620"])
+            .validate()
+            .is_ok());
         for mode in ["0600", "0640"] {
-            let e = parsed(&["--ingest-group", "g", "--ingest-mode", mode]).validate().unwrap_err();
+            let e = parsed(&["--ingest-group", "g", "--ingest-mode", mode])
+                .validate()
+                .unwrap_err();
             assert!(e.to_string().contains("gives the group nothing"), "{e}");
         }
-        assert!(parsed(&["--ingest-group", "", "--ingest-mode", "0660"]).validate().is_err());
+        assert!(parsed(&["--ingest-group", "", "--ingest-mode", "0660"])
+            .validate()
+            .is_err());
     }
 
     #[test]

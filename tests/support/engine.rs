@@ -209,7 +209,10 @@ impl Engine {
             args.extend(["--drain-ms".into(), "300".into()]);
         }
         // Each test engine gets its own admin port, read back from the ready line.
-        if !extra_args.iter().any(|a| *a == "--admin" || a.starts_with("--admin=")) {
+        if !extra_args
+            .iter()
+            .any(|a| *a == "--admin" || a.starts_with("--admin="))
+        {
             args.extend(["--admin".into(), "127.0.0.1:0".into()]);
         }
         args.extend(extra_args.iter().map(OsString::from));

@@ -201,8 +201,10 @@ impl Gate {
             Authorization::Several => {
                 self.refusals.malformed.fetch_add(1, Relaxed);
                 return Some(
-                    super::json_error(400, "send one Authorization field, not several")
-                        .with_header("WWW-Authenticate", format!("{CHALLENGE}, error=\"invalid_request\"")),
+                    super::json_error(400, "send one Authorization field, not several").with_header(
+                        "WWW-Authenticate",
+                        format!("{CHALLENGE}, error=\"invalid_request\""),
+                    ),
                 );
             }
         };
@@ -211,8 +213,10 @@ impl Gate {
             Some(_) => {
                 self.refusals.invalid.fetch_add(1, Relaxed);
                 Some(
-                    super::json_error(401, "the bearer token is not the admin token")
-                        .with_header("WWW-Authenticate", format!("{CHALLENGE}, error=\"invalid_token\"")),
+                    super::json_error(401, "the bearer token is not the admin token").with_header(
+                        "WWW-Authenticate",
+                        format!("{CHALLENGE}, error=\"invalid_token\""),
+                    ),
                 )
             }
             None => {
@@ -275,7 +279,10 @@ mod tests {
         assert!(gate.check("/stats", &Authorization::One(b"Bearer t")).is_none());
         let several = gate.check("/publish", &Authorization::Several).map(|r| r.status);
         assert_eq!(several, Some(400));
-        assert_eq!(gate.refusals.counts(), [("missing", 1), ("invalid", 0), ("malformed", 1)]);
+        assert_eq!(
+            gate.refusals.counts(),
+            [("missing", 1), ("invalid", 0), ("malformed", 1)]
+        );
         let open = Gate::new(None, false);
         assert!(open.check("/stats", &none).is_none());
     }

@@ -48,10 +48,13 @@ pub fn set_group(path: &Path, gid: u32) -> io::Result<()> {
 /// `InvalidInput` for a name holding a NUL byte; the lookup's own error (an unreachable
 /// directory service), or `ERANGE` for an entry larger than 1 MiB.
 pub fn group_id(name: &str) -> io::Result<Option<u32>> {
-    let name = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the group name"))?;
+    let name = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the group name"))?;
     // SAFETY: sysconf reads a constant; -1 (no hint) is handled below.
     let hint = unsafe { libc::sysconf(libc::_SC_GETGR_R_SIZE_MAX) };
-    let mut len = usize::try_from(hint).unwrap_or(1024).clamp(1024, GROUP_BUFFER_BYTES_MAX);
+    let mut len = usize::try_from(hint)
+        .unwrap_or(1024)
+        .clamp(1024, GROUP_BUFFER_BYTES_MAX);
     loop {
         match lookup(&name, len) {
             Err(e) if e.raw_os_error() == Some(libc::ERANGE) && len < GROUP_BUFFER_BYTES_MAX => {
@@ -91,10 +94,7 @@ mod tests {
         // Every Linux system has group 0; its name is "root".
         assert_eq!(group_id("root").unwrap(), Some(0));
         assert_eq!(group_id("ringcast-no-such-group").unwrap(), None);
-        assert_eq!(
-            group_id("a\0b").unwrap_err().kind(),
-            io::ErrorKind::InvalidInput
-        );
+        assert_eq!(group_id("a\0b").unwrap_err().kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]
