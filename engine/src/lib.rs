@@ -26,10 +26,12 @@
 //! - [`time`]: the timer wheel behind heartbeats, reaping and request deadlines.
 //! - [`upstream`]: client messages to backends and back, across threads.
 //! - [`sys`]: io_uring setup, buffers, sockets, signals: the home of `unsafe`.
+//! - [`auth`]: subscriber tokens (JWT against a JWKS file), off by default.
 //! - [`backplane`]: the cluster on NATS JetStream (`--backplane`), off by default.
 //! - [`admin`]: health and counters on the admin address.
 //! - [`engine`]: starts it all.
 pub mod admin;
+pub mod auth;
 pub mod backplane;
 pub mod config;
 pub mod conn;
