@@ -505,6 +505,9 @@ fn counters(c: &Counters) -> [(&'static str, u64); 36] {
     ]
 }
 
+/// A per-loop counter family: its name, its help and how to read it.
+type Family = (&'static str, &'static str, fn(&Counters) -> u64);
+
 /// Subscriber auth's families: refusals by reason and loop, and the other outcomes.
 fn auth_metrics(out: &mut String, shared: &Shared) {
     use std::fmt::Write;
@@ -522,10 +525,22 @@ fn auth_metrics(out: &mut String, shared: &Shared) {
             );
         }
     }
-    let families: [(&str, &str, fn(&Counters) -> u64); 3] = [
-        ("ringcast_auth_forbidden_total", "Requests and subscribe ops for a topic the token does not allow.", |c| c.auth_forbidden.load(Relaxed)),
-        ("ringcast_auth_expired_total", "Open connections whose token expired.", |c| c.auth_expired.load(Relaxed)),
-        ("ringcast_auth_refreshed_total", "WebSockets that sent a valid refresh token.", |c| c.auth_refreshed.load(Relaxed)),
+    let families: [Family; 3] = [
+        (
+            "ringcast_auth_forbidden_total",
+            "Requests and subscribe ops for a topic the token does not allow.",
+            |c| c.auth_forbidden.load(Relaxed),
+        ),
+        (
+            "ringcast_auth_expired_total",
+            "Open connections whose token expired.",
+            |c| c.auth_expired.load(Relaxed),
+        ),
+        (
+            "ringcast_auth_refreshed_total",
+            "WebSockets that sent a valid refresh token.",
+            |c| c.auth_refreshed.load(Relaxed),
+        ),
     ];
     for (name, help, value) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

@@ -37,7 +37,12 @@ impl Shard {
     /// With auth on, the token of `req` and the grant for `topics`; answers the request
     /// itself (401 or 403) and returns `None` when it is refused. With auth off, always
     /// `Some(None)`.
-    pub(super) fn authenticate(&mut self, index: u32, req: &Request<'_>, topics: &[String]) -> Option<Option<Grant>> {
+    pub(super) fn authenticate(
+        &mut self,
+        index: u32,
+        req: &Request<'_>,
+        topics: &[String],
+    ) -> Option<Option<Grant>> {
         let Some(auth) = self.shared.auth.clone() else {
             return Some(None);
         };
@@ -126,9 +131,8 @@ impl Shard {
                 bump(&self.counters.auth_expired);
                 let grace = self.shared.config.auth_refresh_grace_ms;
                 self.sessions.insert(index, Session { told: true, ..s });
-                let notice = format!(
-                    "{{\"event\":\"ringcast.expired\",\"data\":{{\"refresh_within_ms\":{grace}}}}}"
-                );
+                let notice =
+                    format!("{{\"event\":\"ringcast.expired\",\"data\":{{\"refresh_within_ms\":{grace}}}}}");
                 self.send_control(index, super::ws_control(&notice));
             }
             State::Ws if now >= u64::from(s.expires) + grace_secs => {
@@ -165,9 +169,15 @@ impl Shard {
         let Some(auth) = self.shared.auth.clone() else {
             return Err("auth is not enabled on this engine".into());
         };
-        let grant = auth.verify(token.as_bytes()).map_err(|r| r.description().to_string())?;
+        let grant = auth
+            .verify(token.as_bytes())
+            .map_err(|r| r.description().to_string())?;
         let perms = auth.perms(grant.perms);
-        let held: Vec<String> = self.subs.topics_of(&self.conns, index).map(str::to_owned).collect();
+        let held: Vec<String> = self
+            .subs
+            .topics_of(&self.conns, index)
+            .map(str::to_owned)
+            .collect();
         if let Some(topic) = held.iter().find(|t| !perms.may_subscribe(t)) {
             return Err(format!("the new token does not allow the topic {topic}"));
         }

@@ -176,7 +176,11 @@ impl Shard {
 
     fn on_timer(&mut self, index: u32) {
         if self.expire_session(index) {
-            if let Some(next) = self.conns.get(index as usize).and_then(|c| self.next_deadline(index, c)) {
+            if let Some(next) = self
+                .conns
+                .get(index as usize)
+                .and_then(|c| self.next_deadline(index, c))
+            {
                 self.arm_timer(index, next);
             }
             return;
