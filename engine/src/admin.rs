@@ -457,6 +457,9 @@ fn metrics(shared: &Shared, gate: &Gate) -> String {
     let _ = writeln!(out, "# HELP ringcast_events_published_total Events published.\n# TYPE ringcast_events_published_total counter\nringcast_events_published_total {}", head - 1);
     let _ = writeln!(out, "# HELP ringcast_history_topics Topics in the replay history.\n# TYPE ringcast_history_topics gauge\nringcast_history_topics {topics}");
     let _ = writeln!(out, "# HELP ringcast_history_bytes Bytes held by the replay history.\n# TYPE ringcast_history_bytes gauge\nringcast_history_bytes {bytes}");
+    if shared.auth.is_some() {
+        auth_metrics(&mut out, shared);
+    }
     if let Some(link) = &shared.backplane {
         let status = &link.backplane.status;
         let _ = writeln!(
@@ -525,6 +528,51 @@ fn counters(c: &Counters) -> [(&'static str, u64); 36] {
         ("upstream_refused", c.upstream_refused.load(Relaxed)),
         ("downstream_dropped", c.downstream_dropped.load(Relaxed)),
     ]
+}
+
+/// A per-loop counter family: its name, its help and how to read it.
+type Family = (&'static str, &'static str, fn(&Counters) -> u64);
+
+/// Subscriber auth's families: refusals by reason and loop, and the other outcomes.
+fn auth_metrics(out: &mut String, shared: &Shared) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "# HELP ringcast_auth_refusals_total Requests refused for their token, by reason.\n# TYPE ringcast_auth_refusals_total counter"
+    );
+    for (l, c) in shared.counters.iter().enumerate() {
+        for (i, r) in crate::auth::Refusal::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ringcast_auth_refusals_total{{loop=\"{l}\",reason=\"{}\"}} {}",
+                r.label(),
+                c.auth_refused[i].load(Relaxed)
+            );
+        }
+    }
+    let families: [Family; 3] = [
+        (
+            "ringcast_auth_forbidden_total",
+            "Requests and subscribe ops for a topic the token does not allow.",
+            |c| c.auth_forbidden.load(Relaxed),
+        ),
+        (
+            "ringcast_auth_expired_total",
+            "Open connections whose token expired.",
+            |c| c.auth_expired.load(Relaxed),
+        ),
+        (
+            "ringcast_auth_refreshed_total",
+            "WebSockets that sent a valid refresh token.",
+            |c| c.auth_refreshed.load(Relaxed),
+        ),
+    ];
+    for (name, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (l, c) in shared.counters.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{loop=\"{l}\"}} {}", value(c));
+        }
+    }
 }
 
 /// The backplane's figures: the metric name's tail, its help, its value.
@@ -601,6 +649,20 @@ fn stats_json(shared: &Shared, gate: &Gate) -> String {
         out.push('}');
     }
     out.push(']');
+    if shared.auth.is_some() {
+        let total = |f: &dyn Fn(&Counters) -> u64| shared.counters.iter().map(|c| f(c)).sum::<u64>();
+        out.push_str(",\"auth\":{\"refused\":{");
+        for (i, r) in crate::auth::Refusal::ALL.iter().enumerate() {
+            let n = total(&|c| c.auth_refused[i].load(Relaxed));
+            out.push_str(&format!("{}\"{}\":{n}", if i > 0 { "," } else { "" }, r.label()));
+        }
+        out.push_str(&format!(
+            "}},\"forbidden\":{},\"expired\":{},\"refreshed\":{}}}",
+            total(&|c| c.auth_forbidden.load(Relaxed)),
+            total(&|c| c.auth_expired.load(Relaxed)),
+            total(&|c| c.auth_refreshed.load(Relaxed)),
+        ));
+    }
     if let Some(link) = &shared.backplane {
         let status = &link.backplane.status;
         out.push_str(&format!(

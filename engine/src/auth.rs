@@ -133,7 +133,11 @@ pub enum KeyError {
     #[error("the JWKS file {path} is not a JWK set: {reason}")]
     Parse { path: String, reason: String },
     #[error("the JWKS file {path}: key {key}: {reason}")]
-    Key { path: String, key: String, reason: String },
+    Key {
+        path: String,
+        key: String,
+        reason: String,
+    },
     #[error("the JWKS file {path} holds no key ringcast can use (oct, RSA, EC P-256/P-384)")]
     Empty { path: String },
 }
@@ -172,7 +176,9 @@ impl Keyring {
         for (i, jwk) in set.keys.iter().enumerate() {
             let name = jwk.common.key_id.clone().unwrap_or_else(|| format!("#{i}"));
             let algorithms = match &jwk.algorithm {
-                AlgorithmParameters::OctetKey(_) => vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+                AlgorithmParameters::OctetKey(_) => {
+                    vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512]
+                }
                 AlgorithmParameters::RSA(_) => vec![Algorithm::RS256, Algorithm::PS256],
                 AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
                     EllipticCurve::P256 => vec![Algorithm::ES256],
@@ -205,7 +211,9 @@ impl Keyring {
             });
         }
         if keys.is_empty() {
-            return Err(KeyError::Empty { path: shown.to_owned() });
+            return Err(KeyError::Empty {
+                path: shown.to_owned(),
+            });
         }
         Ok(Keyring { keys })
     }
@@ -315,9 +323,10 @@ impl Auth {
             .ok_or(Refusal::Malformed)?;
         let header = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Malformed)?;
         let keys = Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner));
-        let candidates = keys.keys.iter().filter(|k| {
-            k.algorithms.contains(&header.alg) && (header.kid.is_none() || k.kid == header.kid)
-        });
+        let candidates = keys
+            .keys
+            .iter()
+            .filter(|k| k.algorithms.contains(&header.alg) && (header.kid.is_none() || k.kid == header.kid));
         let mut outcome = Err(Refusal::UnknownKey);
         for key in candidates {
             outcome = self.check(token, key, header.alg);
@@ -414,7 +423,11 @@ pub fn now_secs() -> u64 {
 
 /// The token of a request: `Authorization: Bearer`, else the cookie `cookie_name`, else the
 /// `token` query parameter (percent-decoded by the caller).
-pub fn token_of<'a>(authorization: Option<&'a [u8]>, cookie: Option<&'a [u8]>, cookie_name: Option<&str>) -> Option<&'a [u8]> {
+pub fn token_of<'a>(
+    authorization: Option<&'a [u8]>,
+    cookie: Option<&'a [u8]>,
+    cookie_name: Option<&str>,
+) -> Option<&'a [u8]> {
     if let Some(value) = authorization {
         let value = trim(value);
         if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {
@@ -467,19 +480,29 @@ mod tests {
             .expect("base64url");
         let mut header = Header::new(Algorithm::HS256);
         header.kid = kid.map(Into::into);
-        encode(&header, &claims, &EncodingKey::from_secret(&secret).expect("a key")).expect("encode")
+        encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(&secret).expect("a key"),
+        )
+        .expect("encode")
     }
 
     #[test]
     fn a_good_token_grants_its_permissions_and_sets_are_shared() {
         let a = auth(Settings::default());
-        let claims = serde_json::json!({"exp": 2000, "sub": "u1", "ringcast": {"subscribe": ["news", "user.1.*"]}});
-        let g = a.verify_at(token(Some("k1"), claims.clone()).as_bytes(), 1000).expect("valid");
+        let claims =
+            serde_json::json!({"exp": 2000, "sub": "u1", "ringcast": {"subscribe": ["news", "user.1.*"]}});
+        let g = a
+            .verify_at(token(Some("k1"), claims.clone()).as_bytes(), 1000)
+            .expect("valid");
         assert_eq!((g.exp, g.sub.as_deref()), (2000, Some("u1")));
         let perms = a.perms(g.perms);
         assert!(perms.may_subscribe("news") && perms.may_subscribe("user.1.inbox"));
         assert!(!perms.may_subscribe("user.2.inbox") && !perms.may_publish("news"));
-        let again = a.verify_at(token(None, claims).as_bytes(), 1000).expect("no kid: every key");
+        let again = a
+            .verify_at(token(None, claims).as_bytes(), 1000)
+            .expect("no kid: every key");
         assert_eq!(again.perms, g.perms, "one interned set");
     }
 
@@ -491,15 +514,49 @@ mod tests {
             issuer: Some("me".into()),
         });
         let ok = serde_json::json!({"exp": 2000, "aud": "push", "iss": "me"});
-        assert!(a.verify_at(token(Some("k1"), ok.clone()).as_bytes(), 1000).is_ok());
+        assert!(a
+            .verify_at(token(Some("k1"), ok.clone()).as_bytes(), 1000)
+            .is_ok());
         let cases = [
             (token(Some("k1"), ok.clone()), 2031, Refusal::Expired),
             (token(Some("k2"), ok.clone()), 1000, Refusal::UnknownKey),
-            (token(Some("k1"), serde_json::json!({"exp": 2000, "aud": "x", "iss": "me"})), 1000, Refusal::WrongAudience),
-            (token(Some("k1"), serde_json::json!({"exp": 2000, "aud": "push", "iss": "x"})), 1000, Refusal::WrongIssuer),
-            (token(Some("k1"), serde_json::json!({"exp": 2000, "aud": "push", "iss": "me", "nbf": 1031})), 1000, Refusal::NotYetValid),
-            (token(Some("k1"), serde_json::json!({"exp": 2000, "aud": "push", "iss": "me", "iat": 1031})), 1000, Refusal::NotYetValid),
-            (token(Some("k1"), serde_json::json!({"aud": "push", "iss": "me"})), 1000, Refusal::Malformed),
+            (
+                token(
+                    Some("k1"),
+                    serde_json::json!({"exp": 2000, "aud": "x", "iss": "me"}),
+                ),
+                1000,
+                Refusal::WrongAudience,
+            ),
+            (
+                token(
+                    Some("k1"),
+                    serde_json::json!({"exp": 2000, "aud": "push", "iss": "x"}),
+                ),
+                1000,
+                Refusal::WrongIssuer,
+            ),
+            (
+                token(
+                    Some("k1"),
+                    serde_json::json!({"exp": 2000, "aud": "push", "iss": "me", "nbf": 1031}),
+                ),
+                1000,
+                Refusal::NotYetValid,
+            ),
+            (
+                token(
+                    Some("k1"),
+                    serde_json::json!({"exp": 2000, "aud": "push", "iss": "me", "iat": 1031}),
+                ),
+                1000,
+                Refusal::NotYetValid,
+            ),
+            (
+                token(Some("k1"), serde_json::json!({"aud": "push", "iss": "me"})),
+                1000,
+                Refusal::Malformed,
+            ),
             ("a.b.c".into(), 1000, Refusal::Malformed),
             (String::new(), 1000, Refusal::Missing),
         ];
@@ -507,7 +564,9 @@ mod tests {
             assert_eq!(a.verify_at(t.as_bytes(), now), Err(want), "{t}");
         }
         // Within the leeway.
-        assert!(a.verify_at(token(Some("k1"), ok.clone()).as_bytes(), 2030).is_ok());
+        assert!(a
+            .verify_at(token(Some("k1"), ok.clone()).as_bytes(), 2030)
+            .is_ok());
         let mut forged = token(Some("k1"), ok);
         forged.pop();
         forged.push('A');
@@ -519,7 +578,10 @@ mod tests {
         // The classic algorithm confusion: alg HS256 with an RSA key's bytes as the secret.
         let jwks = r#"{"keys":[{"kty":"RSA","kid":"r","n":"sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw","e":"AQAB"}]}"#;
         let keyring = Keyring::parse(jwks, "test").expect("an RSA key set");
-        assert_eq!(keyring.keys[0].algorithms, vec![Algorithm::RS256, Algorithm::PS256]);
+        assert_eq!(
+            keyring.keys[0].algorithms,
+            vec![Algorithm::RS256, Algorithm::PS256]
+        );
         let a = Auth {
             path: PathBuf::new(),
             keys: RwLock::new(Arc::new(keyring)),
@@ -538,10 +600,16 @@ mod tests {
     #[test]
     fn bad_key_files_say_what_is_wrong() {
         assert!(matches!(Keyring::parse("{", "f"), Err(KeyError::Parse { .. })));
-        assert!(matches!(Keyring::parse(r#"{"keys":[]}"#, "f"), Err(KeyError::Empty { .. })));
+        assert!(matches!(
+            Keyring::parse(r#"{"keys":[]}"#, "f"),
+            Err(KeyError::Empty { .. })
+        ));
         let p521 = r#"{"keys":[{"kty":"EC","kid":"e","crv":"P-521","x":"AA","y":"AA"}]}"#;
         let err = Keyring::parse(p521, "f").err().expect("refused");
-        assert!(err.to_string().contains("key e") && err.to_string().contains("P-256"), "{err}");
+        assert!(
+            err.to_string().contains("key e") && err.to_string().contains("P-256"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -554,6 +622,10 @@ mod tests {
             Some(&b"xyz"[..])
         );
         assert_eq!(token_of(None, Some(b"a=1"), Some("rc_token")), None);
-        assert_eq!(token_of(None, Some(b"rc_token=xyz"), None), None, "no cookie configured");
+        assert_eq!(
+            token_of(None, Some(b"rc_token=xyz"), None),
+            None,
+            "no cookie configured"
+        );
     }
 }

@@ -406,6 +406,42 @@ pub struct Config {
     )]
     pub ws_pong_timeout_ms: u64,
 
+    /// Require subscribers to present a JWT verified by a key of this JWKS file (RFC 7517:
+    /// oct, RSA or EC P-256/P-384 keys, chosen by `kid`); re-read on SIGHUP. Off without it.
+    #[arg(long, value_name = "FILE", env = "RINGCAST_AUTH_JWKS")]
+    pub auth_jwks: Option<PathBuf>,
+
+    /// Clock skew allowed on a token's `exp`, `nbf` and `iat`, in seconds.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 30,
+        env = "RINGCAST_AUTH_LEEWAY_SECS"
+    )]
+    pub auth_leeway_secs: u64,
+
+    /// A token's `aud` must name this.
+    #[arg(long, value_name = "AUD", env = "RINGCAST_AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+
+    /// A token's `iss` must be this.
+    #[arg(long, value_name = "ISS", env = "RINGCAST_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+
+    /// Also take the token from this cookie (for EventSource with credentials).
+    #[arg(long, value_name = "NAME", env = "RINGCAST_AUTH_COOKIE")]
+    pub auth_cookie: Option<String>,
+
+    /// How long a WebSocket whose token expired may take to send
+    /// `{"op":"refresh","token":..}` before it is closed with 4001, in milliseconds.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 10_000,
+        env = "RINGCAST_AUTH_REFRESH_GRACE_MS"
+    )]
+    pub auth_refresh_grace_ms: u64,
+
     /// Serve `/echo`, a WebSocket that sends every message back, for conformance suites
     /// such as Autobahn. Off by default.
     #[arg(long, env = "RINGCAST_WS_ECHO")]

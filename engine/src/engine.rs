@@ -77,6 +77,14 @@ pub struct Counters {
     pub upstream_refused: AtomicU64,
     /// Backend messages for connections that had closed by the time they arrived.
     pub downstream_dropped: AtomicU64,
+    /// Requests refused for their token, by [`crate::auth::Refusal::index`].
+    pub auth_refused: [AtomicU64; crate::auth::Refusal::ALL.len()],
+    /// Requests and subscribe ops for a topic the token does not allow (403).
+    pub auth_forbidden: AtomicU64,
+    /// Open connections whose token expired.
+    pub auth_expired: AtomicU64,
+    /// WebSockets that sent a valid refresh token.
+    pub auth_refreshed: AtomicU64,
 }
 
 /// State shared by the ingest thread and every loop.
@@ -100,6 +108,8 @@ pub struct Shared {
     pub ingest_stopped: AtomicBool,
     /// The cluster backplane, with `--backplane`.
     pub backplane: Option<crate::backplane::Link>,
+    /// Subscriber token verification, with `--auth-jwks`.
+    pub auth: Option<Arc<crate::auth::Auth>>,
     /// The sequence number of the last event before this engine started serving: 0 on a
     /// single node, the stream's last sequence when joining a cluster.
     pub start_seq: u64,
@@ -192,6 +202,20 @@ pub fn run(mut config: Config) -> Result<(), EngineError> {
         .inspect_err(|_| remove_socket())?;
     sys::signal::block_termination().map_err(|e| EngineError::Start(format!("cannot block signals: {e}")))?;
 
+    let auth = match &config.auth_jwks {
+        Some(path) => {
+            let settings = crate::auth::Settings {
+                leeway_secs: config.auth_leeway_secs,
+                audience: config.auth_audience.clone(),
+                issuer: config.auth_issuer.clone(),
+            };
+            let auth = crate::auth::Auth::new(path, settings)
+                .map_err(|e| EngineError::Start(format!("{e}; fix the file or the --auth-jwks path")))
+                .inspect_err(|_| remove_socket())?;
+            Some(Arc::new(auth))
+        }
+        None => None,
+    };
     // With a backplane, ids come from the stream and the history starts where it stood.
     let (link, epoch, start_seq) = if config.backplane.is_empty() {
         (None, Epoch::fresh(), 0)
@@ -230,6 +254,7 @@ pub fn run(mut config: Config) -> Result<(), EngineError> {
         ingest_stopped: AtomicBool::new(false),
         backplane: link,
         start_seq,
+        auth,
     });
     let (stop_tx, stop_rx) = bounded::<Stop>(loops + 2);
     let mut ring_fds = Vec::with_capacity(loops);
@@ -260,8 +285,14 @@ pub fn run(mut config: Config) -> Result<(), EngineError> {
         })
         .map_err(|e| EngineError::Start(format!("cannot start the ingest thread: {e}")))?;
     let tx = stop_tx.clone();
+    let reload_shared = Arc::clone(&shared);
     std::thread::spawn(move || loop {
-        if tx.send(Stop::Signal(sys::signal::wait_termination())).is_err() {
+        let sig = sys::signal::wait_termination();
+        if sig == sys::signal::RELOAD {
+            reload(&reload_shared);
+            continue;
+        }
+        if tx.send(Stop::Signal(sig)).is_err() {
             return;
         }
     });
@@ -442,6 +473,17 @@ fn await_closed(orphans: &[sys::orphan::Listening], since: Instant) {
             since.elapsed().as_millis()
         ),
         Err(e) => eprintln!("ringcast: cannot watch those listeners: {e}; starting"),
+    }
+}
+
+/// SIGHUP: the subscriber keys are read again; a bad file keeps the old keys.
+fn reload(shared: &Shared) {
+    match &shared.auth {
+        Some(auth) => match auth.reload() {
+            Ok(n) => eprintln!("ringcast: SIGHUP: {n} subscriber keys loaded"),
+            Err(e) => eprintln!("ringcast: SIGHUP: {e}; the keys in use stay"),
+        },
+        None => eprintln!("ringcast: SIGHUP: nothing to reload (no --auth-jwks)"),
     }
 }
 

@@ -100,6 +100,11 @@ pub struct Request<'a> {
     pub last_event_id: Option<&'a [u8]>,
     /// The value of the first `Origin` header field, if any (RFC 6454 §7).
     pub origin: Option<&'a [u8]>,
+    /// The value of the first `Authorization` header field, if any (RFC 9110 §11.6.2).
+    pub authorization: Option<&'a [u8]>,
+    /// The value of the first `Cookie` header field, if any (RFC 6265 §5.4: a user agent
+    /// sends one).
+    pub cookie: Option<&'a [u8]>,
     /// A body follows the head: `Content-Length` above 0 (a request with
     /// `Transfer-Encoding` is refused, so this is the only way a body comes).
     pub has_body: bool,
@@ -283,6 +288,8 @@ struct Fields<'a> {
     keep_alive: bool,
     last_event_id: Option<&'a [u8]>,
     origin: Option<&'a [u8]>,
+    authorization: Option<&'a [u8]>,
+    cookie: Option<&'a [u8]>,
 }
 
 /// The transfer codings of every `Transfer-Encoding` line, read as one list in order
@@ -349,6 +356,8 @@ fn build<'a>(req: &httparse::Request<'_, 'a>, head_len: usize) -> Result<Request
         keep_alive: !fields.close && (minor_version == 1 || fields.keep_alive),
         last_event_id: fields.last_event_id,
         origin: fields.origin,
+        authorization: fields.authorization,
+        cookie: fields.cookie,
         has_body: fields.content_length.is_some_and(|n| n > 0),
         content_length: fields.content_length,
         head_len,
@@ -379,6 +388,10 @@ fn read_fields<'a>(headers: &[httparse::Header<'a>]) -> Result<Fields<'a>, HttpE
             fields.last_event_id = Some(header.value);
         } else if name.eq_ignore_ascii_case("origin") && fields.origin.is_none() {
             fields.origin = Some(header.value);
+        } else if name.eq_ignore_ascii_case("authorization") && fields.authorization.is_none() {
+            fields.authorization = Some(header.value);
+        } else if name.eq_ignore_ascii_case("cookie") && fields.cookie.is_none() {
+            fields.cookie = Some(header.value);
         }
     }
     Ok(fields)
@@ -856,6 +869,7 @@ pub fn status_text(status: u16) -> &'static str {
         302 => "Found",
         304 => "Not Modified",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -911,6 +925,8 @@ mod tests {
                 keep_alive: true,
                 last_event_id: None,
                 origin: None,
+                authorization: None,
+                cookie: None,
                 has_body: false,
                 content_length: None,
                 head_len: SIMPLE.len(),

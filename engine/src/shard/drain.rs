@@ -107,7 +107,7 @@ impl Shard {
         }
     }
 
-    fn end_stream(&mut self, index: u32, goodbye: Bytes) {
+    pub(super) fn end_stream(&mut self, index: u32, goodbye: Bytes) {
         self.subs.remove_all(&mut self.conns, index);
         self.end_catchup(index);
         self.send_final(index, goodbye);

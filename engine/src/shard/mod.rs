@@ -8,6 +8,7 @@
 //!
 //! It never blocks except in `io_uring_enter`, and it never sleeps while the broadcast
 //! ring holds something it has not read (see [`Broadcast::park`]).
+mod auth;
 mod backpressure;
 mod catchup;
 mod drain;
@@ -139,6 +140,8 @@ pub struct Shard {
     reset_ids: HashMap<u32, Vec<u8>>,
     /// The topics of polls held until the stream answers (they subscribe to nothing).
     poll_topics: HashMap<u32, Vec<Box<str>>>,
+    /// With `--auth-jwks`: what each admitted connection keeps of its token.
+    sessions: HashMap<u32, auth::Session>,
     /// Events refilled from the history after a broadcast-ring overrun, not yet delivered.
     refill: std::collections::VecDeque<Arc<Event>>,
     /// Events read from the ring (or the refill) in one turn, delivered as runs per topic;
@@ -236,6 +239,7 @@ impl Shard {
             waiting: Vec::new(),
             reset_ids: HashMap::new(),
             poll_topics: HashMap::new(),
+            sessions: HashMap::new(),
             refill: std::collections::VecDeque::new(),
             batch: Vec::with_capacity(DRAIN_BATCH_EVENTS),
             cqes: Vec::with_capacity(1024),
@@ -679,6 +683,9 @@ impl Shard {
                 return;
             }
         };
+        let Some(grant) = self.authenticate(index, req, &sub.topics) else {
+            return;
+        };
         if req.method == Method::Head {
             let head = if ndjson {
                 self.ndjson_head_only.clone()
@@ -734,6 +741,7 @@ impl Shard {
         } else {
             self.send_static(index, Static::Head);
         }
+        self.keep_session(index, grant);
         bump(&self.counters.streams);
         self.count_open(index, 1);
         // The timer still holds the request deadline; the next tick re-arms it for the
@@ -1053,6 +1061,7 @@ impl Shard {
         self.wheel.remove(index);
         self.end_catchup(index);
         self.poll_topics.remove(&index);
+        self.sessions.remove(&index);
         self.decoders.remove(&index);
         self.poll_cors.remove(&index);
         self.subs.remove_all(&mut self.conns, index);

@@ -71,6 +71,9 @@ impl Shard {
             }
         }
         .min(self.shared.config.poll_wait_max_ms);
+        let Some(grant) = self.authenticate(index, req, &sub.topics) else {
+            return;
+        };
         let after = http::query_param(req.query, "after");
         bump(&self.counters.polls);
         let cors = self.cors_lines(req.origin);
@@ -112,6 +115,7 @@ impl Shard {
         }
         let wait = self.clock.ticks_in(std::time::Duration::from_millis(wait_ms)) + 1;
         self.hold(index, keep_alive, cors, wait);
+        self.keep_session(index, grant);
         for topic in &sub.topics {
             self.subs.add(&mut self.conns, index, topic);
         }

@@ -155,7 +155,7 @@ impl Shard {
         let Some(conn) = self.conns.get(index as usize) else {
             return;
         };
-        let Some(next) = deadline_of(conn, &self.deadlines, self.tick) else {
+        let Some(next) = self.next_deadline(index, conn) else {
             return;
         };
         match self.wheel.deadline(index) {
@@ -164,7 +164,27 @@ impl Shard {
         }
     }
 
+    /// The earliest deadline that applies to connection `index`: its state's, or its
+    /// token's expiry.
+    fn next_deadline(&self, index: u32, conn: &Conn) -> Option<u32> {
+        let own = deadline_of(conn, &self.deadlines, self.tick);
+        match (own, self.session_deadline(index)) {
+            (Some(a), Some(b)) => Some(a.min_wrapping(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     fn on_timer(&mut self, index: u32) {
+        if self.expire_session(index) {
+            if let Some(next) = self
+                .conns
+                .get(index as usize)
+                .and_then(|c| self.next_deadline(index, c))
+            {
+                self.arm_timer(index, next);
+            }
+            return;
+        }
         let Some(conn) = self.conns.get(index as usize) else {
             return;
         };
@@ -225,7 +245,7 @@ impl Shard {
         if let Some(next) = self
             .conns
             .get(index as usize)
-            .and_then(|c| deadline_of(c, &d, now))
+            .and_then(|c| self.next_deadline(index, c))
         {
             self.arm_timer(index, next);
         }

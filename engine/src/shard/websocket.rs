@@ -34,6 +34,9 @@ struct ClientOp<'a> {
     op: std::borrow::Cow<'a, str>,
     #[serde(borrow, default)]
     topic: Option<std::borrow::Cow<'a, str>>,
+    /// For `refresh`: the new token.
+    #[serde(borrow, default)]
+    token: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl Shard {
@@ -91,6 +94,14 @@ impl Shard {
                 .or_else(|| sub.last_event_id.map(String::into_bytes));
             (kind, sub.topics, last)
         };
+        let grant = if echo {
+            None
+        } else {
+            let Some(grant) = self.authenticate(index, req, &topics) else {
+                return;
+            };
+            grant
+        };
         if !self.enqueue(index, Bytes::from(ws::switching_protocols(upgrade.key))) {
             return;
         }
@@ -109,6 +120,7 @@ impl Shard {
                 return;
             }
         }
+        self.keep_session(index, grant);
         bump(&self.counters.websockets);
         self.count_open(index, 1);
         self.flush(index);
@@ -219,6 +231,13 @@ impl Shard {
         let Ok(op) = serde_json::from_slice::<ClientOp<'_>>(payload) else {
             return self.upstream(index, true, payload);
         };
+        if op.op == "refresh" {
+            let reply = match self.ws_refresh(index, op.token.as_deref().unwrap_or("")) {
+                Ok(event) => ws_control(&format!("{{\"event\":\"{event}\"}}")),
+                Err(reason) => super::auth::ws_error(&reason, None),
+            };
+            return self.send_control(index, reply);
+        }
         let topic = op.topic.as_deref().unwrap_or("");
         let reply = match (&*op.op, http::is_valid_topic(topic.as_bytes())) {
             ("subscribe" | "unsubscribe", false) => {
@@ -232,7 +251,7 @@ impl Shard {
                     Err("not subscribed to this topic")
                 }
             }
-            _ => Err("unknown op: use subscribe or unsubscribe"),
+            _ => Err("unknown op: use subscribe, unsubscribe or refresh"),
         };
         let mut text = Vec::with_capacity(96);
         match reply {
@@ -267,6 +286,10 @@ impl Shard {
         }
         if count >= TOPICS_MAX {
             return Err("too many topics: at most 64 per connection");
+        }
+        if !self.may_subscribe(index, topic) {
+            bump(&self.counters.auth_forbidden);
+            return Err("the token does not allow this topic");
         }
         self.subs.add(&mut self.conns, index, topic);
         Ok("ringcast.subscribed")

@@ -1,5 +1,5 @@
-//! Termination signals: blocked in every thread and taken synchronously by one waiter,
-//! so no handler ever runs on a loop thread.
+//! Termination signals (SIGINT, SIGTERM) and the reload signal (SIGHUP): blocked in every
+//! thread and taken synchronously by one waiter, so no handler ever runs on a loop thread.
 use std::io;
 
 fn termination_set() -> libc::sigset_t {
@@ -10,11 +10,12 @@ fn termination_set() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
     }
     set
 }
 
-/// Blocks SIGINT and SIGTERM in the calling thread and every thread it spawns afterwards.
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread and every thread it spawns afterwards.
 ///
 /// # Errors
 /// The `pthread_sigmask` error.
@@ -28,7 +29,10 @@ pub fn block_termination() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGINT or SIGTERM (blocked beforehand) and returns its number.
+/// The reload signal's number.
+pub const RELOAD: i32 = libc::SIGHUP;
+
+/// Waits for SIGINT, SIGTERM or SIGHUP (blocked beforehand) and returns its number.
 pub fn wait_termination() -> i32 {
     let set = termination_set();
     let mut sig = 0;
