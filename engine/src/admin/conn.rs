@@ -260,8 +260,9 @@ fn read_request(
 fn authorization_field(head: &[u8]) -> Field {
     let mut fields = [httparse::EMPTY_HEADER; http::HEADERS_MAX];
     let mut req = httparse::Request::new(&mut fields);
-    // The same parser accepted this head whole already; this pass only locates a field
-    // the request parser does not keep.
+    // The same parser accepted this head whole already. The request parser keeps only
+    // the first `Authorization`; this pass also finds a second, which must not let
+    // either pass.
     if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
         return Field::Absent;
     }
