@@ -15,7 +15,9 @@ fn verify(c: &mut Criterion) {
         let token = std::fs::read_to_string(keys.join(format!("{kid}.token"))).expect("a token");
         let token = token.trim().to_owned();
         assert!(auth.verify(token.as_bytes()).is_ok(), "{kid}");
-        group.bench_function(kid, |b| b.iter(|| auth.verify(std::hint::black_box(token.as_bytes()))));
+        group.bench_function(kid, |b| {
+            b.iter(|| auth.verify(std::hint::black_box(token.as_bytes())))
+        });
     }
     group.finish();
 }

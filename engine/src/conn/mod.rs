@@ -86,6 +86,8 @@ pub mod flags {
     /// Resuming from the history a page at a time: live events pass it by until the
     /// page that reaches the loop's cursor (see `shard::catchup`).
     pub const CATCHING_UP: u8 = 1 << 5;
+    /// Its token expired and it was told (a WebSocket in its refresh grace).
+    pub const EXPIRY_TOLD: u8 = 1 << 6;
 }
 
 /// Kernel operations of one connection whose final completion is still to come. The

@@ -4,7 +4,8 @@
 //! A request without a valid token gets `401` with `WWW-Authenticate: Bearer
 //! error="invalid_token", error_description=".."`; a topic the token does not allow gets
 //! `403` naming it. An admitted connection keeps a [`Session`] (its token's expiry and the
-//! index of its interned permission set, 8 bytes) in a side table, and its expiry joins the
+//! index of its interned permission set, 8 bytes) in a side table (a WebSocket told of its
+//! expiry carries the flag `EXPIRY_TOLD` in its record), and its expiry joins the
 //! connection's one timer-wheel entry (see `timers`). When it passes: an SSE or NDJSON
 //! stream gets `ringcast.expired` and ends, a held poll is answered, a WebSocket gets a
 //! `ringcast.expired` message and `--auth-refresh-grace-ms` to send
@@ -14,7 +15,7 @@ use bytes::Bytes;
 
 use super::{bump, control, Shard};
 use crate::auth::{now_secs, Grant, Refusal};
-use crate::conn::{Kind, State};
+use crate::conn::{flags, Kind, State};
 use crate::proto::http::{self, Request};
 use crate::proto::{json, sse, ws};
 
@@ -23,14 +24,12 @@ use crate::proto::{json, sse, ws};
 pub(super) const CLOSE_EXPIRED: u16 = 4001;
 
 /// What an admitted connection keeps of its token.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Session {
     /// `exp` plus the leeway, in seconds since the Unix epoch (u32 holds it to 2106).
     pub expires: u32,
     /// The interned permission set.
     pub perms: u32,
-    /// A WebSocket was told of its expiry and is in its refresh grace.
-    pub told: bool,
 }
 
 impl Shard {
@@ -90,22 +89,24 @@ impl Shard {
         };
         let leeway = self.shared.config.auth_leeway_secs;
         let expires = u32::try_from(grant.exp.saturating_add(leeway)).unwrap_or(u32::MAX);
-        self.sessions.insert(
+        self.sessions.set(
             index,
             Session {
                 expires,
                 perms: grant.perms,
-                told: false,
             },
         );
+        if let Some(conn) = self.conns.get_mut(index as usize) {
+            conn.flags &= !flags::EXPIRY_TOLD;
+        }
     }
 
     /// The tick by which connection `index`'s token expires (or its refresh grace ends),
     /// when it has one: capped at the wheel's reach, the timer then looks again.
     pub(super) fn session_deadline(&self, index: u32) -> Option<u32> {
-        let s = self.sessions.get(&index)?;
+        let s = self.sessions.get(index)?;
         let mut at_ms = u64::from(s.expires) * 1000;
-        if s.told {
+        if self.conns[index as usize].has_flag(flags::EXPIRY_TOLD) {
             at_ms += self.shared.config.auth_refresh_grace_ms;
         }
         let now_ms = now_secs() * 1000;
@@ -116,7 +117,7 @@ impl Shard {
     /// Acts on an expired token when connection `index`'s timer fires; true when it did
     /// (the connection's state may have changed).
     pub(super) fn expire_session(&mut self, index: u32) -> bool {
-        let Some(s) = self.sessions.get(&index).copied() else {
+        let Some(s) = self.sessions.get(index) else {
             return false;
         };
         let now = now_secs();
@@ -124,25 +125,25 @@ impl Shard {
         if now < u64::from(s.expires) {
             return false;
         }
-        let conn = &self.conns[index as usize];
-        let (state, kind) = (conn.state, conn.kind);
+        let conn = &mut self.conns[index as usize];
+        let (state, kind, told) = (conn.state, conn.kind, conn.has_flag(flags::EXPIRY_TOLD));
         match state {
-            State::Ws if !s.told => {
+            State::Ws if !told => {
                 bump(&self.counters.auth_expired);
                 let grace = self.shared.config.auth_refresh_grace_ms;
-                self.sessions.insert(index, Session { told: true, ..s });
+                conn.flags |= flags::EXPIRY_TOLD;
                 let notice =
                     format!("{{\"event\":\"ringcast.expired\",\"data\":{{\"refresh_within_ms\":{grace}}}}}");
                 self.send_control(index, super::ws_control(&notice));
             }
             State::Ws if now >= u64::from(s.expires) + grace_secs => {
-                self.sessions.remove(&index);
+                self.sessions.clear(index);
                 self.ws_close(index, CLOSE_EXPIRED, "token expired");
             }
             State::Ws => return false,
             State::Stream => {
                 bump(&self.counters.auth_expired);
-                self.sessions.remove(&index);
+                self.sessions.clear(index);
                 let data = "{\"reason\":\"the token expired: reconnect with a new one and Last-Event-ID\"}";
                 let mut goodbye = control(kind, "ringcast.expired", None, data).to_vec();
                 if matches!(kind, Kind::Sse | Kind::Ndjson) {
@@ -152,11 +153,11 @@ impl Shard {
             }
             State::Poll => {
                 bump(&self.counters.auth_expired);
-                self.sessions.remove(&index);
+                self.sessions.clear(index);
                 self.poll_timeout(index);
             }
             _ => {
-                self.sessions.remove(&index);
+                self.sessions.clear(index);
                 return false;
             }
         }
@@ -189,7 +190,7 @@ impl Shard {
 
     /// Whether connection `index` may subscribe to `topic` (always, with auth off).
     pub(super) fn may_subscribe(&self, index: u32, topic: &str) -> bool {
-        match (&self.shared.auth, self.sessions.get(&index)) {
+        match (&self.shared.auth, self.sessions.get(index)) {
             (None, _) => true,
             (Some(auth), Some(s)) => auth.perms(s.perms).may_subscribe(topic),
             (Some(_), None) => false,
@@ -211,4 +212,35 @@ pub(super) fn ws_error(reason: &str, topic: Option<&str>) -> Bytes {
     let mut frame = Vec::with_capacity(text.len() + 4);
     ws::encode_frame(&mut frame, ws::Opcode::Text, true, &text);
     Bytes::from(frame)
+}
+
+/// Sessions by slab index, 8 bytes each: slab indexes are dense, so a vector grown to the
+/// highest admitted index costs less than a map (whose buckets run up to twice the
+/// entries, at 13 bytes each). An `expires` of 0 is no session.
+#[derive(Default)]
+pub(super) struct Sessions {
+    slots: Vec<Session>,
+}
+
+impl Sessions {
+    pub fn get(&self, index: u32) -> Option<Session> {
+        self.slots.get(index as usize).copied().filter(|s| s.expires != 0)
+    }
+
+    pub fn set(&mut self, index: u32, session: Session) {
+        let i = index as usize;
+        if i >= self.slots.len() {
+            self.slots.resize(i + 1, Session::default());
+        }
+        self.slots[i] = Session {
+            expires: session.expires.max(1),
+            ..session
+        };
+    }
+
+    pub fn clear(&mut self, index: u32) {
+        if let Some(slot) = self.slots.get_mut(index as usize) {
+            *slot = Session::default();
+        }
+    }
 }

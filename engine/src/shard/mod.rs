@@ -141,7 +141,7 @@ pub struct Shard {
     /// The topics of polls held until the stream answers (they subscribe to nothing).
     poll_topics: HashMap<u32, Vec<Box<str>>>,
     /// With `--auth-jwks`: what each admitted connection keeps of its token.
-    sessions: HashMap<u32, auth::Session>,
+    sessions: auth::Sessions,
     /// Events refilled from the history after a broadcast-ring overrun, not yet delivered.
     refill: std::collections::VecDeque<Arc<Event>>,
     /// Events read from the ring (or the refill) in one turn, delivered as runs per topic;
@@ -239,7 +239,7 @@ impl Shard {
             waiting: Vec::new(),
             reset_ids: HashMap::new(),
             poll_topics: HashMap::new(),
-            sessions: HashMap::new(),
+            sessions: auth::Sessions::default(),
             refill: std::collections::VecDeque::new(),
             batch: Vec::with_capacity(DRAIN_BATCH_EVENTS),
             cqes: Vec::with_capacity(1024),
@@ -1061,7 +1061,7 @@ impl Shard {
         self.wheel.remove(index);
         self.end_catchup(index);
         self.poll_topics.remove(&index);
-        self.sessions.remove(&index);
+        self.sessions.clear(index);
         self.decoders.remove(&index);
         self.poll_cors.remove(&index);
         self.subs.remove_all(&mut self.conns, index);
