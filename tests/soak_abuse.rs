@@ -1472,54 +1472,84 @@ impl Sampler {
     }
 }
 
+/// The maxima of one row's window, and where its CPU time started.
+struct Window {
+    start: Instant,
+    ticks: u64,
+    rss_max_kib: u64,
+    queued_max: u64,
+    stats_max: Duration,
+}
+
+impl Window {
+    fn open(pid: u32) -> Window {
+        Window {
+            start: Instant::now(),
+            ticks: cpu_ticks(pid),
+            rss_max_kib: 0,
+            queued_max: 0,
+            stats_max: Duration::ZERO,
+        }
+    }
+
+    /// The row that closes the window, from the last sample (`rss_kib`, `stats`).
+    fn row(&self, pid: u32, ctx: &Ctx, at: Duration, phase: usize, rss_kib: u64, stats: &str) -> Row {
+        let window_ms = self.start.elapsed().as_millis().max(1) as u64;
+        let cpu_ticks_used = cpu_ticks(pid) - self.ticks;
+        Row {
+            at,
+            phase: PHASES[phase],
+            rss_kib,
+            rss_max_kib: self.rss_max_kib,
+            queued: total(stats, "queued_bytes"),
+            queued_max: self.queued_max,
+            open: total(stats, "open"),
+            open_ws: total(stats, "open_ws"),
+            slow_closed: total(stats, "slow_closed"),
+            request_timeouts: total(stats, "request_timeouts"),
+            bad_requests: total(stats, "bad_requests"),
+            honest_events: ctx.honest_events.load(Ordering::Relaxed),
+            cpu_pct: cpu_ticks_used * 1000 * 100 / clock_ticks_per_sec() / window_ms,
+            stats_ms_max: self.stats_max.as_millis(),
+            probe_ms_max: ctx.probe_max_us.swap(0, Ordering::Relaxed) / 1000,
+        }
+    }
+}
+
+/// Samples until `stop`, closing a row every [`ROW_EVERY`] and one last row then.
 fn sample(pid: u32, ctx: &Ctx, phase: &AtomicUsize, stop: &AtomicBool) -> (Vec<Row>, Peaks) {
-    let (start, hz) = (Instant::now(), clock_ticks_per_sec());
-    let (mut rows, mut peaks) = (Vec::new(), Peaks::default());
-    let (mut window_start, mut window_ticks) = (Instant::now(), cpu_ticks(pid));
-    let (mut rss_max, mut queued_max, mut stats_max) = (0, 0, Duration::ZERO);
+    let start = Instant::now();
+    let (mut rows, mut peaks, mut window) = (Vec::new(), Peaks::default(), Window::open(pid));
     eprintln!("{HEADER}");
-    while !stop.load(Ordering::Relaxed) {
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
         let rss = rss_kib(pid);
         let (stats, latency) = timed_stats(ctx.admin);
         let queued = total(&stats, "queued_bytes");
-        (rss_max, queued_max, stats_max) = (rss_max.max(rss), queued_max.max(queued), stats_max.max(latency));
+        window.rss_max_kib = window.rss_max_kib.max(rss);
+        window.queued_max = window.queued_max.max(queued);
+        window.stats_max = window.stats_max.max(latency);
         let now_phase = phase.load(Ordering::Relaxed);
-        if now_phase == ABUSE_PHASE || now_phase == SETTLE_PHASE {
+        let measured = now_phase == ABUSE_PHASE || now_phase == SETTLE_PHASE;
+        if measured {
             peaks.rss_kib = peaks.rss_kib.max(rss);
             peaks.queued = peaks.queued.max(queued);
             peaks.stats_latency = peaks.stats_latency.max(latency);
         }
-        if window_start.elapsed() >= ROW_EVERY {
-            let ticks = cpu_ticks(pid);
-            let window_ms = window_start.elapsed().as_millis().max(1) as u64;
-            let row = Row {
-                at: start.elapsed(),
-                phase: PHASES[now_phase],
-                rss_kib: rss,
-                rss_max_kib: rss_max,
-                queued,
-                queued_max,
-                open: total(&stats, "open"),
-                open_ws: total(&stats, "open_ws"),
-                slow_closed: total(&stats, "slow_closed"),
-                request_timeouts: total(&stats, "request_timeouts"),
-                bad_requests: total(&stats, "bad_requests"),
-                honest_events: ctx.honest_events.load(Ordering::Relaxed),
-                cpu_pct: (ticks - window_ticks) * 1000 * 100 / hz / window_ms,
-                stats_ms_max: stats_max.as_millis(),
-                probe_ms_max: ctx.probe_max_us.swap(0, Ordering::Relaxed) / 1000,
-            };
-            if now_phase == ABUSE_PHASE || now_phase == SETTLE_PHASE {
+        if window.start.elapsed() >= ROW_EVERY || stopping {
+            let row = window.row(pid, ctx, start.elapsed(), now_phase, rss, &stats);
+            if measured {
                 peaks.probe_ms = peaks.probe_ms.max(row.probe_ms_max);
             }
             eprintln!("{}", format_row(&row));
             rows.push(row);
-            (window_start, window_ticks) = (Instant::now(), ticks);
-            (rss_max, queued_max, stats_max) = (0, 0, Duration::ZERO);
+            window = Window::open(pid);
+        }
+        if stopping {
+            return (rows, peaks);
         }
         thread::sleep(SAMPLE_EVERY);
     }
-    (rows, peaks)
 }
 
 const HEADER: &str = "|    t s | phase   |   RSS kB | max kB |  queued B | max queued B | open | ws | slow_closed | 408s | 4xx | honest events | CPU % | /stats ms | 404 ms |";
