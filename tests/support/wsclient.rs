@@ -181,7 +181,21 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, String> {
 ///
 /// If no response head arrives within [`crate::WAIT`].
 pub fn handshake(addr: SocketAddr, target: &str, extra: &[(&str, &str)]) -> (Response, HttpConn) {
-    let mut conn = HttpConn::connect(addr);
+    handshake_on(HttpConn::connect(addr), addr, target, extra)
+}
+
+/// [`handshake`] on a connection the caller opened itself, e.g. with a small
+/// `SO_RCVBUF` chosen before connecting (see [`crate::slow::connect_with_rcvbuf`]).
+///
+/// # Panics
+///
+/// If no response head arrives within [`crate::WAIT`].
+pub fn handshake_on(
+    mut conn: HttpConn,
+    addr: SocketAddr,
+    target: &str,
+    extra: &[(&str, &str)],
+) -> (Response, HttpConn) {
     conn.send(&upgrade_request(addr, target, extra))
         .unwrap_or_else(|e| panic!("send the upgrade request for {target}: {e}"));
     let response = conn
