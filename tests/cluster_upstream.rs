@@ -314,6 +314,57 @@ fn a_send_to_an_unknown_node_is_refused_and_the_backend_goes_on() {
 }
 
 #[test]
+fn sends_to_a_node_that_does_not_answer_are_bounded_and_time_out() {
+    let nats = NatsServer::start();
+    let a = node(&nats, "a");
+    let b = Engine::start(&[
+        "--backplane",
+        &nats.url(),
+        "--node-id",
+        "b",
+        "--backplane-timeout-ms",
+        "1000",
+    ]);
+    // Node a stops answering (SIGSTOP): SENDs to it wait until their deadline, and what
+    // waits is bounded at 16 MiB.
+    // SAFETY: kill(2) on the pid of a child this test started.
+    assert_eq!(unsafe { libc::kill(a.pid as i32, libc::SIGSTOP) }, 0);
+    let mut backend = Backend::connect(&b.ingest);
+    let payload = vec![b'x'; 1_000_000];
+    let mut batch = Vec::new();
+    for _ in 0..17 {
+        batch.extend_from_slice(&send_frame("a/0.1.1", &payload));
+    }
+    batch.extend_from_slice(b"PING\n");
+    let started = Instant::now();
+    backend.write(&batch);
+    for i in 0..16 {
+        let reply = backend.reply();
+        assert_eq!(
+            reply,
+            "-ERR backplane unavailable: node a did not answer within 1000 ms; the message may still have been delivered",
+            "SEND {i}"
+        );
+    }
+    assert_eq!(
+        backend.reply(),
+        "-ERR too many SENDs and messages wait for other nodes; try again",
+        "the 17th MB is over the 16 MiB bound"
+    );
+    assert_eq!(backend.reply(), "+PONG");
+    assert!(started.elapsed() < WAIT, "answered by the deadline");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(a.pid as i32, libc::SIGCONT) }, 0);
+    assert_eq!(backplane(&b, "relay_failed"), 16);
+    assert_eq!(backplane(&b, "sends_relayed"), 16);
+    // Room is given back: once a answers again, so does the relay.
+    assert_eq!(
+        backend.send("a/9999.1.1", b"x"),
+        "-ERR no such connection: its loop does not exist"
+    );
+}
+
+#[test]
 fn with_no_backend_anywhere_the_client_is_told_so() {
     let nats = NatsServer::start();
     let a = node(&nats, "a");
