@@ -258,28 +258,47 @@ pub enum Request {
 /// Relayed messages awaiting their answer: the ingest thread takes room before it asks
 /// the backplane thread, which gives it back once the answer is in, so that what waits
 /// on other nodes (or on NATS) is bounded by [`RELAY_MESSAGES_MAX`] and [`RELAY_BYTES_MAX`].
+/// A backend's SEND waits for room ([`InFlight::room_for`]); a client's message that
+/// finds none is refused.
 #[derive(Default)]
 pub struct InFlight {
     messages: AtomicUsize,
     bytes: AtomicUsize,
+    /// A SEND waits for room: the ingest thread is rung when some is given back.
+    wanted: AtomicBool,
 }
 
 impl InFlight {
-    /// Takes room for one message of `bytes`; false (and nothing taken) when full.
-    pub fn take(&self, bytes: usize) -> bool {
-        let messages = self.messages.fetch_add(1, Ordering::AcqRel);
-        let held = self.bytes.fetch_add(bytes, Ordering::AcqRel);
-        if messages < RELAY_MESSAGES_MAX && held + bytes <= RELAY_BYTES_MAX {
-            return true;
+    /// Whether one more message of `bytes` fits (always, when nothing is in flight, so a
+    /// payload over the byte bound cannot wait forever); when not, the ingest thread is
+    /// rung once room is given back.
+    pub fn room_for(&self, bytes: usize) -> bool {
+        let messages = self.messages.load(Ordering::Acquire);
+        let held = self.bytes.load(Ordering::Acquire);
+        let fits = messages == 0 || (messages < RELAY_MESSAGES_MAX && held + bytes <= RELAY_BYTES_MAX);
+        if !fits {
+            self.wanted.store(true, Ordering::Release);
         }
-        self.give_back(bytes);
-        false
+        fits
     }
 
-    /// Gives back the room of one answered message.
-    pub fn give_back(&self, bytes: usize) {
+    /// Takes room for one message of `bytes`; false (and nothing taken) when it does not
+    /// fit. Only the ingest thread takes, so room seen by [`InFlight::room_for`] is there.
+    pub fn take(&self, bytes: usize) -> bool {
+        if !self.room_for(bytes) {
+            return false;
+        }
+        self.messages.fetch_add(1, Ordering::AcqRel);
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        true
+    }
+
+    /// Gives back the room of one answered message; true when a SEND was waiting for it
+    /// (the caller rings the ingest thread).
+    pub fn give_back(&self, bytes: usize) -> bool {
         self.messages.fetch_sub(1, Ordering::AcqRel);
         self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.wanted.swap(false, Ordering::AcqRel)
     }
 }
 

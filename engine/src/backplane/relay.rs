@@ -294,6 +294,7 @@ fn settle(node: &Node, pending: Pending, result: Result<(), Failure>) {
             node: to,
             bytes,
         } => {
+            // The acknowledgement rings the ingest thread, which resumes what waits.
             node.backplane.relaying.give_back(bytes);
             let result = result.map(|()| Acked::Sent).map_err(|f| match f {
                 Failure::NoResponders => format!("no such node: {to}"),
@@ -306,8 +307,13 @@ fn settle(node: &Node, pending: Pending, result: Result<(), Failure>) {
             node.ack([Ack { asker, result }]);
         }
         Pending::Up { from, bytes } => {
-            node.backplane.relaying.give_back(bytes);
-            let Err(failure) = result else { return };
+            let wanted = node.backplane.relaying.give_back(bytes);
+            let Err(failure) = result else {
+                if wanted {
+                    node.ring_ingest();
+                }
+                return;
+            };
             let reason = match failure {
                 Failure::NoResponders => crate::ingest::NO_BACKEND.to_owned(),
                 Failure::TimedOut => format!(

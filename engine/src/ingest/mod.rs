@@ -62,8 +62,9 @@ pub const UPSTREAM_BELL_DATA: u64 = user_data(tag::UPSTREAM_BELL, 0);
 /// The `user_data` of the backplane thread's doorbell to this thread.
 pub const BACKPLANE_BELL_DATA: u64 = user_data(tag::BACKPLANE_BELL, 0);
 
-/// Publishes of one publisher waiting for the backplane's acknowledgement; beyond this
-/// its input is not read until some are answered.
+/// Replies of one publisher waiting for the backplane's answer (and the replies behind
+/// them); beyond this its commands wait, and its input is not read, until some are
+/// answered.
 const AWAITING_MAX: usize = 4096;
 
 /// A backend with more unread bytes than this is passed over for client messages.
@@ -102,6 +103,9 @@ struct Publisher {
     send_armed: bool,
     /// No more input is read (QUIT, EOF or lost framing); close once replies are out.
     closing: bool,
+    /// With a backplane: its next command waits (in `input`, which is not read further)
+    /// for answers to come back, its own or, for a relayed SEND, any publisher's.
+    held: bool,
     /// Sent `UPSTREAM`: client messages are pushed to it.
     upstream: bool,
     /// Connected from the engine's own process: in a reserved slot, never idle-closed.
@@ -305,6 +309,7 @@ impl Ingest {
             recv_armed: false,
             send_armed: false,
             closing: false,
+            held: false,
             upstream: false,
             own,
             last_command: self.ticks,
@@ -323,6 +328,7 @@ impl Ingest {
         let p = &mut self.publishers[index];
         if p.recv_armed
             || p.closing
+            || p.held
             || p.replies.len() > REPLY_BACKLOG_MAX
             || p.awaiting.len() >= AWAITING_MAX
         {
@@ -374,6 +380,12 @@ impl Ingest {
             let decoded = self.publishers[index].decoder.decode(&input[at..]);
             match decoded {
                 Decoded::Command { command, consumed } => {
+                    // Decoding keeps no state between commands: a held one is decoded
+                    // again when it may go.
+                    if self.must_wait(index, &command) {
+                        self.publishers[index].held = true;
+                        break;
+                    }
                     at += consumed;
                     self.publishers[index].last_command = self.ticks;
                     self.execute(index, command);
@@ -396,6 +408,49 @@ impl Ingest {
         }
         input.drain(..at);
         self.publishers[index].input = input;
+    }
+
+    /// With a backplane: whether `command` must wait, because the publisher has
+    /// [`AWAITING_MAX`] replies waiting, or because it is a SEND for another node and
+    /// the relay has no room ([`backplane::InFlight`]). Backends are slowed down rather
+    /// than refused; every relay ends within `--backplane-timeout-ms`.
+    fn must_wait(&self, index: usize, command: &Command<'_>) -> bool {
+        let Some(link) = &self.shared.backplane else {
+            return false;
+        };
+        if self.publishers[index].awaiting.len() >= AWAITING_MAX {
+            return true;
+        }
+        let Command::Send(send) = command else {
+            return false;
+        };
+        match ConnId::parse_addressed(send.conn) {
+            Some((Some(node), _)) if node != &*self.node => {
+                !link.backplane.relaying.room_for(send.payload.len())
+            }
+            _ => false,
+        }
+    }
+
+    /// Lets held publishers go on once answers have made room.
+    fn resume_held(&mut self) {
+        let held: Vec<usize> = self
+            .publishers
+            .iter()
+            .filter(|(_, p)| p.held)
+            .map(|(i, _)| i)
+            .collect();
+        for index in held {
+            // Nothing arms a receive for a held publisher, so its input is not lent out.
+            debug_assert!(
+                !self.publishers[index].recv_armed,
+                "publisher {index} held with a receive armed"
+            );
+            self.publishers[index].held = false;
+            self.process(index);
+            self.arm_recv(index);
+            self.flush(index);
+        }
     }
 
     fn execute(&mut self, index: usize, command: Command<'_>) {
@@ -545,6 +600,7 @@ impl Ingest {
         for undelivered in taken.undelivered {
             self.refuse_upstream(undelivered.from, &undelivered.reason);
         }
+        self.resume_held();
         self.ring_down_doorbells();
     }
 
