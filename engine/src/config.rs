@@ -141,8 +141,7 @@ pub struct Config {
     )]
     pub backplane_timeout_ms: u64,
 
-    /// This node's name in the cluster, 1-64 bytes of [A-Za-z0-9_.-], unique in it
-    /// [default: the hostname].
+    /// This node's name in the cluster [default: the hostname].
     #[arg(long, value_name = "NAME", env = "RINGCAST_NODE_ID")]
     pub node_id: Option<String>,
 
