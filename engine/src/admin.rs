@@ -576,7 +576,7 @@ fn auth_metrics(out: &mut String, shared: &Shared) {
 }
 
 /// The backplane's figures: the metric name's tail, its help, its value.
-fn backplane_counters(s: &crate::backplane::Status) -> [(&'static str, &'static str, u64); 8] {
+fn backplane_counters(s: &crate::backplane::Status) -> [(&'static str, &'static str, u64); 13] {
     [
         (
             "last_sequence",
@@ -614,6 +614,31 @@ fn backplane_counters(s: &crate::backplane::Status) -> [(&'static str, &'static 
             s.skipped.load(Relaxed),
         ),
         ("batches_total", "Atomic batches sent.", s.batches.load(Relaxed)),
+        (
+            "sends_relayed_total",
+            "Backends' SENDs relayed to the node holding the connection.",
+            s.sends_relayed.load(Relaxed),
+        ),
+        (
+            "sends_received_total",
+            "SENDs other nodes relayed for this node's connections.",
+            s.sends_received.load(Relaxed),
+        ),
+        (
+            "upstream_relayed_total",
+            "Client messages relayed to backends on other nodes.",
+            s.upstream_relayed.load(Relaxed),
+        ),
+        (
+            "upstream_received_total",
+            "Client messages other nodes relayed for this node's backends.",
+            s.upstream_received.load(Relaxed),
+        ),
+        (
+            "relay_failed_total",
+            "Relayed SENDs and client messages not taken: refused by the other node, no such node, no backend, or no answer in time.",
+            s.relay_failed.load(Relaxed),
+        ),
     ]
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::conn::outq::{Limits, Policy};
+use crate::proto::ingest::is_valid_node_id;
 use crate::ring::history::HistoryLimits;
 
 fn parse_policy(s: &str) -> Result<(String, Policy), String> {
@@ -824,6 +825,23 @@ impl Config {
             self.backplane_replicas,
             "must be 1 to 5",
         )?;
+        if let Some(id) = &self.node_id {
+            check(
+                is_valid_node_id(id.as_bytes()),
+                "node-id",
+                id,
+                "must be 1-64 bytes of [A-Za-z0-9_.-]: it names the node in connection ids \
+                 (<node>/<loop>.<slot>.<generation>) and in NATS subjects",
+            )?;
+        } else if !self.backplane.is_empty() {
+            let host = self.node_name();
+            check(
+                is_valid_node_id(host.as_bytes()),
+                "node-id",
+                format!("(unset; the hostname {host:?})"),
+                "the hostname is not a valid node id (1-64 bytes of [A-Za-z0-9_.-]); pass --node-id",
+            )?;
+        }
         check(
             self.backplane_timeout_ms >= 100,
             "backplane-timeout-ms",
@@ -1083,6 +1101,22 @@ mod tests {
         assert!(parsed(&["--ingest-group", "", "--ingest-mode", "0660"])
             .validate()
             .is_err());
+    }
+
+    #[test]
+    fn node_ids_that_cannot_name_a_node_are_refused() {
+        for good in ["a", "node-1", "eu_west.2", &"n".repeat(64)] {
+            let cfg = load("", &["--node-id", good]).unwrap();
+            cfg.validate().unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in ["", "a b", "a/b", "a*", "a>", "tab\there", &"n".repeat(65)] {
+            let cfg = load("", &["--node-id", bad]).unwrap();
+            let e = cfg.validate().expect_err(bad).to_string();
+            assert!(
+                e.starts_with("--node-id ") && e.contains("[A-Za-z0-9_.-]"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

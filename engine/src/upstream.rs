@@ -1,6 +1,8 @@
 //! Messages between WebSocket clients and backends, which cross threads: a client's
 //! message goes from its loop to the ingest thread and on to a backend that sent
-//! `UPSTREAM`; a backend's `SEND` goes from the ingest thread to the client's loop.
+//! `UPSTREAM`; a backend's `SEND` goes from the ingest thread to the client's loop. In a
+//! cluster either may also cross nodes, through the backplane (see
+//! [`crate::backplane::relay`]); the loops never know.
 //!
 //! Each loop has one [`Mailbox`]: two bounded queues under short mutexes, plus a
 //! `MSG_RING` doorbell to the other side's ring so nobody polls. These queues carry
@@ -11,6 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
+
+use crate::proto::ingest::is_valid_node_id;
 
 /// Bytes of client messages one loop may have waiting for the ingest thread; a client
 /// whose message does not fit is told so.
@@ -44,6 +48,17 @@ impl ConnId {
         };
         parts.next().is_none().then_some(id)
     }
+
+    /// Parses a connection id as a backend names it: `<loop>.<slot>.<generation>` (on
+    /// this node) or `<node>/<loop>.<slot>.<generation>` (on the node named, which may
+    /// be this one); the node id is 1-64 bytes of `[A-Za-z0-9_.-]`.
+    pub fn parse_addressed(s: &str) -> Option<(Option<&str>, ConnId)> {
+        match s.split_once('/') {
+            Some((node, id)) if is_valid_node_id(node.as_bytes()) => Some((Some(node), ConnId::parse(id)?)),
+            Some(_) => None,
+            None => Some((None, ConnId::parse(s)?)),
+        }
+    }
 }
 
 /// A client's message on its way to a backend.
@@ -54,11 +69,13 @@ pub struct Upstream {
     pub payload: Bytes,
 }
 
-/// A backend's message on its way to one client.
+/// A backend's message on its way to one client, or the client's own message coming
+/// back undelivered (`refusal`: a `ringcast.error` frame, counted as `upstream_refused`).
 pub struct Downstream {
     pub index: u32,
     pub generation: u32,
     pub payload: Bytes,
+    pub refusal: bool,
 }
 
 struct Queue<T> {
@@ -161,6 +178,22 @@ mod tests {
         for bad in ["", "1.2", "1.2.3.4", "a.b.c", "1..3", "99999999999.1.1"] {
             assert_eq!(ConnId::parse(bad), None, "{bad}");
         }
+        assert_eq!(ConnId::parse_addressed("1.42.7"), Some((None, id)));
+        assert_eq!(
+            ConnId::parse_addressed("eu-1.host/1.42.7"),
+            Some((Some("eu-1.host"), id))
+        );
+        for bad in [
+            "/1.42.7",
+            "a/b/1.42.7",
+            "a b/1.42.7",
+            "a*/1.42.7",
+            "a>/1.42.7",
+            "a/1.42",
+            "a/",
+        ] {
+            assert_eq!(ConnId::parse_addressed(bad), None, "{bad}");
+        }
     }
 
     #[test]
@@ -188,7 +221,8 @@ mod tests {
         assert!(m.push_down(Downstream {
             index: 1,
             generation: 2,
-            payload: big
+            payload: big,
+            refusal: false,
         }));
         assert_eq!(m.take_down().map(|q| q.len()), Some(1));
         assert!(m.take_down().is_none());

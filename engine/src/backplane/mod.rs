@@ -52,37 +52,134 @@
 //! `--history-events` is the stream's messages per subject, `--history-age-secs` its
 //! maximum age, `--history-bytes-total` its maximum bytes; `--history-bytes` (per topic)
 //! bounds only the local cache, JetStream having no per-subject byte limit.
+//!
+//! # Upstream across nodes
+//!
+//! A WebSocket lives on one node, its backend may be connected to any. In a cluster a
+//! connection id names its node, `<node>/<loop>.<slot>.<generation>` (`--node-id`), and
+//! the ingest thread hands what it cannot do locally to the backplane thread, which
+//! relays it as a NATS request outside the stream (see [`relay`]):
+//!
+//! ```text
+//!  backend --SEND b/0.4.1--> ingest(a) --Request::Send--> backplane(a) --request-->
+//!      ringcast-relay.<stream>.send.b --> backplane(b) --ToIngest::sends--> ingest(b)
+//!      --send_down--> loop 0 of b;  the answer goes back the same way, `+OK sent` or
+//!      `-ERR <reason>` in the backend's command order (an [`Ack`] of [`Acked::Sent`])
+//!
+//!  client on a --> ingest(a): no local backend --Request::Upstream--> backplane(a)
+//!      --request--> ringcast-relay.<stream>.up (queue group of the nodes with a backend)
+//!      --> backplane(b) --ToIngest::upstream--> ingest(b) --MSG a/0.4.1--> a backend on b
+//! ```
+//!
+//! A node subscribes to the queue group while it has a local backend (`UPSTREAM` is
+//! answered once the subscription has reached NATS). No node subscribed is NATS's "no
+//! responders": a SEND gets `-ERR no such node: <node>`, a client message the usual
+//! `ringcast.error` that no backend listens. Every relay is answered within
+//! `--backplane-timeout-ms` and bounded in count and bytes on both sides
+//! ([`RELAY_MESSAGES_MAX`], [`INBOUND_MESSAGES_MAX`]).
 pub mod nats;
 pub mod proof;
+pub mod relay;
 pub mod subject;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 
 use crate::event::Event;
 use crate::ring::history::PageLimits;
+use crate::upstream::ConnId;
 
 /// Events the backplane thread may have waiting for the ingest thread; beyond this it
 /// stops reading the stream until the ingest thread catches up (JetStream holds the rest).
 pub const CONSUMED_WAITING_MAX: usize = 16_384;
 
+/// SENDs and client messages this node has relayed to other nodes and not yet seen
+/// answered; beyond this a SEND is refused and a client told its message was not taken.
+pub const RELAY_MESSAGES_MAX: usize = 4096;
+/// Their payload bytes.
+pub const RELAY_BYTES_MAX: usize = 16 << 20;
+/// SENDs and client messages from other nodes waiting for the ingest thread; beyond this
+/// the backplane thread answers them itself that this node is busy.
+pub const INBOUND_MESSAGES_MAX: usize = 4096;
+/// Their payload bytes.
+pub const INBOUND_BYTES_MAX: usize = 16 << 20;
+
+/// Who asked the backplane, for the answer: a publisher's slab index and serial, and the
+/// ticket of the reply the answer fills in (a publisher's replies keep command order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Asker {
+    pub index: usize,
+    pub serial: u64,
+    pub ticket: u64,
+}
+
 /// A publisher's event on its way to JetStream.
 pub struct Publish {
-    /// Which publisher asked, for the acknowledgement: its slab index and serial.
-    pub publisher: (usize, u64),
+    pub asker: Asker,
     pub topic: Box<str>,
     pub event: Option<Box<str>>,
     pub key: Option<Box<str>>,
     pub payload: Bytes,
 }
 
-/// The answer to a [`Publish`]: the stored event's stream sequence, or why not.
+/// What the backplane did for an [`Asker`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acked {
+    /// A [`Publish`] was stored with this stream sequence: `+OK <id>`.
+    Stored(u64),
+    /// A [`RelaySend`] was queued for its connection on the other node: `+OK sent`.
+    Sent,
+    /// An `UPSTREAM` backend is reachable from every node: `+OK upstream`.
+    Listening,
+}
+
+/// The answer to a request of an [`Asker`], or the reason it failed (`-ERR <reason>`).
 pub struct Ack {
-    pub publisher: (usize, u64),
-    pub result: Result<u64, String>,
+    pub asker: Asker,
+    pub result: Result<Acked, String>,
+}
+
+/// A backend's `SEND` for a connection on another node.
+pub struct RelaySend {
+    pub asker: Asker,
+    /// The node holding the connection.
+    pub node: Box<str>,
+    pub conn: ConnId,
+    pub payload: Bytes,
+}
+
+/// A client's message that no backend on this node could take, for one on another node.
+pub struct RelayUp {
+    pub from: ConnId,
+    /// A text frame (else binary).
+    pub text: bool,
+    pub payload: Bytes,
+}
+
+/// A `SEND` another node relayed for a connection of this node.
+pub struct InboundSend {
+    pub conn: ConnId,
+    pub payload: Bytes,
+    /// Where the answer goes (a NATS reply subject).
+    pub reply: String,
+}
+
+/// A client's message another node relayed for a backend of this node.
+pub struct InboundUp {
+    /// The client's connection id, `<node>/<loop>.<slot>.<generation>` (checked).
+    pub from: String,
+    pub text: bool,
+    pub payload: Bytes,
+    pub reply: String,
+}
+
+/// A client's message relayed to other nodes that no backend took, and why.
+pub struct Undelivered {
+    pub from: ConnId,
+    pub reason: String,
 }
 
 /// An event the stream delivered, in stream order.
@@ -128,12 +225,81 @@ pub struct Fetched {
 pub struct ToIngest {
     pub consumed: VecDeque<Consumed>,
     pub acks: VecDeque<Ack>,
+    /// Bounded with `upstream` by [`INBOUND_MESSAGES_MAX`] and `inbound_bytes`.
+    pub sends: VecDeque<InboundSend>,
+    pub upstream: VecDeque<InboundUp>,
+    /// Payload bytes of `sends` and `upstream`, bounded by [`INBOUND_BYTES_MAX`].
+    pub inbound_bytes: usize,
+    /// At most one per relayed client message, so bounded by [`RELAY_MESSAGES_MAX`].
+    pub undelivered: VecDeque<Undelivered>,
 }
 
 /// Requests to the backplane thread.
 pub enum Request {
     Publish(Publish),
     Fetch(FetchRequest),
+    /// Relay a `SEND` to the node holding the connection; answered with an [`Ack`].
+    Send(RelaySend),
+    /// Relay a client's message to a backend on another node; answered only when it
+    /// fails, with an [`Undelivered`].
+    Upstream(RelayUp),
+    /// A backend on this node sent `UPSTREAM`: join the queue group if it is the first,
+    /// then answer with an [`Ack`] of [`Acked::Listening`].
+    Listen(Asker),
+    /// A backend that had sent `UPSTREAM` left: leave the queue group if it was the last.
+    Unlisten,
+    /// The answer to an [`InboundSend`] or [`InboundUp`]: `Ok` when it was taken.
+    Answer {
+        reply: String,
+        result: Result<(), String>,
+    },
+}
+
+/// Relayed messages awaiting their answer: the ingest thread takes room before it asks
+/// the backplane thread, which gives it back once the answer is in, so that what waits
+/// on other nodes (or on NATS) is bounded by [`RELAY_MESSAGES_MAX`] and [`RELAY_BYTES_MAX`].
+/// A backend's SEND waits for room ([`InFlight::room_for`]); a client's message that
+/// finds none is refused.
+#[derive(Default)]
+pub struct InFlight {
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+    /// A SEND waits for room: the ingest thread is rung when some is given back.
+    wanted: AtomicBool,
+}
+
+impl InFlight {
+    /// Whether one more message of `bytes` fits (always, when nothing is in flight, so a
+    /// payload over the byte bound cannot wait forever); when not, the ingest thread is
+    /// rung once room is given back.
+    pub fn room_for(&self, bytes: usize) -> bool {
+        let messages = self.messages.load(Ordering::Acquire);
+        let held = self.bytes.load(Ordering::Acquire);
+        let fits = messages == 0 || (messages < RELAY_MESSAGES_MAX && held + bytes <= RELAY_BYTES_MAX);
+        if !fits {
+            self.wanted.store(true, Ordering::Release);
+        }
+        fits
+    }
+
+    /// Takes room for one message of `bytes`; false (and nothing taken) when it does not
+    /// fit. Only the ingest thread takes, so room seen by [`InFlight::room_for`] is there.
+    pub fn take(&self, bytes: usize) -> bool {
+        if !self.room_for(bytes) {
+            return false;
+        }
+        self.messages.fetch_add(1, Ordering::AcqRel);
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        true
+    }
+
+    /// Gives back the room of one answered message; true when a SEND was waiting for it
+    /// (the caller rings the ingest thread).
+    pub fn give_back(&self, bytes: usize) -> bool {
+        self.messages.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.wanted.swap(false, Ordering::AcqRel)
+    }
 }
 
 /// The backplane as every other thread sees it.
@@ -148,6 +314,11 @@ pub struct Backplane {
     /// Per loop: answers to its fetches.
     pub fetched: Vec<Mutex<Vec<Fetched>>>,
     pub status: Status,
+    /// Relayed messages awaiting their answer.
+    pub relaying: InFlight,
+    /// The largest payload a relayed message may have (the NATS server's limit less
+    /// room for headers); set once joined.
+    pub relay_payload_max: AtomicUsize,
 }
 
 /// The backplane's health, for `/healthz`, `/metrics` and the loops.
@@ -173,6 +344,17 @@ pub struct Status {
     pub skipped: AtomicU64,
     /// Atomic batches sent (their events are `published` or `refused`).
     pub batches: AtomicU64,
+    /// Backends' `SEND`s relayed to the node holding the connection.
+    pub sends_relayed: AtomicU64,
+    /// `SEND`s other nodes relayed for this node's connections.
+    pub sends_received: AtomicU64,
+    /// Client messages relayed to backends on other nodes.
+    pub upstream_relayed: AtomicU64,
+    /// Client messages other nodes relayed for this node's backends.
+    pub upstream_received: AtomicU64,
+    /// Relayed `SEND`s and client messages not taken: refused by the other node, no
+    /// such node, no backend anywhere, or no answer in time.
+    pub relay_failed: AtomicU64,
 }
 
 impl Status {
@@ -247,4 +429,6 @@ pub enum BackplaneError {
     Stream { stream: String, reason: String },
     #[error("cannot start the backplane thread: {0}")]
     Thread(String),
+    #[error("another node of the cluster is running as {node}; give each node its own --node-id")]
+    DuplicateNode { node: String },
 }

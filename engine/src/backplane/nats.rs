@@ -9,7 +9,9 @@
 //!   thread has [`super::CONSUMED_WAITING_MAX`] events waiting;
 //! - fetches: a loop's resume its history cannot fill, read with batched direct gets per
 //!   topic and proven whole or not;
-//! - the watch: the connection's state, for `/healthz` and for failing publishes fast.
+//! - the watch: the connection's state, for `/healthz` and for failing publishes fast;
+//! - the relay (see [`super::relay`]): SENDs and client messages to and from other nodes,
+//!   and the queue group of the nodes with a backend.
 //!
 //! It never blocks the io_uring loops: they see its results in mailboxes and are woken
 //! by `MSG_RING` doorbells from the thread's own small ring ([`crate::sys::uring::Bell`]).
@@ -27,8 +29,9 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::proof::{self, Evidence, Prev, PREV_HEADER};
+use super::relay::{self, Listening, Outgoing, Relay};
 use super::{
-    subject, Ack, Backplane, BackplaneError, Consumed, FetchRequest, Fetched, Joined, Publish, Request,
+    subject, Ack, Acked, Backplane, BackplaneError, Consumed, FetchRequest, Fetched, Joined, Publish, Request,
 };
 use crate::config::Config;
 use crate::event::{Epoch, Event};
@@ -59,12 +62,12 @@ pub struct Bells {
 
 /// What the backplane needs from the configuration.
 #[derive(Clone)]
-struct Settings {
+pub(super) struct Settings {
     urls: Vec<String>,
-    stream: String,
-    node: String,
+    pub(super) stream: String,
+    pub(super) node: String,
     replicas: usize,
-    timeout: Duration,
+    pub(super) timeout: Duration,
     per_subject: i64,
     max_age: Duration,
     max_bytes: i64,
@@ -108,6 +111,8 @@ pub fn start(config: &Config, loops: usize) -> Result<(Arc<Backplane>, Arc<Bells
         drained: tokio::sync::Notify::new(),
         fetched: (0..loops).map(|_| Default::default()).collect(),
         status: Default::default(),
+        relaying: Default::default(),
+        relay_payload_max: Default::default(),
     });
     let bells = Arc::new(Bells {
         ingest: AtomicI32::new(-1),
@@ -134,9 +139,19 @@ pub fn start(config: &Config, loops: usize) -> Result<(Arc<Backplane>, Arc<Bells
                         return;
                     }
                 };
-                let (client, stream, info) = joined;
+                let (client, stream, info, subscriptions) = joined;
                 let _ = ready_tx.send(Ok(info));
-                serve(settings, client, stream, info, shared.0, shared.1, requests_rx).await;
+                serve(
+                    settings,
+                    client,
+                    stream,
+                    info,
+                    subscriptions,
+                    shared.0,
+                    shared.1,
+                    requests_rx,
+                )
+                .await;
             });
         })
         .map_err(|e| BackplaneError::Thread(e.to_string()))?;
@@ -148,11 +163,24 @@ pub fn start(config: &Config, loops: usize) -> Result<(Arc<Backplane>, Arc<Bells
         .status
         .last_seq
         .store(joined.last_seq, Ordering::Release);
+    backplane
+        .relay_payload_max
+        .store(joined.payload_max, Ordering::Release);
     Ok((backplane, bells, joined))
 }
 
-/// Connects and finds or creates the stream.
-async fn join(s: &Settings) -> Result<(Client, stream::Stream, Joined), BackplaneError> {
+/// The node's own subscriptions, made before it serves.
+struct Subscriptions {
+    /// The inbox answers to this node's relayed requests come to.
+    inbox: String,
+    answers: async_nats::Subscriber,
+    /// SENDs other nodes relay to this one.
+    sends: async_nats::Subscriber,
+}
+
+/// Connects, finds or creates the stream, and subscribes to what other nodes relay to
+/// this one (refusing to start when a node of the same name already runs).
+async fn join(s: &Settings) -> Result<(Client, stream::Stream, Joined, Subscriptions), BackplaneError> {
     let urls = s.urls.join(",");
     let unreachable = |reason: String| BackplaneError::Unreachable {
         urls: urls.clone(),
@@ -202,6 +230,7 @@ async fn join(s: &Settings) -> Result<(Client, stream::Stream, Joined), Backplan
         .unwrap_or(1)
         .max(1);
     let payload_max = client.server_info().max_payload.saturating_sub(HEADER_ROOM);
+    let subscriptions = subscribe(s, &client).await?;
     Ok((
         client,
         stream,
@@ -210,7 +239,33 @@ async fn join(s: &Settings) -> Result<(Client, stream::Stream, Joined), Backplan
             last_seq: info.state.last_sequence,
             payload_max,
         },
+        subscriptions,
     ))
+}
+
+/// Subscribes to this node's relay subjects, once no other node answers on them.
+async fn subscribe(s: &Settings, client: &Client) -> Result<Subscriptions, BackplaneError> {
+    if relay::another_runs_as(client, &s.stream, &s.node, s.timeout).await {
+        return Err(BackplaneError::DuplicateNode { node: s.node.clone() });
+    }
+    let failed = |e: async_nats::SubscribeError| BackplaneError::Unreachable {
+        urls: s.urls.join(","),
+        reason: format!("cannot subscribe: {e}"),
+    };
+    let inbox = client.new_inbox();
+    let answers = client
+        .subscribe(Relay::replies_subject(&inbox))
+        .await
+        .map_err(failed)?;
+    let sends = client
+        .subscribe(subject::node_sends(&s.stream, &s.node))
+        .await
+        .map_err(failed)?;
+    Ok(Subscriptions {
+        inbox,
+        answers,
+        sends,
+    })
 }
 
 /// The stream ringcast creates when none exists.
@@ -285,12 +340,12 @@ fn check_compatible(s: &Settings, c: &stream::Config) -> Result<(), BackplaneErr
 }
 
 /// The thread's state, shared by its tasks (one thread: `Rc`, no locks).
-struct Node {
-    settings: Settings,
-    client: Client,
+pub(super) struct Node {
+    pub(super) settings: Settings,
+    pub(super) client: Client,
     stream: RefCell<stream::Stream>,
     epoch: Epoch,
-    backplane: Arc<Backplane>,
+    pub(super) backplane: Arc<Backplane>,
     bells: Arc<Bells>,
     bell: RefCell<Option<Bell>>,
     /// The stream sequence of each topic's newest message, as far as this node knows.
@@ -298,13 +353,17 @@ struct Node {
     /// The connection came back: the consumer starts again at once rather than waiting
     /// for its heartbeats to say the server lost it.
     reconnected: tokio::sync::Notify,
+    /// Relayed requests awaiting their answers.
+    pub(super) relay: Relay,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     settings: Settings,
     client: Client,
     stream: stream::Stream,
     joined: Joined,
+    subscriptions: Subscriptions,
     backplane: Arc<Backplane>,
     bells: Arc<Bells>,
     mut requests: UnboundedReceiver<Request>,
@@ -326,11 +385,21 @@ async fn serve(
         bell: RefCell::new(bell),
         last: RefCell::new(HashMap::new()),
         reconnected: tokio::sync::Notify::new(),
+        relay: Relay::new(subscriptions.inbox),
     });
     let (publish_tx, publish_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Unbounded channels, each bounded by what feeds it: the ingest thread's room in
+    // `InFlight`, the inbound queues, and one listen per backend.
+    let (relay_tx, relay_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (listen_tx, listen_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::task::spawn_local(publisher(Rc::clone(&node), publish_rx));
     tokio::task::spawn_local(consumer(Rc::clone(&node), joined.last_seq + 1));
     tokio::task::spawn_local(watch(Rc::clone(&node)));
+    tokio::task::spawn_local(relay::outbound(Rc::clone(&node), relay_rx));
+    tokio::task::spawn_local(relay::answers(Rc::clone(&node), subscriptions.answers));
+    tokio::task::spawn_local(relay::expire(Rc::clone(&node)));
+    tokio::task::spawn_local(relay::sends_in(Rc::clone(&node), subscriptions.sends));
+    tokio::task::spawn_local(relay::listeners(Rc::clone(&node), listen_rx));
     while let Some(request) = requests.recv().await {
         match request {
             Request::Publish(p) => {
@@ -338,6 +407,21 @@ async fn serve(
             }
             Request::Fetch(f) => {
                 tokio::task::spawn_local(fetch_task(Rc::clone(&node), f));
+            }
+            Request::Send(s) => {
+                let _ = relay_tx.send(Outgoing::Send(s));
+            }
+            Request::Upstream(u) => {
+                let _ = relay_tx.send(Outgoing::Up(u));
+            }
+            Request::Answer { reply, result } => {
+                let _ = relay_tx.send(Outgoing::Answer { reply, result });
+            }
+            Request::Listen(asker) => {
+                let _ = listen_tx.send(Listening::Listen(asker));
+            }
+            Request::Unlisten => {
+                let _ = listen_tx.send(Listening::Unlisten);
             }
         }
     }
@@ -354,13 +438,13 @@ impl Node {
         }
     }
 
-    fn ring_ingest(&self) {
+    pub(super) fn ring_ingest(&self) {
         if !self.backplane.ingest_bell_pending.swap(true, Ordering::AcqRel) {
             self.ring(&self.bells.ingest, crate::ingest::BACKPLANE_BELL_DATA);
         }
     }
 
-    fn ack(&self, acks: impl IntoIterator<Item = Ack>) {
+    pub(super) fn ack(&self, acks: impl IntoIterator<Item = Ack>) {
         self.backplane
             .to_ingest
             .lock()
@@ -370,7 +454,7 @@ impl Node {
         self.ring_ingest();
     }
 
-    fn connected(&self) -> bool {
+    pub(super) fn connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 }
@@ -437,8 +521,8 @@ async fn publisher(node: Rc<Node>, mut rx: UnboundedReceiver<Publish>) {
                     Err(_) => status.refused.fetch_add(1, Ordering::Relaxed),
                 };
                 Ack {
-                    publisher: p.publisher,
-                    result,
+                    asker: p.asker,
+                    result: result.map(Acked::Stored),
                 }
             })
             .collect();
@@ -452,7 +536,7 @@ async fn store(node: &Node, batch: &[Publish]) -> Vec<Result<u64, String>> {
     for _ in 0..CONFLICT_RETRIES {
         if !node.connected() {
             node.mark_down();
-            return refuse(format!("backplane unavailable: {}", down_reason(node)));
+            return refuse(format!("backplane unavailable: {}", node.down_reason()));
         }
         node.backplane.status.batches.fetch_add(1, Ordering::Relaxed);
         match send_batch(node, batch).await {
@@ -480,12 +564,15 @@ async fn store(node: &Node, batch: &[Publish]) -> Vec<Result<u64, String>> {
     ))
 }
 
-fn down_reason(node: &Node) -> String {
-    let reason = node.backplane.status.reason();
-    if reason.is_empty() {
-        "not connected to NATS".into()
-    } else {
-        reason
+impl Node {
+    /// Why NATS cannot be used now.
+    pub(super) fn down_reason(&self) -> String {
+        let reason = self.backplane.status.reason();
+        if reason.is_empty() {
+            "not connected to NATS".into()
+        } else {
+            reason
+        }
     }
 }
 

@@ -48,6 +48,19 @@ pub fn all_topics(prefix: &str) -> String {
     format!("{prefix}.*")
 }
 
+/// The subject of the `SEND`s other nodes relay to `node`:
+/// `ringcast-relay.<stream>.send.<node>`, the node id escaped like a topic (its dots
+/// would split the token). Four tokens: no stream's `<name>.*` can capture it.
+pub fn node_sends(stream: &str, node: &str) -> String {
+    of_topic(&format!("ringcast-relay.{stream}.send"), node)
+}
+
+/// The subject of client messages for a backend on any node:
+/// `ringcast-relay.<stream>.up`. Three tokens, outside every stream like [`node_sends`].
+pub fn upstream(stream: &str) -> String {
+    format!("ringcast-relay.{stream}.up")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +80,18 @@ mod tests {
             "RC", "RC.", "RCX.a", "RC.a.b", "RC.a~", "RC.a~41", "RC.a b", "XX.a",
         ] {
             assert_eq!(topic_of("RC", bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn relay_subjects_stay_out_of_every_stream() {
+        assert_eq!(node_sends("RC", "node-1"), "ringcast-relay.RC.send.node-1");
+        assert_eq!(node_sends("RC", "a.b"), "ringcast-relay.RC.send.a~2Eb");
+        assert_ne!(node_sends("RC", "a.b"), node_sends("RC", "a~2Eb"));
+        assert_eq!(upstream("RC"), "ringcast-relay.RC.up");
+        // A stream's subjects are exactly two tokens (`<name>.*`); these are more.
+        for subject in [node_sends("RC", "a.b"), upstream("RC")] {
+            assert!(subject.split('.').count() > 2, "{subject}");
         }
     }
 

@@ -12,6 +12,13 @@
 //! publishers can never lock HTTP publishing out. A publisher that sends no command for
 //! `--publisher-idle-ms` is told so and closed, unless it listens for upstream messages
 //! (a backend waiting for them may be quiet for hours) or is the engine's own.
+//!
+//! Upstream: client messages from the loops' mailboxes go to backends that sent
+//! `UPSTREAM`, round-robin; a backend's `SEND` goes to its connection's loop. With a
+//! backplane, connection ids name their node (`<node>/<loop>.<slot>.<generation>`), and
+//! what this node cannot do itself (a SEND for another node's connection, a client
+//! message with no local backend to take it) is relayed through the backplane thread
+//! (see [`crate::backplane::relay`]), which also hands in what other nodes relay here.
 pub mod client;
 
 use std::io;
@@ -24,17 +31,18 @@ use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
+use crate::backplane::{self, Acked, Asker, Request};
 use crate::engine::Shared;
 use crate::event::Event;
 use crate::proto::ingest::{self, Command, Decoded, IngestDecoder, IngestLimits, Publish};
+use crate::proto::json;
 use crate::ring::broadcast::Producer;
 use crate::shard::DOORBELL_DATA;
+use crate::sys::uring::{self, RingSize};
 use crate::upstream::{ConnId, Downstream};
 
-/// What a client's message becomes when no backend can take it.
-const NO_BACKEND: &[u8] =
-    br#"{"event":"ringcast.error","reason":"no backend is listening for upstream messages","topic":null}"#;
-use crate::sys::uring::{self, RingSize};
+/// Why a client's message comes back when no backend anywhere can take it.
+pub const NO_BACKEND: &str = "no backend is listening for upstream messages";
 
 mod tag {
     pub const ACCEPT: u8 = 1;
@@ -54,8 +62,9 @@ pub const UPSTREAM_BELL_DATA: u64 = user_data(tag::UPSTREAM_BELL, 0);
 /// The `user_data` of the backplane thread's doorbell to this thread.
 pub const BACKPLANE_BELL_DATA: u64 = user_data(tag::BACKPLANE_BELL, 0);
 
-/// Publishes of one publisher waiting for the backplane's acknowledgement; beyond this
-/// its input is not read until some are answered.
+/// Replies of one publisher waiting for the backplane's answer (and the replies behind
+/// them); beyond this its commands wait, and its input is not read, until some are
+/// answered.
 const AWAITING_MAX: usize = 4096;
 
 /// A backend with more unread bytes than this is passed over for client messages.
@@ -94,15 +103,21 @@ struct Publisher {
     send_armed: bool,
     /// No more input is read (QUIT, EOF or lost framing); close once replies are out.
     closing: bool,
+    /// With a backplane: its next command waits (in `input`, which is not read further)
+    /// for answers to come back, its own or, for a relayed SEND, any publisher's.
+    held: bool,
     /// Sent `UPSTREAM`: client messages are pushed to it.
     upstream: bool,
     /// Connected from the engine's own process: in a reserved slot, never idle-closed.
     own: bool,
     /// Distinguishes this publisher from later ones in the same slot, for acknowledgements.
     serial: u64,
-    /// With a backplane: replies in command order from the first publish still waiting
-    /// for its acknowledgement on (`None`: waiting). Empty otherwise.
+    /// With a backplane: replies in command order from the first command still waiting
+    /// for the backplane's answer on (`None`: waiting). Empty otherwise.
     awaiting: std::collections::VecDeque<Option<Vec<u8>>>,
+    /// The ticket of `awaiting`'s front: each entry's ticket is this plus its position,
+    /// so an answer finds its reply whatever order answers come in.
+    awaiting_front: u64,
     /// The tick of the last complete command (or of the connect).
     last_command: u32,
 }
@@ -129,6 +144,8 @@ struct Ingest {
     stopping_since: Option<u32>,
     /// Serial of the next publisher.
     next_serial: u64,
+    /// This node's id in the cluster, naming it in connection ids.
+    node: Box<str>,
 }
 
 /// What the ingest thread needs; the thread itself builds its ring (`SINGLE_ISSUER`
@@ -160,6 +177,7 @@ impl IngestThread {
                 .store(ring.as_raw_fd(), std::sync::atomic::Ordering::Release);
         }
         let loops = self.shard_rings.len();
+        let node = self.shared.config.node_name().into();
         let limits = IngestLimits {
             payload_max: self.shared.config.payload_max,
             line_max: LINE_MAX,
@@ -180,6 +198,7 @@ impl IngestThread {
             next_listener: 0,
             stopping_since: None,
             next_serial: 0,
+            node,
         }
         .run()
     }
@@ -290,11 +309,13 @@ impl Ingest {
             recv_armed: false,
             send_armed: false,
             closing: false,
+            held: false,
             upstream: false,
             own,
             last_command: self.ticks,
             serial: self.next_serial,
             awaiting: std::collections::VecDeque::new(),
+            awaiting_front: 0,
         });
         self.next_serial += 1;
         self.arm_recv(index);
@@ -307,6 +328,7 @@ impl Ingest {
         let p = &mut self.publishers[index];
         if p.recv_armed
             || p.closing
+            || p.held
             || p.replies.len() > REPLY_BACKLOG_MAX
             || p.awaiting.len() >= AWAITING_MAX
         {
@@ -358,6 +380,12 @@ impl Ingest {
             let decoded = self.publishers[index].decoder.decode(&input[at..]);
             match decoded {
                 Decoded::Command { command, consumed } => {
+                    // Decoding keeps no state between commands: a held one is decoded
+                    // again when it may go.
+                    if self.must_wait(index, &command) {
+                        self.publishers[index].held = true;
+                        break;
+                    }
                     at += consumed;
                     self.publishers[index].last_command = self.ticks;
                     self.execute(index, command);
@@ -382,6 +410,49 @@ impl Ingest {
         self.publishers[index].input = input;
     }
 
+    /// With a backplane: whether `command` must wait, because the publisher has
+    /// [`AWAITING_MAX`] replies waiting, or because it is a SEND for another node and
+    /// the relay has no room ([`backplane::InFlight`]). Backends are slowed down rather
+    /// than refused; every relay ends within `--backplane-timeout-ms`.
+    fn must_wait(&self, index: usize, command: &Command<'_>) -> bool {
+        let Some(link) = &self.shared.backplane else {
+            return false;
+        };
+        if self.publishers[index].awaiting.len() >= AWAITING_MAX {
+            return true;
+        }
+        let Command::Send(send) = command else {
+            return false;
+        };
+        match ConnId::parse_addressed(send.conn) {
+            Some((Some(node), _)) if node != &*self.node => {
+                !link.backplane.relaying.room_for(send.payload.len())
+            }
+            _ => false,
+        }
+    }
+
+    /// Lets held publishers go on once answers have made room.
+    fn resume_held(&mut self) {
+        let held: Vec<usize> = self
+            .publishers
+            .iter()
+            .filter(|(_, p)| p.held)
+            .map(|(i, _)| i)
+            .collect();
+        for index in held {
+            // Nothing arms a receive for a held publisher, so its input is not lent out.
+            debug_assert!(
+                !self.publishers[index].recv_armed,
+                "publisher {index} held with a receive armed"
+            );
+            self.publishers[index].held = false;
+            self.process(index);
+            self.arm_recv(index);
+            self.flush(index);
+        }
+    }
+
     fn execute(&mut self, index: usize, command: Command<'_>) {
         match command {
             Command::Publish(p) if self.shared.backplane.is_some() => self.forward(index, &p),
@@ -399,14 +470,88 @@ impl Ingest {
                 if !p.upstream {
                     p.upstream = true;
                     self.shared.upstream_listeners.add();
+                    // In a cluster the answer waits until other nodes can reach it.
+                    if self.ask(index, Request::Listen) {
+                        return;
+                    }
                 }
                 self.reply(index, b"+OK upstream\r\n");
             }
-            Command::Send(send) => match self.send_down(send.conn, send.payload) {
-                Ok(()) => self.reply(index, b"+OK sent\r\n"),
-                Err(reason) => self.reply(index, format!("-ERR {reason}\r\n").as_bytes()),
-            },
+            Command::Send(send) => self.send(index, send.conn, send.payload),
         }
+    }
+
+    /// With a backplane: hands the request `make` builds (for this publisher's next
+    /// ticket) to the backplane thread and holds the publisher's later replies until it
+    /// is answered. False when there is no backplane or its thread has stopped.
+    fn ask(&mut self, index: usize, make: impl FnOnce(Asker) -> Request) -> bool {
+        let Some(link) = &self.shared.backplane else {
+            return false;
+        };
+        let p = &mut self.publishers[index];
+        let asker = Asker {
+            index,
+            serial: p.serial,
+            ticket: p.awaiting_front + p.awaiting.len() as u64,
+        };
+        if !link.backplane.request(make(asker)) {
+            return false;
+        }
+        p.awaiting.push_back(None);
+        true
+    }
+
+    /// A backend's `SEND`: to a connection of this node at once, to another node's
+    /// through the backplane, answered in command order either way.
+    fn send(&mut self, index: usize, conn: &str, payload: &[u8]) {
+        let Some((node, id)) = ConnId::parse_addressed(conn) else {
+            return self.reply(index, b"-ERR invalid connection id\r\n");
+        };
+        let result = match node.filter(|n| *n != &*self.node) {
+            None => self
+                .send_down(id, Bytes::copy_from_slice(payload))
+                .map_err(str::to_owned),
+            Some(node) => match self.relay_send(index, node, id, payload) {
+                Ok(()) => return,
+                Err(reason) => Err(reason),
+            },
+        };
+        match result {
+            Ok(()) => self.reply(index, b"+OK sent\r\n"),
+            Err(reason) => self.reply(index, format!("-ERR {reason}\r\n").as_bytes()),
+        }
+    }
+
+    /// Hands a `SEND` for another node's connection to the backplane; its answer comes
+    /// as an acknowledgement.
+    fn relay_send(&mut self, index: usize, node: &str, conn: ConnId, payload: &[u8]) -> Result<(), String> {
+        let Some(link) = &self.shared.backplane else {
+            return Err(format!(
+                "no such node: {node} (this engine runs without a backplane)"
+            ));
+        };
+        let relaying = &link.backplane.relaying;
+        if !relaying.take(payload.len()) {
+            return Err("too many SENDs and messages wait for other nodes; try again".into());
+        }
+        let payload = Bytes::copy_from_slice(payload);
+        let node: Box<str> = node.into();
+        let len = payload.len();
+        let asked = self.ask(index, |asker| {
+            Request::Send(backplane::RelaySend {
+                asker,
+                node,
+                conn,
+                payload,
+            })
+        });
+        if asked {
+            return Ok(());
+        }
+        if let Some(link) = &self.shared.backplane {
+            link.backplane.relaying.give_back(len);
+        }
+        Err("backplane unavailable: its thread has stopped".into())
     }
 
     /// Queues a reply behind any still waiting for the backplane, so replies keep the
@@ -422,24 +567,23 @@ impl Ingest {
 
     /// With a backplane: hands the publish to it; the reply waits for JetStream.
     fn forward(&mut self, index: usize, p: &Publish<'_>) {
-        let link = self.shared.backplane.as_ref().expect("a backplane");
-        let publisher = &mut self.publishers[index];
-        let request = crate::backplane::Request::Publish(crate::backplane::Publish {
-            publisher: (index, publisher.serial),
-            topic: p.topic.into(),
-            event: p.event.map(Into::into),
-            key: p.key.map(Into::into),
-            payload: Bytes::copy_from_slice(p.payload),
+        let asked = self.ask(index, |asker| {
+            Request::Publish(backplane::Publish {
+                asker,
+                topic: p.topic.into(),
+                event: p.event.map(Into::into),
+                key: p.key.map(Into::into),
+                payload: Bytes::copy_from_slice(p.payload),
+            })
         });
-        if link.backplane.request(request) {
-            publisher.awaiting.push_back(None);
-        } else {
+        if !asked {
             self.reply(index, b"-ERR backplane unavailable: its thread has stopped\r\n");
         }
     }
 
     /// The backplane's doorbell: puts stream events into the history and the ring in
-    /// stream order, and answers publishes JetStream has stored or refused.
+    /// stream order, answers the requests the backplane has done or failed, and takes
+    /// what other nodes relayed here.
     fn on_backplane(&mut self) {
         let Some(link) = &self.shared.backplane else {
             return;
@@ -451,32 +595,90 @@ impl Ingest {
         if std::mem::take(&mut self.published) {
             self.ring_doorbells(false);
         }
+        self.on_acks(taken.acks);
+        self.on_relayed(taken.sends, taken.upstream);
+        for undelivered in taken.undelivered {
+            self.refuse_upstream(undelivered.from, &undelivered.reason);
+        }
+        self.resume_held();
+        self.ring_down_doorbells();
+    }
+
+    /// Fills in the replies the backplane's answers are for, and sends every reply that
+    /// no longer waits behind an unanswered one.
+    fn on_acks(&mut self, acks: std::collections::VecDeque<backplane::Ack>) {
         let epoch = self.shared.epoch;
         let mut answered = Vec::new();
-        for ack in taken.acks {
-            let (index, serial) = ack.publisher;
+        for ack in acks {
+            let Asker {
+                index,
+                serial,
+                ticket,
+            } = ack.asker;
             let Some(p) = self.publishers.get_mut(index).filter(|p| p.serial == serial) else {
                 continue;
             };
-            let Some(slot) = p.awaiting.iter_mut().find(|r| r.is_none()) else {
+            let at = ticket.wrapping_sub(p.awaiting_front);
+            let Some(slot) = usize::try_from(at).ok().and_then(|at| p.awaiting.get_mut(at)) else {
                 continue;
             };
             let mut reply = Vec::new();
             match ack.result {
-                Ok(seq) => ingest::encode_ok(&mut reply, &epoch.id(seq)),
+                Ok(Acked::Stored(seq)) => ingest::encode_ok(&mut reply, &epoch.id(seq)),
+                Ok(Acked::Sent) => reply.extend_from_slice(b"+OK sent\r\n"),
+                Ok(Acked::Listening) => reply.extend_from_slice(b"+OK upstream\r\n"),
                 Err(reason) => reply.extend_from_slice(format!("-ERR {reason}\r\n").as_bytes()),
             }
             *slot = Some(reply);
             while let Some(Some(_)) = p.awaiting.front() {
                 let ready = p.awaiting.pop_front().flatten().expect("checked");
+                p.awaiting_front += 1;
                 p.replies.extend_from_slice(&ready);
             }
             answered.push(index);
         }
+        answered.sort_unstable();
         answered.dedup();
         for index in answered {
             self.arm_recv(index);
             self.flush(index);
+        }
+    }
+
+    /// What other nodes relayed here: SENDs for this node's connections, and client
+    /// messages for its backends; each is answered through the backplane.
+    fn on_relayed(
+        &mut self,
+        sends: std::collections::VecDeque<backplane::InboundSend>,
+        upstream: std::collections::VecDeque<backplane::InboundUp>,
+    ) {
+        let shared = Arc::clone(&self.shared);
+        let Some(link) = &shared.backplane else {
+            return;
+        };
+        for send in sends {
+            let result = self.send_down(send.conn, send.payload);
+            link.backplane.request(Request::Answer {
+                reply: send.reply,
+                result: result.map_err(str::to_owned),
+            });
+        }
+        for up in upstream {
+            let result = match self.pick_listener() {
+                Some(index) => {
+                    self.push_msg(index, &up.from, up.text, &up.payload);
+                    Ok(())
+                }
+                None if shared.upstream_listeners.any() => Err(format!(
+                    "every backend on node {} is behind on its messages; message not delivered",
+                    self.node
+                )),
+                None => Err(NO_BACKEND.to_owned()),
+            };
+            link.backplane.request(Request::Answer {
+                reply: up.reply,
+                result,
+            });
         }
     }
 
@@ -509,8 +711,7 @@ impl Ingest {
 
     /// Hands a backend's `SEND` to the client's loop. `+OK` means queued there: a
     /// connection that has closed meanwhile never gets it (the loop counts that).
-    fn send_down(&mut self, conn: &str, payload: &[u8]) -> Result<(), &'static str> {
-        let id = ConnId::parse(conn).ok_or("invalid connection id")?;
+    fn send_down(&mut self, id: ConnId, payload: Bytes) -> Result<(), &'static str> {
         let mailbox = self
             .shared
             .mailboxes
@@ -519,7 +720,8 @@ impl Ingest {
         let msg = Downstream {
             index: id.index,
             generation: id.generation,
-            payload: Bytes::copy_from_slice(payload),
+            payload,
+            refusal: false,
         };
         if !mailbox.push_down(msg) {
             return Err("the connection's loop has too much queued; try again");
@@ -529,37 +731,65 @@ impl Ingest {
     }
 
     /// Moves client messages from every loop's mailbox to backends listening with
-    /// `UPSTREAM`, round-robin, as `MSG <conn-id> <length> text|binary` pushes. A message
-    /// no backend can take goes back to its client as an error.
+    /// `UPSTREAM`, round-robin, as `MSG <conn-id> <length> text|binary` pushes. With a
+    /// backplane the id names this node, and a message no local backend can take is
+    /// relayed to a backend on another node. A message no backend can take goes back to
+    /// its client as an error.
     fn route_upstream(&mut self) {
         let shared = Arc::clone(&self.shared);
         for mailbox in &shared.mailboxes {
             for msg in mailbox.take_up() {
-                match self.pick_listener() {
-                    Some(index) => {
-                        let p = &mut self.publishers[index];
-                        let kind = if msg.text { "text" } else { "binary" };
-                        p.replies.extend_from_slice(
-                            format!("MSG {} {} {kind}\r\n", msg.from, msg.payload.len()).as_bytes(),
-                        );
-                        p.replies.extend_from_slice(&msg.payload);
-                        p.replies.extend_from_slice(b"\r\n");
-                        self.flush(index);
-                    }
-                    None => {
-                        let back = Downstream {
-                            index: msg.from.index,
-                            generation: msg.from.generation,
-                            payload: Bytes::from_static(NO_BACKEND),
-                        };
-                        if shared.mailboxes[msg.from.shard as usize].push_down(back) {
-                            self.down_woken[msg.from.shard as usize] = true;
+                if let Some(index) = self.pick_listener() {
+                    let from = match shared.backplane {
+                        Some(_) => format!("{}/{}", self.node, msg.from),
+                        None => msg.from.to_string(),
+                    };
+                    self.push_msg(index, &from, msg.text, &msg.payload);
+                    continue;
+                }
+                match &shared.backplane {
+                    Some(link) => {
+                        if let Err(reason) = relay_up(&link.backplane, msg.from, msg.text, msg.payload) {
+                            self.refuse_upstream(msg.from, &reason);
                         }
                     }
+                    None => self.refuse_upstream(msg.from, NO_BACKEND),
                 }
             }
         }
         self.ring_down_doorbells();
+    }
+
+    /// Pushes a client's message to backend `index`: `MSG <from> <length> text|binary`.
+    fn push_msg(&mut self, index: usize, from: &str, text: bool, payload: &[u8]) {
+        let p = &mut self.publishers[index];
+        let kind = if text { "text" } else { "binary" };
+        p.replies
+            .extend_from_slice(format!("MSG {from} {} {kind}\r\n", payload.len()).as_bytes());
+        p.replies.extend_from_slice(payload);
+        p.replies.extend_from_slice(b"\r\n");
+        self.flush(index);
+    }
+
+    /// Sends a client's message back to it undelivered, as
+    /// `{"event":"ringcast.error","reason":..,"topic":null}`.
+    fn refuse_upstream(&mut self, from: ConnId, reason: &str) {
+        let mut text = Vec::with_capacity(64 + reason.len());
+        text.extend_from_slice(b"{\"event\":\"ringcast.error\",\"reason\":");
+        json::push_string(&mut text, reason);
+        text.extend_from_slice(b",\"topic\":null}");
+        let back = Downstream {
+            index: from.index,
+            generation: from.generation,
+            payload: Bytes::from(text),
+            refusal: true,
+        };
+        let Some(mailbox) = self.shared.mailboxes.get(from.shard as usize) else {
+            return;
+        };
+        if mailbox.push_down(back) {
+            self.down_woken[from.shard as usize] = true;
+        }
     }
 
     /// The next backend listening for client messages that is keeping up with them.
@@ -642,6 +872,9 @@ impl Ingest {
         if p.sending.is_empty() {
             if p.closing && !p.recv_armed && p.awaiting.is_empty() && self.publishers.remove(index).upstream {
                 self.shared.upstream_listeners.remove();
+                if let Some(link) = &self.shared.backplane {
+                    link.backplane.request(Request::Unlisten);
+                }
             }
             return;
         }
@@ -737,6 +970,34 @@ impl Ingest {
             self.flush(index);
         }
     }
+}
+
+/// Hands a client's message no local backend can take to the backplane for a backend on
+/// another node; the reason when it cannot go.
+fn relay_up(
+    backplane: &backplane::Backplane,
+    from: ConnId,
+    text: bool,
+    payload: Bytes,
+) -> Result<(), String> {
+    let max = backplane
+        .relay_payload_max
+        .load(std::sync::atomic::Ordering::Acquire);
+    if payload.len() > max {
+        return Err(format!(
+            "message of {} bytes is over the backplane's limit of {max} bytes; not delivered",
+            payload.len()
+        ));
+    }
+    if !backplane.relaying.take(payload.len()) {
+        return Err("upstream queue full; message not delivered".into());
+    }
+    let len = payload.len();
+    if backplane.request(Request::Upstream(backplane::RelayUp { from, text, payload })) {
+        return Ok(());
+    }
+    backplane.relaying.give_back(len);
+    Err("backplane unavailable: its thread has stopped".into())
 }
 
 /// A best-effort one-off reply on a connection being turned away.

@@ -92,10 +92,11 @@ pub enum Command<'a> {
 }
 
 /// A `SEND` command: a payload for one client connection, named by the id its `MSG`
-/// pushes carry (`<loop>.<slot>.<generation>`).
+/// pushes carry (`<loop>.<slot>.<generation>`, in a cluster `<node>/<loop>.<slot>.<generation>`).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Send<'a> {
-    /// The connection id, three dot-separated decimal numbers.
+    /// The connection id: an optional node id and `/`, then three dot-separated decimal
+    /// numbers.
     pub conn: &'a str,
     /// The payload, any bytes (text frame when UTF-8, binary otherwise).
     pub payload: &'a [u8],
@@ -141,7 +142,7 @@ pub enum IngestError {
     MissingTerminator,
     /// A `SEND` line with too few tokens or a bad length. Fatal.
     MalformedSend,
-    /// A `SEND` connection id that is not `<loop>.<slot>.<generation>`.
+    /// A `SEND` connection id that is not `[<node>/]<loop>.<slot>.<generation>`.
     BadConnId,
 }
 
@@ -224,7 +225,7 @@ impl fmt::Display for IngestError {
             ),
             IngestError::BadConnId => write!(
                 f,
-                "invalid connection id: expected <loop>.<slot>.<generation> as in MSG pushes"
+                "invalid connection id: expected [<node>/]<loop>.<slot>.<generation> as in MSG pushes"
             ),
         }
     }
@@ -433,15 +434,31 @@ enum Verb {
     Send,
 }
 
+/// The longest node id (`--node-id`).
+pub const NODE_ID_MAX: usize = 64;
+
+/// A node id: 1-64 bytes of `[A-Za-z0-9_.-]`, so that it names a node in a connection id
+/// (`<node>/<loop>.<slot>.<generation>`) without a separator of its own, and fits a line.
+pub fn is_valid_node_id(id: &[u8]) -> bool {
+    (1..=NODE_ID_MAX).contains(&id.len())
+        && id
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 /// Validates a `SEND`: a connection id and no options; any payload bytes.
 fn send<'a>(
     conn: &'a [u8],
     mut options: impl Iterator<Item = &'a [u8]>,
     payload: &'a [u8],
 ) -> Result<Send<'a>, IngestError> {
-    let valid = conn.len() <= 40
-        && conn.split(|&b| b == b'.').count() == 3
-        && conn
+    let local = match conn.iter().position(|&b| b == b'/') {
+        Some(at) if is_valid_node_id(&conn[..at]) => &conn[at + 1..],
+        Some(_) => return Err(IngestError::BadConnId),
+        None => conn,
+    };
+    let valid = local.split(|&b| b == b'.').count() == 3
+        && local
             .split(|&b| b == b'.')
             .all(|part| !part.is_empty() && part.len() <= 10 && part.iter().all(u8::is_ascii_digit));
     let conn = ascii(conn).filter(|_| valid).ok_or(IngestError::BadConnId)?;
@@ -696,6 +713,30 @@ mod tests {
             },
             "SEND payloads are binary"
         );
+        assert_eq!(
+            single(b"SEND node-2.eu/0.42.7 1\nx\n"),
+            Out::Send {
+                conn: "node-2.eu/0.42.7".into(),
+                payload: b"x".to_vec()
+            },
+            "a cluster id names its node"
+        );
+        for bad in [
+            &b"SEND /0.42.7 1\nx\n"[..],
+            b"SEND a/b/0.42.7 1\nx\n",
+            b"SEND a*/0.42.7 1\nx\n",
+            b"SEND a/0.42 1\nx\n",
+            b"SEND a/ 1\nx\n",
+        ] {
+            assert_eq!(
+                single(bad),
+                err(IngestError::BadConnId),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = format!("SEND {}/0.1.2 1\nx\n", "n".repeat(NODE_ID_MAX + 1));
+        assert_eq!(single(long.as_bytes()), err(IngestError::BadConnId));
         assert_eq!(single(b"SEND 0.42 1\nx\n"), err(IngestError::BadConnId));
         assert_eq!(single(b"SEND a.b.c 1\nx\n"), err(IngestError::BadConnId));
         assert_eq!(

@@ -12,6 +12,8 @@
 //! data: it goes to a backend listening on the ingest socket (`UPSTREAM`), tagged with
 //! the connection's id, and a backend's `SEND` to that id comes back as a frame. When
 //! no backend listens, the client gets a `ringcast.error` rather than the message vanishing.
+//! With a backplane the loop cannot know of backends on other nodes: every message goes
+//! to the ingest thread, and a refusal comes back through the mailbox.
 use bytes::Bytes;
 use serde::Deserialize;
 
@@ -296,10 +298,11 @@ impl Shard {
     }
 
     /// Hands a client's message to the ingest thread for a backend listening with
-    /// `UPSTREAM`; when none listens or the queue is full, the client is told so.
+    /// `UPSTREAM`; when none listens (on this node, without a backplane) or the queue is
+    /// full, the client is told so.
     fn upstream(&mut self, index: u32, text: bool, payload: &[u8]) {
         let shared = Arc::clone(&self.shared);
-        if !shared.upstream_listeners.any() {
+        if !shared.upstream_listeners.any() && shared.backplane.is_none() {
             return self.upstream_refused(index, "no backend is listening for upstream messages");
         }
         let msg = Upstream {
@@ -338,7 +341,8 @@ impl Shard {
     }
 
     /// Delivers backends' `SEND`s to their connections; a connection that has closed
-    /// (or is not a WebSocket) is counted.
+    /// (or is not a WebSocket) is counted. A client's message that came back undelivered
+    /// is told to it and counted as refused.
     pub(super) fn deliver_downstream(&mut self) {
         let shared = Arc::clone(&self.shared);
         let Some(queue) = shared.mailboxes[self.id].take_down() else {
@@ -349,6 +353,13 @@ impl Shard {
                 .conns
                 .get(msg.index as usize)
                 .is_some_and(|c| c.generation == msg.generation && c.state == State::Ws);
+            if msg.refusal {
+                bump(&self.counters.upstream_refused);
+                if open {
+                    self.ws_send(msg.index, Opcode::Text, &msg.payload);
+                }
+                continue;
+            }
             if !open {
                 bump(&self.counters.downstream_dropped);
                 continue;
