@@ -501,3 +501,46 @@ fn the_backplane_is_in_stats_and_metrics_and_metrics_pass_promtool() {
     assert!(body.contains("ringcast_backplane_published_total 3"), "{body}");
     ringcast_tests::engine::assert_promtool_accepts(body);
 }
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn publishes_waiting_for_a_stalled_nats_are_bounded_in_bytes() {
+    let nats = NatsServer::start();
+    let node = Node::start_with(&nats.url(), "b", &["--backplane-timeout-ms", "3000"]);
+    let pid = node.engine().pid;
+    let before = rss_kb(pid);
+    nats.pause();
+    // 200 MiB of 1 MiB publishes pipelined at a node whose NATS answers nothing.
+    let ingest = node.ingest.clone();
+    let writer = thread::spawn(move || {
+        let mut p = Publisher::connect(&ingest);
+        let payload = vec![b'x'; 1_000_000];
+        let frame = pub_frame("big", &payload, "");
+        let mut sent = 0;
+        for _ in 0..200 {
+            if p.try_send(&frame).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    });
+    thread::sleep(Duration::from_secs(2));
+    let peak = rss_kb(pid);
+    nats.resume();
+    let sent = writer.join().expect("writer");
+    eprintln!("RSS {before} kB before, {peak} kB while NATS was stalled; {sent} of 200 frames written");
+    // The publishing budget (64 MiB) plus one batch being sent, and the socket buffers.
+    assert!(
+        peak < before + 160 * 1024,
+        "{peak} kB resident from {before} kB with NATS stalled"
+    );
+}

@@ -99,6 +99,10 @@ pub const CONSUMED_WAITING_MAX: usize = 16_384;
 /// SENDs and client messages this node has relayed to other nodes and not yet seen
 /// answered; beyond this a SEND is refused and a client told its message was not taken.
 pub const RELAY_MESSAGES_MAX: usize = 4096;
+/// Publishes waiting for JetStream, all publishers of a node together.
+pub const PUBLISHING_MESSAGES_MAX: usize = 32_768;
+/// Payload bytes of publishes waiting for JetStream.
+pub const PUBLISHING_BYTES_MAX: usize = 64 << 20;
 /// Their payload bytes.
 pub const RELAY_BYTES_MAX: usize = 16 << 20;
 /// SENDs and client messages from other nodes waiting for the ingest thread; beyond this
@@ -260,22 +264,41 @@ pub enum Request {
 /// on other nodes (or on NATS) is bounded by [`RELAY_MESSAGES_MAX`] and [`RELAY_BYTES_MAX`].
 /// A backend's SEND waits for room ([`InFlight::room_for`]); a client's message that
 /// finds none is refused.
-#[derive(Default)]
 pub struct InFlight {
     messages: AtomicUsize,
     bytes: AtomicUsize,
     /// A SEND waits for room: the ingest thread is rung when some is given back.
     wanted: AtomicBool,
+    messages_max: usize,
+    bytes_max: usize,
+}
+
+impl Default for InFlight {
+    /// The relay's bounds.
+    fn default() -> Self {
+        InFlight::new(RELAY_MESSAGES_MAX, RELAY_BYTES_MAX)
+    }
 }
 
 impl InFlight {
+    /// A budget of `messages_max` messages and `bytes_max` bytes.
+    pub fn new(messages_max: usize, bytes_max: usize) -> Self {
+        InFlight {
+            messages: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            wanted: AtomicBool::new(false),
+            messages_max,
+            bytes_max,
+        }
+    }
+
     /// Whether one more message of `bytes` fits (always, when nothing is in flight, so a
     /// payload over the byte bound cannot wait forever); when not, the ingest thread is
     /// rung once room is given back.
     pub fn room_for(&self, bytes: usize) -> bool {
         let messages = self.messages.load(Ordering::Acquire);
         let held = self.bytes.load(Ordering::Acquire);
-        let fits = messages == 0 || (messages < RELAY_MESSAGES_MAX && held + bytes <= RELAY_BYTES_MAX);
+        let fits = messages == 0 || (messages < self.messages_max && held + bytes <= self.bytes_max);
         if !fits {
             self.wanted.store(true, Ordering::Release);
         }
@@ -316,6 +339,10 @@ pub struct Backplane {
     pub status: Status,
     /// Relayed messages awaiting their answer.
     pub relaying: InFlight,
+    /// Publishes handed to the backplane thread and not yet answered: a publisher waits
+    /// (is not read) while they hold [`PUBLISHING_MESSAGES_MAX`] or
+    /// [`PUBLISHING_BYTES_MAX`].
+    pub publishing: InFlight,
     /// The largest payload a relayed message may have (the NATS server's limit less
     /// room for headers); set once joined.
     pub relay_payload_max: AtomicUsize,

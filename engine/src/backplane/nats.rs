@@ -112,6 +112,7 @@ pub fn start(config: &Config, loops: usize) -> Result<(Arc<Backplane>, Arc<Bells
         fetched: (0..loops).map(|_| Default::default()).collect(),
         status: Default::default(),
         relaying: Default::default(),
+        publishing: super::InFlight::new(super::PUBLISHING_MESSAGES_MAX, super::PUBLISHING_BYTES_MAX),
         relay_payload_max: Default::default(),
     });
     let bells = Arc::new(Bells {
@@ -512,10 +513,12 @@ async fn publisher(node: Rc<Node>, mut rx: UnboundedReceiver<Publish>) {
         }
         let results = store(&node, &batch).await;
         let status = &node.backplane.status;
+        // Every answer rings the ingest thread, which lets waiting publishers go on.
         let acks: Vec<Ack> = batch
             .drain(..)
             .zip(results)
             .map(|(p, result)| {
+                node.backplane.publishing.give_back(p.payload.len());
                 match &result {
                     Ok(_) => status.published.fetch_add(1, Ordering::Relaxed),
                     Err(_) => status.refused.fetch_add(1, Ordering::Relaxed),

@@ -421,6 +421,9 @@ impl Ingest {
         if self.publishers[index].awaiting.len() >= AWAITING_MAX {
             return true;
         }
+        if let Command::Publish(p) = command {
+            return !link.backplane.publishing.room_for(p.payload.len());
+        }
         let Command::Send(send) = command else {
             return false;
         };
@@ -567,6 +570,11 @@ impl Ingest {
 
     /// With a backplane: hands the publish to it; the reply waits for JetStream.
     fn forward(&mut self, index: usize, p: &Publish<'_>) {
+        let Some(link) = &self.shared.backplane else {
+            return;
+        };
+        // Room was there (`must_wait`); the backplane thread gives it back with the answer.
+        let _ = link.backplane.publishing.take(p.payload.len());
         let asked = self.ask(index, |asker| {
             Request::Publish(backplane::Publish {
                 asker,
