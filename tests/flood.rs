@@ -186,7 +186,8 @@ fn a_ping_flood_costs_a_bounded_number_of_pongs() {
 
 #[test]
 fn text_frames_refused_upstream_close_the_client_at_its_cap() {
-    let mut fx = Fixture::new(&[]);
+    // Without the message rate limit, which would close it first (see below).
+    let mut fx = Fixture::new(&["--ws-msg-rate", "0"]);
     // No backend listens: every message is answered with a ringcast.error.
     let (mut ws, _, peak) = flood_ws(&fx, "/ws?topic=t", &masked(opcode::TEXT, b""), 1_000_000);
     assert_eq!(
@@ -201,8 +202,24 @@ fn text_frames_refused_upstream_close_the_client_at_its_cap() {
 }
 
 #[test]
-fn subscribe_acks_and_op_errors_are_bounded_by_the_cap() {
+fn text_frames_beyond_the_message_rate_close_the_client() {
+    // The defaults: 100 messages a second, a burst of 200.
     let mut fx = Fixture::new(&[]);
+    let (mut ws, _, peak) = flood_ws(&fx, "/ws?topic=t", &masked(opcode::TEXT, b""), 1_000_000);
+    assert_eq!(
+        close_code(&mut ws),
+        Some(1008),
+        "past the message rate, closed with 1008"
+    );
+    assert_eq!(fx.engine.counter("ws_rate_closed"), 1);
+    assert!(fx.engine.counter("ws_rate_limited") > 200);
+    drop(ws);
+    fx.check("1,000,000 text frames past the message rate", peak);
+}
+
+#[test]
+fn subscribe_acks_and_op_errors_are_bounded_by_the_cap() {
+    let mut fx = Fixture::new(&["--ws-msg-rate", "0"]);
     let ops = [
         masked(opcode::TEXT, br#"{"op":"subscribe","topic":"a"}"#),
         masked(opcode::TEXT, br#"{"op":"unsubscribe","topic":"a"}"#),

@@ -418,6 +418,18 @@ const METRICS: &[(&str, &str, &str, &str)] = &[
         "Backend messages for closed connections.",
     ),
     (
+        "ws_rate_limited",
+        "ringcast_ws_rate_limited_total",
+        "counter",
+        "WebSocket messages refused for exceeding --ws-msg-rate.",
+    ),
+    (
+        "ws_rate_closed",
+        "ringcast_ws_rate_closed_total",
+        "counter",
+        "WebSockets closed with 1008 for going on past --ws-msg-rate.",
+    ),
+    (
         "recv_enobufs",
         "ringcast_recv_enobufs_total",
         "counter",
@@ -457,6 +469,7 @@ fn metrics(shared: &Shared, gate: &Gate) -> String {
     let _ = writeln!(out, "# HELP ringcast_events_published_total Events published.\n# TYPE ringcast_events_published_total counter\nringcast_events_published_total {}", head - 1);
     let _ = writeln!(out, "# HELP ringcast_history_topics Topics in the replay history.\n# TYPE ringcast_history_topics gauge\nringcast_history_topics {topics}");
     let _ = writeln!(out, "# HELP ringcast_history_bytes Bytes held by the replay history.\n# TYPE ringcast_history_bytes gauge\nringcast_history_bytes {bytes}");
+    admission_metrics(&mut out, shared);
     if shared.auth.is_some() {
         auth_metrics(&mut out, shared);
     }
@@ -489,7 +502,7 @@ fn metrics(shared: &Shared, gate: &Gate) -> String {
 }
 
 /// Every counter by name, in the order of [`Counters`].
-fn counters(c: &Counters) -> [(&'static str, u64); 36] {
+fn counters(c: &Counters) -> [(&'static str, u64); 42] {
     [
         ("accepted", c.accepted.load(Relaxed)),
         ("open", c.open.load(Relaxed)),
@@ -527,11 +540,53 @@ fn counters(c: &Counters) -> [(&'static str, u64); 36] {
         ("upstream", c.upstream.load(Relaxed)),
         ("upstream_refused", c.upstream_refused.load(Relaxed)),
         ("downstream_dropped", c.downstream_dropped.load(Relaxed)),
+        ("admission_per_ip", c.admission_per_ip.load(Relaxed)),
+        ("admission_rate", c.admission_rate.load(Relaxed)),
+        ("admission_shed", c.admission_shed.load(Relaxed)),
+        ("admission_dropped", c.admission_dropped.load(Relaxed)),
+        ("ws_rate_limited", c.ws_rate_limited.load(Relaxed)),
+        ("ws_rate_closed", c.ws_rate_closed.load(Relaxed)),
     ]
 }
 
 /// A per-loop counter family: its name, its help and how to read it.
 type Family = (&'static str, &'static str, fn(&Counters) -> u64);
+
+/// Connections refused by admission control, by reason and loop; with an engine-wide cap,
+/// the connections it counts.
+fn admission_metrics(out: &mut String, shared: &Shared) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "# HELP ringcast_admission_refusals_total Connections refused by admission control, by reason.\n# TYPE ringcast_admission_refusals_total counter"
+    );
+    for (l, c) in shared.counters.iter().enumerate() {
+        for (reason, value) in admission_refusals(c) {
+            let _ = writeln!(
+                out,
+                "ringcast_admission_refusals_total{{loop=\"{l}\",reason=\"{reason}\"}} {value}"
+            );
+        }
+    }
+    if let Some(a) = shared.admission.as_ref() {
+        let _ = writeln!(
+            out,
+            "# HELP ringcast_admission_held Connections admission control counts against --max-conns.\n# TYPE ringcast_admission_held gauge\nringcast_admission_held {}",
+            a.held()
+        );
+    }
+}
+
+/// Admission refusals by reason: `per_ip` and `rate` (429), `shed` (--max-conns), `dropped`
+/// (closed unanswered).
+fn admission_refusals(c: &Counters) -> [(&'static str, u64); 4] {
+    [
+        ("per_ip", c.admission_per_ip.load(Relaxed)),
+        ("rate", c.admission_rate.load(Relaxed)),
+        ("shed", c.admission_shed.load(Relaxed)),
+        ("dropped", c.admission_dropped.load(Relaxed)),
+    ]
+}
 
 /// Subscriber auth's families: refusals by reason and loop, and the other outcomes.
 fn auth_metrics(out: &mut String, shared: &Shared) {
@@ -674,6 +729,13 @@ fn stats_json(shared: &Shared, gate: &Gate) -> String {
         out.push('}');
     }
     out.push(']');
+    if let Some(a) = shared.admission.as_ref() {
+        out.push_str(&format!(
+            ",\"admission\":{{\"held\":{},\"addresses\":{}}}",
+            a.held(),
+            a.addresses()
+        ));
+    }
     if shared.auth.is_some() {
         let total = |f: &dyn Fn(&Counters) -> u64| shared.counters.iter().map(|c| f(c)).sum::<u64>();
         out.push_str(",\"auth\":{\"refused\":{");

@@ -469,6 +469,60 @@ pub struct Config {
     #[arg(long, value_name = "MS", default_value_t = 30_000, env = "RINGCAST_DRAIN_MS")]
     pub drain_ms: u64,
 
+    /// Connections one client address (an IPv4 address, an IPv6 /64) may hold; beyond
+    /// them `429` with `Retry-After`. Generous by default, since offices and carriers put
+    /// many users behind one address. 0: no limit.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10_000,
+        env = "RINGCAST_MAX_CONNS_PER_IP"
+    )]
+    pub max_conns_per_ip: u32,
+
+    /// New connections per second one client address may open, a token bucket of
+    /// --accept-burst-per-ip; beyond it `429` with `Retry-After`. 0: no limit.
+    #[arg(
+        long,
+        value_name = "PER_SEC",
+        default_value_t = 0.0,
+        env = "RINGCAST_ACCEPT_RATE_PER_IP"
+    )]
+    pub accept_rate_per_ip: f64,
+
+    /// Connections one address may open at once before --accept-rate-per-ip applies
+    /// [default: one second's worth].
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        hide_default_value = true,
+        env = "RINGCAST_ACCEPT_BURST_PER_IP"
+    )]
+    pub accept_burst_per_ip: u32,
+
+    /// Connections across the engine. Beyond them a new SSE request gets `200` with a
+    /// jittered `retry:` and an ended stream (EventSource retries it; it gives up for good
+    /// on an error), any other request `503` with `Retry-After`. 0: only the per-loop
+    /// limit.
+    #[arg(long, value_name = "N", default_value_t = 0, env = "RINGCAST_MAX_CONNS")]
+    pub max_conns: u64,
+
+    /// Messages per second a WebSocket client may send (subscribe ops and upstream), a
+    /// token bucket of --ws-msg-burst; beyond it each message gets `ringcast.error`, and
+    /// another burst's worth sent into the empty bucket closes it with 1008. 0: no limit.
+    #[arg(
+        long,
+        value_name = "PER_SEC",
+        default_value_t = 100,
+        env = "RINGCAST_WS_MSG_RATE"
+    )]
+    pub ws_msg_rate: u32,
+
+    /// Messages a WebSocket client may send at once before --ws-msg-rate applies.
+    #[arg(long, value_name = "N", default_value_t = 200, env = "RINGCAST_WS_MSG_BURST")]
+    pub ws_msg_burst: u32,
+
     /// The longest a long-poll may be held (`wait=` is capped at this).
     #[arg(
         long,
@@ -854,7 +908,29 @@ impl Config {
             self.out_queue_bytes_max,
             "must be at least 64 KiB",
         )?;
+        check(
+            self.accept_rate_per_ip.is_finite() && (0.0..=1e6).contains(&self.accept_rate_per_ip),
+            "accept-rate-per-ip",
+            self.accept_rate_per_ip,
+            "must be 0 to 1000000 connections per second",
+        )?;
+        check(
+            self.ws_msg_rate == 0 || self.ws_msg_burst >= 1,
+            "ws-msg-burst",
+            self.ws_msg_burst,
+            "must be at least 1 while --ws-msg-rate is set",
+        )?;
         Ok(())
+    }
+
+    /// The admission limits, as the loops apply them.
+    pub fn admission_limits(&self) -> crate::admission::Limits {
+        crate::admission::Limits {
+            per_ip: self.max_conns_per_ip,
+            rate_per_ip: self.accept_rate_per_ip,
+            burst_per_ip: self.accept_burst_per_ip,
+            max_conns: self.max_conns,
+        }
     }
 
     /// The flags that say who may use the admin listener and the ingest socket.

@@ -85,6 +85,18 @@ pub struct Counters {
     pub auth_expired: AtomicU64,
     /// WebSockets that sent a valid refresh token.
     pub auth_refreshed: AtomicU64,
+    /// Connections refused (429) because their address held --max-conns-per-ip.
+    pub admission_per_ip: AtomicU64,
+    /// Connections refused (429) because their address opened them too fast.
+    pub admission_rate: AtomicU64,
+    /// Connections shed (SSE 200 with `retry:`, else 503) at --max-conns.
+    pub admission_shed: AtomicU64,
+    /// Refused connections closed unanswered: their address had enough answers waiting.
+    pub admission_dropped: AtomicU64,
+    /// WebSocket messages refused for exceeding --ws-msg-rate.
+    pub ws_rate_limited: AtomicU64,
+    /// WebSockets closed (1008) for going on past --ws-msg-rate.
+    pub ws_rate_closed: AtomicU64,
 }
 
 /// State shared by the ingest thread and every loop.
@@ -110,6 +122,8 @@ pub struct Shared {
     pub backplane: Option<crate::backplane::Link>,
     /// Subscriber token verification, with `--auth-jwks`.
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// Connection limits per client address and across the engine, when any is set.
+    pub admission: Option<crate::admission::Admission>,
     /// The sequence number of the last event before this engine started serving: 0 on a
     /// single node, the stream's last sequence when joining a cluster.
     pub start_seq: u64,
@@ -255,6 +269,9 @@ pub fn run(mut config: Config) -> Result<(), EngineError> {
         backplane: link,
         start_seq,
         auth,
+        admission: Some(config.admission_limits())
+            .filter(crate::admission::Limits::any)
+            .map(crate::admission::Admission::new),
     });
     let (stop_tx, stop_rx) = bounded::<Stop>(loops + 2);
     let mut ring_fds = Vec::with_capacity(loops);

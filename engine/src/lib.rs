@@ -31,6 +31,7 @@
 //! - [`admin`]: health and counters on the admin address.
 //! - [`engine`]: starts it all.
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod backplane;
 pub mod config;

@@ -88,6 +88,8 @@ pub mod flags {
     pub const CATCHING_UP: u8 = 1 << 5;
     /// Its token expired and it was told (a WebSocket in its refresh grace).
     pub const EXPIRY_TOLD: u8 = 1 << 6;
+    /// Refused by admission control: its request is answered with why, then it closes.
+    pub const REFUSED: u8 = 1 << 7;
 }
 
 /// Kernel operations of one connection whose final completion is still to come. The

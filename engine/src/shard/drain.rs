@@ -6,9 +6,8 @@
 //! answered, idle keep-alive connections close. Events already queued go out first: the
 //! goodbye is queued behind them.
 use bytes::Bytes;
-use io_uring::opcode;
 
-use super::{tag, user_data, Shard};
+use super::Shard;
 use crate::conn::{flags, Kind, State};
 use crate::proto::{sse, ws};
 
@@ -123,18 +122,5 @@ impl Shard {
         d.rng ^= d.rng >> 7;
         d.rng ^= d.rng << 17;
         base.saturating_add((d.rng % window) as u32)
-    }
-
-    /// Cancels the multishot accepts; the listeners close with the loop.
-    fn stop_accepting(&mut self) {
-        for i in 0..self.listeners.len() {
-            if self.accepting[i] {
-                self.push(
-                    opcode::AsyncCancel::new(user_data(tag::ACCEPT, 0, i as u32))
-                        .build()
-                        .user_data(user_data(tag::CANCEL, 0, u32::MAX)),
-                );
-            }
-        }
     }
 }

@@ -8,6 +8,8 @@
 //!
 //! It never blocks except in `io_uring_enter`, and it never sleeps while the broadcast
 //! ring holds something it has not read (see [`Broadcast::park`]).
+mod accept;
+mod admission;
 mod auth;
 mod backpressure;
 mod catchup;
@@ -99,7 +101,7 @@ pub struct Shard {
     ring: IoUring,
     bufs: Option<BufRing>,
     listeners: Vec<OwnedFd>,
-    accepting: Vec<bool>,
+    acceptors: Vec<accept::Acceptor>,
     /// Accepting stopped on a full table; the tick resumes it once a slot is free.
     accept_paused: bool,
     /// When a full table was last reported, so a loop at its limit logs at most every
@@ -140,6 +142,15 @@ pub struct Shard {
     reset_ids: HashMap<u32, Vec<u8>>,
     /// The topics of polls held until the stream answers (they subscribe to nothing).
     poll_topics: HashMap<u32, Vec<Box<str>>>,
+    /// With per-address admission limits: each connection's address key, by slab index
+    /// (zero-filled pages, resident only where connections have been).
+    peer_keys: Option<Vec<u64>>,
+    /// Why each refused connection was refused, until it is answered and freed.
+    refusals: HashMap<u32, crate::admission::Refusal>,
+    /// Per WebSocket that sent messages lately: its message-rate bucket (see `admission`).
+    ws_buckets: HashMap<u32, admission::Bucket>,
+    /// xorshift state for the `retry:` jitter of shed streams.
+    rng: u64,
     /// With `--auth-jwks`: what each admitted connection keeps of its token.
     sessions: auth::Sessions,
     /// Events refilled from the history after a broadcast-ring overrun, not yet delivered.
@@ -213,10 +224,13 @@ impl Shard {
             std::time::Instant::now(),
             std::time::Duration::from_millis(TICK_MS),
         );
+        let by_address = shared.admission.as_ref().is_some_and(|a| a.limits().by_address());
         let shard = Shard {
             ring,
             bufs: Some(bufs),
-            accepting: vec![false; listeners.len()],
+            acceptors: (0..listeners.len())
+                .map(|_| accept::Acceptor::new(by_address))
+                .collect(),
             accept_paused: false,
             full_logged_at: u32::MAX - FULL_LOG_TICKS,
             pause_reported: false,
@@ -239,6 +253,10 @@ impl Shard {
             waiting: Vec::new(),
             reset_ids: HashMap::new(),
             poll_topics: HashMap::new(),
+            peer_keys: by_address.then(|| vec![0; max_conns as usize]),
+            refusals: HashMap::new(),
+            ws_buckets: HashMap::new(),
+            rng: 0x2545_f491_4f6c_dd1d ^ ((id as u64 + 1) << 17),
             sessions: auth::Sessions::default(),
             refill: std::collections::VecDeque::new(),
             batch: Vec::with_capacity(DRAIN_BATCH_EVENTS),
@@ -270,9 +288,7 @@ impl Shard {
     /// # Errors
     /// Only an `io_uring_enter` failure the loop cannot recover from.
     pub fn run(mut self) -> io::Result<()> {
-        for i in 0..self.listeners.len() {
-            self.arm_accept(i);
-        }
+        self.arm_accepts();
         self.push(
             opcode::Timeout::new(&self.tick_spec)
                 .flags(types::TimeoutFlags::MULTISHOT)
@@ -342,7 +358,7 @@ impl Shard {
     fn dispatch(&mut self, data: u64, res: i32, flags: u32) {
         let (tag, generation, index) = unpack(data);
         match tag {
-            tag::ACCEPT => self.on_accept(index as usize, res, flags),
+            tag::ACCEPT => self.on_accept(index as usize, generation as usize, res, flags),
             tag::RECV => self.on_recv(index, generation, res, flags),
             tag::SEND => self.on_send(index, generation, res),
             tag::CLOSE => self.op_done(index, generation, ops::CLOSE),
@@ -352,78 +368,6 @@ impl Shard {
             tag::DOORBELL => {}
             _ => debug_assert!(false, "unknown completion tag {tag} (user_data {data:#x})"),
         }
-    }
-
-    // ----- accepting -------------------------------------------------------------------
-
-    fn arm_accept(&mut self, listener: usize) {
-        let fd = types::Fd(self.listeners[listener].as_raw_fd());
-        self.accepting[listener] = true;
-        self.push(
-            opcode::AcceptMulti::new(fd)
-                .allocate_file_index(true)
-                .build()
-                .user_data(user_data(tag::ACCEPT, 0, listener as u32)),
-        );
-    }
-
-    fn on_accept(&mut self, listener: usize, res: i32, flags: u32) {
-        let more = cqueue::more(flags);
-        if !more {
-            self.accepting[listener] = false;
-        }
-        if res >= 0 {
-            self.admit(res as u32);
-            if !more {
-                self.arm_accept(listener);
-            }
-            return;
-        }
-        match -res {
-            // The file table or the process is full: the kernel has closed (ENFILE) or left
-            // queued (EMFILE) the connection. Re-arming now would spin on the same error;
-            // the tick resumes accepting once a slot frees up.
-            libc::ENFILE | libc::EMFILE | libc::ENOMEM | libc::ENOBUFS => {
-                bump(&self.counters.accept_full);
-                let quiet = self.tick.wrapping_sub(self.full_logged_at) < FULL_LOG_TICKS;
-                if !self.accept_paused && !quiet {
-                    self.full_logged_at = self.tick;
-                    self.pause_reported = true;
-                    eprintln!(
-                        "ringcast: loop {}: cannot take more connections ({} held, {}); new ones wait in the \
-                         listen backlog until some close (see --max-conns-per-loop and RLIMIT_NOFILE)",
-                        self.id,
-                        self.conns.len(),
-                        std::io::Error::from_raw_os_error(-res)
-                    );
-                }
-                self.accept_paused = true;
-            }
-            _ => {
-                bump(&self.counters.accept_errors);
-                if !more {
-                    self.arm_accept(listener);
-                }
-            }
-        }
-    }
-
-    fn admit(&mut self, file: u32) {
-        if self.conns.len() >= self.max_conns || self.shutting_down {
-            bump(&self.counters.accept_full);
-            self.push(
-                opcode::Close::new(types::Fixed(file))
-                    .build()
-                    .user_data(user_data(tag::CLOSE, 0, u32::MAX)),
-            );
-            return;
-        }
-        self.generation = self.generation.wrapping_add(1) & GENERATION_MASK;
-        let index = self.conns.insert(Conn::new(file, self.generation, self.tick)) as u32;
-        self.arm_timer(index, self.tick.wrapping_add(self.deadlines.request));
-        bump(&self.counters.accepted);
-        add(&self.counters.open, 1);
-        self.arm_recv(index);
     }
 
     fn arm_recv(&mut self, index: u32) {
@@ -445,6 +389,9 @@ impl Shard {
             .queued_bytes
             .store(self.queued.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
         self.release_memory();
+        if self.tick.is_multiple_of(10) && !self.ws_buckets.is_empty() {
+            self.prune_ws_buckets();
+        }
         if !self.shutting_down
             && self
                 .shared
@@ -470,11 +417,7 @@ impl Shard {
                     self.conns.len()
                 );
             }
-            for i in 0..self.listeners.len() {
-                if !self.accepting[i] {
-                    self.arm_accept(i);
-                }
-            }
+            self.arm_accepts();
         }
         self.run_timers();
     }
@@ -635,6 +578,9 @@ impl Shard {
         let conn = &mut self.conns[index as usize];
         conn.flags |= flags::SERVED;
         conn.last_io = tick;
+        if conn.has_flag(flags::REFUSED) {
+            return self.answer_refusal(index, req);
+        }
         // A request body is never expected here; rather than skip it, answer and close.
         let keep_alive = req.keep_alive && !req.has_body;
         match (req.path, req.method) {
@@ -1063,6 +1009,7 @@ impl Shard {
         self.poll_topics.remove(&index);
         self.sessions.clear(index);
         self.decoders.remove(&index);
+        self.ws_buckets.remove(&index);
         self.poll_cors.remove(&index);
         self.subs.remove_all(&mut self.conns, index);
         // The direct descriptor itself is closed only once nothing of ours is in flight
@@ -1120,6 +1067,7 @@ impl Shard {
         }
         let conn = self.conns.remove(index as usize);
         add(&self.counters.open, -1);
+        self.release_admission(index, conn.has_flag(flags::REFUSED));
         if let Some(mut out) = conn.out {
             self.queued -= out.bytes() as i64;
             if self.pool.len() < OUT_QUEUE_POOL_MAX {

@@ -180,8 +180,16 @@ impl Shard {
         match msg {
             Message::Text(payload) if kind == Kind::WsEcho => self.ws_send(index, Opcode::Text, payload),
             Message::Binary(payload) if kind == Kind::WsEcho => self.ws_send(index, Opcode::Binary, payload),
-            Message::Text(payload) => self.on_client_text(index, payload),
-            Message::Binary(payload) => self.upstream(index, false, payload),
+            Message::Text(payload) => {
+                if self.ws_message_allowed(index) {
+                    self.on_client_text(index, payload);
+                }
+            }
+            Message::Binary(payload) => {
+                if self.ws_message_allowed(index) {
+                    self.upstream(index, false, payload);
+                }
+            }
             Message::Ping(payload) => self.ws_pong(index, payload),
             Message::Pong(_) => {}
             Message::Close { code, .. } => {

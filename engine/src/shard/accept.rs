@@ -1,0 +1,212 @@
+//! Accepting connections into the registered file table, and admitting them.
+//!
+//! Without per-address limits a listener has one multishot accept, which reports no peer
+//! address. With `--max-conns-per-ip` or `--accept-rate-per-ip` it has
+//! [`ACCEPTS_IN_FLIGHT`] single-shot accepts instead, each with its own address buffer,
+//! each re-armed as it completes: the address is what admission control keys on.
+//!
+//! A connection admission control refuses is held in `Request` like any other (flagged
+//! [`flags::REFUSED`]) until its request arrives, then answered with why (see
+//! `admission`).
+use std::os::fd::AsRawFd;
+
+use io_uring::{cqueue, opcode, types};
+
+use super::{add, bump, tag, user_data, Shard, FULL_LOG_TICKS};
+use crate::admission::{self, Refusal, Verdict};
+use crate::conn::{flags, Conn};
+
+/// Single-shot accepts kept in flight per listener when accepts carry addresses.
+pub(super) const ACCEPTS_IN_FLIGHT: usize = 16;
+
+/// One listener's accepts.
+pub(super) struct Acceptor {
+    /// With addresses: one buffer per single-shot accept. Boxed: the kernel writes into
+    /// them while the accepts are in flight.
+    addrs: Option<Box<[Peer; ACCEPTS_IN_FLIGHT]>>,
+    /// Bit `i`: accept `i` is in flight (bit 0 alone for the multishot accept).
+    armed: u32,
+}
+
+#[derive(Clone, Copy)]
+struct Peer {
+    addr: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl Acceptor {
+    pub(super) fn new(with_addresses: bool) -> Self {
+        let empty = Peer {
+            // SAFETY: all-zero is a valid sockaddr_storage.
+            addr: unsafe { std::mem::zeroed() },
+            len: 0,
+        };
+        Acceptor {
+            addrs: with_addresses.then(|| Box::new([empty; ACCEPTS_IN_FLIGHT])),
+            armed: 0,
+        }
+    }
+
+    fn slots(&self) -> usize {
+        if self.addrs.is_some() {
+            ACCEPTS_IN_FLIGHT
+        } else {
+            1
+        }
+    }
+
+    pub(super) fn any_armed(&self) -> bool {
+        self.armed != 0
+    }
+}
+
+impl Shard {
+    /// Arms every accept of every listener that is not in flight.
+    pub(super) fn arm_accepts(&mut self) {
+        for listener in 0..self.listeners.len() {
+            for slot in 0..self.acceptors[listener].slots() {
+                if self.acceptors[listener].armed & (1 << slot) == 0 {
+                    self.arm_accept(listener, slot);
+                }
+            }
+        }
+    }
+
+    fn arm_accept(&mut self, listener: usize, slot: usize) {
+        let fd = types::Fd(self.listeners[listener].as_raw_fd());
+        let data = user_data(tag::ACCEPT, slot as u32, listener as u32);
+        let acceptor = &mut self.acceptors[listener];
+        acceptor.armed |= 1 << slot;
+        let entry = match acceptor.addrs.as_deref_mut() {
+            None => opcode::AcceptMulti::new(fd).allocate_file_index(true).build(),
+            Some(peers) => {
+                let peer = &mut peers[slot];
+                peer.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                opcode::Accept::new(fd, std::ptr::from_mut(&mut peer.addr).cast(), &mut peer.len)
+                    .file_index(Some(types::DestinationSlot::auto_target()))
+                    .build()
+            }
+        };
+        self.push(entry.user_data(data));
+    }
+
+    pub(super) fn on_accept(&mut self, listener: usize, slot: usize, res: i32, flags: u32) {
+        let acceptor = &mut self.acceptors[listener];
+        let multishot = acceptor.addrs.is_none();
+        let more = multishot && cqueue::more(flags);
+        if !more {
+            acceptor.armed &= !(1 << slot);
+        }
+        if res >= 0 {
+            let peer = acceptor
+                .addrs
+                .as_ref()
+                .and_then(|peers| admission::address_key(&peers[slot].addr));
+            self.admit(res as u32, peer);
+            if !more {
+                self.arm_accept(listener, slot);
+            }
+            return;
+        }
+        match -res {
+            // The file table or the process is full: the kernel has closed (ENFILE) or left
+            // queued (EMFILE) the connection. Re-arming now would spin on the same error;
+            // the tick resumes accepting once a slot frees up.
+            libc::ENFILE | libc::EMFILE | libc::ENOMEM | libc::ENOBUFS => {
+                bump(&self.counters.accept_full);
+                let quiet = self.tick.wrapping_sub(self.full_logged_at) < FULL_LOG_TICKS;
+                if !self.accept_paused && !quiet {
+                    self.full_logged_at = self.tick;
+                    self.pause_reported = true;
+                    eprintln!(
+                        "ringcast: loop {}: cannot take more connections ({} held, {}); new ones wait in the \
+                         listen backlog until some close (see --max-conns-per-loop and RLIMIT_NOFILE)",
+                        self.id,
+                        self.conns.len(),
+                        std::io::Error::from_raw_os_error(-res)
+                    );
+                }
+                self.accept_paused = true;
+            }
+            // Cancelled at shutdown.
+            libc::ECANCELED => {}
+            _ => {
+                bump(&self.counters.accept_errors);
+                if !more && !self.shutting_down {
+                    self.arm_accept(listener, slot);
+                }
+            }
+        }
+    }
+
+    /// Takes a new connection into the slab, or closes it when the loop is full or
+    /// shutting down, or its address already has too many refusals waiting.
+    fn admit(&mut self, file: u32, peer: Option<u64>) {
+        if self.conns.len() >= self.max_conns || self.shutting_down {
+            bump(&self.counters.accept_full);
+            return self.close_unadmitted(file);
+        }
+        let verdict = match &self.shared.admission {
+            Some(a) => a.admit(peer),
+            None => Verdict::Admit,
+        };
+        if verdict == Verdict::Drop {
+            bump(&self.counters.admission_dropped);
+            return self.close_unadmitted(file);
+        }
+        self.generation = self.generation.wrapping_add(1) & super::GENERATION_MASK;
+        let index = self.conns.insert(Conn::new(file, self.generation, self.tick)) as u32;
+        if let Some(keys) = &mut self.peer_keys {
+            keys[index as usize] = peer.unwrap_or(0);
+        }
+        if let Verdict::Refuse(why) = verdict {
+            self.conns[index as usize].flags |= flags::REFUSED;
+            self.refusals.insert(index, why);
+            bump(match why {
+                Refusal::PerIp => &self.counters.admission_per_ip,
+                Refusal::Rate { .. } => &self.counters.admission_rate,
+                Refusal::Shed => &self.counters.admission_shed,
+            });
+        }
+        self.arm_timer(index, self.tick.wrapping_add(self.deadlines.request));
+        bump(&self.counters.accepted);
+        add(&self.counters.open, 1);
+        self.arm_recv(index);
+    }
+
+    fn close_unadmitted(&mut self, file: u32) {
+        self.push(
+            opcode::Close::new(types::Fixed(file))
+                .build()
+                .user_data(user_data(tag::CLOSE, 0, u32::MAX)),
+        );
+    }
+
+    /// Hands a freed connection back to admission control.
+    pub(super) fn release_admission(&mut self, index: u32, refused: bool) {
+        let Some(a) = &self.shared.admission else {
+            return;
+        };
+        let peer = self
+            .peer_keys
+            .as_ref()
+            .map(|keys| keys[index as usize])
+            .filter(|&k| k != 0);
+        a.release(peer, !refused);
+        self.refusals.remove(&index);
+    }
+
+    /// Cancels the accepts in flight; the listeners close with the loop.
+    pub(super) fn stop_accepting(&mut self) {
+        for i in 0..self.listeners.len() {
+            if self.acceptors[i].any_armed() {
+                let fd = types::Fd(self.listeners[i].as_raw_fd());
+                self.push(
+                    opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd).all())
+                        .build()
+                        .user_data(user_data(tag::CANCEL, 0, u32::MAX)),
+                );
+            }
+        }
+    }
+}
