@@ -17,8 +17,10 @@ if [ "$cmd" = stop ]; then
 fi
 [ "$cmd" = start ] || { echo "usage: $0 start|stop PORT [LOOPS]" >&2; exit 2; }
 mkdir -p "$dir"; cd "$dir"; rm -f ringcast.sock
+# The comparisons open every subscriber from 127.0.0.1 and the peers limit nothing per
+# address, so neither does ringcast here.
 "$bin" serve --listen "127.0.0.1:$port" --ingest "$dir/ringcast.sock" \
-  --admin "127.0.0.1:$((port + 1))" --loops "$loops" > ringcast.log 2>&1 < /dev/null &
+  --admin "127.0.0.1:$((port + 1))" --loops "$loops" --max-conns-per-ip 0 > ringcast.log 2>&1 < /dev/null &
 echo $! > ringcast.pid
 for _ in $(seq 50); do [ -S ringcast.sock ] && break; sleep 0.1; done
 echo "$(cat ringcast.pid)"
