@@ -4,7 +4,9 @@
 //! both ways, text and binary, with the backend's replies in command order; a SEND to a
 //! closed connection on another node is answered and counted there; a SEND to a node that
 //! does not exist is refused; with no backend anywhere the client is told so; backends on
-//! two nodes share the messages of clients on a third; and two nodes cannot share an id.
+//! two nodes share the messages of clients on a third; two nodes cannot share an id; and
+//! with subscriber auth a message names its sender's `sub` on every node, and only a token
+//! with `publish` may send one.
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -30,6 +32,8 @@ struct Msg {
     conn: String,
     kind: String,
     payload: Vec<u8>,
+    /// The sender's token's `sub` (percent-encoded), with subscriber auth.
+    sub: Option<String>,
 }
 
 /// A backend on the ingest socket: `UPSTREAM`, `MSG` pushes (read by their length, so
@@ -107,7 +111,7 @@ impl Backend {
                     return Some(Incoming::Reply(line));
                 };
                 let parts: Vec<&str> = head.split(' ').collect();
-                assert_eq!(parts.len(), 3, "a MSG line: {line:?}");
+                assert!(matches!(parts.len(), 3 | 4), "a MSG line: {line:?}");
                 let len: usize = parts[1].parse().expect("a MSG length");
                 let end = at + 2 + len + 2;
                 if self.buf.len() >= end {
@@ -121,6 +125,7 @@ impl Backend {
                         conn: parts[0].to_owned(),
                         kind: parts[2].to_owned(),
                         payload,
+                        sub: parts.get(3).map(|s| (*s).to_owned()),
                     };
                     self.buf.drain(..end);
                     return Some(Incoming::Msg(msg));
@@ -222,7 +227,8 @@ fn a_client_on_one_node_and_a_backend_on_another_talk_both_ways() {
         Msg {
             conn: text.conn.clone(),
             kind: "binary".into(),
-            payload: b"\x00\x01\xffbinary\r\n".to_vec()
+            payload: b"\x00\x01\xffbinary\r\n".to_vec(),
+            sub: None,
         }
     );
 
@@ -513,4 +519,103 @@ fn a_second_node_with_the_same_id_does_not_start() {
     .err()
     .expect("a node id with a slash must be refused");
     assert!(err.stderr.contains("--node-id a/b"), "{}", err.stderr);
+}
+
+/// Keys and tokens made by PyJWT (tests/py/jwt_tool.py), not by the engine's code.
+fn jwt_tool(args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/jwt_tool.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 (with PyJWT: pip install -r tests/py/requirements.txt)");
+    assert!(
+        out.status.success(),
+        "jwt_tool.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8").trim().to_owned()
+}
+
+#[test]
+fn with_auth_a_message_names_its_sender_on_every_node_and_needs_publish() {
+    let keys = TempDir::new();
+    let dir = keys.path().display().to_string();
+    jwt_tool(&["keys", &dir, "1"]);
+    let jwks = keys.path().join("jwks-1.json").display().to_string();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = |sub: &str, publish: bool| {
+        let mut perms = serde_json::json!({"subscribe": ["chat"]});
+        if publish {
+            perms["publish"] = serde_json::json!(["*"]);
+        }
+        let claims = serde_json::json!({"exp": exp, "sub": sub, "ringcast": perms});
+        jwt_tool(&["token", &dir, "ec-1", &claims.to_string()])
+    };
+    let nats = NatsServer::start();
+    let auth = ["--auth-jwks", jwks.as_str(), "--auth-leeway-secs", "0"];
+    let url = nats.url();
+    let start = |name: &str| {
+        let mut args = vec!["--backplane", url.as_str(), "--node-id", name];
+        args.extend_from_slice(&auth);
+        Engine::start(&args)
+    };
+    let a = start("a");
+    let b = start("b");
+    // Only node b has a backend: messages from node a's clients are relayed.
+    let mut remote = Backend::listen(&b.ingest);
+    let mut ws = WsDriver::start(a.addr);
+    let writer = token("user 42|x", true);
+    let reader = token("user-43", false);
+    ws.connect("w", &format!("/ws?topic=chat&token={writer}"), &[]);
+    ws.connect(
+        "r",
+        "/ws?topic=chat",
+        &[("Authorization", &format!("Bearer {reader}"))],
+    );
+
+    ws.send_text("w", "from the writer");
+    let relayed = remote.msg();
+    assert!(relayed.conn.starts_with("a/"), "{relayed:?}");
+    assert_eq!(relayed.payload, b"from the writer");
+    assert_eq!(
+        relayed.sub.as_deref(),
+        Some("user%2042%7Cx"),
+        "percent-encoded: {relayed:?}"
+    );
+
+    // A token without publish may not send.
+    ws.send_text("r", "from the reader");
+    let refused = ws.recv("r");
+    assert_eq!(
+        field(&refused, "text"),
+        r#"{"event":"ringcast.error","reason":"the token does not allow upstream messages","topic":null}"#
+    );
+    assert!(remote.msg_within(Duration::from_millis(300)).is_none());
+
+    // A backend on the client's own node gets the same name.
+    let mut local = Backend::listen(&a.ingest);
+    ws.send_text("w", "again");
+    let here = local.msg();
+    assert_eq!(
+        (here.payload.as_slice(), here.sub.as_deref()),
+        (&b"again"[..], Some("user%2042%7Cx"))
+    );
+
+    // A refresh keeps the subject: a token for someone else is refused.
+    let other = token("user-44", true);
+    ws.send_text("w", &format!(r#"{{"op":"refresh","token":"{other}"}}"#));
+    let answer = ws.recv("w");
+    let answer = field(&answer, "text");
+    assert!(
+        answer.contains("the new token is for another subject"),
+        "{answer}"
+    );
+    let same = token("user 42|x", true);
+    ws.send_text("w", &format!(r#"{{"op":"refresh","token":"{same}"}}"#));
+    assert_eq!(field(&ws.recv("w"), "text"), r#"{"event":"ringcast.refreshed"}"#);
 }

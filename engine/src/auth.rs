@@ -9,9 +9,11 @@
 //!
 //! Claims: `exp` is required; `nbf` and `iat` (no later than now) are honoured within
 //! `--auth-leeway-secs`; `aud` and `iss` must match `--auth-audience` / `--auth-issuer` when
-//! those are set; `sub` is kept for logs and upstream messages. Permissions:
-//! `"ringcast": {"subscribe": [PATTERNS], "publish": [PATTERNS]}` with the patterns of
-//! `--policy` (`news`, `user.42.*`, `*`); a token without them may subscribe to nothing.
+//! those are set; `sub` (at most [`SUB_MAX`] bytes) names the client to backends in its
+//! upstream messages. Permissions: `"ringcast": {"subscribe": [PATTERNS], "publish":
+//! [PATTERNS]}` with the patterns of `--policy` (`news`, `user.42.*`, `*`); a token without
+//! `subscribe` may subscribe to nothing, and one without `publish` may send no upstream
+//! messages (they carry no topic, so any pattern allows them).
 //!
 //! A connection keeps no token: only its expiry and the index of its permission set, which
 //! are interned here ([`Auth::grant`]), so a million connections with the same permissions
@@ -33,6 +35,8 @@ use crate::config::topic_matches;
 pub const TOKEN_MAX: usize = 4096;
 /// Patterns in one permission list.
 const PATTERNS_MAX: usize = 256;
+/// Longest `sub` accepted, in bytes.
+pub const SUB_MAX: usize = 256;
 /// Distinct permission sets kept; a token with a new set beyond this is refused.
 const SETS_MAX: usize = 100_000;
 
@@ -255,6 +259,11 @@ impl Perms {
         self.subscribe.iter().any(|p| topic_matches(p, topic))
     }
 
+    /// Whether a WebSocket holding these may send upstream messages to backends.
+    pub fn may_send_upstream(&self) -> bool {
+        !self.publish.is_empty()
+    }
+
     pub fn may_publish(&self, topic: &str) -> bool {
         self.publish.iter().any(|p| topic_matches(p, topic))
     }
@@ -345,6 +354,9 @@ impl Auth {
         }
         let perms = claims.ringcast.unwrap_or_default();
         if perms.subscribe.len() > PATTERNS_MAX || perms.publish.len() > PATTERNS_MAX {
+            return Err(Refusal::Malformed);
+        }
+        if claims.sub.as_ref().is_some_and(|s| s.len() > SUB_MAX) {
             return Err(Refusal::Malformed);
         }
         Ok(Grant {

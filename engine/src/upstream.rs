@@ -67,6 +67,8 @@ pub struct Upstream {
     /// A text frame (else binary).
     pub text: bool,
     pub payload: Bytes,
+    /// The client's token's `sub`, with subscriber auth.
+    pub sub: Option<std::sync::Arc<str>>,
 }
 
 /// A backend's message on its way to one client, or the client's own message coming
@@ -162,9 +164,37 @@ impl Listeners {
     }
 }
 
+/// A token's `sub` as a `MSG` line carries it: RFC 3986 unreserved bytes as they are, every
+/// other byte as `%XX`, so the line stays one token of visible ASCII.
+pub fn encode_sub(sub: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(sub.len());
+    for &b in sub.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// A byte [`encode_sub`] may produce.
+pub fn sub_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subs_are_percent_encoded_to_one_visible_token() {
+        assert_eq!(encode_sub("user-42"), "user-42");
+        assert_eq!(encode_sub("auth0|a b\r\n"), "auth0%7Ca%20b%0D%0A");
+        assert_eq!(encode_sub("é"), "%C3%A9");
+        assert!(encode_sub("a%b").bytes().all(sub_byte));
+    }
 
     #[test]
     fn conn_ids_round_trip_and_reject_junk() {
@@ -204,18 +234,21 @@ mod tests {
         assert!(m.push_up(Upstream {
             from,
             text: true,
-            payload: big.clone()
+            payload: big.clone(),
+            sub: None,
         }));
         assert!(!m.push_up(Upstream {
             from,
             text: true,
-            payload: Bytes::from_static(b"x")
+            payload: Bytes::from_static(b"x"),
+            sub: None,
         }));
         assert_eq!(m.take_up().len(), 1);
         assert!(m.push_up(Upstream {
             from,
             text: true,
-            payload: Bytes::from_static(b"x")
+            payload: Bytes::from_static(b"x"),
+            sub: None,
         }));
         assert!(m.take_down().is_none());
         assert!(m.push_down(Downstream {

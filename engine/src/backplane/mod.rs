@@ -161,6 +161,8 @@ pub struct RelayUp {
     /// A text frame (else binary).
     pub text: bool,
     pub payload: Bytes,
+    /// The client's token's `sub`, with subscriber auth.
+    pub sub: Option<std::sync::Arc<str>>,
 }
 
 /// A `SEND` another node relayed for a connection of this node.
@@ -177,6 +179,8 @@ pub struct InboundUp {
     pub from: String,
     pub text: bool,
     pub payload: Bytes,
+    /// The client's token's `sub`, percent-encoded as the `MSG` line carries it.
+    pub sub: Option<String>,
     pub reply: String,
 }
 

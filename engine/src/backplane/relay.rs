@@ -11,7 +11,8 @@
 //! - `ringcast-relay.<stream>.up`: every node with a local backend subscribes, in the
 //!   queue group [`QUEUE_GROUP`], so NATS gives each message to one of them. A request
 //!   carries the payload, `Ringcast-From: <node>/<loop>.<slot>.<generation>` and
-//!   `Ringcast-Kind: text|binary`; the node pushes it to a backend as a `MSG` with that id.
+//!   `Ringcast-Kind: text|binary` (and with subscriber auth `Ringcast-Sub`); the node pushes
+//!   it to a backend as a `MSG` with that id.
 //!
 //! Answers are `+OK` or `-ERR <reason>`. Requests go out from one task in the order the
 //! ingest thread made them, with replies to one inbox per node (`<inbox>.<token>`), so a
@@ -47,6 +48,8 @@ const CONN_HEADER: &str = "Ringcast-Conn";
 const FROM_HEADER: &str = "Ringcast-From";
 /// Header of a relayed client message: `text` or `binary`.
 const KIND_HEADER: &str = "Ringcast-Kind";
+/// A relayed client message's sender, percent-encoded (see `upstream::encode_sub`).
+const SUB_HEADER: &str = "Ringcast-Sub";
 /// Header of the start's question whether a node of this name is already running.
 const PROBE_HEADER: &str = "Ringcast-Probe";
 /// The longest reason taken from another node's answer.
@@ -174,6 +177,9 @@ pub(super) async fn outbound(node: Rc<Node>, mut rx: UnboundedReceiver<Outgoing>
                 let mut headers = HeaderMap::new();
                 headers.insert(FROM_HEADER, format!("{}/{}", node.settings.node, u.from).as_str());
                 headers.insert(KIND_HEADER, if u.text { "text" } else { "binary" });
+                if let Some(sub) = &u.sub {
+                    headers.insert(SUB_HEADER, crate::upstream::encode_sub(sub).as_str());
+                }
                 let pending = Pending::Up {
                     from: u.from,
                     bytes: u.payload.len(),
@@ -463,10 +469,17 @@ async fn take_up(node: &Node, message: Message) {
         .status
         .upstream_received
         .fetch_add(1, Ordering::Relaxed);
+    // It goes into a MSG line too: only the encoding's own bytes.
+    let sub = header(&message, SUB_HEADER)
+        .filter(|s| {
+            !s.is_empty() && s.len() <= 3 * crate::auth::SUB_MAX && s.bytes().all(crate::upstream::sub_byte)
+        })
+        .map(str::to_owned);
     let inbound = Inbound::Up(InboundUp {
         from,
         text,
         payload: message.payload,
+        sub,
         reply,
     });
     hand_in(node, inbound).await;

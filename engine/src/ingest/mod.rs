@@ -674,7 +674,7 @@ impl Ingest {
         for up in upstream {
             let result = match self.pick_listener() {
                 Some(index) => {
-                    self.push_msg(index, &up.from, up.text, &up.payload);
+                    self.push_msg(index, &up.from, up.text, &up.payload, up.sub.as_deref());
                     Ok(())
                 }
                 None if shared.upstream_listeners.any() => Err(format!(
@@ -752,13 +752,15 @@ impl Ingest {
                         Some(_) => format!("{}/{}", self.node, msg.from),
                         None => msg.from.to_string(),
                     };
-                    self.push_msg(index, &from, msg.text, &msg.payload);
+                    let sub = msg.sub.as_deref().map(crate::upstream::encode_sub);
+                    self.push_msg(index, &from, msg.text, &msg.payload, sub.as_deref());
                     continue;
                 }
                 match &shared.backplane {
                     Some(link) => {
-                        if let Err(reason) = relay_up(&link.backplane, msg.from, msg.text, msg.payload) {
-                            self.refuse_upstream(msg.from, &reason);
+                        let from = msg.from;
+                        if let Err(reason) = relay_up(&link.backplane, msg) {
+                            self.refuse_upstream(from, &reason);
                         }
                     }
                     None => self.refuse_upstream(msg.from, NO_BACKEND),
@@ -768,12 +770,16 @@ impl Ingest {
         self.ring_down_doorbells();
     }
 
-    /// Pushes a client's message to backend `index`: `MSG <from> <length> text|binary`.
-    fn push_msg(&mut self, index: usize, from: &str, text: bool, payload: &[u8]) {
+    /// Pushes a client's message to backend `index`: `MSG <from> <length> text|binary`, and
+    /// with subscriber auth the sender's `sub` (percent-encoded) after them.
+    fn push_msg(&mut self, index: usize, from: &str, text: bool, payload: &[u8], sub: Option<&str>) {
         let p = &mut self.publishers[index];
         let kind = if text { "text" } else { "binary" };
-        p.replies
-            .extend_from_slice(format!("MSG {from} {} {kind}\r\n", payload.len()).as_bytes());
+        let line = match sub {
+            Some(sub) => format!("MSG {from} {} {kind} {sub}\r\n", payload.len()),
+            None => format!("MSG {from} {} {kind}\r\n", payload.len()),
+        };
+        p.replies.extend_from_slice(line.as_bytes());
         p.replies.extend_from_slice(payload);
         p.replies.extend_from_slice(b"\r\n");
         self.flush(index);
@@ -982,26 +988,27 @@ impl Ingest {
 
 /// Hands a client's message no local backend can take to the backplane for a backend on
 /// another node; the reason when it cannot go.
-fn relay_up(
-    backplane: &backplane::Backplane,
-    from: ConnId,
-    text: bool,
-    payload: Bytes,
-) -> Result<(), String> {
+fn relay_up(backplane: &backplane::Backplane, msg: crate::upstream::Upstream) -> Result<(), String> {
     let max = backplane
         .relay_payload_max
         .load(std::sync::atomic::Ordering::Acquire);
-    if payload.len() > max {
+    if msg.payload.len() > max {
         return Err(format!(
             "message of {} bytes is over the backplane's limit of {max} bytes; not delivered",
-            payload.len()
+            msg.payload.len()
         ));
     }
-    if !backplane.relaying.take(payload.len()) {
+    if !backplane.relaying.take(msg.payload.len()) {
         return Err("upstream queue full; message not delivered".into());
     }
-    let len = payload.len();
-    if backplane.request(Request::Upstream(backplane::RelayUp { from, text, payload })) {
+    let len = msg.payload.len();
+    let relay = backplane::RelayUp {
+        from: msg.from,
+        text: msg.text,
+        payload: msg.payload,
+        sub: msg.sub,
+    };
+    if backplane.request(Request::Upstream(relay)) {
         return Ok(());
     }
     backplane.relaying.give_back(len);

@@ -99,6 +99,33 @@ impl Shard {
         if let Some(conn) = self.conns.get_mut(index as usize) {
             conn.flags &= !flags::EXPIRY_TOLD;
         }
+        // Kept only for WebSockets that may send upstream: the messages they send name it.
+        let may_send = self.conns.get(index as usize).is_some_and(|c| c.kind.is_ws())
+            && self
+                .shared
+                .auth
+                .as_ref()
+                .is_some_and(|a| a.perms(grant.perms).may_send_upstream());
+        match grant.sub {
+            Some(sub) if may_send => {
+                self.ws_subs.insert(index, sub.into());
+            }
+            _ => {
+                self.ws_subs.remove(&index);
+            }
+        }
+    }
+
+    /// With auth on, whether WebSocket `index`'s token allows upstream messages, and its
+    /// `sub` for them; with auth off, `Ok(None)`.
+    pub(super) fn may_send_upstream(&self, index: u32) -> Result<Option<std::sync::Arc<str>>, ()> {
+        let Some(auth) = &self.shared.auth else {
+            return Ok(None);
+        };
+        match self.sessions.get(index) {
+            Some(s) if auth.perms(s.perms).may_send_upstream() => Ok(self.ws_subs.get(&index).cloned()),
+            _ => Err(()),
+        }
     }
 
     /// The tick by which connection `index`'s token expires (or its refresh grace ends),
@@ -181,6 +208,12 @@ impl Shard {
             .collect();
         if let Some(topic) = held.iter().find(|t| !perms.may_subscribe(t)) {
             return Err(format!("the new token does not allow the topic {topic}"));
+        }
+        // A refresh renews a client's token; it does not make it someone else.
+        if let Some(old) = self.ws_subs.get(&index) {
+            if grant.sub.as_deref() != Some(&**old) {
+                return Err("the new token is for another subject".into());
+            }
         }
         bump(&self.counters.auth_refreshed);
         self.keep_session(index, Some(grant));

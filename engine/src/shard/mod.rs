@@ -149,6 +149,9 @@ pub struct Shard {
     refusals: HashMap<u32, crate::admission::Refusal>,
     /// Per WebSocket that sent messages lately: its message-rate bucket (see `admission`).
     ws_buckets: HashMap<u32, admission::Bucket>,
+    /// With subscriber auth: the `sub` of each WebSocket whose token allows upstream
+    /// messages, which name their sender by it.
+    ws_subs: HashMap<u32, std::sync::Arc<str>>,
     /// xorshift state for the `retry:` jitter of shed streams.
     rng: u64,
     /// With `--auth-jwks`: what each admitted connection keeps of its token.
@@ -256,6 +259,7 @@ impl Shard {
             peer_keys: by_address.then(|| vec![0; max_conns as usize]),
             refusals: HashMap::new(),
             ws_buckets: HashMap::new(),
+            ws_subs: HashMap::new(),
             rng: 0x2545_f491_4f6c_dd1d ^ ((id as u64 + 1) << 17),
             sessions: auth::Sessions::default(),
             refill: std::collections::VecDeque::new(),
@@ -1010,6 +1014,7 @@ impl Shard {
         self.sessions.clear(index);
         self.decoders.remove(&index);
         self.ws_buckets.remove(&index);
+        self.ws_subs.remove(&index);
         self.poll_cors.remove(&index);
         self.subs.remove_all(&mut self.conns, index);
         // The direct descriptor itself is closed only once nothing of ours is in flight

@@ -310,6 +310,13 @@ impl Shard {
     /// full, the client is told so.
     fn upstream(&mut self, index: u32, text: bool, payload: &[u8]) {
         let shared = Arc::clone(&self.shared);
+        let sub = match self.may_send_upstream(index) {
+            Ok(sub) => sub,
+            Err(()) => {
+                bump(&self.counters.auth_forbidden);
+                return self.upstream_refused(index, "the token does not allow upstream messages");
+            }
+        };
         if !shared.upstream_listeners.any() && shared.backplane.is_none() {
             return self.upstream_refused(index, "no backend is listening for upstream messages");
         }
@@ -321,6 +328,7 @@ impl Shard {
             },
             text,
             payload: Bytes::copy_from_slice(payload),
+            sub,
         };
         if !shared.mailboxes[self.id].push_up(msg) {
             return self.upstream_refused(index, "upstream queue full; message not delivered");
