@@ -87,9 +87,12 @@ pub struct BackplaneArgs {
     /// Publish rates of the latency cells, events/s.
     #[arg(long, value_delimiter = ',', default_value = "100,200")]
     pub rates: Vec<f64>,
-    /// Events per latency cell.
+    /// Events per latency cell and round.
     #[arg(long, default_value_t = 500)]
     pub latency_events: u64,
+    /// Rounds of each latency cell, merged (the two setups alternate which goes first).
+    #[arg(long, default_value_t = 1)]
+    pub latency_runs: usize,
     /// Bound on one measurement, seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
@@ -129,9 +132,9 @@ struct Throughput {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Setup {
     /// Publisher on node A, subscribers on node B, both on the backplane.
-    Cluster,
+    Cluster = 0,
     /// One node without a backplane.
-    Single,
+    Single = 1,
 }
 
 impl Setup {
@@ -249,8 +252,8 @@ fn check_args(args: &BackplaneArgs) -> Result<(), String> {
     if args.rates.iter().any(|r| !(*r > 0.0 && r.is_finite())) {
         return Err(format!("--rates {:?}: give rates above 0", args.rates));
     }
-    if args.runs == 0 || args.events == 0 || args.latency_events == 0 {
-        return Err("--runs, --events and --latency-events must be at least 1".into());
+    if args.runs == 0 || args.events == 0 || args.latency_events == 0 || args.latency_runs == 0 {
+        return Err("--runs, --events, --latency-events and --latency-runs must be at least 1".into());
     }
     Ok(())
 }
@@ -339,41 +342,62 @@ fn measure_throughput(args: &BackplaneArgs, raw: &Raw, a: &Node) -> Result<Vec<T
     Ok(out)
 }
 
-/// Every latency cell: each subscriber count and rate, cross-node then single node.
+/// Every latency cell: each subscriber count and rate, `--latency-runs` rounds of the
+/// cross-node and the single-node setup, alternating which goes first, each setup's
+/// rounds merged into one cell (so that both meet the machine's noise alike).
 fn measure_latency(args: &BackplaneArgs, a: &Node, b: &Node, c: &Node) -> Result<Vec<Cell>, String> {
     let base = Instant::now();
     let mut cells = Vec::new();
     for &subscribers in &args.subscribers {
         for &rate in &args.rates {
-            for setup in [Setup::Cluster, Setup::Single] {
-                let (publisher, subscribed) = match setup {
-                    Setup::Cluster => (a, b),
-                    Setup::Single => (c, c),
+            let mut merged: [Option<Cell>; 2] = [None, None];
+            for round in 0..args.latency_runs {
+                let order = if round % 2 == 0 {
+                    [Setup::Cluster, Setup::Single]
+                } else {
+                    [Setup::Single, Setup::Cluster]
                 };
-                let topic = format!("lat-{}-{subscribers}-{rate}", setup.key());
-                let cell = latency_cell(
-                    args,
-                    setup,
-                    (publisher, subscribed),
-                    &topic,
-                    subscribers,
-                    rate,
-                    base,
-                )?;
-                eprintln!(
-                    "ringcast-bench backplane: {} subscribers at {rate}/s, {}: p50 {} ms, p99 {} ms ({} of {})",
-                    subscribers,
-                    setup.name(),
-                    quantile_ms(&cell.latency, 0.5),
-                    quantile_ms(&cell.latency, 0.99),
-                    cell.delivered,
-                    cell.expected
-                );
-                cells.push(cell);
+                for setup in order {
+                    let nodes = match setup {
+                        Setup::Cluster => (a, b),
+                        Setup::Single => (c, c),
+                    };
+                    let topic = format!("lat-{}-{subscribers}-{rate}-{round}", setup.key());
+                    let cell = latency_cell(args, setup, nodes, &topic, subscribers, rate, base)?;
+                    eprintln!(
+                        "ringcast-bench backplane: round {} {subscribers} subscribers at {rate}/s, {}: p50 {} ms, p99 {} ms ({} of {})",
+                        round + 1,
+                        setup.name(),
+                        quantile_ms(&cell.latency, 0.5),
+                        quantile_ms(&cell.latency, 0.99),
+                        cell.delivered,
+                        cell.expected
+                    );
+                    let slot = &mut merged[setup as usize];
+                    match slot {
+                        Some(m) => m.merge(cell),
+                        None => *slot = Some(cell),
+                    }
+                }
             }
+            cells.extend(merged.into_iter().flatten());
         }
     }
     Ok(cells)
+}
+
+impl Cell {
+    /// Adds another round of the same setup, subscriber count and rate.
+    fn merge(&mut self, other: Cell) {
+        self.expected += other.expected;
+        self.delivered += other.delivered;
+        self.gaps += other.gaps;
+        self.disorder += other.disorder;
+        self.late_max_ms = self.late_max_ms.max(other.late_max_ms);
+        // Same bounds and precision: adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+        self.error = self.error.take().or(other.error);
+    }
 }
 
 /// Opens `subscribers` SSE subscribers to `topic` on the second node, waits until it
@@ -580,8 +604,9 @@ fn text(args: &BackplaneArgs, c: &Conditions, o: &Outcome) -> String {
     );
     let _ = writeln!(
         out,
-        "\nlatency: publish (scheduled time) to SSE delivery, {} events of {} B per cell after {LATENCY_WARMUP} warm-up",
-        args.latency_events, args.bytes
+        "\nlatency: publish (scheduled time) to SSE delivery, {} events of {} B per cell and round after {LATENCY_WARMUP} \
+         warm-up, {} rounds merged",
+        args.latency_events, args.bytes, args.latency_runs
     );
     let _ = writeln!(
         out,
@@ -688,6 +713,7 @@ fn json(args: &BackplaneArgs, c: &Conditions, o: &Outcome) -> String {
         "throughput": throughput,
         "node_a_backplane": o.counters,
         "latency_events": args.latency_events,
+        "latency_runs": args.latency_runs,
         "latency": cells,
         "conditions": c.to_value(),
     })
@@ -704,8 +730,8 @@ fn markdown(args: &BackplaneArgs, o: &Outcome) -> String {
     out.push_str(&output::markdown_table(&THROUGHPUT_HEADER, &rows));
     let _ = writeln!(
         out,
-        "\nLatency, publish to SSE delivery, {} events of {} B per cell:\n",
-        args.latency_events, args.bytes
+        "\nLatency, publish to SSE delivery, {} events of {} B per cell and round, {} rounds merged:\n",
+        args.latency_events, args.bytes, args.latency_runs
     );
     let rows: Vec<Vec<String>> = o
         .cells
