@@ -793,3 +793,46 @@ fn write_out(
         &[("latency-cdf", cdf)],
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits_by_three() {
+        let cases = [
+            (0.0, "0"),
+            (999.4, "999"),
+            (1000.0, "1,000"),
+            (123_456.0, "123,456"),
+            (1_234_567.0, "1,234,567"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(thousands(v), want, "{v}");
+        }
+        assert_eq!(thousands(f64::NAN), "n/a");
+    }
+
+    #[test]
+    fn median_spread_takes_the_middle_run() {
+        assert_eq!(median_spread(&[3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
+        assert_eq!(median_spread(&[5.0]), (5.0, 5.0, 5.0));
+        assert!(median_spread(&[]).0.is_nan());
+    }
+
+    #[test]
+    fn ratios_are_of_the_medians_of_acknowledged_publishes_per_second() {
+        let t = Throughput {
+            window: 32,
+            events: 1000,
+            // raw 1,000/s; atomic batches 100/s; ringcast 50/s (runs of 20 s, 10 s, 40 s).
+            secs: [vec![1.0, 0.5, 2.0], vec![10.0], vec![20.0, 10.0, 40.0]],
+        };
+        assert_eq!(t.rates(Side::Raw), (1000.0, 500.0, 2000.0));
+        assert!((t.ratio(Side::Raw) - 0.05).abs() < 1e-12);
+        assert!((t.ratio(Side::Batches) - 0.5).abs() < 1e-12);
+        let row = throughput_row(&t);
+        assert_eq!(row.len(), THROUGHPUT_HEADER.len());
+        assert_eq!(row[5..], ["0.05", "no", "0.50"]);
+    }
+}
