@@ -8,7 +8,7 @@
 //!   source and destination), and reports the engine's resident memory per connection
 //!   with the conditions of the run.
 //! - `hold-worker` (hidden): one such worker process, spawned by `hold`.
-//! - `fanout`, `slow`, `churn`, `storm`, `compare`, `check`: see bench/README.md.
+//! - `fanout`, `slow`, `churn`, `storm`, `compare`, `check`, `backplane`: see bench/README.md.
 //!
 //! Module map: [`hold`] orchestrates and measures, [`worker`] runs one worker process,
 //! [`client`] is its io_uring client engine, [`handshake`] recognises a held SSE, NDJSON
@@ -20,6 +20,7 @@
 // The `hold` report's JSON is one `serde_json::json!` object of some fifty fields.
 #![recursion_limit = "256"]
 
+mod backplane;
 mod check;
 mod churn;
 mod client;
@@ -74,6 +75,9 @@ enum Cmd {
     Compare(compare::CompareArgs),
     /// Fast and slow readers on one topic: what backpressure does to each class.
     Slow(slow::SlowArgs),
+    /// Start NATS JetStream and ringcast nodes; backplane throughput against raw JetStream,
+    /// cross-node latency against a single node.
+    Backplane(backplane::BackplaneArgs),
 }
 
 fn main() -> ExitCode {
@@ -86,5 +90,6 @@ fn main() -> ExitCode {
         Cmd::Storm(args) => storm::main(args),
         Cmd::Compare(args) => compare::main(args),
         Cmd::Slow(args) => slow::main(args),
+        Cmd::Backplane(args) => backplane::main(args),
     }
 }

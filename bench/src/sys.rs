@@ -94,6 +94,22 @@ pub fn kill_me_with_parent() -> io::Result<()> {
     Ok(())
 }
 
+/// Makes the process `command` spawns receive SIGKILL when the thread spawning it exits,
+/// so that a server this tool started never outlives a killed tool.
+pub fn die_with_parent(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and calls only
+    // `prctl`, which is async-signal-safe, allocating nothing and touching no lock.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
