@@ -195,9 +195,23 @@ fn in_stream_order(mut ids: Vec<String>) -> Vec<String> {
 
 #[test]
 fn three_nodes_give_every_subscriber_every_event_once_in_one_order_with_one_id() {
+    three_nodes_publishing_one_topic(&[]);
+}
+
+/// The same with publishes pipelined: the three nodes publishing one topic at once make
+/// the predicted predecessors fail and the pipelines drain and send again.
+#[test]
+fn pipelined_publishes_from_three_nodes_give_every_subscriber_every_event_once_in_one_order() {
+    three_nodes_publishing_one_topic(&["--backplane-publish", "pipelined"]);
+}
+
+fn three_nodes_publishing_one_topic(extra: &[&str]) {
     let nats = NatsServer::start();
     let url = nats.url();
-    let nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| Node::start(&url, n)).collect();
+    let nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Node::start_with(&url, n, extra))
+        .collect();
     // A marker every subscriber resumes from: connecting before or during the run is the same.
     let marker = publish_through(&nodes[0].ingest, "c", "marker", 1).remove(0);
     let transports = [Transport::Sse, Transport::Ws, Transport::Ndjson, Transport::Poll];
@@ -256,6 +270,29 @@ fn three_nodes_give_every_subscriber_every_event_once_in_one_order_with_one_id()
         want,
         "moving across nodes every 100 events"
     );
+    let conflicts: u64 = nodes.iter().map(|n| stat(n.engine(), "conflicts")).sum();
+    eprintln!("{extra:?}: {conflicts} conflicts met and resolved");
+    assert!(conflicts > 0, "the nodes' publishes met each other");
+}
+
+/// A backplane figure of `/stats` (`"backplane":{..,"name":N}`).
+fn stat(engine: &Engine, name: &str) -> u64 {
+    let stats = engine.stats();
+    let section = stats
+        .split_once("\"backplane\":{")
+        .expect("a backplane in /stats")
+        .1;
+    let key = format!("\"{name}\":");
+    let value = section
+        .split_once(&key)
+        .unwrap_or_else(|| panic!("no backplane figure {name} in {stats}"))
+        .1;
+    value
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .expect("a number")
 }
 
 #[test]
@@ -370,10 +407,26 @@ fn a_nats_restart_loses_nothing_acknowledged_and_refuses_publishes_while_down() 
 
 #[test]
 fn a_three_server_nats_cluster_loses_a_server_and_nothing_acknowledged() {
+    three_servers_lose_one(&[]);
+}
+
+/// Pipelined publishes are acknowledged once a quorum of the three servers has them, so
+/// losing one loses nothing acknowledged either.
+#[test]
+fn pipelined_on_a_three_server_nats_cluster_losing_a_server_loses_nothing_acknowledged() {
+    three_servers_lose_one(&["--backplane-publish", "pipelined"]);
+}
+
+fn three_servers_lose_one(extra: &[&str]) {
     let mut servers = NatsServer::cluster(3);
     let urls = servers.iter().map(NatsServer::url).collect::<Vec<_>>().join(",");
-    let a = Node::start_with(&urls, "a", &["--backplane-replicas", "3"]);
-    let b = Node::start_with(&urls, "b", &["--backplane-replicas", "3"]);
+    let args: Vec<&str> = ["--backplane-replicas", "3"]
+        .iter()
+        .copied()
+        .chain(extra.iter().copied())
+        .collect();
+    let a = Node::start_with(&urls, "a", &args);
+    let b = Node::start_with(&urls, "b", &args);
     let marker = publish_through(&a.ingest, "h", "marker", 1).remove(0);
     let watcher_a = {
         let (addr, marker) = (a.addr, marker.clone());

@@ -211,6 +211,21 @@ pub struct Config {
     )]
     pub backplane_timeout_ms: u64,
 
+    /// How publishes reach JetStream. `batched`: atomic batches, one in flight, each synced
+    /// to disk before it is acknowledged, so an acknowledged event survives even a lone
+    /// NATS server's crash. `pipelined`: up to 1,000 plain publishes in flight, acknowledged
+    /// once the stream has them (with --backplane-replicas 3, a quorum of servers), before
+    /// they are synced: several times the throughput, and on a single server a crash loses
+    /// what it had not yet synced.
+    #[arg(
+        long,
+        value_name = "MODE",
+        value_enum,
+        default_value_t = BackplanePublish::Batched,
+        env = "RINGCAST_BACKPLANE_PUBLISH"
+    )]
+    pub backplane_publish: BackplanePublish,
+
     /// This node's name in the cluster [default: the hostname].
     #[arg(long, value_name = "NAME", env = "RINGCAST_NODE_ID")]
     pub node_id: Option<String>,
@@ -752,6 +767,13 @@ fn check(ok: bool, flag: &'static str, value: impl ToString, why: &'static str) 
             why,
         })
     }
+}
+
+/// How publishes reach JetStream (`--backplane-publish`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackplanePublish {
+    Batched,
+    Pipelined,
 }
 
 impl Config {

@@ -62,6 +62,10 @@ pub struct BackplaneArgs {
     /// `--loops` of every node.
     #[arg(long, default_value_t = 1)]
     pub loops: usize,
+    /// `--backplane-publish` of nodes A and B: `batched` (atomic batches, synced) or
+    /// `pipelined` (plain publishes, up to 1,000 in flight).
+    #[arg(long, value_name = "MODE", default_value = "batched")]
+    pub backplane_publish: String,
     /// Events per throughput run, at most.
     #[arg(long, default_value_t = 20_000)]
     pub events: u64,
@@ -287,6 +291,8 @@ fn node_flags(args: &BackplaneArgs, backplane: Option<(&Nats, &str)>) -> Vec<Str
             id.to_owned(),
             "--backplane-stream".to_owned(),
             STREAM.to_owned(),
+            "--backplane-publish".to_owned(),
+            args.backplane_publish.clone(),
         ]);
     }
     flags
@@ -572,8 +578,8 @@ fn text(args: &BackplaneArgs, c: &Conditions, o: &Outcome) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "ringcast-bench backplane: {}, ringcast nodes with --loops {}",
-        o.nats_version, args.loops
+        "ringcast-bench backplane: {}, ringcast nodes with --loops {}, --backplane-publish {}",
+        o.nats_version, args.loops, args.backplane_publish
     );
     let _ = writeln!(
         out,
@@ -704,6 +710,7 @@ fn json(args: &BackplaneArgs, c: &Conditions, o: &Outcome) -> String {
         "subcommand": "backplane",
         "nats_server": o.nats_version,
         "loops": args.loops,
+        "backplane_publish": args.backplane_publish,
         "events": args.events,
         "bytes": args.bytes,
         "runs": args.runs,
@@ -722,9 +729,15 @@ fn json(args: &BackplaneArgs, c: &Conditions, o: &Outcome) -> String {
 
 fn markdown(args: &BackplaneArgs, o: &Outcome) -> String {
     let mut out = format!(
-        "{}, nodes with `--loops {}`; up to {} events of {} B per throughput run (at most {} x W), \
-         median (min-max) of {} runs.\n\n",
-        o.nats_version, args.loops, args.events, args.bytes, args.events_per_window, args.runs
+        "{}, nodes with `--loops {}`, `--backplane-publish {}`; up to {} events of {} B per throughput \
+         run (at most {} x W), median (min-max) of {} runs.\n\n",
+        o.nats_version,
+        args.loops,
+        args.backplane_publish,
+        args.events,
+        args.bytes,
+        args.events_per_window,
+        args.runs
     );
     let rows: Vec<Vec<String>> = o.throughput.iter().map(throughput_row).collect();
     out.push_str(&output::markdown_table(&THROUGHPUT_HEADER, &rows));

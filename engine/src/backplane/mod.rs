@@ -5,7 +5,7 @@
 //! # Shape
 //!
 //! ```text
-//!  publishers -> ingest thread --PUB--> backplane thread --atomic batch--> JetStream stream
+//!  publishers -> ingest thread --PUB--> backplane thread --batch or pipeline--> JetStream stream
 //!                  ^    |  acks, stream events (in stream order)   |            |
 //!                  |    `------------------------------------------'  ordered consumer
 //!                  |                                                             |
@@ -28,17 +28,27 @@
 //!
 //! # Publishing
 //!
-//! `+OK <id>` is sent only once JetStream has stored the event. Publishes are sent as
-//! JetStream atomic batches (up to [`nats::BATCH_MESSAGES_MAX`] events), one batch in flight
-//! at a time, so events keep the order the node received them in while a batch carries
-//! many of them per round trip. Every message names its topic's previous message
-//! (`Ringcast-Prev`, see [`proof`]), checked by JetStream with
-//! `Nats-Expected-Last-Subject-Sequence`; a batch refused because another node published
-//! the same topic in between is retried with the new predecessor. When NATS cannot be
-//! reached a publish is answered `-ERR backplane unavailable: <reason>` at once (no
-//! connection: nothing was sent) or within `--backplane-timeout-ms` (sent, never
-//! acknowledged: the reason then says the event may still have been stored, which happens
-//! when NATS goes away between receiving a batch and answering it).
+//! `+OK <id>` is sent only once JetStream has stored the event. Every message names its
+//! topic's previous message (`Ringcast-Prev`, see [`proof`]), checked by JetStream with
+//! `Nats-Expected-Last-Subject-Sequence`, so a stored predecessor is never a wrong one.
+//! Two ways to get there (`--backplane-publish`):
+//!
+//! - `batched` (the default): JetStream atomic batches (up to [`nats::BATCH_MESSAGES_MAX`]
+//!   events), one batch in flight at a time, so events keep the order the node received
+//!   them in while a batch carries many of them per round trip; JetStream syncs a batch
+//!   to disk before acknowledging it, so an acknowledged event survives even a lone
+//!   server's crash. A batch refused because another node published one of its topics in
+//!   between is retried with the new predecessor.
+//! - `pipelined`: plain publishes, up to [`nats::WINDOW_MAX`] in flight, acknowledged as
+//!   JetStream acknowledges them (held by the stream leader and, with replicas, a quorum;
+//!   not yet synced). A predecessor still in flight is predicted; another node's message
+//!   in between makes the check fail for those that relied on it, and they are sent again
+//!   (see `nats::Pipeline`).
+//!
+//! When NATS cannot be reached a publish is answered `-ERR backplane unavailable: <reason>`
+//! at once (no connection: nothing was sent) or within `--backplane-timeout-ms` (sent,
+//! never acknowledged: the reason then says the event may still have been stored, which
+//! happens when NATS goes away between receiving a publish and answering it).
 //!
 //! # Serving
 //!

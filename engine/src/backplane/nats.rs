@@ -1,9 +1,10 @@
 //! The backplane thread: async-nats on a current-thread tokio runtime, and four tasks on
 //! it (a `LocalSet`, so they share state without locks):
 //!
-//! - the publisher: takes the ingest thread's publishes in order and stores them as atomic
-//!   batches, one in flight at a time, each message naming its topic's predecessor (see
-//!   [`super::proof`]); acknowledges each publish with its stream sequence or the reason;
+//! - the publisher: takes the ingest thread's publishes in order and pipelines them to
+//!   JetStream, up to [`WINDOW_MAX`] in flight, each message naming its topic's predecessor
+//!   (checked by JetStream, see [`super::proof`] and [`Pipeline`]); acknowledges each
+//!   publish with its stream sequence or the reason;
 //! - the consumer: an ordered consumer over the whole stream from the node's join point,
 //!   handing every event to the ingest thread in stream order, pausing while the ingest
 //!   thread has [`super::CONSUMED_WAITING_MAX`] events waiting;
@@ -16,7 +17,7 @@
 //! It never blocks the io_uring loops: they see its results in mailboxes and are woken
 //! by `MSG_RING` doorbells from the thread's own small ring ([`crate::sys::uring::Bell`]).
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, PoisonError};
@@ -33,15 +34,20 @@ use super::relay::{self, Listening, Outgoing, Relay};
 use super::{
     subject, Ack, Acked, Backplane, BackplaneError, Consumed, FetchRequest, Fetched, Joined, Publish, Request,
 };
-use crate::config::Config;
+use crate::config::{BackplanePublish as PublishMode, Config};
 use crate::event::{Epoch, Event};
 use crate::sys::uring::Bell;
 
-/// Events per atomic batch (JetStream's own limit is 1,000).
+/// Publishes in flight to JetStream at once, each awaiting its own acknowledgement.
+pub const WINDOW_MAX: usize = 1000;
+/// Their payload bytes.
+const WINDOW_BYTES_MAX: usize = 8 << 20;
+/// Events per atomic batch (JetStream's own limit is 1,000), and read per topic by one
+/// batched direct get.
 pub const BATCH_MESSAGES_MAX: usize = 1000;
 /// Payload bytes per atomic batch.
 const BATCH_BYTES_MAX: usize = 8 << 20;
-/// Times a batch is retried after another node published one of its topics in between.
+/// Times a publish is sent again after another node published its topic in between.
 const CONFLICT_RETRIES: usize = 20;
 /// Header of the event name.
 const EVENT_HEADER: &str = "Ringcast-Event";
@@ -51,8 +57,9 @@ const KEY_HEADER: &str = "Ringcast-Key";
 const HEADER_ROOM: usize = 4096;
 /// How long the start waits for NATS.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The JetStream error code of a failed `Nats-Expected-Last-Subject-Sequence` check.
-const WRONG_LAST_SEQUENCE: u64 = 10071;
+/// The JetStream error codes of a failed `Nats-Expected-Last-Subject-Sequence` check: the
+/// first names the sequence, the second (a clustered stream's) does not.
+const WRONG_LAST_SEQUENCE: [u64; 2] = [10071, 10164];
 
 /// Doorbell targets, filled in as the ingest thread and the loops build their rings.
 pub struct Bells {
@@ -72,6 +79,7 @@ pub(super) struct Settings {
     max_age: Duration,
     max_bytes: i64,
     payload_max: usize,
+    publish: PublishMode,
 }
 
 impl Settings {
@@ -88,6 +96,7 @@ impl Settings {
             node: config.node_name(),
             replicas: config.backplane_replicas,
             timeout: Duration::from_millis(config.backplane_timeout_ms),
+            publish: config.backplane_publish,
             per_subject: i64::try_from(config.history_events).unwrap_or(i64::MAX),
             max_age: Duration::from_secs(config.history_age_secs),
             max_bytes: i64::try_from(config.history_bytes_total).unwrap_or(i64::MAX),
@@ -103,6 +112,14 @@ impl Settings {
 /// A [`BackplaneError`] saying what is wrong and what to do.
 pub fn start(config: &Config, loops: usize) -> Result<(Arc<Backplane>, Arc<Bells>, Joined), BackplaneError> {
     let settings = Settings::of(config);
+    if settings.publish == PublishMode::Pipelined && settings.replicas < 3 {
+        eprintln!(
+            "ringcast: backplane: --backplane-publish pipelined with {} stream replica(s): JetStream \
+             acknowledges before it syncs, so a NATS server crash loses acknowledged events it had \
+             not synced; use --backplane-replicas 3 or --backplane-publish batched",
+            settings.replicas
+        );
+    }
     let (requests_tx, requests_rx) = tokio::sync::mpsc::unbounded_channel();
     let backplane = Arc::new(Backplane {
         requests: requests_tx,
@@ -309,8 +326,10 @@ fn check_compatible(s: &Settings, c: &stream::Config) -> Result<(), BackplaneErr
     if !c.allow_direct {
         wrong.push("allow_direct is off; ringcast reads resumes with direct gets".into());
     }
-    if !c.allow_atomic_publish {
-        wrong.push("allow_atomic is off; ringcast publishes atomic batches".into());
+    if !c.allow_atomic_publish && s.publish == PublishMode::Batched {
+        wrong.push(
+            "allow_atomic is off; ringcast publishes atomic batches (--backplane-publish batched)".into(),
+        );
     }
     if c.sealed || c.mirror.is_some() || c.sources.as_ref().is_some_and(|v| !v.is_empty()) {
         wrong.push("it is sealed, a mirror or sourced; ringcast must write it".into());
@@ -497,7 +516,340 @@ impl Node {
 
 // ----- publishing ---------------------------------------------------------------------
 
-async fn publisher(node: Rc<Node>, mut rx: UnboundedReceiver<Publish>) {
+/// One publish on its way to JetStream.
+struct InFlight {
+    publish: Publish,
+    /// The stream sequence it is expected to get (see [`Pipeline`]).
+    predicted: u64,
+    /// Sends before this one that met a conflict.
+    attempts: usize,
+    reply: tokio::task::JoinHandle<Result<u64, PublishError>>,
+}
+
+/// The publishes in flight, in the order they were sent, and what the next ones predict.
+///
+/// Each publish names its topic's previous message in `Ringcast-Prev` and has JetStream
+/// check it with `Nats-Expected-Last-Subject-Sequence`. When that message is itself still
+/// in flight its sequence is not known yet: it is predicted, as the sequence after the
+/// newest one sent, which holds while this node's publishes are stored back to back. When
+/// another node's message comes in between, the check fails for the publishes that
+/// relied on the prediction (a conflict, never a wrong predecessor stored), and the
+/// pipeline drains: nothing more is sent until every publish in flight has its answer,
+/// then the conflicted ones are sent again, in their order, with each topic's predecessor
+/// looked up, and for a while without predictions (one publish in flight per topic).
+struct Pipeline {
+    inflight: VecDeque<InFlight>,
+    bytes: usize,
+    /// The predicted sequence of the next publish; `None` when nothing anchors it (then
+    /// the newest sequence this node knows of, plus one).
+    next: Option<u64>,
+    /// Per topic with publishes in flight: the predicted sequence of its newest, and how
+    /// many it has in flight.
+    topics: HashMap<Box<str>, (u64, usize)>,
+    /// A conflict was met: send nothing until the publishes in flight are answered.
+    draining: bool,
+    /// Conflicted publishes waiting for the drain to end, in their order.
+    conflicted: Vec<(Publish, usize)>,
+    /// Publishes left to send without predictions after a drain.
+    exact: usize,
+}
+
+impl Pipeline {
+    fn new() -> Self {
+        Pipeline {
+            inflight: VecDeque::with_capacity(WINDOW_MAX),
+            bytes: 0,
+            next: None,
+            topics: HashMap::new(),
+            draining: false,
+            conflicted: Vec::new(),
+            exact: 0,
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        !self.draining && self.inflight.len() < WINDOW_MAX && self.bytes < WINDOW_BYTES_MAX
+    }
+
+    /// Whether `p` may go now: after a drain, not while its topic has one in flight.
+    fn may_send(&self, p: &Publish) -> bool {
+        self.has_room() && (self.exact == 0 || !self.topics.contains_key(&p.topic))
+    }
+
+    fn send(&mut self, node: &Rc<Node>, publish: Publish, attempts: usize) {
+        let predicted = self
+            .next
+            .filter(|_| !self.inflight.is_empty())
+            .unwrap_or_else(|| node.backplane.status.last_seq.load(Ordering::Acquire) + 1);
+        self.next = Some(predicted + 1);
+        self.exact = self.exact.saturating_sub(1);
+        let prev = match self.topics.get(&publish.topic) {
+            Some(&(newest, _)) => newest,
+            None => node.last.borrow().get(&*publish.topic).copied().unwrap_or(0),
+        };
+        let entry = self.topics.entry(publish.topic.clone()).or_insert((0, 0));
+        *entry = (predicted, entry.1 + 1);
+        node.backplane.status.batches.fetch_add(1, Ordering::Relaxed);
+        let reply = tokio::task::spawn_local(send_one(Rc::clone(node), message_of(node, &publish, prev)));
+        self.bytes += publish.payload.len();
+        self.inflight.push_back(InFlight {
+            publish,
+            predicted,
+            attempts,
+            reply,
+        });
+    }
+
+    /// The oldest publish has its answer.
+    fn done(&mut self, node: &Node, sent: InFlight, result: Result<u64, PublishError>) -> Option<Ack> {
+        self.bytes -= sent.publish.payload.len();
+        if let Some(entry) = self.topics.get_mut(&sent.publish.topic) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                self.topics.remove(&sent.publish.topic);
+            }
+        }
+        let status = &node.backplane.status;
+        let result = match result {
+            Ok(seq) => {
+                let mut known = node.last.borrow_mut();
+                let entry = known.entry(sent.publish.topic.to_string()).or_insert(0);
+                *entry = (*entry).max(seq);
+                status.last_seq.fetch_max(seq, Ordering::AcqRel);
+                // Stored elsewhere than predicted (another node's message came first, or
+                // one before it was not stored): the next ones are predicted from here.
+                if seq != sent.predicted {
+                    if let Some(next) = &mut self.next {
+                        *next = (*next + seq).saturating_sub(sent.predicted).max(seq + 1);
+                    }
+                }
+                Ok(seq)
+            }
+            Err(PublishError::Conflict) => {
+                status.conflicts.fetch_add(1, Ordering::Relaxed);
+                self.draining = true;
+                // Only a topic's first conflict of a drain counts against its publish: the
+                // ones after it failed because it did.
+                let first = !self.conflicted.iter().any(|(p, _)| p.topic == sent.publish.topic);
+                let attempts = sent.attempts + usize::from(first);
+                if attempts < CONFLICT_RETRIES {
+                    self.conflicted.push((sent.publish, attempts));
+                    return None;
+                }
+                Err(format!(
+                    "backplane busy: other nodes kept publishing this topic; {CONFLICT_RETRIES} attempts failed"
+                ))
+            }
+            Err(PublishError::Refused(why)) => Err(why),
+            Err(PublishError::Unavailable(why)) => Err(format!("backplane unavailable: {why}")),
+        };
+        Some(answer(node, sent.publish, result))
+    }
+}
+
+/// A random pause of up to 2^`attempts` milliseconds (at most 64).
+fn backoff_jitter(attempts: usize) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // A fresh RandomState is seeded randomly per instance: enough to break ties.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(attempts);
+    let cap_us = (1u64 << attempts.min(6)) * 1000;
+    Duration::from_micros(h.finish() % cap_us.max(1))
+}
+
+/// The answer to one publish, and the room it leaves.
+fn answer(node: &Node, publish: Publish, result: Result<u64, String>) -> Ack {
+    let status = &node.backplane.status;
+    node.backplane.publishing.give_back(publish.payload.len());
+    match &result {
+        Ok(_) => status.published.fetch_add(1, Ordering::Relaxed),
+        Err(_) => status.refused.fetch_add(1, Ordering::Relaxed),
+    };
+    Ack {
+        asker: publish.asker,
+        result: result.map(Acked::Stored),
+    }
+}
+
+async fn publisher(node: Rc<Node>, rx: UnboundedReceiver<Publish>) {
+    match node.settings.publish {
+        PublishMode::Batched => publish_batched(node, rx).await,
+        PublishMode::Pipelined => publish_pipelined(node, rx).await,
+    }
+}
+
+/// Publishes pipelined, up to [`WINDOW_MAX`] in flight (see [`Pipeline`]): acknowledged as
+/// JetStream acknowledges a plain publish, once the stream leader (and, with replicas, a
+/// quorum) has it, before it is synced to disk.
+async fn publish_pipelined(node: Rc<Node>, mut rx: UnboundedReceiver<Publish>) {
+    let mut pipe = Pipeline::new();
+    // Publishes taken from the ingest thread or sent back by a drain, not yet sent.
+    let mut queue: VecDeque<(Publish, usize)> = VecDeque::new();
+    let mut open = true;
+    loop {
+        while open && queue.len() < WINDOW_MAX {
+            match rx.try_recv() {
+                Ok(p) => queue.push_back((p, 0)),
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        let mut acks = Vec::new();
+        while let Some((p, _)) = queue.front() {
+            if !pipe.may_send(p) {
+                break;
+            }
+            let (p, attempts) = queue.pop_front().expect("a front");
+            if !node.connected() {
+                node.mark_down();
+                let why = format!("backplane unavailable: {}", node.down_reason());
+                acks.push(answer(&node, p, Err(why)));
+                continue;
+            }
+            pipe.send(&node, p, attempts);
+        }
+        if !acks.is_empty() {
+            node.ack(acks);
+        }
+        if pipe.inflight.is_empty() {
+            if pipe.draining {
+                pipe.draining = false;
+                let again = std::mem::take(&mut pipe.conflicted);
+                // Nodes that keep meeting on a topic back off by random amounts, so that
+                // one of them gets through.
+                let worst = again.iter().map(|(_, a)| *a).max().unwrap_or(0);
+                if worst >= 2 {
+                    let jitter = backoff_jitter(worst);
+                    tokio::time::sleep(jitter).await;
+                }
+                refresh_last(&node, again.iter().map(|(p, _)| &*p.topic)).await;
+                pipe.exact = WINDOW_MAX;
+                for item in again.into_iter().rev() {
+                    queue.push_front(item);
+                }
+                continue;
+            }
+            if !queue.is_empty() {
+                continue;
+            }
+            match rx.recv().await {
+                Some(p) => queue.push_back((p, 0)),
+                None => return,
+            }
+            continue;
+        }
+        let front = pipe.inflight.front_mut().expect("in flight");
+        tokio::select! {
+            biased;
+            result = &mut front.reply => {
+                let sent = pipe.inflight.pop_front().expect("in flight");
+                let result = result.unwrap_or_else(|e| Err(PublishError::Unavailable(e.to_string())));
+                // Every answer rings the ingest thread, which lets waiting publishers go on.
+                if let Some(ack) = pipe.done(&node, sent, result) {
+                    node.ack([ack]);
+                }
+            }
+            p = rx.recv(), if open && queue.len() < WINDOW_MAX => match p {
+                Some(p) => queue.push_back((p, 0)),
+                None => open = false,
+            },
+        }
+    }
+}
+
+impl Node {
+    /// Why NATS cannot be used now.
+    pub(super) fn down_reason(&self) -> String {
+        let reason = self.backplane.status.reason();
+        if reason.is_empty() {
+            "not connected to NATS".into()
+        } else {
+            reason
+        }
+    }
+}
+
+enum PublishError {
+    /// A topic's predecessor was not the one named: another node published it meanwhile,
+    /// or a publish it was predicted after was not stored.
+    Conflict,
+    /// JetStream refused the event for good.
+    Refused(String),
+    /// No answer, or no connection.
+    Unavailable(String),
+}
+
+/// The subject, headers and payload of `p`, naming `prev` as its topic's predecessor.
+fn message_of(node: &Node, p: &Publish, prev: u64) -> (String, HeaderMap, Bytes) {
+    let mut headers = HeaderMap::new();
+    headers.insert(PREV_HEADER, prev.to_string().as_str());
+    headers.insert("Nats-Expected-Last-Subject-Sequence", prev.to_string().as_str());
+    if let Some(event) = &p.event {
+        headers.insert(EVENT_HEADER, &**event);
+    }
+    if let Some(key) = &p.key {
+        headers.insert(KEY_HEADER, &**key);
+    }
+    let subject = subject::of_topic(&node.settings.stream, &p.topic);
+    (subject, headers, p.payload.clone())
+}
+
+/// Publishes one message and waits for JetStream's acknowledgement: its stream sequence.
+async fn send_one(
+    node: Rc<Node>,
+    (subject, headers, payload): (String, HeaderMap, Bytes),
+) -> Result<u64, PublishError> {
+    let request = async_nats::Request::new()
+        .headers(headers)
+        .payload(payload)
+        .timeout(Some(node.settings.timeout));
+    let reply = node
+        .client
+        .send_request(subject, request)
+        .await
+        .map_err(|e| match e.kind() {
+            // The publish went out and no answer came: NATS may have stored it.
+            async_nats::RequestErrorKind::TimedOut => PublishError::Unavailable(format!(
+                "no acknowledgement within {} ms; the event may still have been stored",
+                node.settings.timeout.as_millis()
+            )),
+            _ => PublishError::Unavailable(e.to_string()),
+        })?;
+    parse_ack(&reply.payload)
+}
+
+/// A JetStream publish acknowledgement: `{"stream":..,"seq":N}` or
+/// `{"error":{"code":..,"err_code":..,"description":..}}`.
+fn parse_ack(payload: &[u8]) -> Result<u64, PublishError> {
+    #[derive(serde::Deserialize)]
+    struct AckJson {
+        seq: Option<u64>,
+        error: Option<ErrorJson>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorJson {
+        err_code: Option<u64>,
+        description: Option<String>,
+    }
+    let ack: AckJson = serde_json::from_slice(payload)
+        .map_err(|e| PublishError::Refused(format!("unreadable acknowledgement from JetStream: {e}")))?;
+    if let Some(error) = ack.error {
+        if error.err_code.is_some_and(|c| WRONG_LAST_SEQUENCE.contains(&c)) {
+            return Err(PublishError::Conflict);
+        }
+        return Err(PublishError::Refused(format!(
+            "JetStream refused the event: {}",
+            error.description.unwrap_or_default()
+        )));
+    }
+    ack.seq
+        .filter(|&s| s > 0)
+        .ok_or_else(|| PublishError::Refused("JetStream acknowledged no sequence".into()))
+}
+
+/// Publishes as atomic batches, one in flight: JetStream syncs each batch to disk before
+/// acknowledging it, so an acknowledged event survives even a single server's crash.
+async fn publish_batched(node: Rc<Node>, mut rx: UnboundedReceiver<Publish>) {
     let mut batch: Vec<Publish> = Vec::with_capacity(BATCH_MESSAGES_MAX);
     while let Some(first) = rx.recv().await {
         let mut bytes = first.payload.len();
@@ -556,7 +908,7 @@ async fn store(node: &Node, batch: &[Publish]) -> Vec<Result<u64, String>> {
             }
             Err(BatchError::Conflict) => {
                 node.backplane.status.conflicts.fetch_add(1, Ordering::Relaxed);
-                refresh_last(node, batch).await;
+                refresh_last(node, batch.iter().map(|p| &*p.topic)).await;
             }
             Err(BatchError::Refused(why)) => return refuse(why),
             Err(BatchError::Unavailable(why)) => return refuse(format!("backplane unavailable: {why}")),
@@ -565,18 +917,6 @@ async fn store(node: &Node, batch: &[Publish]) -> Vec<Result<u64, String>> {
     refuse(format!(
         "backplane busy: other nodes kept publishing these topics; {CONFLICT_RETRIES} attempts failed"
     ))
-}
-
-impl Node {
-    /// Why NATS cannot be used now.
-    pub(super) fn down_reason(&self) -> String {
-        let reason = self.backplane.status.reason();
-        if reason.is_empty() {
-            "not connected to NATS".into()
-        } else {
-            reason
-        }
-    }
 }
 
 enum BatchError {
@@ -670,7 +1010,7 @@ fn parse_batch_ack(payload: &[u8], count: usize) -> Result<u64, BatchError> {
     let ack: AckJson = serde_json::from_slice(payload)
         .map_err(|e| BatchError::Refused(format!("unreadable acknowledgement from JetStream: {e}")))?;
     if let Some(error) = ack.error {
-        if error.err_code == Some(WRONG_LAST_SEQUENCE) {
+        if error.err_code.is_some_and(|c| WRONG_LAST_SEQUENCE.contains(&c)) {
             return Err(BatchError::Conflict);
         }
         return Err(BatchError::Refused(format!(
@@ -686,9 +1026,9 @@ fn parse_batch_ack(payload: &[u8], count: usize) -> Result<u64, BatchError> {
     }
 }
 
-/// Learns the newest stored message of each of `batch`'s topics.
-async fn refresh_last(node: &Node, batch: &[Publish]) {
-    let mut topics: Vec<&str> = batch.iter().map(|p| &*p.topic).collect();
+/// Learns the newest stored message of each of `topics`.
+async fn refresh_last<'a>(node: &Node, topics: impl Iterator<Item = &'a str>) {
+    let mut topics: Vec<&str> = topics.collect();
     topics.sort_unstable();
     topics.dedup();
     for topic in topics {
@@ -697,6 +1037,7 @@ async fn refresh_last(node: &Node, batch: &[Publish]) {
             let mut known = node.last.borrow_mut();
             let entry = known.entry(topic.to_string()).or_insert(0);
             *entry = (*entry).max(seq);
+            node.backplane.status.last_seq.fetch_max(seq, Ordering::AcqRel);
         }
     }
 }
