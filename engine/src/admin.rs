@@ -418,6 +418,12 @@ const METRICS: &[(&str, &str, &str, &str)] = &[
         "Backend messages for closed connections.",
     ),
     (
+        "stream_skipped",
+        "ringcast_stream_skipped_total",
+        "counter",
+        "Stream sequences a cluster node never received (evicted first), told as gaps.",
+    ),
+    (
         "ws_rate_limited",
         "ringcast_ws_rate_limited_total",
         "counter",
@@ -502,7 +508,7 @@ fn metrics(shared: &Shared, gate: &Gate) -> String {
 }
 
 /// Every counter by name, in the order of [`Counters`].
-fn counters(c: &Counters) -> [(&'static str, u64); 42] {
+fn counters(c: &Counters) -> [(&'static str, u64); 43] {
     [
         ("accepted", c.accepted.load(Relaxed)),
         ("open", c.open.load(Relaxed)),
@@ -546,6 +552,7 @@ fn counters(c: &Counters) -> [(&'static str, u64); 42] {
         ("admission_dropped", c.admission_dropped.load(Relaxed)),
         ("ws_rate_limited", c.ws_rate_limited.load(Relaxed)),
         ("ws_rate_closed", c.ws_rate_closed.load(Relaxed)),
+        ("stream_skipped", c.stream_skipped.load(Relaxed)),
     ]
 }
 

@@ -93,6 +93,9 @@ pub struct Counters {
     pub admission_shed: AtomicU64,
     /// Refused connections closed unanswered: their address had enough answers waiting.
     pub admission_dropped: AtomicU64,
+    /// In a cluster: stream sequences this node never received (evicted before its consumer
+    /// read them), each run told to every stream as a `ringcast.gap`.
+    pub stream_skipped: AtomicU64,
     /// WebSocket messages refused for exceeding --ws-msg-rate.
     pub ws_rate_limited: AtomicU64,
     /// WebSockets closed (1008) for going on past --ws-msg-rate.

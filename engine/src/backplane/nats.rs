@@ -57,9 +57,10 @@ const KEY_HEADER: &str = "Ringcast-Key";
 const HEADER_ROOM: usize = 4096;
 /// How long the start waits for NATS.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The JetStream error codes of a failed `Nats-Expected-Last-Subject-Sequence` check: the
-/// first names the sequence, the second (a clustered stream's) does not.
-const WRONG_LAST_SEQUENCE: [u64; 2] = [10071, 10164];
+/// The JetStream error codes of a failed `Nats-Expected-Last-Subject-Sequence` check (the
+/// first names the sequence, the second, a clustered stream's, does not) and of a failed
+/// `Nats-Expected-Last-Msg-Id` check.
+const WRONG_LAST_SEQUENCE: [u64; 3] = [10071, 10164, 10070];
 
 /// Doorbell targets, filled in as the ingest thread and the loops build their rings.
 pub struct Bells {
@@ -531,12 +532,18 @@ struct InFlight {
 /// Each publish names its topic's previous message in `Ringcast-Prev` and has JetStream
 /// check it with `Nats-Expected-Last-Subject-Sequence`. When that message is itself still
 /// in flight its sequence is not known yet: it is predicted, as the sequence after the
-/// newest one sent, which holds while this node's publishes are stored back to back. When
-/// another node's message comes in between, the check fails for the publishes that
-/// relied on the prediction (a conflict, never a wrong predecessor stored), and the
-/// pipeline drains: nothing more is sent until every publish in flight has its answer,
-/// then the conflicted ones are sent again, in their order, with each topic's predecessor
-/// looked up, and for a while without predictions (one publish in flight per topic).
+/// newest one sent, which holds while this node's publishes are stored back to back.
+///
+/// That they are is checked too: every publish has a `Nats-Msg-Id`, and each one sent
+/// while others are in flight carries `Nats-Expected-Last-Msg-Id`, the id of the one sent
+/// just before it, so JetStream stores it only right after that one. A chain of publishes
+/// is thus stored whole and in order up to its first failure, and a prediction can never
+/// pass by coinciding with somebody else's message. When another node's message comes in
+/// between, or a publish is refused, every later one in flight fails (a conflict, never a
+/// wrong predecessor stored), and the pipeline drains: nothing more is sent until every
+/// publish in flight has its answer, then the conflicted ones are sent again, in their
+/// order, with each topic's predecessor looked up, and without predictions or chaining
+/// (one publish in flight per topic) until the pipeline next runs empty.
 struct Pipeline {
     inflight: VecDeque<InFlight>,
     bytes: usize,
@@ -550,8 +557,15 @@ struct Pipeline {
     draining: bool,
     /// Conflicted publishes waiting for the drain to end, in their order.
     conflicted: Vec<(Publish, usize)>,
-    /// Publishes left to send without predictions after a drain.
+    /// After a drain, publishes left to send before predictions may start again (once the
+    /// pipeline has run empty).
     exact: usize,
+    /// Sending without predictions or chaining since the last drain.
+    exact_phase: bool,
+    /// The `Nats-Msg-Id` of the newest publish in flight.
+    last_id: Option<String>,
+    /// Serial of the next `Nats-Msg-Id`.
+    serial: u64,
 }
 
 impl Pipeline {
@@ -564,6 +578,9 @@ impl Pipeline {
             draining: false,
             conflicted: Vec::new(),
             exact: 0,
+            exact_phase: false,
+            last_id: None,
+            serial: 0,
         }
     }
 
@@ -573,16 +590,30 @@ impl Pipeline {
 
     /// Whether `p` may go now: after a drain, not while its topic has one in flight.
     fn may_send(&self, p: &Publish) -> bool {
-        self.has_room() && (self.exact == 0 || !self.topics.contains_key(&p.topic))
+        self.has_room() && (!self.exact_phase || !self.topics.contains_key(&p.topic))
     }
 
     fn send(&mut self, node: &Rc<Node>, publish: Publish, attempts: usize) {
+        if self.inflight.is_empty() {
+            // A new chain; after a drain's quota, predictions start again here.
+            self.last_id = None;
+            if self.exact == 0 {
+                self.exact_phase = false;
+            }
+        }
         let predicted = self
             .next
             .filter(|_| !self.inflight.is_empty())
             .unwrap_or_else(|| node.backplane.status.last_seq.load(Ordering::Acquire) + 1);
         self.next = Some(predicted + 1);
         self.exact = self.exact.saturating_sub(1);
+        self.serial += 1;
+        let id = format!("{}-{}-{}", node.settings.node, std::process::id(), self.serial);
+        let after = if self.exact_phase {
+            None
+        } else {
+            self.last_id.replace(id.clone())
+        };
         let prev = match self.topics.get(&publish.topic) {
             Some(&(newest, _)) => newest,
             None => node.last.borrow().get(&*publish.topic).copied().unwrap_or(0),
@@ -590,7 +621,12 @@ impl Pipeline {
         let entry = self.topics.entry(publish.topic.clone()).or_insert((0, 0));
         *entry = (predicted, entry.1 + 1);
         node.backplane.status.batches.fetch_add(1, Ordering::Relaxed);
-        let reply = tokio::task::spawn_local(send_one(Rc::clone(node), message_of(node, &publish, prev)));
+        let mut message = message_of(node, &publish, prev);
+        message.1.insert("Nats-Msg-Id", id.as_str());
+        if let Some(after) = &after {
+            message.1.insert("Nats-Expected-Last-Msg-Id", after.as_str());
+        }
+        let reply = tokio::task::spawn_local(send_one(Rc::clone(node), message));
         self.bytes += publish.payload.len();
         self.inflight.push_back(InFlight {
             publish,
@@ -724,6 +760,7 @@ async fn publish_pipelined(node: Rc<Node>, mut rx: UnboundedReceiver<Publish>) {
                 }
                 refresh_last(&node, again.iter().map(|(p, _)| &*p.topic)).await;
                 pipe.exact = WINDOW_MAX;
+                pipe.exact_phase = true;
                 for item in again.into_iter().rev() {
                     queue.push_front(item);
                 }

@@ -728,13 +728,21 @@ impl Shard {
             match broadcast.read(self.next_seq) {
                 Read::Item(event) => {
                     self.next_seq += 1;
-                    self.ring_seq = event.seq;
+                    let before = std::mem::replace(&mut self.ring_seq, event.seq);
                     if let Some(after) = self.lost_after.take() {
                         // The first event after an overrun: what came between is refilled
                         // from the history, and this event follows it.
                         self.deliver_batch(&mut batch);
                         self.refill_lost(after, event);
                         continue;
+                    }
+                    // In a cluster every stream sequence comes through the ring in order: a
+                    // jump is events this node never received (the stream evicted them
+                    // before its consumer read them). No topic is known: every stream hears.
+                    if event.seq > before + 1 && self.shared.backplane.is_some() {
+                        self.deliver_batch(&mut batch);
+                        bump_by(&self.counters.stream_skipped, event.seq - before - 1);
+                        self.tell_ring_loss(before + 1, event.seq - 1);
                     }
                     n += 1;
                     size += event.data.len();
