@@ -808,9 +808,9 @@ impl Node {
 
 enum PublishError {
     /// A topic's predecessor was not the one named: another node published it meanwhile,
-    /// or a publish it was predicted after was not stored.
+    /// or a publish it was predicted or chained after was not stored.
     Conflict,
-    /// JetStream refused the event for good.
+    /// JetStream refused the event (or the batch) for good.
     Refused(String),
     /// No answer, or no connection.
     Unavailable(String),
@@ -836,31 +836,23 @@ async fn send_one(
     node: Rc<Node>,
     (subject, headers, payload): (String, HeaderMap, Bytes),
 ) -> Result<u64, PublishError> {
-    let request = async_nats::Request::new()
-        .headers(headers)
-        .payload(payload)
-        .timeout(Some(node.settings.timeout));
-    let reply = node
-        .client
-        .send_request(subject, request)
-        .await
-        .map_err(|e| match e.kind() {
-            // The publish went out and no answer came: NATS may have stored it.
-            async_nats::RequestErrorKind::TimedOut => PublishError::Unavailable(format!(
-                "no acknowledgement within {} ms; the event may still have been stored",
-                node.settings.timeout.as_millis()
-            )),
-            _ => PublishError::Unavailable(e.to_string()),
-        })?;
-    parse_ack(&reply.payload)
+    let request = async_nats::Request::new().headers(headers).payload(payload);
+    acknowledged(&node, subject, request).await.map(|(seq, _)| seq)
 }
 
-/// A JetStream publish acknowledgement: `{"stream":..,"seq":N}` or
-/// `{"error":{"code":..,"err_code":..,"description":..}}`.
-fn parse_ack(payload: &[u8]) -> Result<u64, PublishError> {
+/// Sends `request` (a publish, or a batch's commit) and reads JetStream's acknowledgement
+/// `{"stream":..,"seq":N[,"batch":..,"count":K]}` or
+/// `{"error":{"code":..,"err_code":..,"description":..}}`: the sequence stored last, and
+/// how many messages were stored.
+async fn acknowledged(
+    node: &Node,
+    subject: String,
+    request: async_nats::Request,
+) -> Result<(u64, u64), PublishError> {
     #[derive(serde::Deserialize)]
     struct AckJson {
         seq: Option<u64>,
+        count: Option<u64>,
         error: Option<ErrorJson>,
     }
     #[derive(serde::Deserialize)]
@@ -868,7 +860,19 @@ fn parse_ack(payload: &[u8]) -> Result<u64, PublishError> {
         err_code: Option<u64>,
         description: Option<String>,
     }
-    let ack: AckJson = serde_json::from_slice(payload)
+    let reply = node
+        .client
+        .send_request(subject, request.timeout(Some(node.settings.timeout)))
+        .await
+        .map_err(|e| match e.kind() {
+            // It went out and no answer came: NATS may have stored it.
+            async_nats::RequestErrorKind::TimedOut => PublishError::Unavailable(format!(
+                "no acknowledgement within {} ms; the event may still have been stored",
+                node.settings.timeout.as_millis()
+            )),
+            _ => PublishError::Unavailable(e.to_string()),
+        })?;
+    let ack: AckJson = serde_json::from_slice(&reply.payload)
         .map_err(|e| PublishError::Refused(format!("unreadable acknowledgement from JetStream: {e}")))?;
     if let Some(error) = ack.error {
         if error.err_code.is_some_and(|c| WRONG_LAST_SEQUENCE.contains(&c)) {
@@ -879,9 +883,10 @@ fn parse_ack(payload: &[u8]) -> Result<u64, PublishError> {
             error.description.unwrap_or_default()
         )));
     }
-    ack.seq
-        .filter(|&s| s > 0)
-        .ok_or_else(|| PublishError::Refused("JetStream acknowledged no sequence".into()))
+    match ack.seq {
+        Some(seq) if seq > 0 => Ok((seq, ack.count.unwrap_or(1))),
+        _ => Err(PublishError::Refused("JetStream acknowledged no sequence".into())),
+    }
 }
 
 /// Publishes as atomic batches, one in flight: JetStream syncs each batch to disk before
@@ -943,12 +948,12 @@ async fn store(node: &Node, batch: &[Publish]) -> Vec<Result<u64, String>> {
                 node.backplane.status.last_seq.fetch_max(last, Ordering::AcqRel);
                 return (first..=last).map(Ok).collect();
             }
-            Err(BatchError::Conflict) => {
+            Err(PublishError::Conflict) => {
                 node.backplane.status.conflicts.fetch_add(1, Ordering::Relaxed);
                 refresh_last(node, batch.iter().map(|p| &*p.topic)).await;
             }
-            Err(BatchError::Refused(why)) => return refuse(why),
-            Err(BatchError::Unavailable(why)) => return refuse(format!("backplane unavailable: {why}")),
+            Err(PublishError::Refused(why)) => return refuse(why),
+            Err(PublishError::Unavailable(why)) => return refuse(format!("backplane unavailable: {why}")),
         }
     }
     refuse(format!(
@@ -956,21 +961,12 @@ async fn store(node: &Node, batch: &[Publish]) -> Vec<Result<u64, String>> {
     ))
 }
 
-enum BatchError {
-    /// A topic's predecessor was not the one named: another node published it meanwhile.
-    Conflict,
-    /// JetStream refused the batch for good.
-    Refused(String),
-    /// No answer, or no connection.
-    Unavailable(String),
-}
-
 thread_local! {
     static BATCH_SERIAL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Sends one atomic batch and returns the sequence of its last message.
-async fn send_batch(node: &Node, batch: &[Publish]) -> Result<u64, BatchError> {
+async fn send_batch(node: &Node, batch: &[Publish]) -> Result<u64, PublishError> {
     let serial = BATCH_SERIAL.with(|s| {
         s.set(s.get() + 1);
         s.get()
@@ -1005,62 +1001,23 @@ async fn send_batch(node: &Node, batch: &[Publish]) -> Result<u64, BatchError> {
             node.client
                 .publish_with_headers(subject, headers, p.payload.clone())
                 .await
-                .map_err(|e| BatchError::Unavailable(e.to_string()))?;
+                .map_err(|e| PublishError::Unavailable(e.to_string()))?;
             continue;
         }
         headers.insert("Nats-Batch-Commit", "1");
         let request = async_nats::Request::new()
             .headers(headers)
-            .payload(p.payload.clone())
-            .timeout(Some(node.settings.timeout));
-        let reply = node
-            .client
-            .send_request(subject, request)
-            .await
-            .map_err(|e| match e.kind() {
-                // The batch went out and no answer came: NATS may have stored it.
-                async_nats::RequestErrorKind::TimedOut => BatchError::Unavailable(format!(
-                    "no acknowledgement within {} ms; the event may still have been stored",
-                    node.settings.timeout.as_millis()
-                )),
-                _ => BatchError::Unavailable(e.to_string()),
-            })?;
-        return parse_batch_ack(&reply.payload, batch.len());
-    }
-    Err(BatchError::Refused("empty batch".into()))
-}
-
-/// A JetStream publish acknowledgement: `{"stream":..,"seq":N,"batch":..,"count":K}` or
-/// `{"error":{"code":..,"err_code":..,"description":..}}`.
-fn parse_batch_ack(payload: &[u8], count: usize) -> Result<u64, BatchError> {
-    #[derive(serde::Deserialize)]
-    struct AckJson {
-        seq: Option<u64>,
-        count: Option<u64>,
-        error: Option<ErrorJson>,
-    }
-    #[derive(serde::Deserialize)]
-    struct ErrorJson {
-        err_code: Option<u64>,
-        description: Option<String>,
-    }
-    let ack: AckJson = serde_json::from_slice(payload)
-        .map_err(|e| BatchError::Refused(format!("unreadable acknowledgement from JetStream: {e}")))?;
-    if let Some(error) = ack.error {
-        if error.err_code.is_some_and(|c| WRONG_LAST_SEQUENCE.contains(&c)) {
-            return Err(BatchError::Conflict);
+            .payload(p.payload.clone());
+        let (seq, n) = acknowledged(node, subject, request).await?;
+        let count = batch.len() as u64;
+        if n == count && seq >= n {
+            return Ok(seq);
         }
-        return Err(BatchError::Refused(format!(
-            "JetStream refused the event: {}",
-            error.description.unwrap_or_default()
+        return Err(PublishError::Refused(format!(
+            "JetStream stored {n} of {count} events (last {seq}); the batch is not whole"
         )));
     }
-    match (ack.seq, ack.count.unwrap_or(1)) {
-        (Some(seq), n) if n == count as u64 && seq >= n => Ok(seq),
-        (seq, n) => Err(BatchError::Refused(format!(
-            "JetStream stored {n} of {count} events (last {seq:?}); the batch is not whole"
-        ))),
-    }
+    Err(PublishError::Refused("empty batch".into()))
 }
 
 /// Learns the newest stored message of each of `topics`.
