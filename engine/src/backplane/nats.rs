@@ -484,8 +484,17 @@ impl Node {
 /// is down and publishes fail fast.
 async fn watch(node: Rc<Node>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let statistics = node.client.statistics();
+    let mut connects = statistics.connects.load(Ordering::Relaxed);
     loop {
         tick.tick().await;
+        // A reconnection between two looks is seen by the count of connects, not only by
+        // a look that found the connection down: either way the consumer starts again.
+        let now = statistics.connects.load(Ordering::Relaxed);
+        if now != connects {
+            connects = now;
+            node.mark_down();
+        }
         if node.connected() {
             node.mark_up();
         } else {
