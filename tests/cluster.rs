@@ -335,10 +335,21 @@ fn an_engine_restart_resumes_without_a_reset() {
 
 #[test]
 fn a_nats_restart_loses_nothing_acknowledged_and_refuses_publishes_while_down() {
+    nats_restart(&[]);
+}
+
+/// The same with pipelined publishes: JetStream acknowledges them before it syncs, but a
+/// killed server process loses nothing it had written (a host crash could).
+#[test]
+fn with_pipelined_publishes_a_nats_restart_loses_nothing_acknowledged() {
+    nats_restart(&["--backplane-publish", "pipelined"]);
+}
+
+fn nats_restart(extra: &[&str]) {
     let mut nats = NatsServer::start();
     let url = nats.url();
-    let a = Node::start(&url, "a");
-    let b = Node::start(&url, "b");
+    let a = Node::start_with(&url, "a", extra);
+    let b = Node::start_with(&url, "b", extra);
     let marker = publish_through(&a.ingest, "n", "marker", 1).remove(0);
     let mut watcher = SseClient::subscribe_with(b.addr, &["n"], &[("Last-Event-ID", &marker)]);
     let before = publish_through(&a.ingest, "n", "before", 50);

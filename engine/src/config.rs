@@ -212,11 +212,11 @@ pub struct Config {
     pub backplane_timeout_ms: u64,
 
     /// How publishes reach JetStream. `batched`: atomic batches, one in flight, each synced
-    /// to disk before it is acknowledged, so an acknowledged event survives even a lone
-    /// NATS server's crash. `pipelined`: up to 1,000 plain publishes in flight, acknowledged
-    /// once the stream has them (with --backplane-replicas 3, a quorum of servers), before
-    /// they are synced: several times the throughput, and on a single server a crash loses
-    /// what it had not yet synced.
+    /// to disk before it is acknowledged, so an acknowledged event survives even the crash
+    /// of a lone NATS server's host. `pipelined`: up to 1,000 plain publishes in flight,
+    /// acknowledged once the stream has written them (with --backplane-replicas 3, a quorum
+    /// of servers), before they are synced: several times the throughput; a killed NATS
+    /// process loses nothing, a crashed host of a lone server may lose what was not synced.
     #[arg(
         long,
         value_name = "MODE",

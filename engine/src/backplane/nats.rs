@@ -116,8 +116,8 @@ pub fn start(config: &Config, loops: usize) -> Result<(Arc<Backplane>, Arc<Bells
     if settings.publish == PublishMode::Pipelined && settings.replicas < 3 {
         eprintln!(
             "ringcast: backplane: --backplane-publish pipelined with {} stream replica(s): JetStream \
-             acknowledges before it syncs, so a NATS server crash loses acknowledged events it had \
-             not synced; use --backplane-replicas 3 or --backplane-publish batched",
+             acknowledges before it syncs, so a crash of the NATS server's host can lose acknowledged \
+             events it had not synced; use --backplane-replicas 3 or --backplane-publish batched",
             settings.replicas
         );
     }
