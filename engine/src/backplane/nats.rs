@@ -49,6 +49,8 @@ pub const BATCH_MESSAGES_MAX: usize = 1000;
 const BATCH_BYTES_MAX: usize = 8 << 20;
 /// Times a publish is sent again after another node published its topic in between.
 const CONFLICT_RETRIES: usize = 20;
+/// Conflicts after which a pipeline sends what conflicted as atomic batches instead.
+const CONTENDED_ATTEMPTS: usize = 3;
 /// Header of the event name.
 const EVENT_HEADER: &str = "Ringcast-Event";
 /// Header of the coalescing key.
@@ -327,9 +329,10 @@ fn check_compatible(s: &Settings, c: &stream::Config) -> Result<(), BackplaneErr
     if !c.allow_direct {
         wrong.push("allow_direct is off; ringcast reads resumes with direct gets".into());
     }
-    if !c.allow_atomic_publish && s.publish == PublishMode::Batched {
+    if !c.allow_atomic_publish {
         wrong.push(
-            "allow_atomic is off; ringcast publishes atomic batches (--backplane-publish batched)".into(),
+            "allow_atomic is off; ringcast publishes atomic batches (pipelined publishing too, when contended)"
+                .into(),
         );
     }
     if c.sealed || c.mirror.is_some() || c.sources.as_ref().is_some_and(|v| !v.is_empty()) {
@@ -767,9 +770,23 @@ async fn publish_pipelined(node: Rc<Node>, mut rx: UnboundedReceiver<Publish>) {
                     let jitter = backoff_jitter(worst);
                     tokio::time::sleep(jitter).await;
                 }
-                refresh_last(&node, again.iter().map(|(p, _)| &*p.topic)).await;
                 pipe.exact = WINDOW_MAX;
                 pipe.exact_phase = true;
+                if worst >= CONTENDED_ATTEMPTS {
+                    // Contended: one atomic batch carries them all per attempt, as in
+                    // batched mode, rather than one publish per topic per round trip.
+                    let publishes: Vec<Publish> = again.into_iter().map(|(p, _)| p).collect();
+                    refresh_last(&node, publishes.iter().map(|p| &*p.topic)).await;
+                    let results = store(&node, &publishes).await;
+                    let acks: Vec<Ack> = publishes
+                        .into_iter()
+                        .zip(results)
+                        .map(|(p, r)| answer(&node, p, r))
+                        .collect();
+                    node.ack(acks);
+                    continue;
+                }
+                refresh_last(&node, again.iter().map(|(p, _)| &*p.topic)).await;
                 for item in again.into_iter().rev() {
                     queue.push_front(item);
                 }
