@@ -270,29 +270,12 @@ fn three_nodes_publishing_one_topic(extra: &[&str]) {
         want,
         "moving across nodes every 100 events"
     );
-    let conflicts: u64 = nodes.iter().map(|n| stat(n.engine(), "conflicts")).sum();
+    let conflicts: u64 = nodes
+        .iter()
+        .map(|n| n.engine().backplane_figure("conflicts"))
+        .sum();
     eprintln!("{extra:?}: {conflicts} conflicts met and resolved");
     assert!(conflicts > 0, "the nodes' publishes met each other");
-}
-
-/// A backplane figure of `/stats` (`"backplane":{..,"name":N}`).
-fn stat(engine: &Engine, name: &str) -> u64 {
-    let stats = engine.stats();
-    let section = stats
-        .split_once("\"backplane\":{")
-        .expect("a backplane in /stats")
-        .1;
-    let key = format!("\"{name}\":");
-    let value = section
-        .split_once(&key)
-        .unwrap_or_else(|| panic!("no backplane figure {name} in {stats}"))
-        .1;
-    value
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .expect("a number")
 }
 
 #[test]

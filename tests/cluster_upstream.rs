@@ -177,22 +177,6 @@ fn send_frame(conn: &str, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// A backplane figure of `/stats` (`"backplane":{..,"name":N}`).
-fn backplane(engine: &Engine, name: &str) -> u64 {
-    let stats = engine.stats();
-    let section = stats
-        .split_once("\"backplane\":{")
-        .expect("a backplane in /stats")
-        .1;
-    let key = format!("\"{name}\":");
-    let value = section
-        .split_once(&key)
-        .unwrap_or_else(|| panic!("no backplane figure {name} in {stats}"))
-        .1;
-    let digits: String = value.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().expect("a number")
-}
-
 /// Waits until `probe` holds, or fails saying `what`.
 fn eventually(what: &str, mut probe: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
@@ -261,11 +245,14 @@ fn a_client_on_one_node_and_a_backend_on_another_talk_both_ways() {
     ws.finish();
 
     assert_eq!(a.counter("upstream"), 2, "{}", a.stats());
-    assert_eq!(backplane(&a, "upstream_relayed"), 2);
-    assert_eq!(backplane(&b, "upstream_received"), 2);
-    assert_eq!(backplane(&b, "sends_relayed"), 102);
-    assert_eq!(backplane(&a, "sends_received"), 102);
-    assert_eq!(backplane(&a, "relay_failed") + backplane(&b, "relay_failed"), 0);
+    assert_eq!(a.backplane_figure("upstream_relayed"), 2);
+    assert_eq!(b.backplane_figure("upstream_received"), 2);
+    assert_eq!(b.backplane_figure("sends_relayed"), 102);
+    assert_eq!(a.backplane_figure("sends_received"), 102);
+    assert_eq!(
+        a.backplane_figure("relay_failed") + b.backplane_figure("relay_failed"),
+        0
+    );
 }
 
 #[test]
@@ -286,7 +273,7 @@ fn a_send_to_a_closed_connection_on_another_node_is_answered_and_counted() {
     eventually("node a counts the SEND to its closed connection", || {
         a.counter("downstream_dropped") == 1
     });
-    assert_eq!(backplane(&a, "sends_received"), 1);
+    assert_eq!(a.backplane_figure("sends_received"), 1);
     assert_eq!(b.counter("downstream_dropped"), 0);
 }
 
@@ -306,9 +293,13 @@ fn a_send_to_an_unknown_node_is_refused_and_the_backend_goes_on() {
     assert!(bad.starts_with("-ERR invalid connection id"), "{bad}");
     backend.write(b"PING\n");
     assert_eq!(backend.reply(), "+PONG");
-    assert_eq!(backplane(&b, "sends_relayed"), 2);
-    assert_eq!(backplane(&b, "relay_failed"), 2, "no such node, and a's refusal");
-    assert_eq!(backplane(&a, "sends_received"), 1);
+    assert_eq!(b.backplane_figure("sends_relayed"), 2);
+    assert_eq!(
+        b.backplane_figure("relay_failed"),
+        2,
+        "no such node, and a's refusal"
+    );
+    assert_eq!(a.backplane_figure("sends_received"), 1);
 
     // Without a backplane there are no other nodes.
     let single = Engine::start(&[]);
@@ -343,17 +334,17 @@ fn sends_to_a_node_that_does_not_answer_wait_for_room_and_time_out() {
     }
     batch.extend_from_slice(b"PING\n");
     backend.write(&batch);
-    eventually("16 SENDs relayed", || backplane(&b, "sends_relayed") == 16);
+    eventually("16 SENDs relayed", || b.backplane_figure("sends_relayed") == 16);
     thread::sleep(Duration::from_millis(300));
-    assert_eq!(backplane(&b, "sends_relayed"), 16, "the 17th waits for room");
+    assert_eq!(b.backplane_figure("sends_relayed"), 16, "the 17th waits for room");
     let timed_out =
         "-ERR backplane unavailable: node a did not answer within 2000 ms; the message may still have been delivered";
     for i in 0..17 {
         assert_eq!(backend.reply(), timed_out, "SEND {i}");
     }
     assert_eq!(backend.reply(), "+PONG");
-    assert_eq!(backplane(&b, "sends_relayed"), 17);
-    assert_eq!(backplane(&b, "relay_failed"), 17);
+    assert_eq!(b.backplane_figure("sends_relayed"), 17);
+    assert_eq!(b.backplane_figure("relay_failed"), 17);
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(a.pid as i32, libc::SIGCONT) }, 0);
     // Room was given back, and a answers again.
@@ -376,7 +367,7 @@ fn with_no_backend_anywhere_the_client_is_told_so() {
     };
     ws.send_text("c", "anyone?");
     assert!(told(&mut ws));
-    assert_eq!(backplane(&a, "relay_failed"), 1, "asked the cluster: nobody");
+    assert_eq!(a.backplane_figure("relay_failed"), 1, "asked the cluster: nobody");
 
     // A backend on node b takes the next one; once it has left, nobody again.
     let mut backend = Backend::listen(&b.ingest);
@@ -388,10 +379,10 @@ fn with_no_backend_anywhere_the_client_is_told_so() {
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let received = backplane(&b, "upstream_received");
+        let received = b.backplane_figure("upstream_received");
         ws.send_text("c", "still there?");
         assert!(told(&mut ws), "attempt {attempts}");
-        if backplane(&b, "upstream_received") == received {
+        if b.backplane_figure("upstream_received") == received {
             break;
         }
         assert!(
@@ -406,8 +397,8 @@ fn with_no_backend_anywhere_the_client_is_told_so() {
         1 + attempts,
         "every refusal counted"
     );
-    assert_eq!(backplane(&a, "relay_failed"), 1 + attempts);
-    assert_eq!(backplane(&a, "upstream_relayed"), 2 + attempts);
+    assert_eq!(a.backplane_figure("relay_failed"), 1 + attempts);
+    assert_eq!(a.backplane_figure("upstream_relayed"), 2 + attempts);
 }
 
 #[test]
@@ -485,12 +476,12 @@ fn backends_on_two_nodes_share_the_messages_of_clients_on_a_third() {
         assert_eq!(answers, want, "client c{k}");
     }
     ws.finish();
-    assert_eq!(backplane(&a, "upstream_relayed"), total as u64);
+    assert_eq!(a.backplane_figure("upstream_relayed"), total as u64);
     assert_eq!(
-        backplane(&b, "upstream_received") + backplane(&c, "upstream_received"),
+        b.backplane_figure("upstream_received") + c.backplane_figure("upstream_received"),
         total as u64
     );
-    assert_eq!(backplane(&a, "sends_received"), total as u64);
+    assert_eq!(a.backplane_figure("sends_received"), total as u64);
 }
 
 #[test]

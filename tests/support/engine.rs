@@ -267,6 +267,28 @@ impl Engine {
             .unwrap_or_else(|e| panic!("counter {name} in {stats}: {e}"))
     }
 
+    /// A figure of the `backplane` block of `/stats` (`"backplane":{..,"name":N}`).
+    ///
+    /// # Panics
+    ///
+    /// If `/stats` has no backplane, or no such figure.
+    pub fn backplane_figure(&self, name: &str) -> u64 {
+        let stats = self.stats();
+        let section = stats
+            .split_once("\"backplane\":{")
+            .unwrap_or_else(|| panic!("no backplane in {stats}"))
+            .1;
+        let key = format!("\"{name}\":");
+        let value = section
+            .split_once(&key)
+            .unwrap_or_else(|| panic!("no backplane figure {name} in {stats}"))
+            .1;
+        let digits: String = value.chars().take_while(char::is_ascii_digit).collect();
+        digits
+            .parse()
+            .unwrap_or_else(|e| panic!("backplane figure {name} in {stats}: {e}"))
+    }
+
     /// Everything the engine wrote to stderr so far.
     pub fn stderr(&self) -> String {
         lock(&self.stderr).clone()

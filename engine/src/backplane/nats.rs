@@ -847,14 +847,19 @@ fn message_of(node: &Node, p: &Publish, prev: u64) -> (String, HeaderMap, Bytes)
     let mut headers = HeaderMap::new();
     headers.insert(PREV_HEADER, prev.to_string().as_str());
     headers.insert("Nats-Expected-Last-Subject-Sequence", prev.to_string().as_str());
+    let subject = event_headers(node, p, &mut headers);
+    (subject, headers, p.payload.clone())
+}
+
+/// Adds `p`'s event name and coalescing key to `headers`; returns its topic's subject.
+fn event_headers(node: &Node, p: &Publish, headers: &mut HeaderMap) -> String {
     if let Some(event) = &p.event {
         headers.insert(EVENT_HEADER, &**event);
     }
     if let Some(key) = &p.key {
         headers.insert(KEY_HEADER, &**key);
     }
-    let subject = subject::of_topic(&node.settings.stream, &p.topic);
-    (subject, headers, p.payload.clone())
+    subject::of_topic(&node.settings.stream, &p.topic)
 }
 
 /// Publishes one message and waits for JetStream's acknowledgement: its stream sequence.
@@ -1016,13 +1021,7 @@ async fn send_batch(node: &Node, batch: &[Publish]) -> Result<u64, PublishError>
                 headers.insert("Nats-Expected-Last-Subject-Sequence", prev.to_string().as_str());
             }
         }
-        if let Some(event) = &p.event {
-            headers.insert(EVENT_HEADER, &**event);
-        }
-        if let Some(key) = &p.key {
-            headers.insert(KEY_HEADER, &**key);
-        }
-        let subject = subject::of_topic(&node.settings.stream, &p.topic);
+        let subject = event_headers(node, p, &mut headers);
         if i < last_index {
             node.client
                 .publish_with_headers(subject, headers, p.payload.clone())
