@@ -234,6 +234,20 @@ pub struct Config {
     #[arg(long, value_name = "N", env = "RINGCAST_LOOPS")]
     pub loops: Option<usize>,
 
+    /// The I/O driver. `auto`: io_uring, or epoll when the host refuses io_uring (container
+    /// seccomp profiles, the kernel.io_uring_disabled sysctl, old kernels), saying why in one
+    /// line. `io-uring`: exit with the cause and the fix when it is refused. `epoll`: epoll
+    /// only. io_uring holds more idle connections per gigabyte of kernel memory and sends
+    /// with fewer system calls (see bench/RESULTS.md).
+    #[arg(
+        long,
+        value_name = "DRIVER",
+        value_enum,
+        default_value_t = crate::driver::Choice::Auto,
+        env = "RINGCAST_DRIVER"
+    )]
+    pub driver: crate::driver::Choice,
+
     /// Client connections each loop may hold. Capped at RLIMIT_NOFILE (each loop's
     /// registered file table is) and at 2^20.
     #[arg(

@@ -130,7 +130,13 @@ pub struct Shared {
     /// The sequence number of the last event before this engine started serving: 0 on a
     /// single node, the stream's last sequence when joining a cluster.
     pub start_seq: u64,
+    /// The I/O driver every loop and the ingest thread run on.
+    pub driver: crate::driver::Kind,
 }
+
+/// Descriptors the epoll driver leaves for the engine's own use (ingest, admin, backplane,
+/// files) out of RLIMIT_NOFILE, when dividing the rest among the loops.
+const EPOLL_RESERVED_FDS: u64 = 512;
 
 /// How long shutdown waits, beyond the drain window, before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -166,14 +172,18 @@ enum Stop {
 /// An [`EngineError`] that says what went wrong and what to do.
 pub fn run(mut config: Config) -> Result<(), EngineError> {
     config.validate()?;
-    // Probe once on this thread so the most common failure reads as one clear line.
-    drop(sys::uring::build_ring(sys::uring::RingSize {
-        sq_entries: 8,
-        cq_entries: 16,
-    })?);
+    // Resolved once on this thread so the most common failure reads as one clear line.
+    let driver = crate::driver::resolve(config.driver)?;
     let nofile = sys::socket::raise_nofile_limit().unwrap_or(1024);
     let loops = config.loop_count();
-    let conns_per_loop = config.conns_per_loop(nofile);
+    let conns_per_loop = match driver {
+        crate::driver::Kind::IoUring => config.conns_per_loop(nofile),
+        // Plain descriptors share the process's limit, less what the engine keeps for its
+        // own sockets and files.
+        crate::driver::Kind::Epoll => config
+            .conns_per_loop(nofile)
+            .min((nofile.saturating_sub(EPOLL_RESERVED_FDS) / loops as u64).max(1) as u32),
+    };
     // Read once, before anything is bound: a later change to the file takes a restart.
     let admin_token = crate::admin::Token::load(&config)?;
     let ingest_gid = ingest_group_id(&config)?;
@@ -238,7 +248,7 @@ pub fn run(mut config: Config) -> Result<(), EngineError> {
         (None, Epoch::fresh(), 0)
     } else {
         let (backplane, bells, joined) =
-            crate::backplane::nats::start(&config, loops).inspect_err(|_| remove_socket())?;
+            crate::backplane::nats::start(&config, loops, driver).inspect_err(|_| remove_socket())?;
         if joined.payload_max < config.payload_max {
             eprintln!(
                 "ringcast: the NATS server takes payloads up to {} bytes with headers; --payload-max \
@@ -271,6 +281,7 @@ pub fn run(mut config: Config) -> Result<(), EngineError> {
         ingest_stopped: AtomicBool::new(false),
         backplane: link,
         start_seq,
+        driver,
         auth,
         admission: Some(config.admission_limits())
             .filter(crate::admission::Limits::any)
@@ -324,8 +335,9 @@ pub fn run(mut config: Config) -> Result<(), EngineError> {
 
     let addrs: Vec<String> = config.listen.iter().map(ToString::to_string).collect();
     eprintln!(
-        "ringcast: ready: clients on {} ({loops} loops x {conns_per_loop} connections), ingest {}, admin {admin_addr}, epoch {}",
+        "ringcast: ready: clients on {} ({loops} loops x {conns_per_loop} connections, {}), ingest {}, admin {admin_addr}, epoch {}",
         addrs.join(", "),
+        driver.name(),
         config.ingest.display(),
         shared.epoch.id(0).trim_end_matches("-0"),
     );
@@ -507,6 +519,50 @@ fn reload(shared: &Shared) {
     }
 }
 
+/// Builds loop `id` on io_uring and runs it; its doorbell goes to `ready` first.
+fn run_uring_loop(id: usize, conns: u32, shared: Arc<Shared>, ready: &Sender<Result<i32, String>>) -> std::io::Result<()> {
+    let cfg = &shared.config;
+    let built = crate::shard::listeners(cfg).and_then(|listeners| {
+        let n = listeners.len();
+        crate::driver::uring::Uring::new(
+            Shard::setup(conns),
+            listeners,
+            Some((cfg.recv_buffers, cfg.recv_buffer_bytes)),
+        )
+        .map(|d| (d, n))
+    });
+    let (driver, listeners) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = ready.send(Err(format!("loop {id}: {e}")));
+            return Ok(());
+        }
+    };
+    let _ = ready.send(Ok(driver.bell()));
+    let mut shard = Shard::new(id, conns, listeners, shared, std::time::Instant::now());
+    driver.run(&mut shard)
+}
+
+/// Builds loop `id` on epoll and runs it; its doorbell goes to `ready` first.
+fn run_epoll_loop(id: usize, conns: u32, shared: Arc<Shared>, ready: &Sender<Result<i32, String>>) -> std::io::Result<()> {
+    let cfg = &shared.config;
+    let built = crate::shard::listeners(cfg).and_then(|listeners| {
+        let n = listeners.len();
+        crate::driver::epoll::Epoll::new(Shard::setup(conns), listeners, cfg.recv_buffer_bytes as usize)
+            .map(|d| (d, n))
+    });
+    let (driver, listeners) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = ready.send(Err(format!("loop {id}: {e}")));
+            return Ok(());
+        }
+    };
+    let _ = ready.send(Ok(driver.bell()));
+    let mut shard = Shard::new(id, conns, listeners, shared, std::time::Instant::now());
+    driver.run(&mut shard)
+}
+
 fn start_shard(id: usize, conns: u32, shared: &Arc<Shared>, stop: &Sender<Stop>) -> Result<i32, EngineError> {
     let (ready_tx, ready_rx) = bounded(1);
     let shared = Arc::clone(shared);
@@ -515,17 +571,11 @@ fn start_shard(id: usize, conns: u32, shared: &Arc<Shared>, stop: &Sender<Stop>)
         .name(format!("ringcast-loop-{id}"))
         .spawn(move || {
             sys::socket::pin_to_cpu(id);
-            let shard = match Shard::new(id, conns, shared) {
-                Ok((shard, started)) => {
-                    let _ = ready_tx.send(Ok(started.ring_fd));
-                    shard
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
+            let result = match shared.driver {
+                crate::driver::Kind::IoUring => run_uring_loop(id, conns, shared, &ready_tx),
+                crate::driver::Kind::Epoll => run_epoll_loop(id, conns, shared, &ready_tx),
             };
-            let _ = match shard.run() {
+            let _ = match result {
                 Ok(()) => stop.send(Stop::LoopDone),
                 Err(e) => stop.send(Stop::Fatal(format!("loop {id}: {e}"))),
             };

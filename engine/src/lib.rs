@@ -21,7 +21,8 @@
 //! - [`event`]: a published event, its encodings and its id.
 //! - [`conn`]: the per-connection record and out-queue.
 //! - [`ring`]: the broadcast ring between threads and the replay history.
-//! - [`shard`]: one event loop per core, the only code that sees completions.
+//! - [`shard`]: one event loop per core, a sans-IO connection core.
+//! - [`driver`]: runs the loops' I/O on io_uring or on epoll.
 //! - [`ingest`]: the publisher socket, and the client `ringcast publish` uses.
 //! - [`time`]: the timer wheel behind heartbeats, reaping and request deadlines.
 //! - [`upstream`]: client messages to backends and back, across threads.
@@ -36,6 +37,7 @@ pub mod auth;
 pub mod backplane;
 pub mod config;
 pub mod conn;
+pub mod driver;
 pub mod engine;
 pub mod event;
 pub mod ingest;

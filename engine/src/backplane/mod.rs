@@ -16,7 +16,7 @@
 //! The io_uring loops see only the broadcast ring, as on a single node. The backplane
 //! thread runs async-nats on a current-thread tokio runtime of its own; it talks to the
 //! ingest thread and the loops through the mailboxes of [`Backplane`] and wakes them with
-//! `MSG_RING` doorbells from a small ring of its own.
+//! doorbells (`MSG_RING` from a small ring of its own, or eventfd writes on epoll).
 //!
 //! # One id space
 //!

@@ -15,7 +15,7 @@
 //!   and the queue group of the nodes with a backend.
 //!
 //! It never blocks the io_uring loops: they see its results in mailboxes and are woken
-//! by `MSG_RING` doorbells from the thread's own small ring ([`crate::sys::uring::Bell`]).
+//! by doorbells ([`crate::driver::Ringer`]).
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -36,7 +36,7 @@ use super::{
 };
 use crate::config::{BackplanePublish as PublishMode, Config};
 use crate::event::{Epoch, Event};
-use crate::sys::uring::Bell;
+use crate::driver::Ringer;
 
 /// Publishes in flight to JetStream at once, each awaiting its own acknowledgement.
 pub const WINDOW_MAX: usize = 1000;
@@ -64,10 +64,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// `Nats-Expected-Last-Msg-Id` check.
 const WRONG_LAST_SEQUENCE: [u64; 3] = [10071, 10164, 10070];
 
-/// Doorbell targets, filled in as the ingest thread and the loops build their rings.
+/// Doorbell targets, filled in as the ingest thread and the loops build their drivers.
 pub struct Bells {
     pub ingest: AtomicI32,
     pub loops: Vec<AtomicI32>,
+    /// The driver they run on, which says how to ring them.
+    pub driver: crate::driver::Kind,
 }
 
 /// What the backplane needs from the configuration.
@@ -113,7 +115,11 @@ impl Settings {
 ///
 /// # Errors
 /// A [`BackplaneError`] saying what is wrong and what to do.
-pub fn start(config: &Config, loops: usize) -> Result<(Arc<Backplane>, Arc<Bells>, Joined), BackplaneError> {
+pub fn start(
+    config: &Config,
+    loops: usize,
+    driver: crate::driver::Kind,
+) -> Result<(Arc<Backplane>, Arc<Bells>, Joined), BackplaneError> {
     let settings = Settings::of(config);
     if settings.publish == PublishMode::Pipelined && settings.replicas < 3 {
         eprintln!(
@@ -138,6 +144,7 @@ pub fn start(config: &Config, loops: usize) -> Result<(Arc<Backplane>, Arc<Bells
     let bells = Arc::new(Bells {
         ingest: AtomicI32::new(-1),
         loops: (0..loops).map(|_| AtomicI32::new(-1)).collect(),
+        driver,
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let shared = (Arc::clone(&backplane), Arc::clone(&bells));
@@ -371,7 +378,7 @@ pub(super) struct Node {
     epoch: Epoch,
     pub(super) backplane: Arc<Backplane>,
     bells: Arc<Bells>,
-    bell: RefCell<Option<Bell>>,
+    bell: RefCell<Option<Ringer>>,
     /// The stream sequence of each topic's newest message, as far as this node knows.
     last: RefCell<HashMap<String, u64>>,
     /// The connection came back: the consumer starts again at once rather than waiting
@@ -392,7 +399,7 @@ async fn serve(
     bells: Arc<Bells>,
     mut requests: UnboundedReceiver<Request>,
 ) {
-    let bell = match Bell::new() {
+    let bell = match Ringer::new(bells.driver) {
         Ok(b) => Some(b),
         Err(e) => {
             eprintln!("ringcast: backplane: no doorbell ring ({e}); loops learn of results on their tick");

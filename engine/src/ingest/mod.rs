@@ -1,10 +1,11 @@
 //! The ingest thread: publishers connect to a local Unix socket and speak the line
 //! protocol of [`crate::proto::ingest`]. Each publish is given the next sequence number,
 //! stored in the history, pushed onto the broadcast ring and acknowledged with its id;
-//! loops that sleep are woken with a `MSG_RING` doorbell.
+//! loops that sleep are woken with a doorbell.
 //!
-//! This thread is the broadcast ring's only producer. It runs its own small io_uring over
-//! plain descriptors: publishers are few and each owns an input buffer.
+//! This thread is the broadcast ring's only producer. It is sans-IO like the loops (see
+//! [`crate::driver`]): its own small driver, io_uring or epoll, runs it over plain
+//! descriptors: publishers are few and each owns an input buffer.
 //!
 //! Slots: at most `--publishers-max` publishers at once, and beyond them up to
 //! [`OWN_CONNECTIONS_MAX`] connections from the engine's own process (the admin
@@ -28,17 +29,16 @@ use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use bytes::Bytes;
-use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
 use crate::backplane::{self, Acked, Asker, Request};
+use crate::driver::{Completion, Op};
 use crate::engine::Shared;
 use crate::event::Event;
 use crate::proto::ingest::{self, Command, Decoded, IngestDecoder, IngestLimits, Publish};
 use crate::proto::json;
 use crate::ring::broadcast::Producer;
 use crate::shard::DOORBELL_DATA;
-use crate::sys::uring::{self, RingSize};
 use crate::upstream::{ConnId, Downstream};
 
 /// Why a client's message comes back when no backend anywhere can take it.
@@ -123,15 +123,14 @@ struct Publisher {
 }
 
 struct Ingest {
-    ring: IoUring,
-    listener: UnixListener,
+    /// Ops queued for the driver.
+    ops: Vec<Op>,
     accept_armed: bool,
     publishers: Slab<Publisher>,
     producer: Producer<Event>,
     shard_rings: Vec<RawFd>,
     shared: Arc<Shared>,
     limits: IngestLimits,
-    tick_spec: types::Timespec,
     ticks: u32,
     /// Something was published since the last doorbell round.
     published: bool,
@@ -158,40 +157,64 @@ pub struct IngestThread {
 }
 
 impl IngestThread {
-    /// Runs the ingest loop on the calling thread until an unrecoverable ring error.
+    /// Runs the ingest loop on the calling thread until an unrecoverable driver error.
     ///
     /// # Errors
-    /// The ring setup error or that error.
+    /// The driver's setup error or that error.
     pub fn run(self) -> io::Result<()> {
-        let ring = uring::build_ring(RingSize {
+        let setup = crate::driver::Setup {
+            tick_data: user_data(tag::TICK, 0),
+            tick_ms: TICK_MS,
+            bell_data: &[UPSTREAM_BELL_DATA, BACKPLANE_BELL_DATA],
+            direct: false,
+            files: 0,
             sq_entries: 256,
-            cq_entries: 2048,
-        })
-        .map_err(|e| io::Error::other(e.to_string()))?;
-        self.shared
-            .ingest_ring_fd
-            .store(ring.as_raw_fd(), std::sync::atomic::Ordering::Release);
-        if let Some(link) = &self.shared.backplane {
-            link.bells
-                .ingest
-                .store(ring.as_raw_fd(), std::sync::atomic::Ordering::Release);
+        };
+        let IngestThread {
+            listener,
+            shared,
+            shard_rings,
+        } = self;
+        let listener = std::os::fd::OwnedFd::from(listener);
+        match shared.driver {
+            crate::driver::Kind::IoUring => {
+                let driver = crate::driver::uring::Uring::new(setup, vec![listener], None).map_err(io::Error::other)?;
+                let mut ingest = Ingest::new(shared, shard_rings, driver.bell());
+                driver.run(&mut ingest)
+            }
+            crate::driver::Kind::Epoll => {
+                let driver = crate::driver::epoll::Epoll::new(setup, vec![listener], 0).map_err(io::Error::other)?;
+                let mut ingest = Ingest::new(shared, shard_rings, driver.bell());
+                driver.run(&mut ingest)
+            }
         }
-        let loops = self.shard_rings.len();
-        let node = self.shared.config.node_name().into();
+    }
+
+}
+
+impl Ingest {
+    /// The loop, once its driver's doorbell `bell` is known to the threads that ring it.
+    fn new(shared: Arc<Shared>, shard_rings: Vec<RawFd>, bell: RawFd) -> Ingest {
+        shared
+            .ingest_ring_fd
+            .store(bell, std::sync::atomic::Ordering::Release);
+        if let Some(link) = &shared.backplane {
+            link.bells.ingest.store(bell, std::sync::atomic::Ordering::Release);
+        }
+        let loops = shard_rings.len();
+        let node = shared.config.node_name().into();
         let limits = IngestLimits {
-            payload_max: self.shared.config.payload_max,
+            payload_max: shared.config.payload_max,
             line_max: LINE_MAX,
         };
-        Ingest {
-            ring,
-            listener: self.listener,
+        let mut ingest = Ingest {
+            ops: Vec::with_capacity(64),
             accept_armed: false,
             publishers: Slab::new(),
-            producer: Producer::new(Arc::clone(&self.shared.broadcast)),
-            shard_rings: self.shard_rings,
-            shared: self.shared,
+            producer: Producer::new(Arc::clone(&shared.broadcast)),
+            shard_rings,
+            shared,
             limits,
-            tick_spec: types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32),
             ticks: 0,
             published: false,
             down_woken: vec![false; loops],
@@ -199,40 +222,35 @@ impl IngestThread {
             stopping_since: None,
             next_serial: 0,
             node,
-        }
-        .run()
+        };
+        ingest.arm_accept();
+        // Stream events may have arrived before this doorbell existed to be rung.
+        ingest.on_backplane();
+        ingest
+    }
+}
+
+impl crate::driver::Loop for Ingest {
+    fn outbox(&mut self) -> &mut Vec<Op> {
+        &mut self.ops
+    }
+
+    fn complete(&mut self, c: Completion<'_>, _now: Instant) {
+        self.dispatch(c.data, c.res, c.more);
+    }
+
+    fn before_wait(&mut self) -> bool {
+        true
+    }
+
+    fn after_wait(&mut self, _slept: bool) {}
+
+    fn end_turn(&mut self) -> bool {
+        self.stopping_since.is_some() && self.drained()
     }
 }
 
 impl Ingest {
-    fn run(mut self) -> io::Result<()> {
-        self.arm_accept();
-        // Stream events may have arrived before this ring existed to be rung.
-        self.on_backplane();
-        self.push(
-            opcode::Timeout::new(&self.tick_spec)
-                .flags(types::TimeoutFlags::MULTISHOT)
-                .build()
-                .user_data(user_data(tag::TICK, 0)),
-        );
-        let mut batch: Vec<(u64, i32, u32)> = Vec::with_capacity(256);
-        loop {
-            match self.ring.submitter().submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
-                Err(e) => return Err(e),
-            }
-            while uring::take_completions(&mut self.ring, &mut batch) {
-                for &(data, res, flags) in &batch {
-                    self.dispatch(data, res, flags);
-                }
-            }
-            if self.stopping_since.is_some() && self.drained() {
-                return Ok(());
-            }
-        }
-    }
-
     /// During shutdown: true once no acknowledgement is waiting or being sent, or when the
     /// grace period is over.
     fn drained(&self) -> bool {
@@ -243,20 +261,20 @@ impl Ingest {
         quiet || self.ticks.wrapping_sub(since) > SHUTDOWN_TICKS
     }
 
-    fn push(&mut self, entry: squeue::Entry) {
-        // SAFETY: receive buffers live in their publisher's `input` Vec and send buffers in
-        // its `sending` Vec; neither is touched (resized or dropped) while the matching
-        // `recv_armed`/`send_armed` flag says the kernel holds it. The timespec lives in self.
-        unsafe { uring::push(&mut self.ring, &entry) }
+    /// Queues an op. Receive buffers live in their publisher's `input` Vec and send
+    /// buffers in its `sending` Vec; neither is touched (resized or dropped) while the
+    /// matching `recv_armed`/`send_armed` flag says the driver holds it.
+    fn push(&mut self, op: Op) {
+        self.ops.push(op);
     }
 
-    fn dispatch(&mut self, data: u64, res: i32, flags: u32) {
+    fn dispatch(&mut self, data: u64, res: i32, more: bool) {
         let index = data as u32 as usize;
         match (data >> 56) as u8 {
-            tag::ACCEPT => self.on_accept(res, flags),
+            tag::ACCEPT => self.on_accept(res, more),
             tag::RECV => self.on_recv(index, res),
             tag::SEND => self.on_send(index, res),
-            tag::TICK => self.on_tick(flags),
+            tag::TICK => self.on_tick(),
             tag::DOORBELL => {}
             tag::UPSTREAM_BELL => self.route_upstream(),
             tag::BACKPLANE_BELL => self.on_backplane(),
@@ -266,17 +284,17 @@ impl Ingest {
 
     fn arm_accept(&mut self) {
         self.accept_armed = true;
-        let fd = types::Fd(self.listener.as_raw_fd());
-        self.push(
-            opcode::AcceptMulti::new(fd)
-                .flags(libc::SOCK_CLOEXEC)
-                .build()
-                .user_data(user_data(tag::ACCEPT, 0)),
-        );
+        self.push(Op::Accept {
+            listener: 0,
+            slot: 0,
+            multishot: true,
+            peer: false,
+            data: user_data(tag::ACCEPT, 0),
+        });
     }
 
-    fn on_accept(&mut self, res: i32, flags: u32) {
-        if !cqueue::more(flags) {
+    fn on_accept(&mut self, res: i32, more: bool) {
+        if !more {
             self.accept_armed = false;
         }
         if res < 0 {
@@ -336,15 +354,14 @@ impl Ingest {
         }
         p.input.reserve(READ_CHUNK);
         let spare = p.input.spare_capacity_mut();
-        let entry = opcode::Recv::new(
-            types::Fd(p.stream.as_raw_fd()),
-            spare.as_mut_ptr().cast(),
-            spare.len() as u32,
-        )
-        .build()
-        .user_data(user_data(tag::RECV, index as u32));
+        let op = Op::Recv {
+            file: p.stream.as_raw_fd() as u32,
+            buf: spare.as_mut_ptr().cast(),
+            len: spare.len() as u32,
+            data: user_data(tag::RECV, index as u32),
+        };
         p.recv_armed = true;
-        self.push(entry);
+        self.push(op);
     }
 
     fn on_recv(&mut self, index: usize, res: i32) {
@@ -825,12 +842,11 @@ impl Ingest {
     fn ring_down_doorbells(&mut self) {
         for shard in 0..self.down_woken.len() {
             if std::mem::take(&mut self.down_woken[shard]) {
-                let fd = types::Fd(self.shard_rings[shard]);
-                self.push(
-                    opcode::MsgRingData::new(fd, 0, DOORBELL_DATA, None)
-                        .build()
-                        .user_data(user_data(tag::DOORBELL, shard as u32)),
-                );
+                self.push(Op::Bell {
+                    target: self.shard_rings[shard],
+                    deliver: DOORBELL_DATA,
+                    data: user_data(tag::DOORBELL, shard as u32),
+                });
             }
         }
     }
@@ -864,12 +880,11 @@ impl Ingest {
             wake.dedup();
         }
         for shard in wake {
-            let fd = types::Fd(self.shard_rings[shard]);
-            self.push(
-                opcode::MsgRingData::new(fd, 0, DOORBELL_DATA, None)
-                    .build()
-                    .user_data(user_data(tag::DOORBELL, shard as u32)),
-            );
+            self.push(Op::Bell {
+                target: self.shard_rings[shard],
+                deliver: DOORBELL_DATA,
+                data: user_data(tag::DOORBELL, shard as u32),
+            });
         }
     }
 
@@ -893,12 +908,14 @@ impl Ingest {
             return;
         }
         let rest = &p.sending[p.sent..];
-        let entry = opcode::Send::new(types::Fd(p.stream.as_raw_fd()), rest.as_ptr(), rest.len() as u32)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(user_data(tag::SEND, index as u32));
+        let op = Op::Send {
+            file: p.stream.as_raw_fd() as u32,
+            buf: rest.as_ptr(),
+            len: rest.len() as u32,
+            data: user_data(tag::SEND, index as u32),
+        };
         p.send_armed = true;
-        self.push(entry);
+        self.push(op);
     }
 
     fn on_send(&mut self, index: usize, res: i32) {
@@ -919,15 +936,7 @@ impl Ingest {
         self.flush(index);
     }
 
-    fn on_tick(&mut self, flags: u32) {
-        if !cqueue::more(flags) {
-            self.push(
-                opcode::Timeout::new(&self.tick_spec)
-                    .flags(types::TimeoutFlags::MULTISHOT)
-                    .build()
-                    .user_data(user_data(tag::TICK, 0)),
-            );
-        }
+    fn on_tick(&mut self) {
         self.ticks = self.ticks.wrapping_add(1);
         if self.stopping_since.is_none() && self.shared.stopping.load(std::sync::atomic::Ordering::Acquire) {
             self.stopping_since = Some(self.ticks);

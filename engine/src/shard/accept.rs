@@ -1,54 +1,40 @@
-//! Accepting connections into the registered file table, and admitting them.
+//! Accepting connections, and admitting them.
 //!
 //! Without per-address limits a listener has one multishot accept, which reports no peer
-//! address. With `--max-conns-per-ip` or `--accept-rate-per-ip` it has
-//! [`ACCEPTS_IN_FLIGHT`] single-shot accepts instead, each with its own address buffer,
-//! each re-armed as it completes: the address is what admission control keys on.
+//! address (on io_uring, accepting into the registered file table). With
+//! `--max-conns-per-ip` or `--accept-rate-per-ip` it has [`ACCEPTS_IN_FLIGHT`] single-shot
+//! accepts instead, each reporting the client's address, each re-armed as it completes:
+//! the address is what admission control keys on.
 //!
 //! A connection admission control refuses is held in `Request` like any other (flagged
 //! [`flags::REFUSED`]) until its request arrives, then answered with why (see
 //! `admission`).
-use std::os::fd::AsRawFd;
-
-use io_uring::{cqueue, opcode, types};
-
 use super::{add, bump, tag, user_data, Shard, FULL_LOG_TICKS};
-use crate::admission::{self, Refusal, Verdict};
+use crate::admission::{Refusal, Verdict};
 use crate::conn::{flags, Conn};
+use crate::driver::Op;
 
 /// Single-shot accepts kept in flight per listener when accepts carry addresses.
 pub(super) const ACCEPTS_IN_FLIGHT: usize = 16;
 
 /// One listener's accepts.
 pub(super) struct Acceptor {
-    /// With addresses: one buffer per single-shot accept. Boxed: the kernel writes into
-    /// them while the accepts are in flight.
-    addrs: Option<Box<[Peer; ACCEPTS_IN_FLIGHT]>>,
+    /// Single-shot accepts that report addresses, rather than one multishot accept.
+    with_addresses: bool,
     /// Bit `i`: accept `i` is in flight (bit 0 alone for the multishot accept).
     armed: u32,
 }
 
-#[derive(Clone, Copy)]
-struct Peer {
-    addr: libc::sockaddr_storage,
-    len: libc::socklen_t,
-}
-
 impl Acceptor {
     pub(super) fn new(with_addresses: bool) -> Self {
-        let empty = Peer {
-            // SAFETY: all-zero is a valid sockaddr_storage.
-            addr: unsafe { std::mem::zeroed() },
-            len: 0,
-        };
         Acceptor {
-            addrs: with_addresses.then(|| Box::new([empty; ACCEPTS_IN_FLIGHT])),
+            with_addresses,
             armed: 0,
         }
     }
 
     fn slots(&self) -> usize {
-        if self.addrs.is_some() {
+        if self.with_addresses {
             ACCEPTS_IN_FLIGHT
         } else {
             1
@@ -63,7 +49,7 @@ impl Acceptor {
 impl Shard {
     /// Arms every accept of every listener that is not in flight.
     pub(super) fn arm_accepts(&mut self) {
-        for listener in 0..self.listeners.len() {
+        for listener in 0..self.acceptors.len() {
             for slot in 0..self.acceptors[listener].slots() {
                 if self.acceptors[listener].armed & (1 << slot) == 0 {
                     self.arm_accept(listener, slot);
@@ -73,35 +59,25 @@ impl Shard {
     }
 
     fn arm_accept(&mut self, listener: usize, slot: usize) {
-        let fd = types::Fd(self.listeners[listener].as_raw_fd());
-        let data = user_data(tag::ACCEPT, slot as u32, listener as u32);
         let acceptor = &mut self.acceptors[listener];
         acceptor.armed |= 1 << slot;
-        let entry = match acceptor.addrs.as_deref_mut() {
-            None => opcode::AcceptMulti::new(fd).allocate_file_index(true).build(),
-            Some(peers) => {
-                let peer = &mut peers[slot];
-                peer.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                opcode::Accept::new(fd, std::ptr::from_mut(&mut peer.addr).cast(), &mut peer.len)
-                    .file_index(Some(types::DestinationSlot::auto_target()))
-                    .build()
-            }
+        let op = Op::Accept {
+            listener,
+            slot,
+            multishot: !acceptor.with_addresses,
+            peer: acceptor.with_addresses,
+            data: user_data(tag::ACCEPT, slot as u32, listener as u32),
         };
-        self.push(entry.user_data(data));
+        self.push(op);
     }
 
-    pub(super) fn on_accept(&mut self, listener: usize, slot: usize, res: i32, flags: u32) {
+    pub(super) fn on_accept(&mut self, listener: usize, slot: usize, res: i32, more: bool, peer: Option<u64>) {
         let acceptor = &mut self.acceptors[listener];
-        let multishot = acceptor.addrs.is_none();
-        let more = multishot && cqueue::more(flags);
+        let more = !acceptor.with_addresses && more;
         if !more {
             acceptor.armed &= !(1 << slot);
         }
         if res >= 0 {
-            let peer = acceptor
-                .addrs
-                .as_ref()
-                .and_then(|peers| admission::address_key(&peers[slot].addr));
             self.admit(res as u32, peer);
             if !more {
                 self.arm_accept(listener, slot);
@@ -175,11 +151,10 @@ impl Shard {
     }
 
     fn close_unadmitted(&mut self, file: u32) {
-        self.push(
-            opcode::Close::new(types::Fixed(file))
-                .build()
-                .user_data(user_data(tag::CLOSE, 0, u32::MAX)),
-        );
+        self.push(Op::Close {
+            file,
+            data: user_data(tag::CLOSE, 0, u32::MAX),
+        });
     }
 
     /// Hands a freed connection back to admission control.
@@ -198,14 +173,12 @@ impl Shard {
 
     /// Cancels the accepts in flight; the listeners close with the loop.
     pub(super) fn stop_accepting(&mut self) {
-        for i in 0..self.listeners.len() {
-            if self.acceptors[i].any_armed() {
-                let fd = types::Fd(self.listeners[i].as_raw_fd());
-                self.push(
-                    opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd).all())
-                        .build()
-                        .user_data(user_data(tag::CANCEL, 0, u32::MAX)),
-                );
+        for listener in 0..self.acceptors.len() {
+            if self.acceptors[listener].any_armed() {
+                self.push(Op::CancelAccepts {
+                    listener,
+                    data: user_data(tag::CANCEL, 0, u32::MAX),
+                });
             }
         }
     }

@@ -1,13 +1,15 @@
-//! One event loop per core: the only code that sees completions.
+//! One event loop per core, as a sans-IO state machine: the connection core.
 //!
-//! A shard owns an io_uring (`SINGLE_ISSUER` + `DEFER_TASKRUN`), a sparse registered file
-//! table that accepted sockets land in as direct descriptors, a provided-buffer ring that
-//! multishot receives draw from, one `SO_REUSEPORT` listener per listen address, and the
-//! slab of its connections. Between turns it drains the broadcast ring and queues each
-//! event's shared bytes on every local subscriber.
+//! A shard owns the slab of its connections, their subscriptions, timers, out-queues and
+//! every per-connection side table. It performs no I/O: it queues [`Op`]s (accept,
+//! receive, send, shut down, cancel, close, ring a doorbell) in its outbox and is handed
+//! their [`Completion`]s with the caller's `now`, by a driver (see [`crate::driver`]) that
+//! owns the ring or the epoll, the listeners and the receive buffers. Between turns it
+//! drains the broadcast ring and queues each event's shared bytes on every local
+//! subscriber.
 //!
-//! It never blocks except in `io_uring_enter`, and it never sleeps while the broadcast
-//! ring holds something it has not read (see [`Broadcast::park`]).
+//! It never sleeps while the broadcast ring holds something it has not read (see
+//! [`Broadcast::park`]).
 mod accept;
 mod admission;
 mod auth;
@@ -20,29 +22,26 @@ mod timers;
 mod websocket;
 
 use std::collections::HashMap;
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
-use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
 use crate::conn::{flags, ops, Conn, Kind, OutQueue, State};
+use crate::driver::{Completion, Op};
 use crate::engine::{Counters, Shared};
 use crate::event::Event;
 use crate::proto::http::{self, Method, Request};
 use crate::proto::{json, sse, ws};
 use crate::ring::broadcast::{Broadcast, Read};
-use crate::sys::bufring::BufRing;
-use crate::sys::uring::{self, RingSize};
 use subs::Subscriptions;
 use timers::{Deadlines, Static};
 
 use crate::time::{Clock, Wheel};
 
 /// Reserved `user_data` tags (the top byte). The low 32 bits carry a slab index or a
-/// listener index; bits 32..56 a connection generation.
+/// listener index; bits 32..56 a connection generation. Drivers keep 0xf0 and above.
 pub mod tag {
     pub const ACCEPT: u8 = 1;
     pub const RECV: u8 = 2;
@@ -51,7 +50,7 @@ pub mod tag {
     pub const CANCEL: u8 = 5;
     pub const SHUTDOWN: u8 = 6;
     pub const TICK: u8 = 7;
-    /// A `MSG_RING` from the ingest thread: the broadcast ring has news.
+    /// A doorbell from the ingest thread: the broadcast ring has news.
     pub const DOORBELL: u8 = 8;
 }
 
@@ -73,8 +72,11 @@ const fn unpack(data: u64) -> (u8, u32, u32) {
 /// The `user_data` every doorbell carries.
 pub const DOORBELL_DATA: u64 = user_data(tag::DOORBELL, 0, 0);
 
+/// The `user_data` of the loop's ticks.
+pub const TICK_DATA: u64 = user_data(tag::TICK, 0, 0);
+
 /// The loop's clock: one tick per `TICK_MS`.
-const TICK_MS: u64 = 100;
+pub const TICK_MS: u64 = 100;
 /// At most this many events, or this many payload bytes, are fanned out per loop turn
 /// (see `drain_broadcast`): a turn's events fit in one gathered send per client.
 const DRAIN_BATCH_EVENTS: usize = crate::conn::outq::IOV_MAX;
@@ -85,22 +87,18 @@ const WHEEL_SLOTS: usize = 4096;
 const FULL_LOG_TICKS: u32 = 100;
 /// Queues kept for reuse, so a burst of sends does not allocate per connection.
 const OUT_QUEUE_POOL_MAX: usize = 1024;
-/// Submission queue entries; the completion queue is eight times larger.
-const SQ_ENTRIES: u32 = 4096;
+/// Submission queue entries of an io_uring driver; the completion queue is eight times
+/// larger.
+pub const SQ_ENTRIES: u32 = 4096;
 /// Bytes of a request staged across reads: the head limit plus one read.
 const STAGING_MAX: usize = http::HEAD_MAX + 4096;
 
-/// What a shard reports to the thread that started it.
-pub struct Started {
-    pub ring_fd: RawFd,
-}
-
 /// One event loop.
 pub struct Shard {
-    // Field order is drop order: the ring closes before the memory it was lent.
-    ring: IoUring,
-    bufs: Option<BufRing>,
-    listeners: Vec<OwnedFd>,
+    /// Ops queued for the driver (see [`crate::driver::Loop`]).
+    ops: Vec<Op>,
+    /// The ring this loop reads events from (`None` only while a turn borrows it).
+    broadcast: Option<Arc<Broadcast<Event>>>,
     acceptors: Vec<accept::Acceptor>,
     /// Accepting stopped on a full table; the tick resumes it once a slot is free.
     accept_paused: bool,
@@ -161,7 +159,6 @@ pub struct Shard {
     /// Events read from the ring (or the refill) in one turn, delivered as runs per topic;
     /// kept to reuse its allocation.
     batch: Vec<Arc<Event>>,
-    cqes: Vec<(u64, i32, u32)>,
     id: usize,
     /// The next broadcast ring position this loop will read.
     next_seq: u64,
@@ -173,7 +170,6 @@ pub struct Shard {
     /// next event read tells how much to refill from the history.
     lost_after: Option<u64>,
     tick: u32,
-    tick_spec: types::Timespec,
     generation: u32,
     max_conns: usize,
     /// Connections with a send in flight; every queue is empty when this is zero.
@@ -191,53 +187,42 @@ pub struct Shard {
     counters: Arc<Counters>,
 }
 
-impl Shard {
-    /// Builds the loop on the calling thread: ring, file table, buffer ring, listeners.
-    ///
-    /// # Errors
-    /// A message naming what failed and what to do.
-    pub fn new(id: usize, max_conns: u32, shared: Arc<Shared>) -> Result<(Shard, Started), String> {
-        let cfg = &shared.config;
-        let ring = uring::build_ring(RingSize {
-            sq_entries: SQ_ENTRIES,
-            cq_entries: SQ_ENTRIES * 8,
+/// The listeners of one loop: one `SO_REUSEPORT` socket per listen address.
+///
+/// # Errors
+/// A message naming the address and what to do.
+pub fn listeners(cfg: &crate::config::Config) -> Result<Vec<std::os::fd::OwnedFd>, String> {
+    cfg.listen
+        .iter()
+        .map(|addr| {
+            crate::sys::socket::tcp_listener(*addr, 4096, cfg.tcp_user_timeout_ms, cfg.tcp_notsent_lowat).map_err(
+                |e| format!("cannot listen on {addr}: {e}; is another program using it? pass --listen ADDR"),
+            )
         })
-        .map_err(|e| e.to_string())?;
-        ring.submitter().register_files_sparse(max_conns).map_err(|e| {
-            format!("loop {id}: cannot register a file table of {max_conns} slots: {e}; lower --max-conns-per-loop")
-        })?;
-        let bufs = BufRing::new(&ring.submitter(), 0, cfg.recv_buffers, cfg.recv_buffer_bytes)
-            .map_err(|e| format!("loop {id}: cannot register the receive buffer ring: {e}"))?;
-        let mut listeners = Vec::new();
-        for addr in &cfg.listen {
-            let l =
-                crate::sys::socket::tcp_listener(*addr, 4096, cfg.tcp_user_timeout_ms, cfg.tcp_notsent_lowat)
-                    .map_err(|e| {
-                        format!(
-                            "cannot listen on {addr}: {e}; is another program using it? pass --listen ADDR"
-                        )
-                    })?;
-            listeners.push(l);
-        }
-        let started = Started {
-            ring_fd: ring.as_raw_fd(),
-        };
+        .collect()
+}
+
+impl Shard {
+    /// A loop of at most `max_conns` connections accepting on `listeners` listeners of
+    /// its driver; its clock starts at `now`.
+    pub fn new(id: usize, max_conns: u32, listeners: usize, shared: Arc<Shared>, now: Instant) -> Shard {
+        let mut shard = Shard::idle(id, max_conns, listeners, shared, now);
+        shard.arm_accepts();
+        shard
+    }
+
+    fn idle(id: usize, max_conns: u32, listeners: usize, shared: Arc<Shared>, now: Instant) -> Shard {
+        let cfg = &shared.config;
         let retry = cfg.retry_ms;
-        let clock = Clock::new(
-            std::time::Instant::now(),
-            std::time::Duration::from_millis(TICK_MS),
-        );
+        let clock = Clock::new(now, std::time::Duration::from_millis(TICK_MS));
         let by_address = shared.admission.as_ref().is_some_and(|a| a.limits().by_address());
-        let shard = Shard {
-            ring,
-            bufs: Some(bufs),
-            acceptors: (0..listeners.len())
-                .map(|_| accept::Acceptor::new(by_address))
-                .collect(),
+        Shard {
+            ops: Vec::with_capacity(256),
+            broadcast: Some(Arc::clone(&shared.broadcast)),
+            acceptors: (0..listeners).map(|_| accept::Acceptor::new(by_address)).collect(),
             accept_paused: false,
             full_logged_at: u32::MAX - FULL_LOG_TICKS,
             pause_reported: false,
-            listeners,
             // Reserved, not touched: pages become resident only as connections arrive, and
             // the slab never moves its records by growing.
             conns: Slab::with_capacity(max_conns as usize),
@@ -264,13 +249,11 @@ impl Shard {
             sessions: auth::Sessions::default(),
             refill: std::collections::VecDeque::new(),
             batch: Vec::with_capacity(DRAIN_BATCH_EVENTS),
-            cqes: Vec::with_capacity(1024),
             id,
             next_seq: shared.broadcast.head(),
             ring_seq: shared.start_seq,
             lost_after: None,
             tick: 0,
-            tick_spec: types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32),
             generation: 0,
             max_conns: max_conns as usize,
             sending: 0,
@@ -283,48 +266,34 @@ impl Shard {
             ndjson_head_only: Bytes::from_static(NDJSON_HEADERS_HEAD),
             counters: Arc::clone(&shared.counters[id]),
             shared,
-        };
-        Ok((shard, started))
+        }
     }
 
-    /// Runs the loop until the process exits.
-    ///
-    /// # Errors
-    /// Only an `io_uring_enter` failure the loop cannot recover from.
-    pub fn run(mut self) -> io::Result<()> {
-        self.arm_accepts();
-        self.push(
-            opcode::Timeout::new(&self.tick_spec)
-                .flags(types::TimeoutFlags::MULTISHOT)
-                .build()
-                .user_data(user_data(tag::TICK, 0, 0)),
-        );
-        let broadcast = Arc::clone(&self.shared.broadcast);
-        loop {
-            self.drain_broadcast(&broadcast);
-            let sleep = self.refill.is_empty() && broadcast.park(self.id, self.next_seq);
-            let res = if sleep {
-                self.ring.submitter().submit_and_wait(1)
-            } else {
-                uring::submit_and_reap(&self.ring)
-            };
-            if sleep {
-                broadcast.unpark(self.id);
-            }
-            match res {
-                Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
-                Err(e) => return Err(e),
-            }
-            self.reap();
-            self.wake_waiting();
-            self.deliver_fetched();
-            self.deliver_downstream();
-            self.ring_upstream();
-            if self.flushed(&broadcast) {
-                return Ok(());
-            }
+    /// The driver's setup for this loop: direct descriptors in a table of `max_conns`.
+    pub fn setup(max_conns: u32) -> crate::driver::Setup {
+        crate::driver::Setup {
+            tick_data: TICK_DATA,
+            tick_ms: TICK_MS,
+            bell_data: &[DOORBELL_DATA],
+            direct: true,
+            files: max_conns,
+            sq_entries: SQ_ENTRIES,
         }
+    }
+
+    /// Connections held now.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// True when no connection is held.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Takes the ops queued since the last call (for a driver, or a test).
+    pub fn take_ops(&mut self) -> Vec<Op> {
+        std::mem::take(&mut self.ops)
     }
 
     /// During shutdown, once the ingest thread has stopped: delivers what the ring still
@@ -340,54 +309,38 @@ impl Shard {
         self.drain_step()
     }
 
-    /// Queues one submission, flushing the queue to the kernel when it is full.
-    fn push(&mut self, entry: squeue::Entry) {
-        // SAFETY: every entry's buffers (msghdr, iovecs, queued bytes, timespec, provided
-        // buffers) are owned by this shard or by a boxed out-queue that stays alive, with
-        // its in-flight entries pinned, until the entry's final completion, which the
-        // `ops` bits of its connection track.
-        unsafe { uring::push(&mut self.ring, &entry) }
+    /// Queues one op for the driver.
+    fn push(&mut self, op: Op) {
+        self.ops.push(op);
     }
 
-    fn reap(&mut self) {
-        let mut batch = std::mem::take(&mut self.cqes);
-        while uring::take_completions(&mut self.ring, &mut batch) {
-            for &(data, res, flags) in &batch {
-                self.dispatch(data, res, flags);
-            }
-        }
-        self.cqes = batch;
-    }
-
-    fn dispatch(&mut self, data: u64, res: i32, flags: u32) {
-        let (tag, generation, index) = unpack(data);
+    fn dispatch(&mut self, c: Completion<'_>, now: Instant) {
+        let (tag, generation, index) = unpack(c.data);
         match tag {
-            tag::ACCEPT => self.on_accept(index as usize, generation as usize, res, flags),
-            tag::RECV => self.on_recv(index, generation, res, flags),
-            tag::SEND => self.on_send(index, generation, res),
+            tag::ACCEPT => self.on_accept(index as usize, generation as usize, c.res, c.more, c.peer),
+            tag::RECV => self.on_recv(index, generation, c.res, c.more, c.buf),
+            tag::SEND => self.on_send(index, generation, c.res),
             tag::CLOSE => self.op_done(index, generation, ops::CLOSE),
             tag::CANCEL => self.op_done(index, generation, ops::CANCEL),
             tag::SHUTDOWN => self.op_done(index, generation, ops::SHUTDOWN),
-            tag::TICK => self.on_tick(flags),
+            tag::TICK => self.on_tick(now),
             tag::DOORBELL => {}
-            _ => debug_assert!(false, "unknown completion tag {tag} (user_data {data:#x})"),
+            _ => debug_assert!(false, "unknown completion tag {tag} (user_data {:#x})", c.data),
         }
     }
 
     fn arm_recv(&mut self, index: u32) {
         let conn = &mut self.conns[index as usize];
         conn.ops |= ops::RECV;
-        let entry = opcode::RecvMulti::new(
-            types::Fixed(conn.file),
-            self.bufs.as_ref().expect("buffer ring").group(),
-        )
-        .build()
-        .user_data(user_data(tag::RECV, conn.generation, index));
-        self.push(entry);
+        let op = Op::RecvMulti {
+            file: conn.file,
+            data: user_data(tag::RECV, conn.generation, index),
+        };
+        self.push(op);
     }
 
-    fn on_tick(&mut self, flags: u32) {
-        self.tick = self.clock.ticks(std::time::Instant::now());
+    fn on_tick(&mut self, now: Instant) {
+        self.tick = self.clock.ticks(now);
         debug_assert!(self.queued >= 0, "queued bytes went negative: {}", self.queued);
         self.counters
             .queued_bytes
@@ -403,14 +356,6 @@ impl Shard {
                 .load(std::sync::atomic::Ordering::Acquire)
         {
             self.shutting_down = true;
-        }
-        if !cqueue::more(flags) {
-            self.push(
-                opcode::Timeout::new(&self.tick_spec)
-                    .flags(types::TimeoutFlags::MULTISHOT)
-                    .build()
-                    .user_data(user_data(tag::TICK, 0, 0)),
-            );
         }
         if self.conns.len() < self.max_conns && !self.shutting_down {
             self.accept_paused = false;
@@ -446,24 +391,16 @@ impl Shard {
             .is_some_and(|c| c.generation == generation)
     }
 
-    fn on_recv(&mut self, index: u32, generation: u32, res: i32, flags: u32) {
-        let more = cqueue::more(flags);
-        let buffer = cqueue::buffer_select(flags);
+    fn on_recv(&mut self, index: u32, generation: u32, res: i32, more: bool, buf: Option<&mut [u8]>) {
         if !self.live(index, generation) {
-            if let Some(bid) = buffer {
-                self.bufs.as_mut().expect("buffer ring").recycle(bid);
-            }
             return;
         }
         if !more {
             self.conns[index as usize].ops &= !ops::RECV;
         }
         if res > 0 {
-            let bid = buffer.expect("a multishot receive always selects a buffer");
-            let mut bufs = self.bufs.take().expect("buffer ring");
-            self.on_input(index, bufs.get_mut(bid, res as usize));
-            bufs.recycle(bid);
-            self.bufs = Some(bufs);
+            let data = buf.expect("a receive of bytes lends them");
+            self.on_input(index, data);
         } else if res == -libc::ENOBUFS {
             // Every buffer was in use for a moment; the receive ended and is re-armed below.
             bump(&self.counters.recv_enobufs);
@@ -891,18 +828,23 @@ impl Shard {
         if out.is_empty() {
             return;
         }
-        let entry = match out.prepare_single() {
-            Some((ptr, len)) => opcode::Send::new(types::Fixed(conn.file), ptr, len)
-                .flags(libc::MSG_NOSIGNAL)
-                .build(),
-            None => opcode::SendMsg::new(types::Fixed(conn.file), out.prepare())
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build(),
+        let data = user_data(tag::SEND, conn.generation, index);
+        let op = match out.prepare_single() {
+            Some((buf, len)) => Op::Send {
+                file: conn.file,
+                buf,
+                len,
+                data,
+            },
+            None => Op::SendMsg {
+                file: conn.file,
+                msg: out.prepare(),
+                data,
+            },
         };
         conn.ops |= ops::SEND;
         self.sending += 1;
-        let entry = entry.user_data(user_data(tag::SEND, conn.generation, index));
-        self.push(entry);
+        self.push(op);
         // A write-stall deadline applies while bytes are unsent.
         self.arm_earlier(index);
     }
@@ -993,10 +935,11 @@ impl Shard {
         conn.state = State::Lingering;
         conn.mark = until;
         conn.ops |= ops::SHUTDOWN;
-        let entry = opcode::Shutdown::new(types::Fixed(conn.file), libc::SHUT_WR)
-            .build()
-            .user_data(user_data(tag::SHUTDOWN, conn.generation, index));
-        self.push(entry);
+        let op = Op::Shutdown {
+            file: conn.file,
+            data: user_data(tag::SHUTDOWN, conn.generation, index),
+        };
+        self.push(op);
         self.arm_timer(index, until);
     }
 
@@ -1029,11 +972,10 @@ impl Shard {
         // on it (see `maybe_free`): an op the kernel runs later from its worker pool, such
         // as a shutdown, looks the slot up when it runs, and by then a freed slot may
         // hold the next accepted connection.
-        self.push(
-            opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(file)).all())
-                .build()
-                .user_data(user_data(tag::CANCEL, generation, index)),
-        );
+        self.push(Op::Cancel {
+            file,
+            data: user_data(tag::CANCEL, generation, index),
+        });
     }
 
     /// Moves connection `index` into (`+1`) or out of (`-1`) its transport's gauge; a
@@ -1072,10 +1014,11 @@ impl Shard {
         if !conn.has_flag(flags::CLOSED) {
             conn.flags |= flags::CLOSED;
             conn.ops |= ops::CLOSE;
-            let entry = opcode::Close::new(types::Fixed(conn.file))
-                .build()
-                .user_data(user_data(tag::CLOSE, conn.generation, index));
-            self.push(entry);
+            let op = Op::Close {
+                file: conn.file,
+                data: user_data(tag::CLOSE, conn.generation, index),
+            };
+            self.push(op);
             return;
         }
         let conn = self.conns.remove(index as usize);
@@ -1088,6 +1031,44 @@ impl Shard {
                 self.pool.push(out);
             }
         }
+    }
+}
+
+impl crate::driver::Loop for Shard {
+    fn outbox(&mut self) -> &mut Vec<Op> {
+        &mut self.ops
+    }
+
+    fn complete(&mut self, c: Completion<'_>, now: Instant) {
+        self.dispatch(c, now);
+    }
+
+    /// Delivers what the broadcast ring holds; the loop may sleep when nothing is left to
+    /// deliver and it has parked (the ingest thread then rings its doorbell).
+    fn before_wait(&mut self) -> bool {
+        // Taken out and put back, rather than cloned: no reference count moves per turn.
+        let broadcast = self.broadcast.take().expect("the loop's broadcast ring");
+        self.drain_broadcast(&broadcast);
+        let sleep = self.refill.is_empty() && broadcast.park(self.id, self.next_seq);
+        self.broadcast = Some(broadcast);
+        sleep
+    }
+
+    fn after_wait(&mut self, slept: bool) {
+        if slept {
+            self.shared.broadcast.unpark(self.id);
+        }
+    }
+
+    fn end_turn(&mut self) -> bool {
+        self.wake_waiting();
+        self.deliver_fetched();
+        self.deliver_downstream();
+        self.ring_upstream();
+        let broadcast = self.broadcast.take().expect("the loop's broadcast ring");
+        let done = self.flushed(&broadcast);
+        self.broadcast = Some(broadcast);
+        done
     }
 }
 

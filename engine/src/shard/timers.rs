@@ -21,11 +21,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use io_uring::{opcode, types};
 
 use super::{bump, tag, user_data, Shard};
 use crate::config::Config;
 use crate::conn::{flags, ops, Conn, Kind, State};
+use crate::driver::Op;
 use crate::time::{is_due, Clock};
 
 /// The earlier of two deadlines in wrapping tick arithmetic.
@@ -267,11 +267,13 @@ impl Shard {
                 Static::Ping => ops::SEND_PING,
             };
         self.sending += 1;
-        let entry = opcode::Send::new(types::Fixed(conn.file), bytes.as_ptr(), bytes.len() as u32)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(user_data(tag::SEND, conn.generation, index));
-        self.push(entry);
+        let op = Op::Send {
+            file: conn.file,
+            buf: bytes.as_ptr(),
+            len: bytes.len() as u32,
+            data: user_data(tag::SEND, conn.generation, index),
+        };
+        self.push(op);
     }
 
     /// The shared bytes `which` in the framing connection `index` uses.

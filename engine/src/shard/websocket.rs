@@ -19,7 +19,6 @@ use serde::Deserialize;
 
 use std::sync::Arc;
 
-use io_uring::{opcode, types};
 
 use super::{bump, tag, user_data, ws_control, Shard};
 use crate::conn::{flags, Kind, State};
@@ -349,11 +348,11 @@ impl Shard {
         if fd < 0 {
             return;
         }
-        self.push(
-            opcode::MsgRingData::new(types::Fd(fd), 0, UPSTREAM_BELL_DATA, None)
-                .build()
-                .user_data(user_data(tag::DOORBELL, 0, 0)),
-        );
+        self.push(crate::driver::Op::Bell {
+            target: fd,
+            deliver: UPSTREAM_BELL_DATA,
+            data: user_data(tag::DOORBELL, 0, 0),
+        });
     }
 
     /// Delivers backends' `SEND`s to their connections; a connection that has closed

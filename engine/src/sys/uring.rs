@@ -43,6 +43,19 @@ pub fn build_ring(size: RingSize) -> Result<IoUring, UringError> {
         .map_err(diagnose)
 }
 
+/// Checks that this host lets the engine build its rings: a small ring with the loops'
+/// flags is built and dropped.
+///
+/// # Errors
+/// As [`build_ring`].
+pub fn probe() -> Result<(), UringError> {
+    build_ring(RingSize {
+        sq_entries: 8,
+        cq_entries: 16,
+    })
+    .map(drop)
+}
+
 /// Turns an `io_uring_setup` failure into the reason an operator can act on.
 fn diagnose(err: io::Error) -> UringError {
     match err.raw_os_error() {
