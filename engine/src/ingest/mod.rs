@@ -32,12 +32,12 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
 use crate::backplane::{self, Acked, Asker, Request};
-use crate::engine::Shared;
 use crate::event::Event;
 use crate::proto::ingest::{self, Command, Decoded, IngestDecoder, IngestLimits, Publish};
 use crate::proto::json;
 use crate::ring::broadcast::Producer;
 use crate::shard::DOORBELL_DATA;
+use crate::shared::Shared;
 use crate::sys::uring::{self, RingSize};
 use crate::upstream::{ConnId, Downstream};
 
