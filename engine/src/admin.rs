@@ -21,10 +21,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::engine::{Counters, Shared};
+use crate::counters::{self, Counter, Scope, Snapshot, TABLE};
 use crate::ingest::client::{PublishError, Publisher};
 use crate::proto::http;
 use crate::proto::json;
+use crate::shared::Shared;
 use auth::Gate;
 pub use auth::{Token, TokenError};
 use conn::{Reply, Request};
@@ -235,227 +236,13 @@ fn typed(status: u16, content_type: &'static str, body: String) -> Reply {
     }
 }
 
-/// How each counter is exposed to Prometheus: its metric name, type and help.
-const METRICS: &[(&str, &str, &str, &str)] = &[
-    (
-        "accepted",
-        "ringcast_connections_accepted_total",
-        "counter",
-        "Client connections accepted.",
-    ),
-    (
-        "open",
-        "ringcast_connections_open",
-        "gauge",
-        "Client connections open.",
-    ),
-    (
-        "accept_full",
-        "ringcast_connections_refused_total",
-        "counter",
-        "Accepts that failed on a full file table or process.",
-    ),
-    (
-        "accept_errors",
-        "ringcast_accept_errors_total",
-        "counter",
-        "Other accept errors.",
-    ),
-    (
-        "bad_requests",
-        "ringcast_bad_requests_total",
-        "counter",
-        "Requests answered 4xx for malformed input.",
-    ),
-    (
-        "streams",
-        "ringcast_streams_opened_total",
-        "counter",
-        "SSE and NDJSON streams opened.",
-    ),
-    (
-        "websockets",
-        "ringcast_websockets_opened_total",
-        "counter",
-        "WebSocket upgrades completed.",
-    ),
-    (
-        "polls",
-        "ringcast_polls_total",
-        "counter",
-        "Long-poll and poll requests.",
-    ),
-    (
-        "resets",
-        "ringcast_resets_total",
-        "counter",
-        "Resumes answered with a reset.",
-    ),
-    (
-        "replayed",
-        "ringcast_events_replayed_total",
-        "counter",
-        "Events replayed from the history on resume.",
-    ),
-    (
-        "events",
-        "ringcast_events_fanned_out_total",
-        "counter",
-        "Events with at least one subscriber on the loop.",
-    ),
-    (
-        "deliveries",
-        "ringcast_events_delivered_total",
-        "counter",
-        "Events queued to a subscriber.",
-    ),
-    (
-        "dropped",
-        "ringcast_events_dropped_total",
-        "counter",
-        "Events a slow client's policy dropped or refused.",
-    ),
-    (
-        "coalesced",
-        "ringcast_events_coalesced_total",
-        "counter",
-        "Events that replaced a queued one with the same key.",
-    ),
-    (
-        "slow_disconnected",
-        "ringcast_slow_disconnected_total",
-        "counter",
-        "Clients closed by a disconnect policy.",
-    ),
-    (
-        "slow_closed",
-        "ringcast_slow_closed_total",
-        "counter",
-        "Clients closed at the hard queue cap.",
-    ),
-    (
-        "ring_overrun",
-        "ringcast_ring_overrun_events_total",
-        "counter",
-        "Events a loop missed on the broadcast ring.",
-    ),
-    (
-        "ring_lost",
-        "ringcast_ring_lost_total",
-        "counter",
-        "Overruns the history could not fully refill.",
-    ),
-    (
-        "replay_gaps",
-        "ringcast_replay_gaps_total",
-        "counter",
-        "Ranges evicted before a resuming client read them (each told as a gap).",
-    ),
-    (
-        "heartbeats",
-        "ringcast_heartbeats_total",
-        "counter",
-        "Heartbeats sent on quiet streams.",
-    ),
-    (
-        "request_timeouts",
-        "ringcast_reaped_request_timeout_total",
-        "counter",
-        "Connections answered 408 (slowloris).",
-    ),
-    (
-        "idle_closed",
-        "ringcast_reaped_idle_total",
-        "counter",
-        "Idle keep-alive connections closed.",
-    ),
-    (
-        "stalled",
-        "ringcast_reaped_stalled_total",
-        "counter",
-        "Connections reaped for a write stall.",
-    ),
-    (
-        "tcp_timeouts",
-        "ringcast_reaped_tcp_timeout_total",
-        "counter",
-        "Connections the kernel gave up on.",
-    ),
-    (
-        "ws_pong_timeouts",
-        "ringcast_reaped_pong_timeout_total",
-        "counter",
-        "WebSockets that did not answer a ping.",
-    ),
-    (
-        "ws_pings",
-        "ringcast_ws_pings_total",
-        "counter",
-        "WebSocket pings sent.",
-    ),
-    (
-        "ws_protocol_errors",
-        "ringcast_ws_protocol_errors_total",
-        "counter",
-        "WebSockets failed for a protocol error.",
-    ),
-    (
-        "upstream",
-        "ringcast_upstream_messages_total",
-        "counter",
-        "Client messages handed to backends.",
-    ),
-    (
-        "upstream_refused",
-        "ringcast_upstream_refused_total",
-        "counter",
-        "Client messages refused: no backend or queue full.",
-    ),
-    (
-        "downstream_dropped",
-        "ringcast_downstream_dropped_total",
-        "counter",
-        "Backend messages for closed connections.",
-    ),
-    (
-        "stream_skipped",
-        "ringcast_stream_skipped_total",
-        "counter",
-        "Stream sequences a cluster node never received (evicted first), told as gaps.",
-    ),
-    (
-        "ws_rate_limited",
-        "ringcast_ws_rate_limited_total",
-        "counter",
-        "WebSocket messages refused for exceeding --ws-msg-rate.",
-    ),
-    (
-        "ws_rate_closed",
-        "ringcast_ws_rate_closed_total",
-        "counter",
-        "WebSockets closed with 1008 for going on past --ws-msg-rate.",
-    ),
-    (
-        "recv_enobufs",
-        "ringcast_recv_enobufs_total",
-        "counter",
-        "Receives that found the buffer ring empty.",
-    ),
-];
-
 /// Every counter in the Prometheus text format (0.0.4), labelled by loop, plus the
 /// ring lag per loop, the history's size and the admin listener's refusals.
 fn metrics(shared: &Shared, gate: &Gate) -> String {
     use std::fmt::Write;
-    let per_loop: Vec<_> = shared.counters.iter().map(|c| counters(c)).collect();
+    let per_loop: Vec<Snapshot> = shared.counters.iter().map(|c| c.read()).collect();
     let mut out = String::new();
-    for (key, name, kind, help) in METRICS {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (l, c) in per_loop.iter().enumerate() {
-            let value = c.iter().find(|(n, _)| n == key).map_or(0, |(_, v)| *v);
-            let _ = writeln!(out, "{name}{{loop=\"{l}\"}} {value}");
-        }
-    }
+    counter_metrics(&mut out, &per_loop, shared.auth.is_some());
     let head = shared.broadcast.head();
     let _ = writeln!(
         out,
@@ -475,9 +262,12 @@ fn metrics(shared: &Shared, gate: &Gate) -> String {
     let _ = writeln!(out, "# HELP ringcast_events_published_total Events published.\n# TYPE ringcast_events_published_total counter\nringcast_events_published_total {}", head - 1);
     let _ = writeln!(out, "# HELP ringcast_history_topics Topics in the replay history.\n# TYPE ringcast_history_topics gauge\nringcast_history_topics {topics}");
     let _ = writeln!(out, "# HELP ringcast_history_bytes Bytes held by the replay history.\n# TYPE ringcast_history_bytes gauge\nringcast_history_bytes {bytes}");
-    admission_metrics(&mut out, shared);
-    if shared.auth.is_some() {
-        auth_metrics(&mut out, shared);
+    if let Some(a) = shared.admission.as_ref() {
+        let _ = writeln!(
+            out,
+            "# HELP ringcast_admission_held Connections admission control counts against --max-conns.\n# TYPE ringcast_admission_held gauge\nringcast_admission_held {}",
+            a.held()
+        );
     }
     if let Some(link) = &shared.backplane {
         let status = &link.backplane.status;
@@ -507,132 +297,57 @@ fn metrics(shared: &Shared, gate: &Gate) -> String {
     out
 }
 
-/// Every counter by name, in the order of [`Counters`].
-fn counters(c: &Counters) -> [(&'static str, u64); 43] {
-    [
-        ("accepted", c.accepted.load(Relaxed)),
-        ("open", c.open.load(Relaxed)),
-        ("open_sse", c.open_sse.load(Relaxed)),
-        ("open_ndjson", c.open_ndjson.load(Relaxed)),
-        ("open_ws", c.open_ws.load(Relaxed)),
-        ("polls_held", c.polls_held.load(Relaxed)),
-        ("queued_bytes", c.queued_bytes.load(Relaxed)),
-        ("accept_full", c.accept_full.load(Relaxed)),
-        ("accept_errors", c.accept_errors.load(Relaxed)),
-        ("recv_enobufs", c.recv_enobufs.load(Relaxed)),
-        ("bad_requests", c.bad_requests.load(Relaxed)),
-        ("streams", c.streams.load(Relaxed)),
-        ("polls", c.polls.load(Relaxed)),
-        ("resets", c.resets.load(Relaxed)),
-        ("replayed", c.replayed.load(Relaxed)),
-        ("events", c.events.load(Relaxed)),
-        ("deliveries", c.deliveries.load(Relaxed)),
-        ("slow_closed", c.slow_closed.load(Relaxed)),
-        ("dropped", c.dropped.load(Relaxed)),
-        ("coalesced", c.coalesced.load(Relaxed)),
-        ("slow_disconnected", c.slow_disconnected.load(Relaxed)),
-        ("ring_overrun", c.ring_overrun.load(Relaxed)),
-        ("ring_lost", c.ring_lost.load(Relaxed)),
-        ("replay_gaps", c.replay_gaps.load(Relaxed)),
-        ("heartbeats", c.heartbeats.load(Relaxed)),
-        ("request_timeouts", c.request_timeouts.load(Relaxed)),
-        ("idle_closed", c.idle_closed.load(Relaxed)),
-        ("stalled", c.stalled.load(Relaxed)),
-        ("tcp_timeouts", c.tcp_timeouts.load(Relaxed)),
-        ("websockets", c.websockets.load(Relaxed)),
-        ("ws_protocol_errors", c.ws_protocol_errors.load(Relaxed)),
-        ("ws_pings", c.ws_pings.load(Relaxed)),
-        ("ws_pong_timeouts", c.ws_pong_timeouts.load(Relaxed)),
-        ("upstream", c.upstream.load(Relaxed)),
-        ("upstream_refused", c.upstream_refused.load(Relaxed)),
-        ("downstream_dropped", c.downstream_dropped.load(Relaxed)),
-        ("admission_per_ip", c.admission_per_ip.load(Relaxed)),
-        ("admission_rate", c.admission_rate.load(Relaxed)),
-        ("admission_shed", c.admission_shed.load(Relaxed)),
-        ("admission_dropped", c.admission_dropped.load(Relaxed)),
-        ("ws_rate_limited", c.ws_rate_limited.load(Relaxed)),
-        ("ws_rate_closed", c.ws_rate_closed.load(Relaxed)),
-        ("stream_skipped", c.stream_skipped.load(Relaxed)),
-    ]
-}
-
-/// A per-loop counter family: its name, its help and how to read it.
-type Family = (&'static str, &'static str, fn(&Counters) -> u64);
-
-/// Connections refused by admission control, by reason and loop; with an engine-wide cap,
-/// the connections it counts.
-fn admission_metrics(out: &mut String, shared: &Shared) {
+/// The families of [`counters::TABLE`], labelled by loop: those of [`Scope::Auth`] only
+/// with `auth`.
+fn counter_metrics(out: &mut String, per_loop: &[Snapshot], auth: bool) {
     use std::fmt::Write;
-    let _ = writeln!(
-        out,
-        "# HELP ringcast_admission_refusals_total Connections refused by admission control, by reason.\n# TYPE ringcast_admission_refusals_total counter"
-    );
-    for (l, c) in shared.counters.iter().enumerate() {
-        for (reason, value) in admission_refusals(c) {
-            let _ = writeln!(
-                out,
-                "ringcast_admission_refusals_total{{loop=\"{l}\",reason=\"{reason}\"}} {value}"
-            );
+    for rows in counters::families() {
+        let Counter { family, scope, .. } = TABLE[rows.start];
+        if scope == Scope::Auth && !auth {
+            continue;
         }
-    }
-    if let Some(a) = shared.admission.as_ref() {
+        let name = family.name;
         let _ = writeln!(
             out,
-            "# HELP ringcast_admission_held Connections admission control counts against --max-conns.\n# TYPE ringcast_admission_held gauge\nringcast_admission_held {}",
-            a.held()
+            "# HELP {name} {}\n# TYPE {name} {}",
+            family.help,
+            family.kind.name()
         );
-    }
-}
-
-/// Admission refusals by reason: `per_ip` and `rate` (429), `shed` (--max-conns), `dropped`
-/// (closed unanswered).
-fn admission_refusals(c: &Counters) -> [(&'static str, u64); 4] {
-    [
-        ("per_ip", c.admission_per_ip.load(Relaxed)),
-        ("rate", c.admission_rate.load(Relaxed)),
-        ("shed", c.admission_shed.load(Relaxed)),
-        ("dropped", c.admission_dropped.load(Relaxed)),
-    ]
-}
-
-/// Subscriber auth's families: refusals by reason and loop, and the other outcomes.
-fn auth_metrics(out: &mut String, shared: &Shared) {
-    use std::fmt::Write;
-    let _ = writeln!(
-        out,
-        "# HELP ringcast_auth_refusals_total Requests refused for their token, by reason.\n# TYPE ringcast_auth_refusals_total counter"
-    );
-    for (l, c) in shared.counters.iter().enumerate() {
-        for (i, r) in crate::auth::Refusal::ALL.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "ringcast_auth_refusals_total{{loop=\"{l}\",reason=\"{}\"}} {}",
-                r.label(),
-                c.auth_refused[i].load(Relaxed)
-            );
+        for (l, snapshot) in per_loop.iter().enumerate() {
+            for row in rows.clone() {
+                let label = TABLE[row].label;
+                for (cell, value) in snapshot.row(row).iter().enumerate() {
+                    match label {
+                        Some(label) => {
+                            let (key, v) = (label.name, label.values[cell]);
+                            let _ = writeln!(out, "{name}{{loop=\"{l}\",{key}=\"{v}\"}} {value}");
+                        }
+                        None => {
+                            let _ = writeln!(out, "{name}{{loop=\"{l}\"}} {value}");
+                        }
+                    }
+                }
+            }
         }
     }
-    let families: [Family; 3] = [
-        (
-            "ringcast_auth_forbidden_total",
-            "Requests and subscribe ops for a topic the token does not allow.",
-            |c| c.auth_forbidden.load(Relaxed),
-        ),
-        (
-            "ringcast_auth_expired_total",
-            "Open connections whose token expired.",
-            |c| c.auth_expired.load(Relaxed),
-        ),
-        (
-            "ringcast_auth_refreshed_total",
-            "WebSockets that sent a valid refresh token.",
-            |c| c.auth_refreshed.load(Relaxed),
-        ),
-    ];
-    for (name, help, value) in families {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (l, c) in shared.counters.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{loop=\"{l}\"}} {}", value(c));
+}
+
+/// The rows of [`counters::TABLE`] in `scope` as the members of a JSON object (without its
+/// braces): `"key":N`, or `"key":{"<label value>":N,..}` for a row of several cells.
+fn counter_stats(out: &mut String, snapshot: &Snapshot, scope: Scope) {
+    let rows = TABLE.iter().enumerate().filter(|(_, c)| c.scope == scope);
+    for (n, (row, c)) in rows.enumerate() {
+        out.push_str(&format!("{}\"{}\":", if n > 0 { "," } else { "" }, c.stat));
+        match (c.label, snapshot.row(row)) {
+            (_, [value]) => out.push_str(&value.to_string()),
+            (label, values) => {
+                let names = label.map_or(&[][..], |l| l.values);
+                out.push('{');
+                for (i, (name, value)) in names.iter().zip(values).enumerate() {
+                    out.push_str(&format!("{}\"{name}\":{value}", if i > 0 { "," } else { "" }));
+                }
+                out.push('}');
+            }
         }
     }
 }
@@ -712,27 +427,19 @@ fn stats_json(shared: &Shared, gate: &Gate) -> String {
         let h = shared.history.lock().unwrap_or_else(PoisonError::into_inner);
         (h.topics(), h.bytes())
     };
-    let per_loop: Vec<_> = shared.counters.iter().map(|c| counters(c)).collect();
+    let per_loop: Vec<Snapshot> = shared.counters.iter().map(|c| c.read()).collect();
+    let totals = Snapshot::total(&per_loop);
     let mut out = format!(
         "{{\"epoch\":\"{}\",\"published\":{},\"history\":{{\"topics\":{topics},\"bytes\":{bytes}}},\"totals\":{{",
         shared.epoch.id(0).trim_end_matches("-0"),
         head - 1,
     );
-    let names: Vec<&str> = per_loop
-        .first()
-        .map(|c| c.iter().map(|(n, _)| *n).collect())
-        .unwrap_or_default();
-    for (i, name) in names.iter().enumerate() {
-        let total: u64 = per_loop.iter().map(|c| c[i].1).sum();
-        out.push_str(&format!("{}\"{name}\":{total}", if i > 0 { "," } else { "" }));
-    }
+    counter_stats(&mut out, &totals, Scope::Loop);
     out.push_str("},\"loops\":[");
     for (l, c) in per_loop.iter().enumerate() {
         out.push_str(if l > 0 { ",{" } else { "{" });
-        out.push_str(&format!("\"ring_lag\":{}", head - shared.broadcast.cursor(l)));
-        for (name, value) in c {
-            out.push_str(&format!(",\"{name}\":{value}"));
-        }
+        out.push_str(&format!("\"ring_lag\":{},", head - shared.broadcast.cursor(l)));
+        counter_stats(&mut out, c, Scope::Loop);
         out.push('}');
     }
     out.push(']');
@@ -744,18 +451,9 @@ fn stats_json(shared: &Shared, gate: &Gate) -> String {
         ));
     }
     if shared.auth.is_some() {
-        let total = |f: &dyn Fn(&Counters) -> u64| shared.counters.iter().map(|c| f(c)).sum::<u64>();
-        out.push_str(",\"auth\":{\"refused\":{");
-        for (i, r) in crate::auth::Refusal::ALL.iter().enumerate() {
-            let n = total(&|c| c.auth_refused[i].load(Relaxed));
-            out.push_str(&format!("{}\"{}\":{n}", if i > 0 { "," } else { "" }, r.label()));
-        }
-        out.push_str(&format!(
-            "}},\"forbidden\":{},\"expired\":{},\"refreshed\":{}}}",
-            total(&|c| c.auth_forbidden.load(Relaxed)),
-            total(&|c| c.auth_expired.load(Relaxed)),
-            total(&|c| c.auth_refreshed.load(Relaxed)),
-        ));
+        out.push_str(",\"auth\":{");
+        counter_stats(&mut out, &totals, Scope::Auth);
+        out.push('}');
     }
     if let Some(link) = &shared.backplane {
         let status = &link.backplane.status;
@@ -779,4 +477,103 @@ fn stats_json(shared: &Shared, gate: &Gate) -> String {
     }
     out.push_str("}}}");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+    use crate::counters::Counters;
+
+    /// Two loops' snapshots, every cell a different number.
+    fn snapshots() -> Vec<Snapshot> {
+        (0..2u64)
+            .map(|l| {
+                let c = Counters::default();
+                let mut n = 0;
+                c.visit(|cell: &AtomicU64| {
+                    n += 1;
+                    cell.store(1000 * l + n, Relaxed);
+                });
+                c.read()
+            })
+            .collect()
+    }
+
+    /// The samples of `metrics`, by their name and labels as written.
+    fn samples(metrics: &str) -> BTreeMap<String, u64> {
+        metrics
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (name, value) = l.rsplit_once(' ').expect("name value");
+                (name.to_owned(), value.parse().expect("a number"))
+            })
+            .collect()
+    }
+
+    /// Every cell `/stats` shows is the sample `/metrics` shows for it, and `/metrics`
+    /// shows nothing else.
+    #[test]
+    fn stats_and_metrics_show_the_same_counters() {
+        let per_loop = snapshots();
+        let mut metrics = String::new();
+        counter_metrics(&mut metrics, &per_loop, true);
+        let mut samples = samples(&metrics);
+        let mut stats = String::from("{\"loops\":[");
+        for (l, s) in per_loop.iter().enumerate() {
+            stats.push_str(if l > 0 { ",{" } else { "{" });
+            counter_stats(&mut stats, s, Scope::Loop);
+            stats.push_str(",\"auth\":{");
+            counter_stats(&mut stats, s, Scope::Auth);
+            stats.push_str("}}");
+        }
+        stats.push_str("]}");
+        let stats: serde_json::Value = serde_json::from_str(&stats).expect(&stats);
+        let mut shown = 0;
+        for (l, loop_stats) in stats["loops"].as_array().expect("loops").iter().enumerate() {
+            for c in TABLE {
+                let object = match c.scope {
+                    Scope::Loop => loop_stats,
+                    Scope::Auth => &loop_stats["auth"],
+                };
+                for cell in 0..c.cells {
+                    let (stat, labels) = match c.label {
+                        Some(label) if c.cells > 1 => (
+                            &object[c.stat][label.values[cell]],
+                            format!(",{}=\"{}\"", label.name, label.values[cell]),
+                        ),
+                        Some(label) => (
+                            &object[c.stat],
+                            format!(",{}=\"{}\"", label.name, label.values[0]),
+                        ),
+                        None => (&object[c.stat], String::new()),
+                    };
+                    let sample = format!("{}{{loop=\"{l}\"{labels}}}", c.family.name);
+                    let metric = samples.remove(&sample);
+                    assert_eq!(
+                        stat.as_u64(),
+                        metric,
+                        "{} cell {cell} of loop {l}: {sample}",
+                        c.stat
+                    );
+                    assert!(metric.is_some(), "{sample}");
+                    shown += 1;
+                }
+            }
+        }
+        assert_eq!(shown, 2 * crate::counters::CELLS);
+        assert!(samples.is_empty(), "in /metrics only: {samples:?}");
+    }
+
+    #[test]
+    fn auth_families_need_auth() {
+        let mut metrics = String::new();
+        counter_metrics(&mut metrics, &snapshots(), false);
+        assert!(metrics.contains("ringcast_admission_refusals_total{loop=\"1\",reason=\"rate\"}"));
+        assert!(metrics.contains("ringcast_connections_open_by_transport{loop=\"0\",transport=\"ws\"}"));
+        assert!(!metrics.contains("ringcast_auth_"), "{metrics}");
+    }
 }

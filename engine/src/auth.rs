@@ -79,7 +79,7 @@ impl Refusal {
     ];
 
     /// The metric label.
-    pub fn label(self) -> &'static str {
+    pub const fn label(self) -> &'static str {
         match self {
             Refusal::Missing => "missing",
             Refusal::Malformed => "malformed",

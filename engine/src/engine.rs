@@ -1,138 +1,22 @@
 //! Wiring: validates the configuration, checks that io_uring works, starts one loop per
 //! core and the ingest thread, and waits for a termination signal or a fatal error.
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
 
 use crate::config::Config;
-use crate::event::{Epoch, Event};
+use crate::event::Epoch;
 use crate::ingest::IngestThread;
 use crate::ring::broadcast::Broadcast;
 use crate::ring::history::History;
 use crate::shard::Shard;
 use crate::sys;
 
-/// Per-loop counters. Each has a single writer, its loop; anyone may read them.
-#[derive(Default, Debug)]
-pub struct Counters {
-    pub accepted: AtomicU64,
-    pub open: AtomicU64,
-    /// Open connections by transport (gauges).
-    pub open_sse: AtomicU64,
-    pub open_ndjson: AtomicU64,
-    pub open_ws: AtomicU64,
-    pub polls_held: AtomicU64,
-    /// Bytes queued on the loop's connections (gauge, refreshed every tick).
-    pub queued_bytes: AtomicU64,
-    /// Accepts that failed because the file table or the process was full.
-    pub accept_full: AtomicU64,
-    pub accept_errors: AtomicU64,
-    pub recv_enobufs: AtomicU64,
-    pub bad_requests: AtomicU64,
-    pub streams: AtomicU64,
-    /// Long-poll and poll requests answered or held.
-    pub polls: AtomicU64,
-    pub resets: AtomicU64,
-    pub replayed: AtomicU64,
-    /// Events that had at least one subscriber on this loop.
-    pub events: AtomicU64,
-    /// Events queued to a subscriber.
-    pub deliveries: AtomicU64,
-    pub slow_closed: AtomicU64,
-    /// Events a slow client's policy dropped or refused (each told to it as a gap).
-    pub dropped: AtomicU64,
-    /// Events that replaced a queued event with the same topic and key.
-    pub coalesced: AtomicU64,
-    /// Clients closed by a `disconnect` policy.
-    pub slow_disconnected: AtomicU64,
-    /// Events this loop missed in the broadcast ring by falling behind.
-    pub ring_overrun: AtomicU64,
-    /// Overruns the history could not fully refill.
-    pub ring_lost: AtomicU64,
-    /// Ranges the history evicted before a resuming client read them (each told as a gap).
-    pub replay_gaps: AtomicU64,
-    /// Heartbeat comments sent on quiet streams.
-    pub heartbeats: AtomicU64,
-    /// Connections closed with 408: no complete request head in time (slowloris).
-    pub request_timeouts: AtomicU64,
-    /// Keep-alive connections closed for idling between requests.
-    pub idle_closed: AtomicU64,
-    /// Connections reaped because their unsent bytes made no progress (stalled or vanished).
-    pub stalled: AtomicU64,
-    /// Connections the kernel gave up on (TCP_USER_TIMEOUT, keepalive): receive ETIMEDOUT.
-    pub tcp_timeouts: AtomicU64,
-    /// WebSocket upgrades completed.
-    pub websockets: AtomicU64,
-    /// WebSockets failed for breaking the protocol (closed with 1002, 1007 or 1009).
-    pub ws_protocol_errors: AtomicU64,
-    /// WebSocket pings sent after inbound silence.
-    pub ws_pings: AtomicU64,
-    /// WebSockets closed because a ping went unanswered.
-    pub ws_pong_timeouts: AtomicU64,
-    /// Client messages handed to the ingest thread for a backend.
-    pub upstream: AtomicU64,
-    /// Client messages answered with an error: no backend listens, or the queue is full.
-    pub upstream_refused: AtomicU64,
-    /// Backend messages for connections that had closed by the time they arrived.
-    pub downstream_dropped: AtomicU64,
-    /// Requests refused for their token, by [`crate::auth::Refusal::index`].
-    pub auth_refused: [AtomicU64; crate::auth::Refusal::ALL.len()],
-    /// Requests and subscribe ops for a topic the token does not allow (403).
-    pub auth_forbidden: AtomicU64,
-    /// Open connections whose token expired.
-    pub auth_expired: AtomicU64,
-    /// WebSockets that sent a valid refresh token.
-    pub auth_refreshed: AtomicU64,
-    /// Connections refused (429) because their address held --max-conns-per-ip.
-    pub admission_per_ip: AtomicU64,
-    /// Connections refused (429) because their address opened them too fast.
-    pub admission_rate: AtomicU64,
-    /// Connections shed (SSE 200 with `retry:`, else 503) at --max-conns.
-    pub admission_shed: AtomicU64,
-    /// Refused connections closed unanswered: their address had enough answers waiting.
-    pub admission_dropped: AtomicU64,
-    /// In a cluster: stream sequences this node never received (evicted before its consumer
-    /// read them), each run told to every stream as a `ringcast.gap`.
-    pub stream_skipped: AtomicU64,
-    /// WebSocket messages refused for exceeding --ws-msg-rate.
-    pub ws_rate_limited: AtomicU64,
-    /// WebSockets closed (1008) for going on past --ws-msg-rate.
-    pub ws_rate_closed: AtomicU64,
-}
-
-/// State shared by the ingest thread and every loop.
-pub struct Shared {
-    pub epoch: Epoch,
-    pub broadcast: Arc<Broadcast<Event>>,
-    pub history: Mutex<History<Event>>,
-    pub config: Config,
-    pub counters: Vec<Arc<Counters>>,
-    /// Per loop: client messages to backends and backend messages to clients.
-    pub mailboxes: Vec<crate::upstream::Mailbox>,
-    /// Backends that asked for client messages (`UPSTREAM`).
-    pub upstream_listeners: crate::upstream::Listeners,
-    /// The ingest thread's ring, for loops' doorbells when client messages wait; -1 until
-    /// the ingest thread has built it.
-    pub ingest_ring_fd: std::sync::atomic::AtomicI32,
-    /// Set on SIGINT/SIGTERM: the ingest thread sends its pending acknowledgements and stops.
-    pub stopping: AtomicBool,
-    /// Set by the ingest thread once it has stopped: nothing more will be published, and
-    /// each loop delivers what the ring holds, flushes its queues and exits.
-    pub ingest_stopped: AtomicBool,
-    /// The cluster backplane, with `--backplane`.
-    pub backplane: Option<crate::backplane::Link>,
-    /// Subscriber token verification, with `--auth-jwks`.
-    pub auth: Option<Arc<crate::auth::Auth>>,
-    /// Connection limits per client address and across the engine, when any is set.
-    pub admission: Option<crate::admission::Admission>,
-    /// The sequence number of the last event before this engine started serving: 0 on a
-    /// single node, the stream's last sequence when joining a cluster.
-    pub start_seq: u64,
-    /// The I/O driver every loop and the ingest thread run on.
-    pub driver: crate::driver::Kind,
-}
+// The loops name these two through this module.
+pub use crate::counters::Counters;
+pub use crate::shared::Shared;
 
 /// Descriptors the epoll driver leaves for the engine's own use (ingest, admin, backplane,
 /// files) out of RLIMIT_NOFILE, when dividing the rest among the loops.

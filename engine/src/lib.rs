@@ -29,6 +29,9 @@
 //! - [`sys`]: io_uring setup, buffers, sockets, signals: the home of `unsafe`.
 //! - [`auth`]: subscriber tokens (JWT against a JWKS file), off by default.
 //! - [`backplane`]: the cluster on NATS JetStream (`--backplane`), off by default.
+//! - [`counters`]: the per-loop counters, from one table of their `/stats` and
+//!   `/metrics` names.
+//! - [`shared`]: the state the ingest thread, the loops and the admin listener share.
 //! - [`admin`]: health and counters on the admin address.
 //! - [`engine`]: starts it all.
 pub mod admin;
@@ -37,6 +40,7 @@ pub mod auth;
 pub mod backplane;
 pub mod config;
 pub mod conn;
+pub mod counters;
 pub mod driver;
 pub mod engine;
 pub mod event;
@@ -44,6 +48,7 @@ pub mod ingest;
 pub mod proto;
 pub mod ring;
 pub mod shard;
+pub mod shared;
 pub mod sys;
 pub mod time;
 pub mod upstream;

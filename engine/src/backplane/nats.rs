@@ -1080,14 +1080,8 @@ async fn consumer(node: Rc<Node>, mut next: u64) {
             })
             .await;
         let messages = match created {
-            Ok(c) => c.messages().await,
-            Err(e) => {
-                node.backplane
-                    .status
-                    .set_down(format!("cannot read the stream: {e}"));
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
+            Ok(c) => c.messages().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
         let mut messages = match messages {
             Ok(m) => m,

@@ -33,12 +33,12 @@ use slab::Slab;
 
 use crate::backplane::{self, Acked, Asker, Request};
 use crate::driver::{Completion, Op};
-use crate::engine::Shared;
 use crate::event::Event;
 use crate::proto::ingest::{self, Command, Decoded, IngestDecoder, IngestLimits, Publish};
 use crate::proto::json;
 use crate::ring::broadcast::Producer;
 use crate::shard::DOORBELL_DATA;
+use crate::shared::Shared;
 use crate::upstream::{ConnId, Downstream};
 
 /// Why a client's message comes back when no backend anywhere can take it.
