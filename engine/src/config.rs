@@ -791,6 +791,19 @@ pub enum BackplanePublish {
 }
 
 impl Config {
+    /// The configuration `ringcast serve ARGS` would run with (`RINGCAST_*` variables
+    /// included), without a configuration file.
+    ///
+    /// # Errors
+    /// clap's message for flags that do not parse.
+    pub fn from_flags(args: &[&str]) -> Result<Config, String> {
+        use clap::{Args, FromArgMatches};
+        let cmd = Config::augment_args(clap::Command::new("ringcast"));
+        let argv = std::iter::once("ringcast").chain(args.iter().copied());
+        let matches = cmd.try_get_matches_from(argv).map_err(|e| e.to_string())?;
+        Config::from_arg_matches(&matches).map_err(|e| e.to_string())
+    }
+
     /// Checks every value once, so the loops can trust them.
     ///
     /// # Errors

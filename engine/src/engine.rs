@@ -404,7 +404,12 @@ fn reload(shared: &Shared) {
 }
 
 /// Builds loop `id` on io_uring and runs it; its doorbell goes to `ready` first.
-fn run_uring_loop(id: usize, conns: u32, shared: Arc<Shared>, ready: &Sender<Result<i32, String>>) -> std::io::Result<()> {
+fn run_uring_loop(
+    id: usize,
+    conns: u32,
+    shared: Arc<Shared>,
+    ready: &Sender<Result<i32, String>>,
+) -> std::io::Result<()> {
     let cfg = &shared.config;
     let built = crate::shard::listeners(cfg).and_then(|listeners| {
         let n = listeners.len();
@@ -428,7 +433,12 @@ fn run_uring_loop(id: usize, conns: u32, shared: Arc<Shared>, ready: &Sender<Res
 }
 
 /// Builds loop `id` on epoll and runs it; its doorbell goes to `ready` first.
-fn run_epoll_loop(id: usize, conns: u32, shared: Arc<Shared>, ready: &Sender<Result<i32, String>>) -> std::io::Result<()> {
+fn run_epoll_loop(
+    id: usize,
+    conns: u32,
+    shared: Arc<Shared>,
+    ready: &Sender<Result<i32, String>>,
+) -> std::io::Result<()> {
     let cfg = &shared.config;
     let built = crate::shard::listeners(cfg).and_then(|listeners| {
         let n = listeners.len();

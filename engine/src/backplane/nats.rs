@@ -35,8 +35,8 @@ use super::{
     subject, Ack, Acked, Backplane, BackplaneError, Consumed, FetchRequest, Fetched, Joined, Publish, Request,
 };
 use crate::config::{BackplanePublish as PublishMode, Config};
-use crate::event::{Epoch, Event};
 use crate::driver::Ringer;
+use crate::event::{Epoch, Event};
 
 /// Publishes in flight to JetStream at once, each awaiting its own acknowledgement.
 pub const WINDOW_MAX: usize = 1000;

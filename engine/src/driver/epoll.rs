@@ -98,13 +98,25 @@ impl Epoll {
         let epfd = epoll::create().map_err(|e| format!("cannot create an epoll instance: {e}"))?;
         let bell = eventfd::create().map_err(|e| format!("cannot create the doorbell eventfd: {e}"))?;
         if epoll::add(epfd.as_raw_fd(), bell.as_raw_fd(), epoll::INPUT_EVENTS, BELL_KEY) < 0 {
-            return Err(format!("cannot watch the doorbell: {}", io::Error::last_os_error()));
+            return Err(format!(
+                "cannot watch the doorbell: {}",
+                io::Error::last_os_error()
+            ));
         }
         for (i, l) in listeners.iter().enumerate() {
-            epoll::set_nonblocking(l.as_raw_fd()).map_err(|e| format!("cannot make a listener nonblocking: {e}"))?;
-            let res = epoll::add(epfd.as_raw_fd(), l.as_raw_fd(), epoll::INPUT_EVENTS, LISTENER_KEY + i as u64);
+            epoll::set_nonblocking(l.as_raw_fd())
+                .map_err(|e| format!("cannot make a listener nonblocking: {e}"))?;
+            let res = epoll::add(
+                epfd.as_raw_fd(),
+                l.as_raw_fd(),
+                epoll::INPUT_EVENTS,
+                LISTENER_KEY + i as u64,
+            );
             if res < 0 {
-                return Err(format!("cannot watch a listener: {}", io::Error::from_raw_os_error(-res)));
+                return Err(format!(
+                    "cannot watch a listener: {}",
+                    io::Error::from_raw_os_error(-res)
+                ));
             }
         }
         Ok(Epoll {
@@ -112,7 +124,10 @@ impl Epoll {
             bell,
             listeners: listeners
                 .into_iter()
-                .map(|fd| Listener { fd, armed: Vec::new() })
+                .map(|fd| Listener {
+                    fd,
+                    armed: Vec::new(),
+                })
                 .collect(),
             sockets: Vec::new(),
             waits: HashMap::new(),
@@ -192,7 +207,8 @@ impl Epoll {
     fn socket(&mut self, fd: RawFd) -> &mut Socket {
         let i = fd as usize;
         if i >= self.sockets.len() {
-            self.sockets.resize((i + 1).next_power_of_two(), Socket::default());
+            self.sockets
+                .resize((i + 1).next_power_of_two(), Socket::default());
         }
         &mut self.sockets[i]
     }
@@ -245,7 +261,10 @@ impl Epoll {
                 let res = unsafe { epoll::recv_raw(fd, buf, len) };
                 if res == -libc::EAGAIN {
                     self.socket(fd).recv_waits = true;
-                    self.waits.entry(fd).or_default().push(Wait::Recv { buf, len, data });
+                    self.waits
+                        .entry(fd)
+                        .or_default()
+                        .push(Wait::Recv { buf, len, data });
                 } else {
                     self.done.push_back((data, res, false));
                 }

@@ -111,11 +111,25 @@ pub enum Op {
     /// peer closes, an error, or a cancel: [`Completion::buf`] holds each one's bytes.
     RecvMulti { file: u32, data: u64 },
     /// Receives once into `buf[..len]`.
-    Recv { file: u32, buf: *mut u8, len: u32, data: u64 },
+    Recv {
+        file: u32,
+        buf: *mut u8,
+        len: u32,
+        data: u64,
+    },
     /// Sends `buf[..len]`; completes with the bytes the kernel took.
-    Send { file: u32, buf: *const u8, len: u32, data: u64 },
+    Send {
+        file: u32,
+        buf: *const u8,
+        len: u32,
+        data: u64,
+    },
     /// Sends what `msg` gathers; completes with the bytes the kernel took.
-    SendMsg { file: u32, msg: *const libc::msghdr, data: u64 },
+    SendMsg {
+        file: u32,
+        msg: *const libc::msghdr,
+        data: u64,
+    },
     /// Shuts the write side down.
     Shutdown { file: u32, data: u64 },
     /// Cancels every op on `file` (each completes with `-ECANCELED`), then completes.

@@ -164,7 +164,10 @@ impl Uring {
                 lp.complete(Completion::of(self.setup.tick_data, res, true), now);
             }
             tag::ACCEPT => {
-                let (listener, slot) = ((data as u32 as usize) / ACCEPT_SLOTS, (data as u32 as usize) % ACCEPT_SLOTS);
+                let (listener, slot) = (
+                    (data as u32 as usize) / ACCEPT_SLOTS,
+                    (data as u32 as usize) % ACCEPT_SLOTS,
+                );
                 let a = &self.listeners[listener];
                 let peer = (res >= 0 && a.peer[slot])
                     .then(|| crate::admission::address_key(&a.peers[slot].addr))
@@ -180,7 +183,10 @@ impl Uring {
             }
             _ => match cqueue::buffer_select(flags) {
                 Some(bid) => {
-                    let mut bufs = self.bufs.take().expect("a buffer was selected, so a buffer ring exists");
+                    let mut bufs = self
+                        .bufs
+                        .take()
+                        .expect("a buffer was selected, so a buffer ring exists");
                     let buf = (res > 0).then(|| bufs.get_mut(bid, res as usize));
                     lp.complete(
                         Completion {
@@ -267,10 +273,16 @@ impl Uring {
                     .user_data(data)
             }
             Op::RecvMulti { file, data } => {
-                let group = self.bufs.as_ref().expect("multishot receives need a buffer ring").group();
+                let group = self
+                    .bufs
+                    .as_ref()
+                    .expect("multishot receives need a buffer ring")
+                    .group();
                 on!(file, |fd| opcode::RecvMulti::new(fd, group).build()).user_data(data)
             }
-            Op::Recv { file, buf, len, data } => on!(file, |fd| opcode::Recv::new(fd, buf, len).build()).user_data(data),
+            Op::Recv { file, buf, len, data } => {
+                on!(file, |fd| opcode::Recv::new(fd, buf, len).build()).user_data(data)
+            }
             Op::Send { file, buf, len, data } => on!(file, |fd| opcode::Send::new(fd, buf, len)
                 .flags(libc::MSG_NOSIGNAL)
                 .build())
@@ -288,7 +300,11 @@ impl Uring {
             .build())
             .user_data(data),
             Op::Close { file, data } => on!(file, |fd| opcode::Close::new(fd).build()).user_data(data),
-            Op::Bell { target, deliver, data } => opcode::MsgRingData::new(types::Fd(target), 0, deliver, None)
+            Op::Bell {
+                target,
+                deliver,
+                data,
+            } => opcode::MsgRingData::new(types::Fd(target), 0, deliver, None)
                 .build()
                 .user_data(data),
         }

@@ -178,18 +178,19 @@ impl IngestThread {
         let listener = std::os::fd::OwnedFd::from(listener);
         match shared.driver {
             crate::driver::Kind::IoUring => {
-                let driver = crate::driver::uring::Uring::new(setup, vec![listener], None).map_err(io::Error::other)?;
+                let driver = crate::driver::uring::Uring::new(setup, vec![listener], None)
+                    .map_err(io::Error::other)?;
                 let mut ingest = Ingest::new(shared, shard_rings, driver.bell());
                 driver.run(&mut ingest)
             }
             crate::driver::Kind::Epoll => {
-                let driver = crate::driver::epoll::Epoll::new(setup, vec![listener], 0).map_err(io::Error::other)?;
+                let driver =
+                    crate::driver::epoll::Epoll::new(setup, vec![listener], 0).map_err(io::Error::other)?;
                 let mut ingest = Ingest::new(shared, shard_rings, driver.bell());
                 driver.run(&mut ingest)
             }
         }
     }
-
 }
 
 impl Ingest {
@@ -199,7 +200,9 @@ impl Ingest {
             .ingest_ring_fd
             .store(bell, std::sync::atomic::Ordering::Release);
         if let Some(link) = &shared.backplane {
-            link.bells.ingest.store(bell, std::sync::atomic::Ordering::Release);
+            link.bells
+                .ingest
+                .store(bell, std::sync::atomic::Ordering::Release);
         }
         let loops = shard_rings.len();
         let node = shared.config.node_name().into();

@@ -71,7 +71,14 @@ impl Shard {
         self.push(op);
     }
 
-    pub(super) fn on_accept(&mut self, listener: usize, slot: usize, res: i32, more: bool, peer: Option<u64>) {
+    pub(super) fn on_accept(
+        &mut self,
+        listener: usize,
+        slot: usize,
+        res: i32,
+        more: bool,
+        peer: Option<u64>,
+    ) {
         let acceptor = &mut self.acceptors[listener];
         let more = !acceptor.with_addresses && more;
         if !more {

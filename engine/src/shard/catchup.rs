@@ -176,13 +176,7 @@ impl Shard {
                 .history
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            history.page(
-                &names,
-                after,
-                self.delivered_upto(),
-                self.page_limits(),
-                std::time::Instant::now(),
-            )
+            history.page(&names, after, self.delivered_upto(), self.page_limits(), self.now)
         };
         if let Some(last) = page.events.last() {
             let body = super::poll::poll_body(&page.events, &last.id, None);
@@ -271,7 +265,7 @@ impl Shard {
                 .history
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            history.page(&names, after, upto, limits, std::time::Instant::now())
+            history.page(&names, after, upto, limits, self.now)
         };
         if !page.complete {
             if self.shared.backplane.is_some() {
@@ -552,7 +546,7 @@ impl Shard {
         }
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         let upto = self.delivered_upto();
-        let now = std::time::Instant::now();
+        let now = self.now;
         let history = self
             .shared
             .history

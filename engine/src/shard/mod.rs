@@ -17,6 +17,8 @@ mod backpressure;
 mod catchup;
 mod drain;
 mod poll;
+#[cfg(test)]
+mod sim;
 mod subs;
 mod timers;
 mod websocket;
@@ -170,6 +172,8 @@ pub struct Shard {
     /// next event read tells how much to refill from the history.
     lost_after: Option<u64>,
     tick: u32,
+    /// The time the driver handed in with the latest completion: the loop reads no clock.
+    now: Instant,
     generation: u32,
     max_conns: usize,
     /// Connections with a send in flight; every queue is empty when this is zero.
@@ -195,9 +199,10 @@ pub fn listeners(cfg: &crate::config::Config) -> Result<Vec<std::os::fd::OwnedFd
     cfg.listen
         .iter()
         .map(|addr| {
-            crate::sys::socket::tcp_listener(*addr, 4096, cfg.tcp_user_timeout_ms, cfg.tcp_notsent_lowat).map_err(
-                |e| format!("cannot listen on {addr}: {e}; is another program using it? pass --listen ADDR"),
-            )
+            crate::sys::socket::tcp_listener(*addr, 4096, cfg.tcp_user_timeout_ms, cfg.tcp_notsent_lowat)
+                .map_err(|e| {
+                    format!("cannot listen on {addr}: {e}; is another program using it? pass --listen ADDR")
+                })
         })
         .collect()
 }
@@ -219,7 +224,9 @@ impl Shard {
         Shard {
             ops: Vec::with_capacity(256),
             broadcast: Some(Arc::clone(&shared.broadcast)),
-            acceptors: (0..listeners).map(|_| accept::Acceptor::new(by_address)).collect(),
+            acceptors: (0..listeners)
+                .map(|_| accept::Acceptor::new(by_address))
+                .collect(),
             accept_paused: false,
             full_logged_at: u32::MAX - FULL_LOG_TICKS,
             pause_reported: false,
@@ -254,6 +261,7 @@ impl Shard {
             ring_seq: shared.start_seq,
             lost_after: None,
             tick: 0,
+            now,
             generation: 0,
             max_conns: max_conns as usize,
             sending: 0,
@@ -315,6 +323,7 @@ impl Shard {
     }
 
     fn dispatch(&mut self, c: Completion<'_>, now: Instant) {
+        self.now = now;
         let (tag, generation, index) = unpack(c.data);
         match tag {
             tag::ACCEPT => self.on_accept(index as usize, generation as usize, c.res, c.more, c.peer),
@@ -736,7 +745,7 @@ impl Shard {
                     .history
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                history.since(&names, after, upto, std::time::Instant::now())
+                history.since(&names, after, upto, self.now)
             };
             if !replay.complete {
                 bump(&self.counters.ring_lost);

@@ -19,7 +19,6 @@ use serde::Deserialize;
 
 use std::sync::Arc;
 
-
 use super::{bump, tag, user_data, ws_control, Shard};
 use crate::conn::{flags, Kind, State};
 use crate::ingest::UPSTREAM_BELL_DATA;

@@ -3,6 +3,10 @@
 //! later allocations. A loop calls it after a large backlog drained (see
 //! `Shard::release_memory`), so that a flood's peak does not stay resident.
 
+// Linked wherever this module is, the library's own test binaries included, which do not
+// install mimalloc as their allocator.
+use mimalloc as _;
+
 extern "C" {
     // mimalloc's C API (mimalloc.h), linked by the `mimalloc` crate's libmimalloc-sys.
     fn mi_collect(force: bool);

@@ -7,8 +7,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 /// Readiness a registered socket reports: input (or its end), output room, errors.
 /// Edge-triggered: each is reported once per change, so the driver reads until `EAGAIN`
 /// or remembers that it stopped early.
-pub const SOCKET_EVENTS: u32 =
-    (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+pub const SOCKET_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
 /// Readiness of a listener or a doorbell: input only, edge-triggered.
 pub const INPUT_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLET) as u32;
 
@@ -105,7 +104,14 @@ pub unsafe fn recv_raw(fd: RawFd, buf: *mut u8, len: u32) -> i32 {
 /// `buf` must be valid for reads of `len` bytes.
 pub unsafe fn send(fd: RawFd, buf: *const u8, len: u32) -> i32 {
     // SAFETY: the caller guarantees `buf[..len]` is readable.
-    result(unsafe { libc::send(fd, buf.cast(), len as usize, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) })
+    result(unsafe {
+        libc::send(
+            fd,
+            buf.cast(),
+            len as usize,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    })
 }
 
 /// Sends what `msg` gathers without waiting (and without SIGPIPE).

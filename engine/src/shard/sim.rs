@@ -1,0 +1,553 @@
+//! The connection core driven without sockets: a simulated driver hands the shard
+//! completions at virtual times and reads the ops it queues (quinn-proto's model). Each
+//! test walks one row of the timer table in `timers`, one transport's framing, a
+//! backpressure policy or the drain.
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::config::Config;
+use crate::driver::{Completion, Loop, Op};
+use crate::event::Epoch;
+use crate::ring::broadcast::Producer;
+use crate::ring::history::History;
+
+/// One loop and its simulated driver.
+struct Sim {
+    shard: Shard,
+    producer: Producer<Event>,
+    shared: Arc<Shared>,
+    now: Instant,
+    /// Descriptors handed out by accepts.
+    next_file: u32,
+}
+
+/// A connection as the simulated driver knows it.
+#[derive(Clone, Copy, Debug)]
+struct Client {
+    file: u32,
+    recv: u64,
+}
+
+/// What the shard asked the driver to do, with sent bytes copied out.
+#[derive(Debug)]
+enum Did {
+    Recv { file: u32, data: u64 },
+    Send { file: u32, bytes: Vec<u8>, data: u64 },
+    Shutdown { data: u64 },
+    Cancel { file: u32, data: u64 },
+    Close { file: u32, data: u64 },
+    Other,
+}
+
+/// Without per-address limits, so a listener has one multishot accept.
+fn shared(flags: &[&str]) -> Arc<Shared> {
+    let mut all = vec!["--max-conns-per-ip", "0"];
+    all.extend_from_slice(flags);
+    let config = Config::from_flags(&all).expect("test flags parse");
+    config.validate().expect("test flags are valid");
+    Arc::new(Shared {
+        epoch: Epoch::from_raw(0x5eed),
+        broadcast: Broadcast::new(config.ring_slots, 1),
+        history: Mutex::new(History::with_origin(config.history_limits(), 0)),
+        counters: vec![Arc::new(Counters::default())],
+        mailboxes: vec![crate::upstream::Mailbox::default()],
+        upstream_listeners: crate::upstream::Listeners::default(),
+        ingest_ring_fd: AtomicI32::new(-1),
+        stopping: AtomicBool::new(false),
+        ingest_stopped: AtomicBool::new(false),
+        backplane: None,
+        auth: None,
+        admission: Some(config.admission_limits())
+            .filter(crate::admission::Limits::any)
+            .map(crate::admission::Admission::new),
+        start_seq: 0,
+        driver: crate::driver::Kind::Epoll,
+        config,
+    })
+}
+
+impl Sim {
+    fn new(flags: &[&str]) -> Sim {
+        let shared = shared(flags);
+        let now = Instant::now();
+        let mut shard = Shard::new(0, 64, 1, Arc::clone(&shared), now);
+        let accepts = shard.take_ops();
+        assert!(
+            matches!(accepts[..], [Op::Accept { listener: 0, .. }]),
+            "a new loop arms its accept: {accepts:?}"
+        );
+        Sim {
+            producer: Producer::new(Arc::clone(&shared.broadcast)),
+            shard,
+            shared,
+            now,
+            next_file: 100,
+        }
+    }
+
+    fn complete(&mut self, c: Completion<'_>) {
+        self.shard.complete(c, self.now);
+    }
+
+    /// The ops queued since the last look, sent bytes copied out.
+    fn ops(&mut self) -> Vec<Did> {
+        self.shard.take_ops().into_iter().map(did).collect()
+    }
+
+    /// A client connects; returns it once the shard has armed its receive.
+    fn connect(&mut self) -> Client {
+        let file = self.next_file;
+        self.next_file += 1;
+        self.complete(Completion {
+            data: user_data(tag::ACCEPT, 0, 0),
+            res: file as i32,
+            more: true,
+            buf: None,
+            peer: None,
+        });
+        let ops = self.ops();
+        let recv = ops
+            .iter()
+            .find_map(|d| match d {
+                Did::Recv { file: f, data } if *f == file => Some(*data),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("an accepted connection is read from: {ops:?}"));
+        Client { file, recv }
+    }
+
+    /// The client sends `bytes`; returns the ops that caused.
+    fn send(&mut self, c: Client, bytes: &[u8]) -> Vec<Did> {
+        let mut buf = bytes.to_vec();
+        self.complete(Completion {
+            data: c.recv,
+            res: buf.len() as i32,
+            more: true,
+            buf: Some(&mut buf),
+            peer: None,
+        });
+        self.ops()
+    }
+
+    /// The kernel took `n` bytes of the send `data`.
+    fn sent(&mut self, data: u64, n: usize) -> Vec<Did> {
+        self.complete(Completion::of(data, n as i32, false));
+        self.ops()
+    }
+
+    /// Sends complete in full, and the sends that causes, until none is left; returns
+    /// every byte sent to `file` and the other ops.
+    fn flush_all(&mut self, mut ops: Vec<Did>, file: u32) -> (Vec<u8>, Vec<Did>) {
+        let mut out = Vec::new();
+        let mut rest = Vec::new();
+        while !ops.is_empty() {
+            let mut next = Vec::new();
+            for d in ops {
+                match d {
+                    Did::Send { file: f, bytes, data } if f == file => {
+                        out.extend_from_slice(&bytes);
+                        next.extend(self.sent(data, bytes.len()));
+                    }
+                    other => rest.push(other),
+                }
+            }
+            ops = next;
+        }
+        (out, rest)
+    }
+
+    /// Virtual time passes, in ticks of the loop's clock.
+    fn advance(&mut self, by: Duration) -> Vec<Did> {
+        let step = Duration::from_millis(TICK_MS);
+        let mut ops = Vec::new();
+        let mut left = by;
+        while !left.is_zero() {
+            let d = left.min(step);
+            self.now += d;
+            left -= d;
+            self.complete(Completion::of(TICK_DATA, 0, true));
+            ops.extend(self.ops());
+        }
+        ops
+    }
+
+    /// One driver turn without I/O: the shard reads the broadcast ring.
+    fn turn(&mut self) -> Vec<Did> {
+        self.shard.before_wait();
+        self.shard.end_turn();
+        self.ops()
+    }
+
+    fn publish(&mut self, topic: &str, data: &[u8]) -> Arc<Event> {
+        let seq = self.producer.next_seq();
+        let event = Arc::new(Event::new(
+            self.shared.epoch,
+            seq,
+            topic,
+            None,
+            None,
+            data,
+            self.now,
+        ));
+        self.producer.push(Arc::clone(&event));
+        event
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.shared.counters[0]
+    }
+}
+
+fn did(op: Op) -> Did {
+    match op {
+        Op::RecvMulti { file, data } => Did::Recv { file, data },
+        Op::Send { file, buf, len, data } => Did::Send {
+            file,
+            // SAFETY: the shard keeps the bytes of a queued send alive and untouched until
+            // its completion, which the simulation hands in only after this copy.
+            bytes: unsafe { std::slice::from_raw_parts(buf, len as usize) }.to_vec(),
+            data,
+        },
+        Op::SendMsg { file, msg, data } => {
+            let mut bytes = Vec::new();
+            // SAFETY: as above, for the msghdr and the iovecs it points to.
+            let iovs = unsafe { std::slice::from_raw_parts((*msg).msg_iov, (*msg).msg_iovlen) };
+            for v in iovs {
+                // SAFETY: each iovec covers queued bytes the shard keeps alive.
+                bytes.extend_from_slice(unsafe {
+                    std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
+                });
+            }
+            Did::Send { file, bytes, data }
+        }
+        Op::Shutdown { data, .. } => Did::Shutdown { data },
+        Op::Cancel { file, data } => Did::Cancel { file, data },
+        Op::Close { file, data } => Did::Close { file, data },
+        _ => Did::Other,
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn cancelled(ops: &[Did], file: u32) -> bool {
+    ops.iter()
+        .any(|d| matches!(d, Did::Cancel { file: f, .. } if *f == file))
+}
+
+/// The single send to `file` among `ops`.
+fn send_to(ops: &[Did], file: u32) -> (String, u64) {
+    let sends: Vec<_> = ops
+        .iter()
+        .filter_map(|d| match d {
+            Did::Send { file: f, bytes, data } if *f == file => Some((text(bytes), *data)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sends.len(), 1, "one send to {file}: {ops:?}");
+    sends.into_iter().next().expect("checked")
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[test]
+fn a_client_that_sends_nothing_gets_408_at_the_request_deadline() {
+    let mut sim = Sim::new(&["--request-timeout-ms", "3000"]);
+    let c = sim.connect();
+    assert!(sim.advance(2 * SECOND).is_empty(), "nothing before the deadline");
+    let ops = sim.advance(2 * SECOND);
+    let (reply, _) = send_to(&ops, c.file);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert_eq!(sim.counters().request_timeouts.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_head_sent_too_slowly_gets_408_however_often_bytes_arrive() {
+    let mut sim = Sim::new(&["--request-timeout-ms", "3000"]);
+    let c = sim.connect();
+    for line in [&b"GET /sse?topic=a HTTP/1.1\r\n"[..], b"Host: x\r\n"] {
+        assert!(sim.send(c, line).is_empty());
+        assert!(sim.advance(SECOND).is_empty());
+    }
+    let ops = sim.advance(2 * SECOND);
+    assert!(send_to(&ops, c.file).0.starts_with("HTTP/1.1 408"));
+}
+
+#[test]
+fn an_idle_keep_alive_connection_closes_after_the_idle_deadline() {
+    let mut sim = Sim::new(&["--keepalive-idle-ms", "5000", "--request-timeout-ms", "2000"]);
+    let c = sim.connect();
+    let ops = sim.send(c, b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (reply, data) = send_to(&ops, c.file);
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+    assert!(sim.sent(data, reply.len()).is_empty());
+    // Served once: the request deadline no longer applies, the idle one does.
+    assert!(!cancelled(&sim.advance(4 * SECOND), c.file));
+    assert!(cancelled(&sim.advance(2 * SECOND), c.file));
+    assert_eq!(sim.counters().idle_closed.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_quiet_stream_gets_a_heartbeat_each_interval() {
+    let mut sim = Sim::new(&["--heartbeat-ms", "15000"]);
+    let c = sim.connect();
+    let ops = sim.send(c, b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (head, data) = send_to(&ops, c.file);
+    assert!(
+        head.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream"),
+        "{head}"
+    );
+    assert!(sim.sent(data, head.len()).is_empty());
+    assert!(sim.advance(14 * SECOND).is_empty(), "nothing before the interval");
+    let ops = sim.advance(2 * SECOND);
+    let (beat, data) = send_to(&ops, c.file);
+    assert_eq!(beat, "3\r\n:\n\n\r\n", "a comment line as one chunk");
+    assert!(sim.sent(data, beat.len()).is_empty());
+    // Deadlines fire up to a tick late, never early.
+    assert!(sim.advance(15 * SECOND - Duration::from_millis(100)).is_empty());
+    let ops = sim.advance(SECOND);
+    assert_eq!(send_to(&ops, c.file).0, "3\r\n:\n\n\r\n");
+    assert_eq!(sim.counters().heartbeats.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn a_stream_whose_send_never_completes_is_reaped_at_the_write_stall_deadline() {
+    let mut sim = Sim::new(&["--heartbeat-ms", "15000", "--write-stall-ms", "30000"]);
+    let c = sim.connect();
+    let ops = sim.send(c, b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (_, _head_send) = send_to(&ops, c.file);
+    // The head's send is never completed: the client reads nothing.
+    assert!(!cancelled(&sim.advance(29 * SECOND), c.file));
+    assert!(cancelled(&sim.advance(2 * SECOND), c.file));
+    assert_eq!(sim.counters().stalled.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_websocket_is_pinged_and_closed_when_no_pong_comes() {
+    let mut sim = Sim::new(&["--ws-ping-ms", "20000", "--ws-pong-timeout-ms", "10000"]);
+    let c = sim.connect();
+    let ops = sim.send(
+        c,
+        b"GET /ws?topic=a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    let (reply, data) = send_to(&ops, c.file);
+    assert!(reply.starts_with("HTTP/1.1 101"), "{reply}");
+    // RFC 6455 §1.3's example key and its accept value.
+    assert!(
+        reply.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+        "{reply}"
+    );
+    assert!(sim.sent(data, reply.len()).is_empty());
+    assert!(sim.advance(19 * SECOND).is_empty());
+    let ops = sim.advance(2 * SECOND);
+    let Some(Did::Send { bytes, data, .. }) = ops.into_iter().find(|d| matches!(d, Did::Send { .. })) else {
+        panic!("a ping at the interval");
+    };
+    assert_eq!(bytes, [0x89, 0x00], "a ping with no payload");
+    assert!(sim.sent(data, 2).is_empty());
+    assert!(!cancelled(&sim.advance(9 * SECOND), c.file));
+    assert!(cancelled(&sim.advance(2 * SECOND), c.file));
+    assert_eq!(sim.counters().ws_pong_timeouts.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_pong_keeps_a_websocket_open() {
+    let mut sim = Sim::new(&["--ws-ping-ms", "20000", "--ws-pong-timeout-ms", "10000"]);
+    let c = sim.connect();
+    let ops = sim.send(
+        c,
+        b"GET /ws?topic=a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    let (reply, data) = send_to(&ops, c.file);
+    sim.sent(data, reply.len());
+    for _ in 0..3 {
+        let ops = sim.advance(21 * SECOND);
+        let (_, data) = send_to(&ops, c.file);
+        sim.sent(data, 2);
+        // A masked pong with no payload (RFC 6455 §5.5.3).
+        assert!(sim.send(c, &[0x8a, 0x80, 1, 2, 3, 4]).is_empty());
+    }
+    assert_eq!(sim.counters().ws_pong_timeouts.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_final_answer_lingers_then_closes_at_the_linger_deadline() {
+    let mut sim = Sim::new(&[]);
+    let c = sim.connect();
+    let ops = sim.send(c, b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (reply, data) = send_to(&ops, c.file);
+    assert!(reply.starts_with("HTTP/1.1 400"), "no topic: {reply}");
+    let ops = sim.sent(data, reply.len());
+    let Some(Did::Shutdown { data }) = ops.into_iter().next() else {
+        panic!("the write side is shut down once the answer is out");
+    };
+    assert!(sim.sent(data, 0).is_empty());
+    assert!(!cancelled(&sim.advance(SECOND), c.file));
+    assert!(
+        cancelled(&sim.advance(2 * SECOND), c.file),
+        "the linger is bounded"
+    );
+}
+
+#[test]
+fn a_closed_connection_is_freed_only_after_its_last_op_completes() {
+    let mut sim = Sim::new(&[]);
+    let c = sim.connect();
+    sim.complete(Completion::of(c.recv, 0, false));
+    let ops = sim.ops();
+    let Some(&Did::Cancel { data: cancel, .. }) = ops.first() else {
+        panic!("EOF cancels what the kernel holds: {ops:?}");
+    };
+    assert_eq!(sim.shard.len(), 1);
+    sim.complete(Completion::of(cancel, 0, false));
+    let ops = sim.ops();
+    let Some(&Did::Close { file, data }) = ops.first() else {
+        panic!("then the descriptor is closed: {ops:?}");
+    };
+    assert_eq!(file, c.file);
+    assert_eq!(
+        sim.shard.len(),
+        1,
+        "the record outlives the close until it completes"
+    );
+    sim.complete(Completion::of(data, 0, false));
+    assert!(sim.shard.is_empty());
+    // A late completion for the freed slot is recognised by its generation and ignored.
+    sim.complete(Completion::of(c.recv, -libc::ECANCELED, false));
+    assert!(sim.ops().is_empty());
+}
+
+#[test]
+fn sse_ndjson_and_websocket_subscribers_get_each_event_in_their_framing() {
+    let mut sim = Sim::new(&[]);
+    let sse = sim.connect();
+    let ndjson = sim.connect();
+    let ws = sim.connect();
+    let mut opened = Vec::new();
+    opened.extend(sim.send(sse, b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n"));
+    opened.extend(sim.send(ndjson, b"GET /stream?topic=a HTTP/1.1\r\nHost: x\r\n\r\n"));
+    opened.extend(sim.send(
+        ws,
+        b"GET /ws?topic=a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    ));
+    for c in [sse, ndjson, ws] {
+        let (head, data) = send_to(&opened, c.file);
+        sim.sent(data, head.len());
+    }
+    let event = sim.publish("a", b"hello");
+    let ops = sim.turn();
+    let (sse_bytes, _) = send_to(&ops, sse.file);
+    assert_eq!(
+        sse_bytes,
+        format!(
+            "{:x}\r\nid: {}\ndata: hello\n\n\r\n",
+            18 + event.id.len(),
+            event.id
+        )
+    );
+    let (nd, _) = send_to(&ops, ndjson.file);
+    let line = format!(
+        "{{\"id\":\"{}\",\"topic\":\"a\",\"event\":null,\"data\":\"hello\"}}\n",
+        event.id
+    );
+    assert_eq!(nd, format!("{:x}\r\n{line}\r\n", line.len()));
+    let frame = ops
+        .iter()
+        .find_map(|d| match d {
+            Did::Send { file, bytes, .. } if *file == ws.file => Some(bytes.clone()),
+            _ => None,
+        })
+        .expect("a frame to the WebSocket");
+    let json = &line[..line.len() - 1];
+    let mut expected = vec![0x81, json.len() as u8];
+    expected.extend_from_slice(json.as_bytes());
+    assert_eq!(frame, expected, "an unmasked text frame (RFC 6455 §5.2)");
+}
+
+#[test]
+fn a_subscriber_whose_send_is_in_flight_gets_what_queued_meanwhile_in_one_gathered_send() {
+    let mut sim = Sim::new(&[]);
+    let c = sim.connect();
+    let ops = sim.send(c, b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (head, data) = send_to(&ops, c.file);
+    sim.sent(data, head.len());
+    sim.publish("a", b"1");
+    let (_, first) = send_to(&sim.turn(), c.file);
+    // While the first event's send is out, three more are published.
+    for d in [b"2", b"3", b"4"] {
+        sim.publish("a", d);
+    }
+    assert!(sim.turn().is_empty(), "one send in flight per connection");
+    let ops = sim.sent(first, 1);
+    // A short send: the rest of the first event goes with the next three.
+    let (rest, _) = send_to(&ops, c.file);
+    assert!(rest.contains("data: 1\n") && rest.contains("data: 4\n"), "{rest}");
+    assert_eq!(rest.matches("data: ").count(), 4, "{rest}");
+}
+
+#[test]
+fn a_slow_subscriber_over_its_event_cap_is_told_of_the_gap_under_the_drop_policy() {
+    let mut sim = Sim::new(&["--queue-events", "4", "--policy", "*=drop-oldest"]);
+    let c = sim.connect();
+    let ops = sim.send(c, b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (head, data) = send_to(&ops, c.file);
+    sim.sent(data, head.len());
+    sim.publish("a", b"first");
+    let (first, stuck) = send_to(&sim.turn(), c.file);
+    // The client reads nothing while 20 more are published.
+    for i in 0..20 {
+        sim.publish("a", format!("e{i}").as_bytes());
+        assert!(sim.turn().is_empty());
+    }
+    let ops = sim.sent(stuck, first.len());
+    let (bytes, _) = sim.flush_all(ops, c.file);
+    let got = text(&bytes);
+    assert!(got.contains("event: ringcast.gap"), "the loss is told: {got}");
+    assert!(got.contains("data: e19\n"), "the newest events are kept: {got}");
+    assert!(sim.counters().dropped.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn the_drain_ends_streams_with_a_retry_and_answers_polls() {
+    let mut sim = Sim::new(&["--drain-ms", "1000", "--retry-ms", "3000"]);
+    let c = sim.connect();
+    let ops = sim.send(c, b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (head, data) = send_to(&ops, c.file);
+    sim.sent(data, head.len());
+    let p = sim.connect();
+    assert!(
+        sim.send(p, b"GET /poll?topic=a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .is_empty(),
+        "a held poll"
+    );
+    sim.shared.ingest_stopped.store(true, Ordering::Release);
+    let mut ops = sim.advance(Duration::from_millis(100));
+    for _ in 0..12 {
+        ops.extend(sim.turn());
+        ops.extend(sim.advance(Duration::from_millis(100)));
+    }
+    let (bye, rest) = sim.flush_all(ops, c.file);
+    let (answer, _) = send_to(&rest, p.file);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the held poll is answered: {answer}"
+    );
+    let bye = text(&bye);
+    let retry: u32 = bye
+        .split("retry: ")
+        .nth(1)
+        .and_then(|s| s.split('\n').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a retry line: {bye:?}"));
+    assert!(
+        (3000..4000).contains(&retry),
+        "jittered over the drain window: {retry}"
+    );
+    assert!(bye.ends_with("0\r\n\r\n"), "the chunked stream ends: {bye:?}");
+}
