@@ -158,7 +158,8 @@ impl Epoll {
             let busy = !self.ready.is_empty() || !self.ready_listeners.is_empty() || !self.done.is_empty();
             let timeout = if sleep && !busy {
                 let left = self.next_tick.saturating_duration_since(Instant::now());
-                left.as_millis().min(i32::MAX as u128) as i32 + i32::from(left.subsec_micros() % 1000 != 0)
+                left.as_millis().min(i32::MAX as u128) as i32
+                    + i32::from(!left.subsec_micros().is_multiple_of(1000))
             } else {
                 0
             };

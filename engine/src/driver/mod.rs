@@ -199,7 +199,7 @@ pub struct Setup {
 
 /// A doorbell ringer for a thread that has no loop of its own (the backplane thread).
 pub enum Ringer {
-    Uring(crate::sys::uring::Bell),
+    Uring(Box<crate::sys::uring::Bell>),
     Event,
 }
 
@@ -208,7 +208,7 @@ impl Ringer {
     /// As [`crate::sys::uring::build_ring`] on io_uring.
     pub fn new(kind: Kind) -> Result<Ringer, UringError> {
         match kind {
-            Kind::IoUring => crate::sys::uring::Bell::new().map(Ringer::Uring),
+            Kind::IoUring => crate::sys::uring::Bell::new().map(|b| Ringer::Uring(Box::new(b))),
             Kind::Epoll => Ok(Ringer::Event),
         }
     }

@@ -86,6 +86,15 @@ impl Shard {
         }
         if res >= 0 {
             self.admit(res as u32, peer);
+            if self.conns.len() >= self.max_conns && !self.shutting_down {
+                // Full: accepting pauses, so the next clients wait in the listen backlog
+                // rather than being accepted and closed; the tick resumes it once one
+                // closes. (With io_uring the table would refuse the next one anyway.)
+                bump(&self.counters.accept_full);
+                self.report_full("--max-conns-per-loop reached");
+                self.accept_paused = true;
+                return self.stop_accepting();
+            }
             if !more {
                 self.arm_accept(listener, slot);
             }
@@ -97,18 +106,7 @@ impl Shard {
             // the tick resumes accepting once a slot frees up.
             libc::ENFILE | libc::EMFILE | libc::ENOMEM | libc::ENOBUFS => {
                 bump(&self.counters.accept_full);
-                let quiet = self.tick.wrapping_sub(self.full_logged_at) < FULL_LOG_TICKS;
-                if !self.accept_paused && !quiet {
-                    self.full_logged_at = self.tick;
-                    self.pause_reported = true;
-                    eprintln!(
-                        "ringcast: loop {}: cannot take more connections ({} held, {}); new ones wait in the \
-                         listen backlog until some close (see --max-conns-per-loop and RLIMIT_NOFILE)",
-                        self.id,
-                        self.conns.len(),
-                        std::io::Error::from_raw_os_error(-res)
-                    );
-                }
+                self.report_full(&std::io::Error::from_raw_os_error(-res).to_string());
                 self.accept_paused = true;
             }
             // Cancelled at shutdown.
@@ -119,6 +117,21 @@ impl Shard {
                     self.arm_accept(listener, slot);
                 }
             }
+        }
+    }
+
+    /// Says, at most every `FULL_LOG_TICKS`, that accepting pauses because of `why`.
+    fn report_full(&mut self, why: &str) {
+        let quiet = self.tick.wrapping_sub(self.full_logged_at) < FULL_LOG_TICKS;
+        if !self.accept_paused && !quiet {
+            self.full_logged_at = self.tick;
+            self.pause_reported = true;
+            eprintln!(
+                "ringcast: loop {}: cannot take more connections ({} held, {why}); new ones wait in the \
+                 listen backlog until some close (see --max-conns-per-loop and RLIMIT_NOFILE)",
+                self.id,
+                self.conns.len(),
+            );
         }
     }
 

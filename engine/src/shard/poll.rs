@@ -74,6 +74,10 @@ impl Shard {
         let Some(grant) = self.authenticate(index, req, &sub.topics) else {
             return;
         };
+        // Everything acknowledged before this request arrived is answerable: the ring is read
+        // first, in case this turn's doorbell came with the request.
+        let broadcast = Arc::clone(&self.shared.broadcast);
+        self.catch_up(&broadcast);
         let after = http::query_param(req.query, "after");
         bump(&self.counters.polls);
         let cors = self.cors_lines(req.origin);
