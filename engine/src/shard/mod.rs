@@ -524,6 +524,14 @@ impl Shard {
     }
 
     fn on_request(&mut self, index: u32, req: &Request<'_>, head: &[u8]) {
+        // Every event acknowledged before this request arrived is delivered first: its
+        // doorbell may have come in the same turn as the request.
+        if let Some(broadcast) = self.broadcast.take() {
+            if self.next_seq < broadcast.head() {
+                self.catch_up(&broadcast);
+            }
+            self.broadcast = Some(broadcast);
+        }
         let tick = self.tick;
         let conn = &mut self.conns[index as usize];
         conn.flags |= flags::SERVED;
