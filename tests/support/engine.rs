@@ -199,6 +199,21 @@ impl Engine {
     /// If the engine exits, or prints no ready line within [`READY_TIMEOUT`] (it is
     /// killed then).
     pub fn try_start_on(addr: SocketAddr, ingest: &Path, extra_args: &[&str]) -> Result<Engine, StartError> {
+        Engine::try_start_with(addr, ingest, extra_args, |_| {})
+    }
+
+    /// As [`Engine::try_start_on`], with `prepare` applied to the command before it is
+    /// spawned (an environment, a `pre_exec` hook).
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::try_start_on`].
+    pub fn try_start_with(
+        addr: SocketAddr,
+        ingest: &Path,
+        extra_args: &[&str],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Result<Engine, StartError> {
         let mut args: Vec<OsString> = vec!["serve".into(), "--listen".into(), addr.to_string().into()];
         args.extend(["--ingest".into(), ingest.as_os_str().to_owned()]);
         if !extra_args.iter().any(|a| a.starts_with("--loops")) {
@@ -216,7 +231,7 @@ impl Engine {
             args.extend(["--admin".into(), "127.0.0.1:0".into()]);
         }
         args.extend(extra_args.iter().map(OsString::from));
-        let (child, stderr, ready_line) = spawn(&args)?;
+        let (child, stderr, ready_line) = spawn(&args, prepare)?;
         let epoch = parse_ready(&ready_line, addr, ingest);
         let admin = parse_admin(&ready_line);
         Ok(Engine {
@@ -336,7 +351,7 @@ impl Engine {
         );
         self.wait_port_closed();
         let (child, stderr, ready_line) =
-            spawn(&self.args).unwrap_or_else(|e| panic!("ringcast did not restart: {e}"));
+            spawn(&self.args, |_| {}).unwrap_or_else(|e| panic!("ringcast did not restart: {e}"));
         self.epoch = parse_ready(&ready_line, self.addr, &self.ingest);
         self.admin = parse_admin(&ready_line);
         self.pid = child.id();
@@ -393,12 +408,15 @@ impl Drop for Engine {
 type Spawned = (Child, Arc<Mutex<String>>, String);
 
 /// Runs the binary with `args` and waits for its ready line.
-fn spawn(args: &[OsString]) -> Result<Spawned, StartError> {
-    let mut child = Command::new(binary())
+fn spawn(args: &[OsString], prepare: impl FnOnce(&mut Command)) -> Result<Spawned, StartError> {
+    let mut command = Command::new(binary());
+    command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    prepare(&mut command);
+    let mut child = command
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {:?}: {e}", binary()));
     let stderr = Arc::new(Mutex::new(String::new()));
