@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::conn::Kind;
+use crate::proto::Kind;
 use crate::proto::{json, sse, ws};
 use crate::ring::history::Retained;
 

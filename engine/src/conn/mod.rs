@@ -22,6 +22,8 @@ pub mod outq;
 
 pub use outq::{OutQueue, Policy};
 
+use crate::proto::Kind;
+
 /// "No link" in the u32 links that thread subscriptions through their slab.
 pub const NIL: u32 = u32::MAX;
 
@@ -44,30 +46,6 @@ pub enum State {
     Lingering,
     /// Cancel and close are submitted; the record waits for its last completions.
     Closing,
-}
-
-/// How a connection's events are framed, and by which shared encoding of an event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Kind {
-    /// SSE in HTTP/1.1 chunks.
-    Sse,
-    /// SSE for an HTTP/1.0 client: the bare stream, ended by closing.
-    Sse10,
-    /// WebSocket, one JSON text frame per event.
-    WsJson,
-    /// WebSocket, the bare payload per event.
-    WsRaw,
-    /// WebSocket echo endpoint for conformance suites: no topics, messages come back.
-    WsEcho,
-    /// Newline-delimited JSON in HTTP/1.1 chunks, one object per event.
-    Ndjson,
-}
-
-impl Kind {
-    pub fn is_ws(self) -> bool {
-        matches!(self, Kind::WsJson | Kind::WsRaw | Kind::WsEcho)
-    }
 }
 
 /// Per-connection flag bits.

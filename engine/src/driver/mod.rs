@@ -26,6 +26,7 @@
 //! The driver is chosen once per process (`--driver`); every loop and the ingest thread
 //! run on the same one, because their doorbells must reach each other.
 pub mod epoll;
+pub mod tag;
 pub mod uring;
 
 use std::os::fd::RawFd;

@@ -16,16 +16,7 @@ use super::{Completion, Loop, Op, Setup};
 use crate::sys::bufring::BufRing;
 use crate::sys::uring::{self, RingSize};
 
-/// `user_data` tags the driver keeps for itself (the top byte; loops use 1..=15).
-mod tag {
-    /// A single-shot or multishot accept: bits 0..32 index `accepts`.
-    pub const ACCEPT: u8 = 0xf1;
-    pub const TICK: u8 = 0xf2;
-}
-
-const fn own(tag: u8, index: u32) -> u64 {
-    ((tag as u64) << 56) | index as u64
-}
+use super::tag::{driver as tag, pack, unpack};
 
 /// Single-shot accepts per listener that can carry addresses.
 const ACCEPT_SLOTS: usize = 32;
@@ -156,7 +147,7 @@ impl Uring {
 
     fn complete(&mut self, lp: &mut impl Loop, data: u64, res: i32, flags: u32, now: Instant) {
         let more = cqueue::more(flags);
-        match (data >> 56) as u8 {
+        match unpack(data).0 {
             tag::TICK => {
                 if !more {
                     self.arm_tick();
@@ -246,7 +237,7 @@ impl Uring {
                 a.data[slot] = data;
                 a.peer[slot] = peer && !multishot;
                 let fd = types::Fd(a.fd.as_raw_fd());
-                let user = own(tag::ACCEPT, (listener * ACCEPT_SLOTS + slot) as u32);
+                let user = pack(tag::ACCEPT, 0, (listener * ACCEPT_SLOTS + slot) as u32);
                 let entry = if multishot {
                     let e = opcode::AcceptMulti::new(fd);
                     if direct {
@@ -314,7 +305,7 @@ impl Uring {
         let entry = opcode::Timeout::new(&self.tick_spec)
             .flags(types::TimeoutFlags::MULTISHOT)
             .build()
-            .user_data(own(tag::TICK, 0));
+            .user_data(pack(tag::TICK, 0, 0));
         // SAFETY: the timespec lives in the driver, as long as the ring.
         unsafe { uring::push(&mut self.ring, &entry) };
     }

@@ -44,18 +44,7 @@ use crate::upstream::{ConnId, Downstream};
 /// Why a client's message comes back when no backend anywhere can take it.
 pub const NO_BACKEND: &str = "no backend is listening for upstream messages";
 
-mod tag {
-    pub const ACCEPT: u8 = 1;
-    pub const RECV: u8 = 2;
-    pub const SEND: u8 = 3;
-    pub const TICK: u8 = 4;
-    /// Completion of a doorbell this thread rang on a loop.
-    pub const DOORBELL: u8 = 5;
-    /// A loop's doorbell: client messages wait in its mailbox.
-    pub const UPSTREAM_BELL: u8 = 6;
-    /// The backplane thread's doorbell: stream events or acknowledgements wait.
-    pub const BACKPLANE_BELL: u8 = 7;
-}
+use crate::driver::tag::{ingest as tag, pack, unpack};
 
 /// The `user_data` of a loop's doorbell to this thread.
 pub const UPSTREAM_BELL_DATA: u64 = user_data(tag::UPSTREAM_BELL, 0);
@@ -71,7 +60,7 @@ const AWAITING_MAX: usize = 4096;
 const UPSTREAM_BACKLOG_MAX: usize = 4 << 20;
 
 const fn user_data(tag: u8, index: u32) -> u64 {
-    ((tag as u64) << 56) | index as u64
+    pack(tag, 0, index)
 }
 
 /// Bytes asked of each receive.
@@ -273,7 +262,7 @@ impl Ingest {
 
     fn dispatch(&mut self, data: u64, res: i32, more: bool) {
         let index = data as u32 as usize;
-        match (data >> 56) as u8 {
+        match unpack(data).0 {
             tag::ACCEPT => self.on_accept(res, more),
             tag::RECV => self.on_recv(index, res),
             tag::SEND => self.on_send(index, res),

@@ -5,3 +5,27 @@ pub mod ingest;
 pub mod json;
 pub mod sse;
 pub mod ws;
+
+/// How a connection's events are framed, and by which shared encoding of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// SSE in HTTP/1.1 chunks.
+    Sse,
+    /// SSE for an HTTP/1.0 client: the bare stream, ended by closing.
+    Sse10,
+    /// WebSocket, one JSON text frame per event.
+    WsJson,
+    /// WebSocket, the bare payload per event.
+    WsRaw,
+    /// WebSocket echo endpoint for conformance suites: no topics, messages come back.
+    WsEcho,
+    /// Newline-delimited JSON in HTTP/1.1 chunks, one object per event.
+    Ndjson,
+}
+
+impl Kind {
+    pub fn is_ws(self) -> bool {
+        matches!(self, Kind::WsJson | Kind::WsRaw | Kind::WsEcho)
+    }
+}

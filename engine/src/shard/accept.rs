@@ -9,7 +9,7 @@
 //! A connection admission control refuses is held in `Request` like any other (flagged
 //! [`flags::REFUSED`]) until its request arrives, then answered with why (see
 //! `admission`).
-use super::{add, bump, tag, user_data, Shard, FULL_LOG_TICKS};
+use super::{add, bump, pack, tag, Shard, FULL_LOG_TICKS};
 use crate::admission::{Refusal, Verdict};
 use crate::conn::{flags, Conn};
 use crate::driver::Op;
@@ -66,7 +66,7 @@ impl Shard {
             slot,
             multishot: !acceptor.with_addresses,
             peer: acceptor.with_addresses,
-            data: user_data(tag::ACCEPT, slot as u32, listener as u32),
+            data: pack(tag::ACCEPT, slot as u32, listener as u32),
         };
         self.push(op);
     }
@@ -150,7 +150,7 @@ impl Shard {
             bump(&self.counters.admission_dropped);
             return self.close_unadmitted(file);
         }
-        self.generation = self.generation.wrapping_add(1) & super::GENERATION_MASK;
+        self.generation = self.generation.wrapping_add(1) & crate::driver::tag::GENERATION_MASK;
         let index = self.conns.insert(Conn::new(file, self.generation, self.tick)) as u32;
         if let Some(keys) = &mut self.peer_keys {
             keys[index as usize] = peer.unwrap_or(0);
@@ -173,7 +173,7 @@ impl Shard {
     fn close_unadmitted(&mut self, file: u32) {
         self.push(Op::Close {
             file,
-            data: user_data(tag::CLOSE, 0, u32::MAX),
+            data: pack(tag::CLOSE, 0, u32::MAX),
         });
     }
 
@@ -197,7 +197,7 @@ impl Shard {
             if self.acceptors[listener].any_armed() {
                 self.push(Op::CancelAccepts {
                     listener,
-                    data: user_data(tag::CANCEL, 0, u32::MAX),
+                    data: pack(tag::CANCEL, 0, u32::MAX),
                 });
             }
         }

@@ -15,8 +15,9 @@ use bytes::Bytes;
 
 use super::{bump, control, Shard};
 use crate::auth::{now_secs, Grant, Refusal};
-use crate::conn::{flags, Kind, State};
+use crate::conn::{flags, State};
 use crate::proto::http::{self, Request};
+use crate::proto::Kind;
 use crate::proto::{json, sse, ws};
 
 /// Closes a WebSocket whose token expired and was not refreshed (an application code,

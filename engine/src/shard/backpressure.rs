@@ -17,8 +17,9 @@ use bytes::Bytes;
 
 use super::{bump, bump_by, control, Shard};
 use crate::conn::outq::{Gap, Limits, Policy, Pushed};
-use crate::conn::{flags, Kind, State};
+use crate::conn::{flags, State};
 use crate::event::Event;
+use crate::proto::Kind;
 use crate::proto::{json, ws};
 
 impl Shard {

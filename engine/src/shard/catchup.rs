@@ -37,9 +37,10 @@ use std::sync::Arc;
 use super::{bump, bump_by, control, Missed, Reset, Shard};
 use crate::backplane::{FetchRequest, Fetched, Request};
 use crate::conn::outq::Pushed;
-use crate::conn::{flags, Kind, State};
+use crate::conn::{flags, State};
 use crate::event::{Event, LastId};
 use crate::proto::json;
+use crate::proto::Kind;
 use crate::ring::history::PageLimits;
 
 /// A connection catching up (flag `CATCHING_UP`).

@@ -8,7 +8,8 @@
 use bytes::Bytes;
 
 use super::Shard;
-use crate::conn::{flags, Kind, State};
+use crate::conn::{flags, State};
+use crate::proto::Kind;
 use crate::proto::{sse, ws};
 
 /// How far a loop is through its drain.

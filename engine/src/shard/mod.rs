@@ -30,11 +30,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use slab::Slab;
 
-use crate::conn::{flags, ops, Conn, Kind, OutQueue, State};
+use crate::conn::{flags, ops, Conn, OutQueue, State};
 use crate::driver::{Completion, Op};
 use crate::engine::{Counters, Shared};
 use crate::event::Event;
 use crate::proto::http::{self, Method, Request};
+use crate::proto::Kind;
 use crate::proto::{json, sse, ws};
 use crate::ring::broadcast::{Broadcast, Read};
 use subs::Subscriptions;
@@ -42,40 +43,15 @@ use timers::{Deadlines, Static};
 
 use crate::time::{Clock, Wheel};
 
-/// Reserved `user_data` tags (the top byte). The low 32 bits carry a slab index or a
-/// listener index; bits 32..56 a connection generation. Drivers keep 0xf0 and above.
-pub mod tag {
-    pub const ACCEPT: u8 = 1;
-    pub const RECV: u8 = 2;
-    pub const SEND: u8 = 3;
-    pub const CLOSE: u8 = 4;
-    pub const CANCEL: u8 = 5;
-    pub const SHUTDOWN: u8 = 6;
-    pub const TICK: u8 = 7;
-    /// A doorbell from the ingest thread: the broadcast ring has news.
-    pub const DOORBELL: u8 = 8;
-}
-
-const GENERATION_MASK: u32 = (1 << 24) - 1;
-
-/// Packs a tag, a generation and an index into a completion's `user_data`.
-pub const fn user_data(tag: u8, generation: u32, index: u32) -> u64 {
-    ((tag as u64) << 56) | (((generation & GENERATION_MASK) as u64) << 32) | index as u64
-}
-
-const fn unpack(data: u64) -> (u8, u32, u32) {
-    (
-        (data >> 56) as u8,
-        ((data >> 32) as u32) & GENERATION_MASK,
-        data as u32,
-    )
-}
+/// The loop's `user_data` tags and their packing ([`crate::driver::tag`]).
+pub use crate::driver::tag::shard as tag;
+use crate::driver::tag::{pack, unpack};
 
 /// The `user_data` every doorbell carries.
-pub const DOORBELL_DATA: u64 = user_data(tag::DOORBELL, 0, 0);
+pub const DOORBELL_DATA: u64 = pack(tag::DOORBELL, 0, 0);
 
 /// The `user_data` of the loop's ticks.
-pub const TICK_DATA: u64 = user_data(tag::TICK, 0, 0);
+pub const TICK_DATA: u64 = pack(tag::TICK, 0, 0);
 
 /// The loop's clock: one tick per `TICK_MS`.
 pub const TICK_MS: u64 = 100;
@@ -343,7 +319,7 @@ impl Shard {
         conn.ops |= ops::RECV;
         let op = Op::RecvMulti {
             file: conn.file,
-            data: user_data(tag::RECV, conn.generation, index),
+            data: pack(tag::RECV, conn.generation, index),
         };
         self.push(op);
     }
@@ -845,7 +821,7 @@ impl Shard {
         if out.is_empty() {
             return;
         }
-        let data = user_data(tag::SEND, conn.generation, index);
+        let data = pack(tag::SEND, conn.generation, index);
         let op = match out.prepare_single() {
             Some((buf, len)) => Op::Send {
                 file: conn.file,
@@ -954,7 +930,7 @@ impl Shard {
         conn.ops |= ops::SHUTDOWN;
         let op = Op::Shutdown {
             file: conn.file,
-            data: user_data(tag::SHUTDOWN, conn.generation, index),
+            data: pack(tag::SHUTDOWN, conn.generation, index),
         };
         self.push(op);
         self.arm_timer(index, until);
@@ -991,7 +967,7 @@ impl Shard {
         // hold the next accepted connection.
         self.push(Op::Cancel {
             file,
-            data: user_data(tag::CANCEL, generation, index),
+            data: pack(tag::CANCEL, generation, index),
         });
     }
 
@@ -1033,7 +1009,7 @@ impl Shard {
             conn.ops |= ops::CLOSE;
             let op = Op::Close {
                 file: conn.file,
-                data: user_data(tag::CLOSE, conn.generation, index),
+                data: pack(tag::CLOSE, conn.generation, index),
             };
             self.push(op);
             return;
@@ -1222,22 +1198,6 @@ fn add(counter: &std::sync::atomic::AtomicU64, n: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn user_data_round_trips() {
-        for (t, g, i) in [
-            (tag::RECV, 0, 0),
-            (tag::SEND, GENERATION_MASK, u32::MAX),
-            (tag::DOORBELL, 12345, 7),
-        ] {
-            assert_eq!(unpack(user_data(t, g, i)), (t, g, i));
-        }
-        assert_eq!(
-            unpack(user_data(tag::RECV, GENERATION_MASK + 2, 1)).1,
-            1,
-            "generation wraps at 24 bits"
-        );
-    }
 
     #[test]
     fn reset_data_is_json_with_the_client_id_escaped() {

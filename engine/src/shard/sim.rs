@@ -101,7 +101,7 @@ impl Sim {
         let file = self.next_file;
         self.next_file += 1;
         self.complete(Completion {
-            data: user_data(tag::ACCEPT, 0, 0),
+            data: pack(tag::ACCEPT, 0, 0),
             res: file as i32,
             more: true,
             buf: None,

@@ -22,10 +22,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{bump, tag, user_data, Shard};
+use super::{bump, pack, tag, Shard};
 use crate::config::Config;
-use crate::conn::{flags, ops, Conn, Kind, State};
+use crate::conn::{flags, ops, Conn, State};
 use crate::driver::Op;
+use crate::proto::Kind;
 use crate::time::{is_due, Clock};
 
 /// The earlier of two deadlines in wrapping tick arithmetic.
@@ -271,7 +272,7 @@ impl Shard {
             file: conn.file,
             buf: bytes.as_ptr(),
             len: bytes.len() as u32,
-            data: user_data(tag::SEND, conn.generation, index),
+            data: pack(tag::SEND, conn.generation, index),
         };
         self.push(op);
     }

@@ -19,12 +19,13 @@ use serde::Deserialize;
 
 use std::sync::Arc;
 
-use super::{bump, tag, user_data, ws_control, Shard};
-use crate::conn::{flags, Kind, State};
+use super::{bump, pack, tag, ws_control, Shard};
+use crate::conn::{flags, State};
 use crate::ingest::UPSTREAM_BELL_DATA;
 use crate::proto::http::{self, Request, SubscriptionError, TOPICS_MAX};
 use crate::proto::json;
 use crate::proto::ws::{self, Decoded, HandshakeError, Message, Opcode};
+use crate::proto::Kind;
 use crate::upstream::{ConnId, Upstream};
 
 /// A client's control message.
@@ -350,7 +351,7 @@ impl Shard {
         self.push(crate::driver::Op::Bell {
             target: fd,
             deliver: UPSTREAM_BELL_DATA,
-            data: user_data(tag::DOORBELL, 0, 0),
+            data: pack(tag::DOORBELL, 0, 0),
         });
     }
 
