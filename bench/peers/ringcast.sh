@@ -3,7 +3,8 @@
 #   ringcast.sh start PORT [LOOPS]  -> prints the engine PID
 #   ringcast.sh stop  PORT
 # Run dir /tmp/ringcast-peers/ringcast-PORT (ingest socket ringcast.sock, admin PORT+1).
-# Binary: $RINGCAST_BIN, else target/release/ringcast of this workspace.
+# Binary: $RINGCAST_BIN, else target/release/ringcast of this workspace. The engine reads
+# RINGCAST_DRIVER (and every other RINGCAST_* setting) from the environment.
 set -euo pipefail
 cmd=${1:?start|stop}; port=${2:?PORT}; loops=${3:-1}
 here=$(cd "$(dirname "$0")/../.." && pwd)
