@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Summarises one compare-drivers.sh run from the JSON in DIR: per driver and round, the
 engine's bytes per idle connection at each hold step, saturated deliveries/s and losses,
-and paced p50/p99; then epoll's figures as a ratio of io_uring's (medians over rounds).
+and paced p50/p99; then epoll's figures as a ratio of io_uring's, and both as a ratio of
+the base build's when there is one (medians over rounds).
 
     bench/peers/drivers.py DIR
 """
@@ -50,12 +51,14 @@ def main(out):
                 m["fan"].append(f["median_deliveries_per_sec"])
             if p.get("p99_ms") is not None:
                 m["p99"].append(p["p99_ms"])
-    if "io-uring" in med and "epoll" in med:
-        u, e = med["io-uring"], med["epoll"]
-        for key, name in (("idle", "idle bytes/conn at the largest step"), ("fan", "fan-out deliveries/s"), ("p99", "paced p99")):
-            if u[key] and e[key]:
-                a, b = statistics.median(u[key]), statistics.median(e[key])
-                print(f"epoll / io_uring, {name}: {b:.4g} / {a:.4g} = {b / a:.3f}")
+    names = (("idle", "idle bytes/conn at the largest step"), ("fan", "fan-out deliveries/s"), ("p99", "paced p99"))
+    for num, den in (("epoll", "io-uring"), ("io-uring", "base"), ("epoll", "base")):
+        if num not in med or den not in med:
+            continue
+        for key, name in names:
+            if med[num][key] and med[den][key]:
+                a, b = statistics.median(med[den][key]), statistics.median(med[num][key])
+                print(f"{num} / {den}, {name}: {b:.4g} / {a:.4g} = {b / a:.3f}")
 
 
 if __name__ == "__main__":
