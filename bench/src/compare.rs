@@ -189,7 +189,7 @@ fn run(args: &CompareArgs) -> Result<String, String> {
         let body = markdown(args, idle.as_ref(), fan.as_ref());
         let charts = charts(dir, &json)?;
         let charts: Vec<(&str, crate::output::Chart)> = charts.into_iter().collect();
-        crate::churn::write_out(args.json, &mut text, || {
+        crate::output::write_out(args.json, &mut text, || {
             crate::output::write_result(dir, "compare", &conditions, &json, &body, &charts)
         })?;
     }
