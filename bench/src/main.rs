@@ -36,6 +36,7 @@ mod hold;
 mod output;
 mod plan;
 mod procfs;
+mod refpeer;
 mod report;
 mod slow;
 mod sse;
@@ -44,6 +45,7 @@ mod sys;
 mod wire;
 mod worker;
 mod ws;
+mod wsframe;
 
 use std::process::ExitCode;
 
@@ -79,6 +81,9 @@ enum Cmd {
     Compare(compare::CompareArgs),
     /// Fast and slow readers on one topic: what backpressure does to each class.
     Slow(slow::SlowArgs),
+    /// The kernel-only WebSocket reference server of `compare --server kernel` (internal).
+    #[command(hide = true)]
+    WsRefServer(refpeer::RefArgs),
     /// Start NATS JetStream and ringcast nodes; backplane throughput against raw JetStream,
     /// cross-node latency against a single node.
     Backplane(backplane::BackplaneArgs),
@@ -95,5 +100,6 @@ fn main() -> ExitCode {
         Cmd::Compare(args) => compare::main(args),
         Cmd::Slow(args) => slow::main(args),
         Cmd::Backplane(args) => backplane::main(args),
+        Cmd::WsRefServer(args) => refpeer::main(args),
     }
 }
