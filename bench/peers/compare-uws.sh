@@ -23,6 +23,9 @@ out=${OUT:-/tmp/ringcast-peers/uws-$(date -u +%Y%m%dT%H%M%SZ)}
 idle=${IDLE:-1000,5000,10000,19000}
 overload_events=${OVERLOAD_EVENTS:-4000}; overload_runs=${OVERLOAD_RUNS:-1}
 server_cpu=${PIN_CPU:-0}; client_cpu=${CLIENT_CPU:-1}
+# Ports (and so the run dirs /tmp/ringcast-peers/<server>-PORT) off the ones compare.sh
+# uses, so that two comparisons on one machine do not meet.
+rc_port=${RINGCAST_PORT:-28480}; uws_port=${UWS_PORT:-28490}; ref_port=${REF_PORT:-28500}
 mkdir -p "$out"
 client() { timeout 900 taskset -c "$client_cpu" "$bench" compare "$@"; }
 note() {
@@ -52,21 +55,21 @@ measure() {
 
 for round in $(seq "$repeat"); do
   note "ringcast round $round"
-  pid=$(PIN_CPU=$server_cpu RINGCAST_EXTRA_ARGS="--ws-ping-ms 600000" "$here/ringcast.sh" start 18080 1)
-  measure ringcast 18080 "$round" "$pid" --ingest /tmp/ringcast-peers/ringcast-18080/ringcast.sock
-  "$here/ringcast.sh" stop 18080
+  pid=$(PIN_CPU=$server_cpu RINGCAST_EXTRA_ARGS="--ws-ping-ms 600000" "$here/ringcast.sh" start "$rc_port" 1)
+  measure ringcast "$rc_port" "$round" "$pid" --ingest "/tmp/ringcast-peers/ringcast-$rc_port/ringcast.sock"
+  "$here/ringcast.sh" stop "$rc_port"
 
   note "uws round $round"
-  pid=$(PIN_CPU=$server_cpu "$here/uws.sh" start 19001 1)
-  measure uws 19001 "$round" "$pid"
-  "$here/uws.sh" stop 19001
+  pid=$(PIN_CPU=$server_cpu "$here/uws.sh" start "$uws_port" 1)
+  measure uws "$uws_port" "$round" "$pid"
+  "$here/uws.sh" stop "$uws_port"
 
   note "kernel round $round"
-  taskset -c "$server_cpu" "$bench" ws-ref-server --listen 127.0.0.1:19101 --max-secs 1800 \
+  taskset -c "$server_cpu" "$bench" ws-ref-server --listen "127.0.0.1:$ref_port" --max-secs 1800 \
     > "$out/kernel-server.log" 2>&1 < /dev/null &
   pid=$!
   for _ in $(seq 50); do grep -q listening "$out/kernel-server.log" 2>/dev/null && break; sleep 0.1; done
-  measure kernel 19101 "$round" "$pid"
+  measure kernel "$ref_port" "$round" "$pid"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 done
 note "end"

@@ -1121,7 +1121,10 @@ fn publish_ingest_window(
 fn publish_ws(args: &CompareArgs, base: Instant, first: u64, count: u64, pace: &Pace) -> Result<(), String> {
     let target = &args.engine.target;
     let mut s = TcpStream::connect(target).map_err(|e| format!("publish connect {target}: {e}"))?;
-    s.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    // A server answers a window of publishes after their fan-out: under overload that
+    // takes longer than one socket operation, so the bound is the run's.
+    let ack_timeout = Duration::from_secs(args.timeout_secs).max(IO_TIMEOUT);
+    s.set_read_timeout(Some(ack_timeout)).map_err(|e| e.to_string())?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut nonce = [0u8; 16];
     crate::sys::random_bytes(&mut nonce).map_err(|e| format!("getrandom: {e}"))?;
