@@ -155,7 +155,14 @@ fn uws_speaks_only_websockets() {
     let peer = uws();
     let output = Command::new(bench_binary())
         .args(["compare", "--server", "uws", "--target", &peer.addr])
-        .args(["--pid", &peer.child.id().to_string(), "--idle", "1", "--fast", "0"])
+        .args([
+            "--pid",
+            &peer.child.id().to_string(),
+            "--idle",
+            "1",
+            "--fast",
+            "0",
+        ])
         .output()
         .expect("run compare");
     assert_eq!(output.status.code(), Some(2));
