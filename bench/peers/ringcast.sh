@@ -3,7 +3,8 @@
 #   ringcast.sh start PORT [LOOPS]  -> prints the engine PID
 #   ringcast.sh stop  PORT
 # Run dir /tmp/ringcast-peers/ringcast-PORT (ingest socket ringcast.sock, admin PORT+1).
-# Binary: $RINGCAST_BIN, else target/release/ringcast of this workspace. The engine reads
+# Binary: $RINGCAST_BIN, else target/release/ringcast of this workspace. PIN_CPU=N runs it
+# under `taskset -c N`; RINGCAST_EXTRA_ARGS are added to `serve`. The engine reads
 # RINGCAST_DRIVER (and every other RINGCAST_* setting) from the environment.
 set -euo pipefail
 cmd=${1:?start|stop}; port=${2:?PORT}; loops=${3:-1}
@@ -20,7 +21,9 @@ fi
 mkdir -p "$dir"; cd "$dir"; rm -f ringcast.sock
 # The comparisons open every subscriber from 127.0.0.1 and the peers limit nothing per
 # address, so neither does ringcast here.
-"$bin" serve --listen "127.0.0.1:$port" --ingest "$dir/ringcast.sock" \
+pin=(); [ -z "${PIN_CPU:-}" ] || pin=(taskset -c "$PIN_CPU")
+# shellcheck disable=SC2086
+"${pin[@]}" "$bin" serve ${RINGCAST_EXTRA_ARGS:-} --listen "127.0.0.1:$port" --ingest "$dir/ringcast.sock" \
   --admin "127.0.0.1:$((port + 1))" --loops "$loops" --max-conns-per-ip 0 > ringcast.log 2>&1 < /dev/null &
 echo $! > ringcast.pid
 for _ in $(seq 50); do [ -S ringcast.sock ] && break; sleep 0.1; done

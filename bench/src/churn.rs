@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::conditions::Conditions;
-use crate::storm::{conditions_json, percentiles, quote, request, resolve, verify, Found, Pacer, Sub};
+use crate::engine_args::EngineArgs;
+use crate::output::{percentiles, write_out};
+use crate::storm::{request, resolve, verify, Found, Pacer, Sub};
 use crate::sys::{self, Epoll};
 
 /// A churning connection without a response head after this long fails as `timeout`.
@@ -36,15 +38,8 @@ const CHURN_BIT: u64 = 1 << 63;
 /// Arguments of `ringcast-bench churn`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ChurnArgs {
-    /// Engine client address, IPv4 `host:port`.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub target: String,
-    /// The engine's ingest socket.
-    #[arg(long, default_value = "./ringcast.sock")]
-    pub ingest: PathBuf,
-    /// Engine process id, for its command line in the conditions.
-    #[arg(long)]
-    pub pid: Option<u32>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// The topic.
     #[arg(long, default_value = "churn")]
     pub topic: String,
@@ -236,12 +231,12 @@ fn run(args: &ChurnArgs) -> Result<(String, bool), String> {
         return Err("--rate must be positive and --duration 1..=3600".into());
     }
     sys::raise_nofile().map_err(|e| format!("raise RLIMIT_NOFILE: {e}"))?;
-    let conditions = Conditions::collect(args.pid.unwrap_or_else(std::process::id));
+    let conditions = Conditions::collect(args.engine.pid().unwrap_or_else(std::process::id));
     let mut seed = [0u8; 8];
     sys::random_bytes(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
     let mut churn = Churn {
         epoll: Epoll::new().map_err(|e| format!("epoll: {e}"))?,
-        target: resolve(&args.target)?,
+        target: resolve(&args.engine.target)?,
         request: request(&args.topic, None),
         steady: Vec::new(),
         churners: HashMap::new(),
@@ -279,7 +274,7 @@ fn run(args: &ChurnArgs) -> Result<(String, bool), String> {
             "not every steady subscriber was answered within {HEAD_TIMEOUT:?}"
         ));
     }
-    let pacer = Pacer::start(&args.ingest, &args.topic, args.publish_rate)?;
+    let pacer = Pacer::start(&args.engine.ingest, &args.topic, args.publish_rate)?;
     let start = Instant::now();
     let end = start + Duration::from_secs(args.duration);
     loop {
@@ -337,22 +332,6 @@ fn run(args: &ChurnArgs) -> Result<(String, bool), String> {
         })?;
     }
     Ok((text, ok))
-}
-
-/// Runs `write`, and lists what it wrote after the text report (or on stderr, so that
-/// `--json` output stays one JSON value).
-pub fn write_out(
-    json: bool,
-    text: &mut String,
-    write: impl FnOnce() -> Result<Vec<PathBuf>, String>,
-) -> Result<(), String> {
-    let listing = crate::output::written_text(&write()?);
-    if json {
-        eprint!("{listing}");
-    } else {
-        text.push_str(&listing);
-    }
-    Ok(())
 }
 
 fn judge(churn: &Churn, secs: f64, published: &[u64]) -> Outcome {
@@ -421,35 +400,49 @@ fn text(args: &ChurnArgs, c: &Conditions, churn: &Churn, o: &Outcome) -> String 
     out
 }
 
+/// The `--json` report of one churn run (field names are part of the output format).
+#[derive(serde::Serialize)]
+struct Json<'a> {
+    subcommand: &'static str,
+    rate: f64,
+    duration_secs: f64,
+    steady: usize,
+    publish_rate: f64,
+    opened: u64,
+    heads: u64,
+    connects_per_sec: f64,
+    head_p50_ms: f64,
+    head_p99_ms: f64,
+    head_max_ms: f64,
+    failures: &'a BTreeMap<String, u64>,
+    published: usize,
+    steady_verified: usize,
+    notices: u64,
+    bad: &'a [String],
+    conditions: serde_json::Value,
+}
+
 fn json(args: &ChurnArgs, c: &Conditions, churn: &Churn, o: &Outcome) -> String {
     let n = &churn.counts;
-    let failures: Vec<String> = n
-        .failures
-        .iter()
-        .map(|(k, v)| format!("{}:{v}", quote(k)))
-        .collect();
-    let bad: Vec<String> = o.bad.iter().take(100).map(|b| quote(b)).collect();
     let h = &churn.heads;
-    format!(
-        "{{\"subcommand\":\"churn\",\"rate\":{},\"duration_secs\":{:.3},\"steady\":{},\"publish_rate\":{},\
-         \"opened\":{},\"heads\":{},\"connects_per_sec\":{:.1},\"head_p50_ms\":{:.3},\"head_p99_ms\":{:.3},\
-         \"head_max_ms\":{:.3},\"failures\":{{{}}},\"published\":{},\"steady_verified\":{},\"notices\":{},\
-         \"bad\":[{}],\"conditions\":{}}}\n",
-        args.rate,
-        o.secs,
-        args.steady,
-        args.publish_rate,
-        n.opened,
-        n.completed,
-        n.completed as f64 / o.secs,
-        h.value_at_quantile(0.5) as f64 / 1e3,
-        h.value_at_quantile(0.99) as f64 / 1e3,
-        h.max() as f64 / 1e3,
-        failures.join(","),
-        o.published,
-        o.verified,
-        n.notices,
-        bad.join(","),
-        conditions_json(c)
-    )
+    let report = Json {
+        subcommand: "churn",
+        rate: args.rate,
+        duration_secs: o.secs,
+        steady: args.steady,
+        publish_rate: args.publish_rate,
+        opened: n.opened,
+        heads: n.completed,
+        connects_per_sec: n.completed as f64 / o.secs,
+        head_p50_ms: h.value_at_quantile(0.5) as f64 / 1e3,
+        head_p99_ms: h.value_at_quantile(0.99) as f64 / 1e3,
+        head_max_ms: h.max() as f64 / 1e3,
+        failures: &n.failures,
+        published: o.published,
+        steady_verified: o.verified,
+        notices: n.notices,
+        bad: &o.bad[..o.bad.len().min(100)],
+        conditions: c.to_value(),
+    };
+    crate::output::to_json_line(&report)
 }

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::conditions::Conditions;
+use crate::engine_args::EngineArgs;
 
 /// A run with no delivery for this long is over, complete or not.
 const IDLE_END: Duration = Duration::from_secs(3);
@@ -49,6 +50,28 @@ pub enum Server {
     Ringcast,
     Nchan,
     Pushpin,
+    /// uWebSockets.js (`bench/peers/uws.sh`): WebSockets only, publishing WebSocket.
+    Uws,
+    /// The kernel-only reference (`ringcast-bench ws-ref-server`): WebSockets only.
+    Kernel,
+}
+
+/// How subscribers subscribe.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Sse,
+    Ws,
+}
+
+/// A preset of the flags.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// The flags as given.
+    Plain,
+    /// Issue 16's overload: 2,000 WebSocket subscribers of one topic reading as fast as
+    /// they can, 128 B events, no idle phase (`--events`, `--runs`, `--in-flight` as given).
+    Overload,
 }
 
 /// Arguments of `ringcast-bench compare`.
@@ -57,14 +80,25 @@ pub struct CompareArgs {
     /// The server under test.
     #[arg(long, value_enum)]
     pub server: Server,
-    /// Its client address, `host:port`.
-    #[arg(long)]
-    pub target: String,
-    /// Process ids whose `VmRSS` is summed (repeat the flag; all of the server's processes).
-    #[arg(long, required = true)]
-    pub pid: Vec<u32>,
+    /// Its address (`--target`) and every process whose `VmRSS` is summed (`--pid`,
+    /// repeated: all of the server's processes; at least one).
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// `sse`, or `ws`: WebSocket subscribers (the upgrade's `Sec-WebSocket-Accept`
+    /// checked, frames decoded strictly, pings answered). uws and kernel speak only `ws`.
+    #[arg(long, value_enum, default_value_t = Transport::Sse)]
+    pub transport: Transport,
+    /// A preset: `overload` (see its help in `--help`).
+    #[arg(long, value_enum, default_value_t = Scenario::Plain)]
+    pub scenario: Scenario,
+    /// Publishes kept unacknowledged at most: ringcast `PUB`s on its ingest socket, uws
+    /// and kernel messages on the publishing WebSocket (each answered after its
+    /// fan-out). 0: ringcast `--batch` per write, two writes in flight; uws and kernel 32.
+    #[arg(long, default_value_t = 0)]
+    pub in_flight: usize,
     /// Subscription path (default: ringcast `/sse?topic=cmp`, nchan `/sse?id=cmp`,
-    /// Pushpin `/test/stream`).
+    /// Pushpin `/test/stream`; over `ws`: ringcast `/ws?topic=cmp&format=raw`, nchan
+    /// `/ws?id=cmp`, uws and kernel `/ws?topic=cmp`).
     #[arg(long)]
     pub path: Option<String>,
     /// Where to publish: ringcast's ingest socket path (default `./ringcast.sock`), nchan's
@@ -72,9 +106,10 @@ pub struct CompareArgs {
     /// `host:port` (default `127.0.0.1:5561`).
     #[arg(long)]
     pub publish: Option<String>,
-    /// Idle subscribers held for the memory figure; 0 skips it.
-    #[arg(long, default_value_t = 5000)]
-    pub idle: usize,
+    /// Idle subscribers held for the memory figure; several ascending counts
+    /// (`1000,5000,10000,19000`) measure at each, opening only the difference; 0 skips it.
+    #[arg(long, value_delimiter = ',', default_value = "5000")]
+    pub idle: Vec<usize>,
     /// New connections per second while opening subscribers.
     #[arg(long, default_value_t = 400)]
     pub rate: u64,
@@ -120,23 +155,43 @@ pub struct CompareArgs {
     pub out: Option<PathBuf>,
 }
 
-/// The idle-memory figure.
+/// The idle-memory figure at one count.
+#[derive(serde::Serialize, Clone)]
 struct Idle {
     requested: usize,
     held: usize,
-    failures: Vec<(String, usize)>,
+    failures: std::collections::BTreeMap<String, usize>,
+    #[serde(rename = "rss_before_kib")]
     before_kib: u64,
+    #[serde(rename = "rss_after_kib")]
     after_kib: u64,
+    #[serde(serialize_with = "finite")]
     bytes_per_conn: f64,
 }
 
+/// A float as JSON, `null` when not finite.
+fn finite<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if v.is_finite() {
+        s.serialize_f64(*v)
+    } else {
+        s.serialize_none()
+    }
+}
+
 /// One measured fan-out run.
+#[derive(serde::Serialize)]
 struct FanRun {
     events_per_sec: f64,
     deliveries_per_sec: f64,
     delivered: u64,
     expected: u64,
+    /// Deliveries that never arrived (expected - delivered, per subscriber).
     lost: u64,
+    /// Gap notices received (ringcast tells each drop) and the events they counted.
+    gap_notices: u64,
+    gap_dropped: u64,
+    /// Publish rate the publisher achieved (acknowledged publishes per second).
+    publish_per_sec: f64,
 }
 
 /// The fan-out figures.
@@ -149,7 +204,13 @@ struct Fan {
 }
 
 /// Runs `ringcast-bench compare`.
-pub fn main(args: CompareArgs) -> ExitCode {
+pub fn main(mut args: CompareArgs) -> ExitCode {
+    if args.scenario == Scenario::Overload {
+        args.idle = vec![0];
+        args.fast = 2000;
+        args.bytes = 128;
+        args.transport = Transport::Ws;
+    }
     match run(&args) {
         Ok(text) => {
             print!("{text}");
@@ -164,13 +225,27 @@ pub fn main(args: CompareArgs) -> ExitCode {
 
 fn path(args: &CompareArgs) -> String {
     args.path.clone().unwrap_or_else(|| {
-        match args.server {
-            Server::Ringcast => "/sse?topic=cmp",
-            Server::Nchan => "/sse?id=cmp",
-            Server::Pushpin => "/test/stream",
+        match (args.server, args.transport) {
+            (Server::Ringcast, Transport::Sse) => "/sse?topic=cmp",
+            (Server::Ringcast, Transport::Ws) => "/ws?topic=cmp&format=raw",
+            (Server::Nchan, Transport::Sse) => "/sse?id=cmp",
+            (Server::Nchan, Transport::Ws) => "/ws?id=cmp",
+            (Server::Pushpin, _) => "/test/stream",
+            (Server::Uws | Server::Kernel, _) => "/ws?topic=cmp",
         }
         .to_owned()
     })
+}
+
+/// The topic of the subscription path (`topic=` or nchan's `id=`), `cmp` by default.
+fn topic(args: &CompareArgs) -> String {
+    let p = path(args);
+    let query = p.split_once('?').map_or("", |(_, q)| q);
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("topic=").or_else(|| kv.strip_prefix("id=")))
+        .unwrap_or("cmp")
+        .to_owned()
 }
 
 fn rss_kib(pids: &[u32]) -> Result<u64, String> {
@@ -181,42 +256,53 @@ fn rss_kib(pids: &[u32]) -> Result<u64, String> {
 
 fn run(args: &CompareArgs) -> Result<String, String> {
     let (conditions, mut text, idle, fan) = measure(args)?;
-    let json = json(args, &conditions, idle.as_ref(), fan.as_ref());
+    let json = json(args, &conditions, &idle, fan.as_ref());
     if args.json {
         text = format!("{json}\n");
     }
     if let Some(dir) = &args.out {
-        let body = markdown(args, idle.as_ref(), fan.as_ref());
+        let body = markdown(args, &idle, fan.as_ref());
         let charts = charts(dir, &json)?;
         let charts: Vec<(&str, crate::output::Chart)> = charts.into_iter().collect();
-        crate::churn::write_out(args.json, &mut text, || {
+        crate::output::write_out(args.json, &mut text, || {
             crate::output::write_result(dir, "compare", &conditions, &json, &body, &charts)
         })?;
     }
     Ok(text)
 }
 
-type Measured = (Conditions, String, Option<Idle>, Option<Fan>);
+type Measured = (Conditions, String, Vec<Idle>, Option<Fan>);
 
 fn measure(args: &CompareArgs) -> Result<Measured, String> {
     if args.bytes < 40 {
         return Err("--bytes must be at least 40".into());
     }
+    let pid = args.engine.require_pid("compare")?;
+    if matches!(args.server, Server::Uws | Server::Kernel) && args.transport != Transport::Ws {
+        return Err(format!(
+            "--server {} speaks only --transport ws",
+            server_name(args.server)
+        ));
+    }
+    if args.idle.windows(2).any(|w| w[1] < w[0]) {
+        return Err("--idle counts must ascend".into());
+    }
     crate::sys::raise_nofile().map_err(|e| format!("raise RLIMIT_NOFILE: {e}"))?;
-    let conditions = Conditions::collect(args.pid[0]);
+    let conditions = Conditions::collect(pid);
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "ringcast-bench compare: server {:?} at {}, path {}, pids {:?}",
+        "ringcast-bench compare: server {:?} at {}, {:?} path {}, pids {:?}",
         args.server,
-        args.target,
+        args.engine.target,
+        args.transport,
         path(args),
-        args.pid
+        args.engine.pids
     );
-    let idle = if args.idle > 0 {
-        Some(idle(args, &mut out)?)
+    let idle = if args.idle.iter().any(|&n| n > 0) {
+        idle(args, &mut out)?
     } else {
-        None
+        Vec::new()
     };
     let fan = if args.fast > 0 {
         Some(fanout(args, &mut out)?)
@@ -227,12 +313,14 @@ fn measure(args: &CompareArgs) -> Result<Measured, String> {
     Ok((conditions, out, idle, fan))
 }
 
-/// `ringcast`, `nchan` or `pushpin`.
+/// `ringcast`, `nchan`, `pushpin`, `uws` or `kernel`.
 fn server_name(server: Server) -> &'static str {
     match server {
         Server::Ringcast => "ringcast",
         Server::Nchan => "nchan",
         Server::Pushpin => "pushpin",
+        Server::Uws => "uws",
+        Server::Kernel => "kernel",
     }
 }
 
@@ -245,63 +333,104 @@ fn mode(args: &CompareArgs) -> String {
     }
 }
 
-fn json(args: &CompareArgs, c: &Conditions, idle: Option<&Idle>, fan: Option<&Fan>) -> String {
-    let idle = idle.map(|i| {
-        serde_json::json!({
-            "requested": i.requested,
-            "held": i.held,
-            "failures": i.failures.iter().map(|(k, n)| serde_json::json!({"kind": k, "count": n})).collect::<Vec<_>>(),
-            "rss_before_kib": i.before_kib,
-            "rss_after_kib": i.after_kib,
-            "bytes_per_conn": i.bytes_per_conn.is_finite().then_some(i.bytes_per_conn),
-        })
-    });
-    let fan = fan.map(|f| {
-        serde_json::json!({
-            "requested": f.requested,
-            "held": f.held,
-            "median_deliveries_per_sec": f.median_deliveries_per_sec,
-            "lost": f.runs.iter().map(|r| r.lost).sum::<u64>(),
-            "latency": crate::output::latency_json(&f.latency),
-            "latency_cdf": crate::output::latency_cdf("", &f.latency).points,
-            "runs": f.runs.iter().map(|r| serde_json::json!({
-                "events_per_sec": r.events_per_sec,
-                "deliveries_per_sec": r.deliveries_per_sec,
-                "delivered": r.delivered,
-                "expected": r.expected,
-                "lost": r.lost,
-            })).collect::<Vec<_>>(),
-        })
-    });
-    serde_json::json!({
-        "subcommand": "compare",
-        "server": server_name(args.server),
-        "mode": mode(args),
-        "target": args.target,
-        "path": path(args),
-        "pids": args.pid,
-        "events": args.events,
-        "bytes": args.bytes,
-        "runs": args.runs,
-        "publish_rate": args.publish_rate,
-        "idle": idle,
-        "fanout": fan,
-        "conditions": c.to_value(),
-    })
-    .to_string()
+/// The publishes kept in flight, as the publisher applies them (0: ringcast's batches).
+fn in_flight(args: &CompareArgs) -> usize {
+    match (args.server, args.in_flight) {
+        (Server::Uws | Server::Kernel, 0) => 32,
+        (_, w) => w,
+    }
 }
 
-fn markdown(args: &CompareArgs, idle: Option<&Idle>, fan: Option<&Fan>) -> String {
+/// The `--json` report (field names are part of the output format; `idle` is the last
+/// step, `idle_steps` every step).
+#[derive(serde::Serialize)]
+struct Json<'a> {
+    subcommand: &'static str,
+    server: &'static str,
+    transport: Transport,
+    mode: String,
+    target: &'a str,
+    path: String,
+    pids: &'a [u32],
+    events: u64,
+    bytes: usize,
+    runs: usize,
+    publish_rate: u64,
+    in_flight: usize,
+    idle: Option<&'a Idle>,
+    idle_steps: &'a [Idle],
+    fanout: Option<FanJson<'a>>,
+    conditions: serde_json::Value,
+}
+
+#[derive(serde::Serialize)]
+struct FanJson<'a> {
+    requested: usize,
+    held: usize,
+    median_deliveries_per_sec: f64,
+    lost: u64,
+    gap_dropped: u64,
+    latency: serde_json::Value,
+    latency_cdf: Vec<(f64, f64)>,
+    runs: &'a [FanRun],
+}
+
+fn json(args: &CompareArgs, c: &Conditions, idle: &[Idle], fan: Option<&Fan>) -> String {
+    let report = Json {
+        subcommand: "compare",
+        server: server_name(args.server),
+        transport: args.transport,
+        mode: mode(args),
+        target: &args.engine.target,
+        path: path(args),
+        pids: &args.engine.pids,
+        events: args.events,
+        bytes: args.bytes,
+        runs: args.runs,
+        publish_rate: args.publish_rate,
+        in_flight: in_flight(args),
+        idle: idle.last(),
+        idle_steps: idle,
+        fanout: fan.map(|f| FanJson {
+            requested: f.requested,
+            held: f.held,
+            median_deliveries_per_sec: f.median_deliveries_per_sec,
+            lost: f.runs.iter().map(|r| r.lost).sum(),
+            gap_dropped: f.runs.iter().map(|r| r.gap_dropped).sum(),
+            latency: crate::output::latency_json(&f.latency),
+            latency_cdf: crate::output::latency_cdf("", &f.latency).points,
+            runs: &f.runs,
+        }),
+        conditions: c.to_value(),
+    };
+    serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+fn markdown(args: &CompareArgs, idle: &[Idle], fan: Option<&Fan>) -> String {
     use crate::output::{fixed, markdown_table, quantile_ms};
     let mut md = format!(
-        "Server **{}** at {}, path `{}`, fan-out {}.\n\n",
+        "Server **{}** at {}, {:?} path `{}`, fan-out {}, {} publishes in flight.\n\n",
         server_name(args.server),
-        args.target,
+        args.engine.target,
+        args.transport,
         path(args),
-        mode(args)
+        mode(args),
+        in_flight(args)
     );
-    if let Some(i) = idle {
+    if !idle.is_empty() {
         md.push_str("## Idle memory\n\n");
+        let rows: Vec<Vec<String>> = idle
+            .iter()
+            .map(|i| {
+                vec![
+                    format!("{}/{}", i.held, i.requested),
+                    format!("{:?}", i.failures),
+                    i.before_kib.to_string(),
+                    i.after_kib.to_string(),
+                    fixed(i.bytes_per_conn, 0),
+                ]
+            })
+            .collect();
         md.push_str(&markdown_table(
             &[
                 "held",
@@ -310,13 +439,7 @@ fn markdown(args: &CompareArgs, idle: Option<&Idle>, fan: Option<&Fan>) -> Strin
                 "VmRSS after KiB",
                 "bytes per held connection",
             ],
-            &[vec![
-                format!("{}/{}", i.held, i.requested),
-                format!("{:?}", i.failures),
-                i.before_kib.to_string(),
-                i.after_kib.to_string(),
-                fixed(i.bytes_per_conn, 0),
-            ]],
+            &rows,
         ));
         md.push('\n');
     }
@@ -336,11 +459,21 @@ fn markdown(args: &CompareArgs, idle: Option<&Idle>, fan: Option<&Fan>) -> Strin
                     fixed(r.deliveries_per_sec / 1e6, 3),
                     format!("{}/{}", r.delivered, r.expected),
                     r.lost.to_string(),
+                    format!("{} ({})", r.gap_notices, r.gap_dropped),
+                    fixed(r.publish_per_sec, 0),
                 ]
             })
             .collect();
         md.push_str(&markdown_table(
-            &["run", "events/s", "M deliveries/s", "delivered", "lost"],
+            &[
+                "run",
+                "events/s",
+                "M deliveries/s",
+                "delivered",
+                "lost",
+                "gap notices (events)",
+                "publishes/s",
+            ],
             &rows,
         ));
         md.push_str("\nLatency over all runs, ms:\n\n");
@@ -460,16 +593,30 @@ fn charts(dir: &Path, json: &str) -> Result<Vec<(&'static str, crate::output::Ch
 }
 
 /// Opens one subscriber and waits for its response head: the stream and the body bytes
-/// that came with the head, or why it was not held (a status other than 200, an error).
+/// that came with the head, or why it was not held (a status other than 200, or 101 with
+/// the right `Sec-WebSocket-Accept` over `ws`; an error).
 fn subscribe(args: &CompareArgs, path: &str) -> Result<(TcpStream, Vec<u8>), String> {
-    let mut s = TcpStream::connect(&args.target).map_err(|e| format!("connect: {e}"))?;
+    let target = &args.engine.target;
+    let mut s = TcpStream::connect(target).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-        args.target
-    );
-    s.write_all(req.as_bytes()).map_err(|e| format!("send: {e}"))?;
+    let (req, accept) = match args.transport {
+        Transport::Sse => (
+            format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nAccept: text/event-stream\r\n\r\n")
+                .into_bytes(),
+            None,
+        ),
+        Transport::Ws => {
+            let mut nonce = [0u8; 16];
+            crate::sys::random_bytes(&mut nonce).map_err(|e| format!("getrandom: {e}"))?;
+            let key = crate::ws::key_from(nonce);
+            (
+                crate::ws::upgrade_request(path, target, &key),
+                Some(crate::ws::accept_for(&key)),
+            )
+        }
+    };
+    s.write_all(&req).map_err(|e| format!("send: {e}"))?;
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -479,11 +626,22 @@ fn subscribe(args: &CompareArgs, path: &str) -> Result<(TcpStream, Vec<u8>), Str
         }
         got.extend_from_slice(&buf[..n]);
         if let Some(end) = find(&got, b"\r\n\r\n") {
-            let status = String::from_utf8_lossy(&got[..got.len().min(32)]).into_owned();
-            if !status.starts_with("HTTP/1.1 200") {
-                return Err(format!("status {:?}", status.lines().next().unwrap_or("")));
+            let head = String::from_utf8_lossy(&got[..end]).into_owned();
+            let status = head.lines().next().unwrap_or("").to_owned();
+            match &accept {
+                None if !status.starts_with("HTTP/1.1 200") => return Err(format!("status {status:?}")),
+                Some(_) if !status.starts_with("HTTP/1.1 101") => return Err(format!("status {status:?}")),
+                Some(want) => {
+                    let ok = head.lines().filter_map(|l| l.split_once(':')).any(|(k, v)| {
+                        k.trim().eq_ignore_ascii_case("sec-websocket-accept") && v.trim() == want
+                    });
+                    if !ok {
+                        return Err("bad/upgrade: wrong or missing Sec-WebSocket-Accept".into());
+                    }
+                }
+                None => {}
             }
-            // What followed the head is body: keep it for the event scanner.
+            // What followed the head is body (frames over ws): keep it for the reader.
             return Ok((s, got[end + 4..].to_vec()));
         }
         if got.len() > 16 * 1024 {
@@ -496,16 +654,18 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Opens `n` subscribers at `--rate` per second; returns the held ones and the
-/// failures by kind.
 /// A held subscriber and the body bytes that came with its response head.
 type Held = (TcpStream, Vec<u8>);
 
-fn open_many(args: &CompareArgs, n: usize) -> (Vec<Held>, Vec<(String, usize)>) {
+/// Opens `n` more subscribers at `--rate` per second into `held`, counting failures by kind.
+fn open_more(
+    args: &CompareArgs,
+    n: usize,
+    held: &mut Vec<Held>,
+    failures: &mut std::collections::BTreeMap<String, usize>,
+) {
     let path = path(args);
     let start = Instant::now();
-    let mut held = Vec::with_capacity(n);
-    let mut failures: Vec<(String, usize)> = Vec::new();
     for i in 0..n {
         let due = start + Duration::from_secs_f64(i as f64 / args.rate.max(1) as f64);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -513,46 +673,59 @@ fn open_many(args: &CompareArgs, n: usize) -> (Vec<Held>, Vec<(String, usize)>) 
         }
         match subscribe(args, &path) {
             Ok(s) => held.push(s),
-            Err(e) => match failures.iter_mut().find(|(k, _)| *k == e) {
-                Some((_, c)) => *c += 1,
-                None => failures.push((e, 1)),
-            },
+            Err(e) => *failures.entry(e).or_insert(0) += 1,
         }
     }
+}
+
+/// Opens `n` subscribers; returns the held ones and the failures by kind.
+fn open_many(args: &CompareArgs, n: usize) -> (Vec<Held>, std::collections::BTreeMap<String, usize>) {
+    let mut held = Vec::with_capacity(n);
+    let mut failures = std::collections::BTreeMap::new();
+    open_more(args, n, &mut held, &mut failures);
     (held, failures)
 }
 
-fn idle(args: &CompareArgs, out: &mut String) -> Result<Idle, String> {
-    let before = rss_kib(&args.pid)?;
-    let t0 = Instant::now();
-    let (held, failures) = open_many(args, args.idle);
-    let ramp = t0.elapsed().as_secs_f64();
-    thread::sleep(Duration::from_secs(args.settle_secs));
-    let after = rss_kib(&args.pid)?;
-    let per = if held.is_empty() {
-        f64::NAN
-    } else {
-        (after as f64 - before as f64) * 1024.0 / held.len() as f64
-    };
-    let _ = writeln!(
-        out,
-        "  idle: {}/{} held (ramp {ramp:.1} s at {}/s), failures {failures:?}; summed VmRSS {before} KiB -> {after} KiB: \
-         {per:.0} B per held connection",
-        held.len(),
-        args.idle,
-        args.rate
-    );
-    let result = Idle {
-        requested: args.idle,
-        held: held.len(),
-        failures,
-        before_kib: before,
-        after_kib: after,
-        bytes_per_conn: per,
-    };
+/// The idle-memory figure at each `--idle` count: opens only the difference each step,
+/// waits `--settle-secs`, reads the summed `VmRSS`. Idle subscribers are not read (the
+/// servers under test send nothing to an idle subscriber of a topic nobody publishes to,
+/// apart from ringcast's and uws's keepalives, which the comparison scripts switch off).
+fn idle(args: &CompareArgs, out: &mut String) -> Result<Vec<Idle>, String> {
+    let before = rss_kib(&args.engine.pids)?;
+    let mut held = Vec::new();
+    let mut failures = std::collections::BTreeMap::new();
+    let mut steps = Vec::new();
+    for &n in args.idle.iter().filter(|&&n| n > 0) {
+        let t0 = Instant::now();
+        let opened = held.len() + failures.values().sum::<usize>();
+        open_more(args, n.saturating_sub(opened), &mut held, &mut failures);
+        let ramp = t0.elapsed().as_secs_f64();
+        thread::sleep(Duration::from_secs(args.settle_secs));
+        let after = rss_kib(&args.engine.pids)?;
+        let per = if held.is_empty() {
+            f64::NAN
+        } else {
+            (after as f64 - before as f64) * 1024.0 / held.len() as f64
+        };
+        let _ = writeln!(
+            out,
+            "  idle: {}/{n} held (step ramp {ramp:.1} s at {}/s), failures {failures:?}; summed VmRSS {before} KiB -> {after} KiB: \
+             {per:.0} B per held connection",
+            held.len(),
+            args.rate
+        );
+        steps.push(Idle {
+            requested: n,
+            held: held.len(),
+            failures: failures.clone(),
+            before_kib: before,
+            after_kib: after,
+            bytes_per_conn: per,
+        });
+    }
     drop(held);
     thread::sleep(Duration::from_secs(2));
-    Ok(result)
+    Ok(steps)
 }
 
 /// Shared state of the reader threads.
@@ -563,7 +736,94 @@ struct Shared {
     last_ns: AtomicU64,
     latency: Mutex<Histogram<u64>>,
     closed: AtomicU64,
+    /// Gap notices received and the events they said were dropped.
+    gap_notices: AtomicU64,
+    gap_dropped: AtomicU64,
     stop: AtomicBool,
+}
+
+/// What one WebSocket data frame was to the reader.
+#[derive(Debug, PartialEq, Eq)]
+enum WsMessage {
+    /// An event stamped `t=<ns> `.
+    Event(u64),
+    /// A `ringcast.gap` notice and its `"dropped":N`.
+    Gap(u64),
+    /// Anything else (another notice).
+    Other,
+}
+
+fn ws_message(payload: &[u8]) -> WsMessage {
+    if let Some(rest) = payload.strip_prefix(b"t=") {
+        let digits = rest.split(|&b| b == b' ').next().unwrap_or_default();
+        if let Some(ns) = crate::sse::parse_u64(digits) {
+            return WsMessage::Event(ns);
+        }
+    }
+    if find(payload, b"\"ringcast.gap\"").is_some() {
+        let key = b"\"dropped\":";
+        let dropped = find(payload, key)
+            .map(|at| {
+                let digits: Vec<u8> = payload[at + key.len()..]
+                    .iter()
+                    .copied()
+                    .take_while(u8::is_ascii_digit)
+                    .collect();
+                crate::sse::parse_u64(&digits).unwrap_or(0)
+            })
+            .unwrap_or(0);
+        return WsMessage::Gap(dropped);
+    }
+    WsMessage::Other
+}
+
+/// Reads what arrived on one WebSocket subscriber: counts events (their latencies into
+/// `local`), gap notices, answers pings. `Err` when the stream is unusable (a frame
+/// error, a close).
+fn ws_input(
+    s: &mut TcpStream,
+    carry: &mut Vec<u8>,
+    input: &[u8],
+    now: u64,
+    local: &mut Histogram<u64>,
+    shared: &Shared,
+) -> Result<u64, String> {
+    carry.extend_from_slice(input);
+    let (mut events, mut closed) = (0u64, false);
+    let mut pongs = Vec::new();
+    let used = crate::wsframe::server_frames(carry, &mut |f| match f.opcode {
+        crate::wsframe::OP_TEXT | crate::wsframe::OP_BINARY => match ws_message(f.payload) {
+            WsMessage::Event(sent) => {
+                events += 1;
+                let _ = local.record(now.saturating_sub(sent).max(1) / 1000);
+            }
+            WsMessage::Gap(n) => {
+                shared.gap_notices.fetch_add(1, Ordering::Relaxed);
+                shared.gap_dropped.fetch_add(n, Ordering::Relaxed);
+            }
+            WsMessage::Other => {}
+        },
+        crate::wsframe::OP_PING => {
+            crate::wsframe::client_frame(
+                &mut pongs,
+                crate::wsframe::OP_PONG,
+                f.payload,
+                [0x5a, 0x17, 0x3c, 0x81],
+            );
+        }
+        crate::wsframe::OP_CLOSE => closed = true,
+        _ => {}
+    })?;
+    carry.drain(..used);
+    if !pongs.is_empty() {
+        // A pong is a few bytes on a socket that is being read: it fits, or the
+        // connection is broken anyway.
+        let _ = s.write(&pongs);
+    }
+    if closed {
+        return Err("closed by the server".into());
+    }
+    Ok(events)
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -609,7 +869,12 @@ fn scan(carry: &mut Vec<u8>, input: &[u8], mut seen: impl FnMut(u64)) {
     carry.drain(..keep.min(len));
 }
 
-fn reader(socks: Vec<(usize, TcpStream, Vec<u8>)>, shared: Arc<Shared>, base: Instant) -> Result<(), String> {
+fn reader(
+    socks: Vec<(usize, TcpStream, Vec<u8>)>,
+    shared: Arc<Shared>,
+    base: Instant,
+    transport: Transport,
+) -> Result<(), String> {
     let epoll = crate::sys::Epoll::new().map_err(|e| e.to_string())?;
     let mut conns = Vec::with_capacity(socks.len());
     for (token, (index, s, carry)) in socks.into_iter().enumerate() {
@@ -640,10 +905,22 @@ fn reader(socks: Vec<(usize, TcpStream, Vec<u8>)>, shared: Arc<Shared>, base: In
                     Ok(n) => {
                         let now = base.elapsed().as_nanos() as u64;
                         let mut k = 0;
-                        scan(carry, &buf[..n], |sent| {
-                            k += 1;
-                            let _ = local.record(now.saturating_sub(sent).max(1) / 1000);
-                        });
+                        if transport == Transport::Sse {
+                            scan(carry, &buf[..n], |sent| {
+                                k += 1;
+                                let _ = local.record(now.saturating_sub(sent).max(1) / 1000);
+                            });
+                        } else {
+                            match ws_input(s, carry, &buf[..n], now, &mut local, &shared) {
+                                Ok(events) => k = events,
+                                Err(_) => {
+                                    *open = false;
+                                    shared.closed.fetch_add(1, Ordering::Relaxed);
+                                    let _ = s.shutdown(std::net::Shutdown::Both);
+                                    break;
+                                }
+                            }
+                        }
                         if k > 0 {
                             shared.counts[*index].fetch_add(k, Ordering::Relaxed);
                             shared.last_ns.fetch_max(now, Ordering::Relaxed);
@@ -687,7 +964,9 @@ fn publish(args: &CompareArgs, base: Instant, first: u64, count: u64) -> Result<
     };
     let pace = &pace;
     match args.server {
+        Server::Ringcast if args.in_flight > 0 => publish_ingest_window(args, base, first, count, pace),
         Server::Ringcast => publish_ingest(args, base, first, count, pace),
+        Server::Uws | Server::Kernel => publish_ws(args, base, first, count, pace),
         Server::Nchan | Server::Pushpin => {
             let per = count.div_ceil(args.publishers.max(1) as u64);
             thread::scope(|scope| {
@@ -737,17 +1016,7 @@ fn publish_ingest(
     count: u64,
     pace: &Pace,
 ) -> Result<(), String> {
-    let sock = args.publish.clone().unwrap_or_else(|| "./ringcast.sock".into());
-    let stream = UnixStream::connect(&sock).map_err(|e| format!("ingest {sock}: {e}"))?;
-    stream
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
-    let mut replies = BufReader::new(stream);
-    let topic = path(args)
-        .split_once("topic=")
-        .map(|(_, t)| t.split('&').next().unwrap_or("cmp").to_owned())
-        .unwrap_or_else(|| "cmp".into());
+    let (mut writer, mut replies, topic) = ingest(args)?;
     let batch = if pace.rate > 0 {
         1
     } else {
@@ -787,6 +1056,139 @@ fn publish_ingest(
     Ok(())
 }
 
+/// The ingest socket (`--publish`, else `--ingest`): a writer, a reader of its replies,
+/// and the topic to publish on.
+fn ingest(args: &CompareArgs) -> Result<(UnixStream, BufReader<UnixStream>, String), String> {
+    let sock = args
+        .publish
+        .clone()
+        .unwrap_or_else(|| args.engine.ingest.display().to_string());
+    let stream = UnixStream::connect(&sock).map_err(|e| format!("ingest {sock}: {e}"))?;
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let writer = stream.try_clone().map_err(|e| e.to_string())?;
+    Ok((writer, BufReader::new(stream), topic(args)))
+}
+
+/// Publishes over the ingest socket with at most `--in-flight` `PUB`s unacknowledged,
+/// refilling the window in one write once half of it was acknowledged.
+fn publish_ingest_window(
+    args: &CompareArgs,
+    base: Instant,
+    first: u64,
+    count: u64,
+    pace: &Pace,
+) -> Result<(), String> {
+    let (mut writer, mut replies, topic) = ingest(args)?;
+    let window = args.in_flight.max(1) as u64;
+    let (mut sent, mut acked, end) = (first, first, first + count);
+    let mut line = String::new();
+    let mut frames = Vec::new();
+    while acked < end {
+        if sent < end && (sent - acked <= window / 2 || pace.rate > 0) && sent - acked < window {
+            frames.clear();
+            while sent < end && sent - acked < window {
+                let data = pace.payload(base, sent, args.bytes);
+                frames.extend_from_slice(format!("PUB {topic} {}\n", args.bytes).as_bytes());
+                frames.extend_from_slice(&data);
+                frames.push(b'\n');
+                sent += 1;
+                if pace.rate > 0 {
+                    break;
+                }
+            }
+            writer
+                .write_all(&frames)
+                .map_err(|e| format!("ingest write: {e}"))?;
+            continue;
+        }
+        line.clear();
+        replies
+            .read_line(&mut line)
+            .map_err(|e| format!("ingest read: {e}"))?;
+        if !line.starts_with("+OK") {
+            return Err(format!("ingest reply {line:?}"));
+        }
+        acked += 1;
+    }
+    Ok(())
+}
+
+/// Publishes over a publishing WebSocket (`/pub?topic=T` on `--target`, the protocol of
+/// `bench/peers/uws/server.js` and `ws-ref-server`: one `+` frame answers each message
+/// after its fan-out) with at most `--in-flight` (default 32) unanswered.
+fn publish_ws(args: &CompareArgs, base: Instant, first: u64, count: u64, pace: &Pace) -> Result<(), String> {
+    let target = &args.engine.target;
+    let mut s = TcpStream::connect(target).map_err(|e| format!("publish connect {target}: {e}"))?;
+    // A server answers a window of publishes after their fan-out: under overload that
+    // takes longer than one socket operation, so the bound is the run's.
+    let ack_timeout = Duration::from_secs(args.timeout_secs).max(IO_TIMEOUT);
+    s.set_read_timeout(Some(ack_timeout)).map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut nonce = [0u8; 16];
+    crate::sys::random_bytes(&mut nonce).map_err(|e| format!("getrandom: {e}"))?;
+    let key = crate::ws::key_from(nonce);
+    let path = format!("/pub?topic={}", topic(args));
+    s.write_all(&crate::ws::upgrade_request(&path, target, &key))
+        .map_err(|e| format!("publish upgrade: {e}"))?;
+    let mut carry = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while find(&carry, b"\r\n\r\n").is_none() {
+        let n = s
+            .read(&mut buf)
+            .map_err(|e| format!("publish upgrade read: {e}"))?;
+        if n == 0 || carry.len() > 16 * 1024 {
+            return Err("publish upgrade: closed or head too large".into());
+        }
+        carry.extend_from_slice(&buf[..n]);
+    }
+    let end_head = find(&carry, b"\r\n\r\n").unwrap_or(0);
+    if !carry.starts_with(b"HTTP/1.1 101") {
+        return Err(format!(
+            "publish upgrade: {:?}",
+            String::from_utf8_lossy(&carry[..end_head.min(64)])
+        ));
+    }
+    carry.drain(..end_head + 4);
+    let window = in_flight(args).max(1) as u64;
+    let (mut sent, mut acked, end) = (first, first, first + count);
+    let mut frames = Vec::new();
+    let mut mask = nonce[0..4].try_into().unwrap_or([1, 2, 3, 4]);
+    while acked < end {
+        if sent < end && (sent - acked <= window / 2 || pace.rate > 0) && sent - acked < window {
+            frames.clear();
+            while sent < end && sent - acked < window {
+                let data = pace.payload(base, sent, args.bytes);
+                mask = [mask[1], mask[2], mask[3], mask[0].wrapping_add(1)];
+                crate::wsframe::client_frame(&mut frames, crate::wsframe::OP_TEXT, &data, mask);
+                sent += 1;
+                if pace.rate > 0 {
+                    break;
+                }
+            }
+            s.write_all(&frames).map_err(|e| format!("publish write: {e}"))?;
+            continue;
+        }
+        let n = s
+            .read(&mut buf)
+            .map_err(|e| format!("publish read (acks): {e}"))?;
+        if n == 0 {
+            return Err("the server closed the publishing WebSocket".into());
+        }
+        carry.extend_from_slice(&buf[..n]);
+        let mut acks = 0;
+        let used = crate::wsframe::server_frames(&carry, &mut |f| {
+            if f.opcode == crate::wsframe::OP_TEXT {
+                acks += 1;
+            }
+        })?;
+        carry.drain(..used);
+        acked += acks;
+    }
+    Ok(())
+}
+
 fn json_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
@@ -797,7 +1199,7 @@ fn publish_http(args: &CompareArgs, base: Instant, lo: u64, hi: u64, pace: &Pace
     }
     let (addr, path, ctype) = match args.server {
         Server::Nchan => (
-            args.target.clone(),
+            args.engine.target.clone(),
             args.publish.clone().unwrap_or_else(|| "/pub?id=cmp".into()),
             "application/octet-stream",
         ),
@@ -896,7 +1298,9 @@ fn fanout(args: &CompareArgs, out: &mut String) -> Result<Fan, String> {
         (args.events / 10).max(1),
         args.threads,
         match args.server {
+            Server::Ringcast if args.in_flight > 0 => format!("ingest socket, {} PUB in flight", args.in_flight),
             Server::Ringcast => format!("ingest socket, {} PUB per write", args.batch),
+            Server::Uws | Server::Kernel => format!("publishing WebSocket, {} in flight", in_flight(args)),
             _ => format!("{} keep-alive HTTP publishers, one event per POST", args.publishers),
         } + &if args.publish_rate > 0 {
             format!(", paced at {} events/s", args.publish_rate)
@@ -913,6 +1317,8 @@ fn fanout(args: &CompareArgs, out: &mut String) -> Result<Fan, String> {
         last_ns: AtomicU64::new(0),
         latency: Mutex::new(new_histogram()),
         closed: AtomicU64::new(0),
+        gap_notices: AtomicU64::new(0),
+        gap_dropped: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
     let threads = args.threads.max(1);
@@ -924,7 +1330,8 @@ fn fanout(args: &CompareArgs, out: &mut String) -> Result<Fan, String> {
         .into_iter()
         .map(|p| {
             let shared = Arc::clone(&shared);
-            thread::spawn(move || reader(p, shared, base))
+            let transport = args.transport;
+            thread::spawn(move || reader(p, shared, base, transport))
         })
         .collect();
     // Let the server finish subscribing everyone (Pushpin subscribes after the head).
@@ -941,6 +1348,10 @@ fn fanout(args: &CompareArgs, out: &mut String) -> Result<Fan, String> {
             args.events
         };
         let before: Vec<u64> = shared.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let gaps_before = (
+            shared.gap_notices.load(Ordering::Relaxed),
+            shared.gap_dropped.load(Ordering::Relaxed),
+        );
         if let Ok(mut h) = shared.latency.lock() {
             h.reset();
         }
@@ -977,6 +1388,8 @@ fn fanout(args: &CompareArgs, out: &mut String) -> Result<Fan, String> {
             .map(|(c, b)| events.saturating_sub(c.load(Ordering::Relaxed) - b))
             .collect();
         let lost: u64 = short.iter().sum();
+        let gap_notices = shared.gap_notices.load(Ordering::Relaxed) - gaps_before.0;
+        let gap_dropped = shared.gap_dropped.load(Ordering::Relaxed) - gaps_before.1;
         let losers = short.iter().filter(|&&s| s > 0).count();
         let h = shared
             .latency
@@ -990,7 +1403,8 @@ fn fanout(args: &CompareArgs, out: &mut String) -> Result<Fan, String> {
         };
         lines.push(format!(
             "    {label}: {:.0} events/s fanned out, {:.3} M deliveries/s, publish {:.0} events/s{}; \
-             {got}/{expected} delivered, {lost} lost ({losers} subscribers short), {} closed; latency {}",
+             {got}/{expected} delivered, {lost} lost ({losers} subscribers short), gap notices {gap_notices} \
+             ({gap_dropped} events), {} closed; latency {}",
             events as f64 / secs,
             got as f64 / secs / 1e6,
             events as f64 / publish_secs,
@@ -1009,6 +1423,9 @@ fn fanout(args: &CompareArgs, out: &mut String) -> Result<Fan, String> {
                 delivered: got,
                 expected,
                 lost,
+                gap_notices,
+                gap_dropped,
+                publish_per_sec: events as f64 / publish_secs,
             });
             let _ = all.add(&h);
         }
@@ -1024,10 +1441,11 @@ fn fanout(args: &CompareArgs, out: &mut String) -> Result<Fan, String> {
     d.sort_by(f64::total_cmp);
     let median = d[d.len() / 2];
     let lost: u64 = rates.iter().map(|r| r.1).sum();
+    let dropped: u64 = runs.iter().map(|r| r.gap_dropped).sum();
     let _ = writeln!(
         out,
         "    SUMMARY {:?}: median {:.3} M deliveries/s ({:.0} events/s fanned out), spread {:.3}..{:.3}; \
-         lost {lost} of {} over {} runs; latency over all runs {}",
+         lost {lost} of {} over {} runs ({dropped} told by gap notices); latency over all runs {}",
         args.server,
         median / 1e6,
         median / k as f64,

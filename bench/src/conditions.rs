@@ -109,25 +109,35 @@ impl Conditions {
         ENGINE_VERSION.get().map_or("unknown", String::as_str)
     }
 
-    /// Every condition as one JSON object (no trailing newline).
-    pub fn to_json(&self) -> String {
-        self.to_value().to_string()
-    }
-
     /// Every condition as a JSON value.
     pub fn to_value(&self) -> serde_json::Value {
-        serde_json::json!({
-            "kernel": self.kernel,
-            "cpu": self.cpu,
-            "nproc": self.nproc,
-            "version": self.version,
-            "commit": self.commit(),
-            "command": self.command,
-            "engine_command": self.engine_command,
-            "engine_version": self.engine_version(),
-            "date": self.date,
+        serde_json::to_value(Json {
+            kernel: &self.kernel,
+            cpu: &self.cpu,
+            nproc: self.nproc,
+            version: &self.version,
+            commit: self.commit(),
+            command: &self.command,
+            engine_command: &self.engine_command,
+            engine_version: self.engine_version(),
+            date: &self.date,
         })
+        .unwrap_or(serde_json::Value::Null)
     }
+}
+
+/// The conditions as every report's `conditions` object.
+#[derive(serde::Serialize)]
+struct Json<'a> {
+    kernel: &'a str,
+    cpu: &'a str,
+    nproc: usize,
+    version: &'a str,
+    commit: &'a str,
+    command: &'a str,
+    engine_command: &'a str,
+    engine_version: &'a str,
+    date: &'a str,
 }
 
 /// Runs `/proc/<pid>/exe --version` (stdin closed, killed after [`VERSION_TIMEOUT`]) and
@@ -243,7 +253,7 @@ mod tests {
     #[test]
     fn json_names_the_commit_and_every_field() {
         let c = Conditions::collect(std::process::id());
-        let v: serde_json::Value = serde_json::from_str(&c.to_json()).expect("valid JSON");
+        let v: serde_json::Value = serde_json::from_str(&c.to_value().to_string()).expect("valid JSON");
         assert_eq!(v["commit"], COMMIT);
         assert!(!COMMIT.is_empty());
         assert_eq!(v["engine_version"], "unknown", "own pid: no engine");

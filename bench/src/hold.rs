@@ -21,6 +21,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::conditions::Conditions;
+use crate::engine_args::EngineArgs;
 use crate::output::{self, OutDir};
 use crate::plan::{self, Limits, Share};
 use crate::procfs::{self, Snapshot};
@@ -32,16 +33,12 @@ use crate::worker::Transport;
 /// Arguments of `ringcast-bench hold`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct HoldArgs {
-    /// Engine address, IPv4 `host:port`.
-    #[arg(long)]
-    pub target: String,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Subscribers to open and hold; several ascending counts (`5000,10000,19000`) measure
     /// the engine's memory at each step, opening only the difference each time.
     #[arg(long, value_delimiter = ',', required = true)]
     pub conns: Vec<u64>,
-    /// Engine process id, whose VmRSS is measured.
-    #[arg(long)]
-    pub pid: u32,
     /// `sse`: `GET` streams with `Accept: text/event-stream`; `ws`: WebSocket upgrades
     /// (random key, 101 and `Sec-WebSocket-Accept` checked), pings answered with pongs;
     /// `ndjson`: `GET /stream`; `poll`: long-polls re-issued as each is answered.
@@ -140,11 +137,12 @@ pub fn main(args: HoldArgs) -> ExitCode {
 }
 
 fn run(args: &HoldArgs) -> Result<Report, String> {
+    let pid = args.engine.require_pid("hold")?;
     // First, before this tool does anything that could disturb the engine.
-    let baseline = Snapshot::read(args.pid)?;
-    let conditions = Conditions::collect(args.pid);
+    let baseline = Snapshot::read(pid)?;
+    let conditions = Conditions::collect(pid);
     let (_, nofile_hard) = sys::raise_nofile().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
-    let target = resolve(&args.target)?;
+    let target = resolve(&args.engine.target)?;
     let path = subscription_path(args);
     check_path(&path)?;
     check_steps(&args.conns)?;
@@ -188,7 +186,7 @@ fn run(args: &HoldArgs) -> Result<Report, String> {
         connecting_ms += ramp_ms;
         opened = step;
         thread::sleep(Duration::from_secs(args.settle_secs));
-        let loaded = Snapshot::read(args.pid)
+        let loaded = Snapshot::read(pid)
             .map_err(|e| eprintln!("ringcast-bench hold: after connecting {step}: {e}"))
             .ok();
         let (held, _, _) = fleet.tally();
@@ -216,13 +214,13 @@ fn run(args: &HoldArgs) -> Result<Report, String> {
     let workers = fleet.members.len();
     drop(fleet);
     thread::sleep(AFTER_CLOSE_WAIT);
-    let after_close_rss_kb = Snapshot::read(args.pid).ok().map(|s| s.rss_kb);
+    let after_close_rss_kb = Snapshot::read(pid).ok().map(|s| s.rss_kb);
     Ok(Report {
         conditions,
-        target: args.target.clone(),
+        target: args.engine.target.clone(),
         transport: args.transport.name(),
         path,
-        pid: args.pid,
+        pid,
         workers,
         per_ring: args.per_ring,
         rings: args.rings,
@@ -337,7 +335,7 @@ impl Fleet {
             let mut child = Command::new(&exe)
                 .arg("hold-worker")
                 .args(["--target", &target.to_string()])
-                .args(["--host", &args.target])
+                .args(["--host", &args.engine.target])
                 .args(["--path", &subscription_path(args)])
                 .args(["--transport", args.transport.name()])
                 .args(["--count", &share.count.to_string()])

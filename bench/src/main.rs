@@ -12,9 +12,12 @@
 //!
 //! Module map: [`hold`] orchestrates and measures, [`worker`] runs one worker process,
 //! [`client`] is its io_uring client engine, [`handshake`] recognises a held SSE, NDJSON
-//! or poll subscription and [`ws`] a held WebSocket (both sans-IO), [`plan`] splits the
+//! or poll subscription and [`ws`] a held WebSocket (both sans-IO), [`sse`] is the one
+//! strict decoder of an SSE response (every subcommand that reads events uses it),
+//! [`engine_args`] the flags that name the server under test, [`plan`] splits the
 //! load, [`wire`] is the worker-to-parent line protocol, [`procfs`] and [`conditions`]
-//! read the machine, [`report`] and [`output`] render results, [`sys`] holds the
+//! read the machine, [`report`] renders `hold`'s result and [`output`] writes every
+//! subcommand's (JSON through serde, Markdown, SVG), [`sys`] holds the
 //! `unsafe` libc calls and [`client`] the io_uring submissions.
 
 // The `hold` report's JSON is one `serde_json::json!` object of some fifty fields.
@@ -33,13 +36,16 @@ mod hold;
 mod output;
 mod plan;
 mod procfs;
+mod refpeer;
 mod report;
 mod slow;
+mod sse;
 mod storm;
 mod sys;
 mod wire;
 mod worker;
 mod ws;
+mod wsframe;
 
 use std::process::ExitCode;
 
@@ -75,6 +81,9 @@ enum Cmd {
     Compare(compare::CompareArgs),
     /// Fast and slow readers on one topic: what backpressure does to each class.
     Slow(slow::SlowArgs),
+    /// The kernel-only WebSocket reference server of `compare --server kernel` (internal).
+    #[command(hide = true)]
+    WsRefServer(refpeer::RefArgs),
     /// Start NATS JetStream and ringcast nodes; backplane throughput against raw JetStream,
     /// cross-node latency against a single node.
     Backplane(backplane::BackplaneArgs),
@@ -91,5 +100,6 @@ fn main() -> ExitCode {
         Cmd::Compare(args) => compare::main(args),
         Cmd::Slow(args) => slow::main(args),
         Cmd::Backplane(args) => backplane::main(args),
+        Cmd::WsRefServer(args) => refpeer::main(args),
     }
 }

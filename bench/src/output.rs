@@ -29,6 +29,43 @@ const MARKED_POINTS_MAX: usize = 40;
 /// Quantile steps per halving of the distance to 100 % in a latency CDF.
 const CDF_TICKS_PER_HALF: u32 = 8;
 
+/// `value` as one line of JSON and a newline: every `--json` report is a
+/// `#[derive(serde::Serialize)]` struct written through here.
+pub fn to_json_line(value: &impl serde::Serialize) -> String {
+    let mut line = serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    line.push('\n');
+    line
+}
+
+/// Appends the list of files written to a text report, or prints it to stderr when the
+/// report is JSON (stdout then holds one JSON document).
+///
+/// # Errors
+/// Whatever `write` returned.
+pub fn write_out(
+    json: bool,
+    text: &mut String,
+    write: impl FnOnce() -> Result<Vec<PathBuf>, String>,
+) -> Result<(), String> {
+    let listing = written_text(&write()?);
+    if json {
+        eprint!("{listing}");
+    } else {
+        text.push_str(&listing);
+    }
+    Ok(())
+}
+
+/// Latency percentiles of a histogram of microseconds, as text.
+pub fn percentiles(h: &Histogram<u64>) -> String {
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0
+    )
+}
+
 /// A directory results are written into, each file named `<stem>.<ext>` or
 /// `<stem>-<chart>.svg`.
 #[derive(Debug, Clone)]

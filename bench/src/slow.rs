@@ -151,7 +151,7 @@ fn run(args: &SlowArgs) -> Result<(String, bool), String> {
     }
     crate::sys::raise_nofile().map_err(|e| format!("raise RLIMIT_NOFILE: {e}"))?;
     let base = Instant::now();
-    let conditions = Conditions::collect(args.engine.pid.unwrap_or_else(std::process::id));
+    let conditions = Conditions::collect(args.engine.pid().unwrap_or_else(std::process::id));
     let admin = (args.engine.admin != "none").then_some(args.engine.admin.as_str());
     let streams_before = admin.and_then(totals).map_or(0, |t| t["streams"]);
     let target = resolve(&args.engine.target)?;
@@ -211,7 +211,7 @@ fn run(args: &SlowArgs) -> Result<(String, bool), String> {
             series: vec![output::latency_cdf("fast readers", &outcome.latency)],
         };
         let body = markdown(args, &outcome);
-        crate::churn::write_out(args.json, &mut text, || {
+        crate::output::write_out(args.json, &mut text, || {
             output::write_result(dir, "slow", &conditions, &json, &body, &[("latency-cdf", chart)])
         })?;
     }

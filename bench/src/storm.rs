@@ -28,10 +28,9 @@ use hdrhistogram::Histogram;
 
 use crate::conditions::Conditions;
 use crate::engine_args::EngineArgs;
+use crate::sse::{split_id, Decoder, Item};
 use crate::sys::{self, Epoll};
 
-/// Longest response head accepted.
-const HEAD_MAX: usize = 16 * 1024;
 /// Bytes read per `recv`.
 const READ_BYTES: usize = 64 * 1024;
 /// Longest `epoll_wait`.
@@ -48,40 +47,15 @@ pub enum Found {
     Notice,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ScanState {
-    Head,
-    Size,
-    Data(usize),
-    DataEnd,
-}
-
-/// Sans-IO reader of an SSE response: the head, the chunked coding (RFC 9112 §7.1) and
-/// each event's `id:` and `event:` lines. Feed it bytes in any split.
-#[derive(Debug)]
+/// What storm and churn read of an SSE response: the head, and each event's id and
+/// whether it was a notice. The framing is [`crate::sse::Decoder`]'s, the one strict
+/// decoder of the bench; the end of the stream (its last chunk) is an error here, since
+/// a subscriber never asks for it. Feed it bytes in any split.
+#[derive(Debug, Default)]
 pub struct IdScan {
-    state: ScanState,
-    framing: Vec<u8>,
-    line: Vec<u8>,
-    id: Option<(u64, u64)>,
-    id_text: String,
-    notice: bool,
+    decoder: Decoder,
     /// The id of the last event completed, for a `Last-Event-ID`.
     pub last_id: Option<String>,
-}
-
-impl Default for IdScan {
-    fn default() -> Self {
-        IdScan {
-            state: ScanState::Head,
-            framing: Vec::new(),
-            line: Vec::new(),
-            id: None,
-            id_text: String::new(),
-            notice: false,
-            last_id: None,
-        }
-    }
 }
 
 /// A stable hash of an epoch string (FNV-1a), so ids compare without allocating.
@@ -95,111 +69,29 @@ impl IdScan {
     /// Consumes `input`, calling `found` for the head and every event completed.
     ///
     /// # Errors
-    /// The first framing error: a status other than 200, a bad chunk size, a head too long.
-    pub fn feed(&mut self, mut input: &[u8], found: &mut impl FnMut(Found)) -> Result<(), String> {
-        while !input.is_empty() {
-            input = match self.state {
-                ScanState::Head => self.head(input, found)?,
-                ScanState::Size | ScanState::DataEnd => self.framing_line(input)?,
-                ScanState::Data(left) => {
-                    let n = left.min(input.len());
-                    for &b in &input[..n] {
-                        self.byte(b, found);
-                    }
-                    self.state = if n == left {
-                        ScanState::DataEnd
-                    } else {
-                        ScanState::Data(left - n)
-                    };
-                    &input[n..]
+    /// The decoder's first framing error, or the end of the stream.
+    pub fn feed(&mut self, input: &[u8], found: &mut impl FnMut(Found)) -> Result<(), String> {
+        let last_id = &mut self.last_id;
+        self.decoder.feed(input, &mut |item| match item {
+            Item::Head => found(Found::Head),
+            Item::End => {}
+            Item::Block(block) => {
+                if block.event.is_some_and(|e| e.starts_with(b"ringcast.")) {
+                    found(Found::Notice);
+                } else if let Some(id) = block.id {
+                    let (epoch, seq) = split_id(id);
+                    *last_id = Some(String::from_utf8_lossy(id).into_owned());
+                    found(Found::Event {
+                        epoch: epoch_hash(epoch),
+                        seq,
+                    });
                 }
-            };
+            }
+        })?;
+        if self.decoder.is_done() {
+            return Err("the server ended the stream".into());
         }
         Ok(())
-    }
-
-    fn head<'a>(&mut self, input: &'a [u8], found: &mut impl FnMut(Found)) -> Result<&'a [u8], String> {
-        let before = self.framing.len();
-        self.framing.extend_from_slice(input);
-        let from = before.saturating_sub(3);
-        let Some(at) = self.framing[from..].windows(4).position(|w| w == b"\r\n\r\n") else {
-            if self.framing.len() > HEAD_MAX {
-                return Err(format!("response head over {HEAD_MAX} bytes"));
-            }
-            return Ok(&[]);
-        };
-        if !self.framing.starts_with(b"HTTP/1.1 200 ") {
-            let line = self.framing.split(|&b| b == b'\r').next().unwrap_or_default();
-            return Err(format!("status {}", String::from_utf8_lossy(line)));
-        }
-        let used = from + at + 4 - before;
-        self.framing.clear();
-        self.state = ScanState::Size;
-        found(Found::Head);
-        Ok(&input[used..])
-    }
-
-    /// A chunk-size line, or the CRLF after a chunk's data.
-    fn framing_line<'a>(&mut self, input: &'a [u8]) -> Result<&'a [u8], String> {
-        let Some(at) = input.iter().position(|&b| b == b'\n') else {
-            self.framing.extend_from_slice(input);
-            if self.framing.len() > 64 {
-                return Err("chunk framing line over 64 bytes".into());
-            }
-            return Ok(&[]);
-        };
-        self.framing.extend_from_slice(&input[..at]);
-        let text = String::from_utf8_lossy(&self.framing).trim().to_owned();
-        self.framing.clear();
-        self.state = match self.state {
-            ScanState::DataEnd if text.is_empty() => ScanState::Size,
-            ScanState::DataEnd => return Err(format!("chunk not followed by CRLF: {text:?}")),
-            _ => {
-                let hex = text.split(';').next().unwrap_or_default();
-                let size = usize::from_str_radix(hex, 16).map_err(|_| format!("chunk size {text:?}"))?;
-                if size == 0 {
-                    return Err("the server ended the stream".into());
-                }
-                ScanState::Data(size)
-            }
-        };
-        Ok(&input[at + 1..])
-    }
-
-    fn byte(&mut self, b: u8, found: &mut impl FnMut(Found)) {
-        if b != b'\n' {
-            if self.line.len() < 256 {
-                self.line.push(b);
-            }
-            return;
-        }
-        let line = std::mem::take(&mut self.line);
-        let line = line.strip_suffix(b"\r").unwrap_or(&line);
-        if line.is_empty() {
-            match (self.notice, self.id.take()) {
-                (true, _) => found(Found::Notice),
-                (false, Some((epoch, seq))) => {
-                    self.last_id = Some(std::mem::take(&mut self.id_text));
-                    found(Found::Event { epoch, seq });
-                }
-                (false, None) => {}
-            }
-            self.notice = false;
-        } else if let Some(id) = line.strip_prefix(b"id: ") {
-            let (epoch, seq) = match id.iter().rposition(|&b| b == b'-') {
-                Some(cut) => (&id[..cut], &id[cut + 1..]),
-                None => (&id[..0], id),
-            };
-            let seq = std::str::from_utf8(seq)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            self.id = Some((epoch_hash(epoch), seq));
-            self.id_text = String::from_utf8_lossy(id).into_owned();
-        } else if line.starts_with(b"event: ringcast.") {
-            self.notice = true;
-        }
-        self.line = Vec::with_capacity(64);
     }
 }
 
@@ -410,16 +302,6 @@ pub fn resolve(target: &str) -> Result<SocketAddrV4, String> {
             std::net::SocketAddr::V6(_) => None,
         })
         .ok_or_else(|| format!("--target {target} has no IPv4 address"))
-}
-
-/// Latency percentiles of a histogram of microseconds, as text.
-pub fn percentiles(h: &Histogram<u64>) -> String {
-    format!(
-        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        h.value_at_quantile(0.5) as f64 / 1000.0,
-        h.value_at_quantile(0.99) as f64 / 1000.0,
-        h.max() as f64 / 1000.0
-    )
 }
 
 /// Whether `got` is exactly `published` from `got[0]` on, and how it is not.
@@ -638,7 +520,7 @@ fn run(args: &StormArgs) -> Result<(String, bool), String> {
         return Err(format!("--conns {} must be 1..=1048576", args.conns));
     }
     crate::sys::raise_nofile().map_err(|e| format!("raise RLIMIT_NOFILE: {e}"))?;
-    let conditions = Conditions::collect(args.engine.pid.unwrap_or_else(std::process::id));
+    let conditions = Conditions::collect(args.engine.pid().unwrap_or_else(std::process::id));
     let target = resolve(&args.engine.target)?;
     let timeout = Duration::from_secs(args.timeout_secs);
     let mut storm = Storm::new(args.conns)?;
@@ -689,7 +571,7 @@ fn run(args: &StormArgs) -> Result<(String, bool), String> {
             x_log: false,
             series: vec![crate::output::latency_cdf("time to live", &outcome.live)],
         };
-        crate::churn::write_out(args.json, &mut text, || {
+        crate::output::write_out(args.json, &mut text, || {
             let json = json(args, &conditions, &outcome);
             let body = crate::output::json_summary_table(&json)?;
             crate::output::write_result(dir, "storm", &conditions, &json, &body, &[("live-cdf", chart)])
@@ -722,7 +604,7 @@ fn reconnect(
     let accepted_before = stat(&args.engine.admin, "accepted")
         .ok_or_else(|| format!("no /stats at --admin {}", args.engine.admin))?;
     let open_live = open_count(&args.engine.admin).ok_or("no open count in /stats")?;
-    let pid = args.engine.pid.unwrap_or(0);
+    let pid = args.engine.pid().unwrap_or(0);
     let cpu_before = [cpu_secs(pid), cpu_secs(std::process::id())];
     let dropped_at = Instant::now();
     for slot in &mut storm.slots {
@@ -862,7 +744,7 @@ fn text(args: &StormArgs, c: &Conditions, o: &Outcome) -> String {
     let _ = writeln!(
         out,
         "  per subscriber, drop to first new event: {}",
-        percentiles(&o.live)
+        crate::output::percentiles(&o.live)
     );
     let _ = writeln!(
         out,
@@ -879,58 +761,51 @@ fn text(args: &StormArgs, c: &Conditions, o: &Outcome) -> String {
     out
 }
 
-/// A JSON string literal.
-pub fn quote(s: &str) -> String {
-    let mut out = String::from("\"");
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// The conditions as a JSON object.
-pub fn conditions_json(c: &Conditions) -> String {
-    c.to_json()
+/// The `--json` report of one storm run (field names are part of the output format).
+#[derive(serde::Serialize)]
+struct Json<'a> {
+    subcommand: &'static str,
+    conns: usize,
+    rate: f64,
+    connect_ms: f64,
+    all_live_ms: Option<f64>,
+    stats_open_back_ms: Option<f64>,
+    heads_ms: Option<f64>,
+    engine_cpu_secs: Option<f64>,
+    bench_cpu_secs: Option<f64>,
+    live_p50_ms: f64,
+    live_p99_ms: f64,
+    live_max_ms: f64,
+    events_before_drop_min: u64,
+    published: usize,
+    verified: usize,
+    failures: &'a std::collections::BTreeMap<String, u64>,
+    bad: &'a [String],
+    conditions: serde_json::Value,
 }
 
 fn json(args: &StormArgs, c: &Conditions, o: &Outcome) -> String {
-    let opt = |v: Option<f64>| v.map_or_else(|| "null".to_owned(), |v| format!("{v:.3}"));
-    let errors: Vec<String> = o
-        .errors
-        .iter()
-        .map(|(k, n)| format!("{}:{n}", quote(k)))
-        .collect();
-    let bad: Vec<String> = o.bad.iter().take(100).map(|b| quote(b)).collect();
-    format!(
-        "{{\"subcommand\":\"storm\",\"conns\":{},\"rate\":{},\"connect_ms\":{:.3},\"all_live_ms\":{},\
-         \"stats_open_back_ms\":{},\"heads_ms\":{},\"engine_cpu_secs\":{},\"bench_cpu_secs\":{},\"live_p50_ms\":{:.3},\"live_p99_ms\":{:.3},\"live_max_ms\":{:.3},\
-         \"events_before_drop_min\":{},\"published\":{},\"verified\":{},\"failures\":{{{}}},\"bad\":[{}],\"conditions\":{}}}\n",
-        args.conns,
-        args.rate,
-        o.connect_ms,
-        opt(o.all_live_ms),
-        opt(o.stats_back_ms),
-        opt(o.heads_ms),
-        opt(o.engine_cpu),
-        opt(o.bench_cpu),
-        o.live.value_at_quantile(0.5) as f64 / 1e3,
-        o.live.value_at_quantile(0.99) as f64 / 1e3,
-        o.live.max() as f64 / 1e3,
-        o.events_before,
-        o.published,
-        o.verified,
-        errors.join(","),
-        bad.join(","),
-        conditions_json(c)
-    )
+    let report = Json {
+        subcommand: "storm",
+        conns: args.conns,
+        rate: args.rate,
+        connect_ms: o.connect_ms,
+        all_live_ms: o.all_live_ms,
+        stats_open_back_ms: o.stats_back_ms,
+        heads_ms: o.heads_ms,
+        engine_cpu_secs: o.engine_cpu,
+        bench_cpu_secs: o.bench_cpu,
+        live_p50_ms: o.live.value_at_quantile(0.5) as f64 / 1e3,
+        live_p99_ms: o.live.value_at_quantile(0.99) as f64 / 1e3,
+        live_max_ms: o.live.max() as f64 / 1e3,
+        events_before_drop_min: o.events_before,
+        published: o.published,
+        verified: o.verified,
+        failures: &o.errors,
+        bad: &o.bad[..o.bad.len().min(100)],
+        conditions: c.to_value(),
+    };
+    crate::output::to_json_line(&report)
 }
 
 #[cfg(test)]

@@ -201,7 +201,7 @@ fn run(args: &FanoutArgs) -> Result<(String, bool), String> {
     check_args(args)?;
     crate::sys::raise_nofile().map_err(|e| format!("raise RLIMIT_NOFILE: {e}"))?;
     let base = Instant::now();
-    let conditions = Conditions::collect(args.engine.pid.unwrap_or_else(std::process::id));
+    let conditions = Conditions::collect(args.engine.pid().unwrap_or_else(std::process::id));
     let admin = (!args.kernel_baseline && args.engine.admin != "none").then(|| args.engine.admin.clone());
     let open_before = admin.as_deref().and_then(totals).map(|t| t["open_sse"]);
     let mut sets = Vec::new();
@@ -507,7 +507,7 @@ fn measure_phase(
         slow,
         engine_rss_kib: args
             .engine
-            .pid
+            .pid()
             .and_then(|pid| crate::procfs::Snapshot::read(pid).ok())
             .map(|s| s.rss_kb),
         tcp_mem_kib: tcp_mem_kib(),
@@ -575,7 +575,7 @@ fn one_run(
     let expected = expected_deliveries(first, events, &subs);
     let start_totals = readers.totals();
     let _ = readers.take_latencies();
-    let cpu_before = (args.engine.pid.and_then(cpu_secs), cpu_secs(std::process::id()));
+    let cpu_before = (args.engine.pid().and_then(cpu_secs), cpu_secs(std::process::id()));
     // A subscriber reads about one event in `topics`: its progress is compared with
     // its share of the events published so far.
     let per_topic = topics.len() as u64;
@@ -626,7 +626,7 @@ fn one_run(
         got: diff(&now, &start_totals),
         expected,
         latency: readers.take_latencies(),
-        engine_cpu_secs: cpu(cpu_before.0, args.engine.pid),
+        engine_cpu_secs: cpu(cpu_before.0, args.engine.pid()),
         bench_cpu_secs: cpu(cpu_before.1, Some(std::process::id())),
     })
 }
