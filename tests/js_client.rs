@@ -1,0 +1,414 @@
+//! The project's own JavaScript client (`clients/js/ringcast.js`) in real Node and real
+//! Chromium against the real engine: every transport receives; a crash and restart of the
+//! engine is reported as one reset and nothing is delivered twice; behind a proxy that cuts
+//! connections at random points every event arrives exactly once, in order; 1,000 clients
+//! reconnecting after a crash spread their reconnects out; and a browser behind nginx,
+//! whose `/ws` passes no upgrade, falls back to SSE and still gets every event once.
+//!
+//! The clients run in `tests/js/client_node.mjs` and `tests/js/client_browser.mjs`; each
+//! prints one `RESULT {...}` line that this file judges. In the restart scenarios the
+//! script prints `READY`, this side kills the engine with SIGKILL and starts it again, and
+//! answers `RESTARTED <epoch>` on the script's stdin.
+//!
+//! Needs `node` 20.10+ (for `--experimental-websocket`), `npm ci` in tests/js (Chromium
+//! is driven by playwright-core), `/usr/bin/chromium` and `nginx`: `.ci/run` installs them.
+//! Without them these tests fail, saying so.
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringcast_tests::engine::{free_addr, Engine, TempDir};
+use ringcast_tests::json::{parse_flat_object, FlatObject};
+
+/// Bound on one script run (the scripts bound themselves at 90 s).
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(100);
+const INSTALL_HINT: &str = concat!(
+    "run the install steps of .ci/run: `apt-get install -y chromium nginx` ",
+    "and `npm ci` in tests/js (needs node 20.10+)"
+);
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One running script; killed on drop if still running.
+struct Script {
+    what: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+    deadline: Instant,
+}
+
+impl Script {
+    fn spawn(script: &str, args: &[&str]) -> Script {
+        let what = format!("node tests/js/{script} {}", args.join(" "));
+        let mut child = Command::new("node")
+            .arg("--experimental-websocket")
+            .arg("--no-warnings")
+            .arg(root().join("tests/js").join(script))
+            .args(args)
+            .current_dir(root().join("tests/js"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {what}: {e}; {INSTALL_HINT}"));
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("piped stderr");
+        let log = Arc::clone(&stderr);
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut text = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Script {
+            what,
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            stderr,
+            deadline: Instant::now() + SCRIPT_TIMEOUT,
+        }
+    }
+
+    /// The next stdout line starting with `prefix`, without it.
+    ///
+    /// # Panics
+    ///
+    /// If the script exits or the deadline passes first: with the script's stderr.
+    fn expect_line(&mut self, prefix: &str) -> String {
+        loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.to_owned();
+                    }
+                    eprintln!("{}: {line}", self.what);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.kill();
+                    panic!(
+                        "{}: no {prefix:?} line within {SCRIPT_TIMEOUT:?}\n{}",
+                        self.what,
+                        self.stderr()
+                    );
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    thread::sleep(Duration::from_millis(100));
+                    let status = self.child.try_wait().ok().flatten();
+                    panic!(
+                        "{} exited ({status:?}) before printing {prefix:?}:\n{}",
+                        self.what,
+                        self.stderr()
+                    );
+                }
+            }
+        }
+    }
+
+    fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("the script's stdin");
+        writeln!(stdin, "{line}")
+            .unwrap_or_else(|e| panic!("write to {}: {e}\n{}", self.what, self.stderr()));
+    }
+
+    /// Reads the RESULT line, checks the script exits 0 within the deadline.
+    fn finish(mut self) -> FlatObject {
+        let json = self.expect_line("RESULT ");
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait on node") {
+                assert!(
+                    status.success(),
+                    "{} exited with {status}:\n{}",
+                    self.what,
+                    self.stderr()
+                );
+                break;
+            }
+            if Instant::now() >= self.deadline {
+                self.kill();
+                panic!("{}: still running after its RESULT", self.what);
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let result = parse_flat_object(&json)
+            .unwrap_or_else(|e| panic!("{}: RESULT is not flat JSON: {e}\n{json}", self.what));
+        eprintln!("{}: {result:?}", self.what);
+        assert_eq!(get(&result, "ok"), "yes", "{result:?}");
+        result
+    }
+
+    fn kill(&mut self) {
+        // Not reaped before this, so the pid names no other process.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn stderr(&self) -> String {
+        let text = self
+            .stderr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        format!("--- stderr of {} ---\n{text}", self.what)
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+fn get<'a>(result: &'a FlatObject, key: &str) -> &'a str {
+    match result.get(key) {
+        Some(Some(value)) => value,
+        _ => panic!("RESULT has no string {key:?}: {result:?}"),
+    }
+}
+
+fn number(result: &FlatObject, key: &str) -> u64 {
+    get(result, key)
+        .parse()
+        .unwrap_or_else(|e| panic!("{key} in {result:?}: {e}"))
+}
+
+fn node_script(mode: &str, engine: &Engine) -> Script {
+    Script::spawn(
+        "client_node.mjs",
+        &[mode, &engine.addr.to_string(), &engine.ingest.to_string_lossy()],
+    )
+}
+
+/// Runs `mode`, crashing and restarting the engine when the script is READY.
+fn with_crash(mode: &str, engine: &mut Engine) -> FlatObject {
+    let mut script = node_script(mode, engine);
+    script.expect_line("READY");
+    let old = engine.epoch.clone();
+    let started = Instant::now();
+    engine.crash_and_restart();
+    eprintln!("engine killed and ready again in {:?}", started.elapsed());
+    assert_ne!(engine.epoch, old, "a restart must change the epoch");
+    script.send_line(&format!("RESTARTED {}", engine.epoch));
+    let result = script.finish();
+    assert_eq!(get(&result, "epoch"), engine.epoch);
+    result
+}
+
+#[test]
+fn node_client_receives_on_every_transport() {
+    let engine = Engine::start(&["--heartbeat-ms", "1000"]);
+    let result = node_script("transports", &engine).finish();
+    for t in ["websocket", "sse", "ndjson", "poll"] {
+        assert_eq!(get(&result, &format!("{t}.transport")), t);
+        assert_eq!(number(&result, &format!("{t}.messages")), 7, "{result:?}");
+    }
+}
+
+#[test]
+fn node_client_reports_one_reset_after_an_engine_crash() {
+    let mut engine = Engine::start(&["--retry-ms", "300"]);
+    let result = with_crash("restart", &mut engine);
+    for t in ["websocket", "sse", "poll"] {
+        assert_eq!(get(&result, &format!("{t}.reset")), "unknown-epoch");
+        assert_eq!(number(&result, &format!("{t}.messages")), 5, "{result:?}");
+    }
+}
+
+#[test]
+fn node_client_gets_every_event_once_through_a_dropping_proxy() {
+    let engine = Engine::start(&["--retry-ms", "50"]);
+    let result = node_script("proxy", &engine).finish();
+    let cuts = number(&result, "cuts");
+    assert!(
+        cuts >= 20,
+        "the proxy must have cut connections many times: {result:?}"
+    );
+    for t in ["websocket", "sse", "ndjson", "poll"] {
+        assert_eq!(
+            number(&result, &format!("{t}.messages")),
+            301,
+            "the primer and 300: {result:?}"
+        );
+        assert!(
+            number(&result, &format!("{t}.opens")) >= 3,
+            "{t} must have reconnected: {result:?}"
+        );
+    }
+}
+
+#[test]
+fn thousand_node_clients_spread_their_reconnects_after_a_crash() {
+    let mut engine = Engine::start(&[]);
+    let result = with_crash("herd", &mut engine);
+    let clients = number(&result, "clients");
+    let worst = number(&result, "worst_100ms");
+    eprintln!(
+        "herd: {clients} clients, {} attempts, worst 100 ms window {worst} (from {} ms), \
+         per 250 ms: [{}], last attempt at {} ms, back open p50 {} ms, max {} ms",
+        get(&result, "attempts"),
+        get(&result, "worst_100ms_from_ms"),
+        get(&result, "histogram_250ms"),
+        get(&result, "last_attempt_ms"),
+        get(&result, "reopened_p50_ms"),
+        get(&result, "reopened_max_ms"),
+    );
+    assert_eq!(clients, 1000);
+    assert!(number(&result, "attempts") >= clients, "{result:?}");
+    assert!(
+        worst <= clients / 10,
+        "{worst} reconnects within one 100 ms window, more than a tenth of {clients}: {result:?}"
+    );
+}
+
+// ----- Chromium behind nginx -----------------------------------------------------------
+
+/// nginx in front of the engine: `/ws` is passed on as plain HTTP/1.0 (nginx's default,
+/// which drops `Upgrade` and `Connection`), so no WebSocket can open through it; every
+/// other path is proxied unbuffered; `/client/` serves clients/js and the test page.
+struct Nginx {
+    child: Child,
+    addr: std::net::SocketAddr,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    fn start(engine: &Engine) -> Nginx {
+        let nginx = Command::new("nginx").arg("-v").output();
+        assert!(nginx.is_ok(), "no nginx on PATH; {INSTALL_HINT}");
+        let dir = TempDir::new();
+        for sub in ["logs", "tmp"] {
+            std::fs::create_dir(dir.path().join(sub)).expect("nginx dirs");
+        }
+        let addr = free_addr();
+        let conf = format!(
+            r#"worker_processes 1;
+daemon off;
+master_process off;
+pid {dir}/nginx.pid;
+error_log {dir}/logs/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log {dir}/logs/access.log;
+  client_body_temp_path {dir}/tmp/body; proxy_temp_path {dir}/tmp/proxy;
+  fastcgi_temp_path {dir}/tmp/fcgi; uwsgi_temp_path {dir}/tmp/uwsgi; scgi_temp_path {dir}/tmp/scgi;
+  types {{ text/html html; text/javascript js; }}
+  server {{
+    listen {addr};
+    location /client/ {{ alias {client}/; }}
+    location /page/ {{ alias {page}/; }}
+    # A proxy that does not pass upgrades: HTTP/1.0 upstream, hop-by-hop headers dropped.
+    location /ws {{ proxy_pass http://{engine}; }}
+    location / {{
+      proxy_pass http://{engine};
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_read_timeout 1h;
+    }}
+  }}
+}}
+"#,
+            dir = dir.path().display(),
+            client = root().join("clients/js").display(),
+            page = root().join("tests/js/pages").display(),
+            engine = engine.addr,
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("write nginx.conf");
+        let child = Command::new("nginx")
+            .arg("-e")
+            .arg(dir.path().join("logs/error.log"))
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start nginx: {e}; {INSTALL_HINT}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen on {addr} within 10 s"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        Nginx {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // Not reaped before this, so the pid names no other process.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn require_chromium() {
+    assert!(
+        Path::new("/usr/bin/chromium").is_file(),
+        "no /usr/bin/chromium; {INSTALL_HINT}"
+    );
+    let manifest = root().join("tests/js/node_modules/playwright-core/package.json");
+    assert!(
+        manifest.is_file(),
+        "playwright-core is not installed; {INSTALL_HINT}"
+    );
+}
+
+#[test]
+fn chromium_client_falls_back_to_sse_behind_nginx_without_upgrades() {
+    require_chromium();
+    let engine = Engine::start(&[]);
+    let nginx = Nginx::start(&engine);
+    let result = Script::spawn(
+        "client_browser.mjs",
+        &[
+            "fallback",
+            &nginx.addr.to_string(),
+            &engine.ingest.to_string_lossy(),
+        ],
+    )
+    .finish();
+    assert_eq!(get(&result, "transport"), "sse", "{result:?}");
+    assert_eq!(number(&result, "messages"), 50, "{result:?}");
+    assert!(
+        number(&result, "ws_attempts") >= 1,
+        "the client must have tried the WebSocket first: {result:?}"
+    );
+    assert_eq!(
+        get(&result, "second.transport"),
+        "sse",
+        "a second client must start with what worked: {result:?}"
+    );
+    assert_eq!(number(&result, "second.ws_attempts"), 0, "{result:?}");
+}
