@@ -412,3 +412,58 @@ fn chromium_client_falls_back_to_sse_behind_nginx_without_upgrades() {
     );
     assert_eq!(number(&result, "second.ws_attempts"), 0, "{result:?}");
 }
+
+// ----- the console ---------------------------------------------------------------------
+
+#[test]
+fn chromium_console_shows_events_publishes_with_the_token_and_shows_a_reset() {
+    require_chromium();
+    let mut engine = Engine::start(&["--console", "--admin-token", "console-test-token"]);
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console.png");
+    let _ = std::fs::remove_file(&shot);
+    let mut script = Script::spawn(
+        "client_browser.mjs",
+        &[
+            "console",
+            &engine.admin.to_string(),
+            &engine.ingest.to_string_lossy(),
+            "console-test-token",
+            &shot.to_string_lossy(),
+        ],
+    );
+    script.expect_line("READY");
+    engine.crash_and_restart();
+    script.send_line(&format!("RESTARTED {}", engine.epoch));
+    let result = script.finish();
+    assert_eq!(get(&result, "epoch"), engine.epoch);
+    assert_eq!(
+        number(&result, "messages"),
+        5,
+        "3 published, 1 from the form, 1 after: {result:?}"
+    );
+    assert_eq!(number(&result, "resets"), 1, "{result:?}");
+    let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot at {shot:?}: {e}"));
+    assert!(png.starts_with(b"\x89PNG"), "{shot:?} is not a PNG");
+    eprintln!("console screenshot: {shot:?}");
+}
+
+#[test]
+fn the_console_is_served_only_with_the_flag() {
+    use ringcast_tests::http::exchange;
+    let request = b"GET /_console HTTP/1.1\r\nHost: admin\r\n\r\n";
+    let off = Engine::start(&[]);
+    assert_eq!(
+        exchange(off.admin, request).0.status,
+        404,
+        "no console without --console"
+    );
+    let on = Engine::start(&["--console"]);
+    let (head, body, _) = exchange(on.admin, request);
+    assert_eq!(head.status, 200);
+    let page = String::from_utf8_lossy(&body);
+    assert!(page.contains(&format!("data-listen=\"{}\"", on.addr)), "{page}");
+    assert!(
+        page.contains("data-publish=\"off\""),
+        "no admin token, no publishing: {page}"
+    );
+}

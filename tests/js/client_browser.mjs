@@ -2,10 +2,17 @@
 // tests/js_client.rs. The page, the client module and the engine share one origin: nginx.
 //
 //   node client_browser.mjs fallback <nginx host:port> <ingest socket>
+//   node client_browser.mjs console <admin host:port> <ingest socket> <admin token> <screenshot.png>
 //
 // fallback: nginx passes /ws without its upgrade, so the client's WebSocket fails; it
 // must fall back to SSE, receive 50 events exactly once and in order, and a second client
 // on the page must start with SSE at once (what worked is remembered).
+//
+// console: the engine's --console page, loaded from the admin address with ?topic=cs:
+// events published on the ingest socket appear with their ids; the page's form publishes
+// with the admin token (and is refused with a wrong one); READY, the test kills and
+// restarts the engine, RESTARTED <epoch>: the page shows the reset and the next event.
+// A screenshot of the page is written to the given path.
 //
 // Prints one `RESULT {...}` line; a failure prints to stderr and exits 1.
 import fs from 'node:fs';
@@ -23,7 +30,7 @@ const ARGS = [
 const TOPIC = 'jb';
 
 /** Launches Chromium on a fresh profile and opens `url`. */
-export async function openPage(url, extraArgs = []) {
+export async function openPage(url, extraArgs = [], ready = () => window.rcReady === true) {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'ringcast-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: EXECUTABLE, headless: true, args: [...ARGS, ...extraArgs], timeout: 20_000,
@@ -34,7 +41,7 @@ export async function openPage(url, extraArgs = []) {
   page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
   await page.goto(url);
-  await page.waitForFunction(() => window.rcReady === true);
+  await page.waitForFunction(ready);
   return {
     page,
     logs,
@@ -94,6 +101,73 @@ async function fallback(addr, ingest) {
   }
 }
 
+/** The rows of the console's event table: [time, kind, id, topic, event, data]. */
+const rows = (page) => page.evaluate(() => [...document.querySelectorAll('#events tr')].reverse()
+  .map((tr) => [...tr.cells].map((td) => td.textContent)));
+
+async function readLine() {
+  const readline = await import('node:readline');
+  const lines = readline.createInterface({ input: process.stdin });
+  return new Promise((resolve) => lines.once('line', (l) => { lines.close(); resolve(l); }));
+}
+
+async function consolePage(addr, ingest, token, screenshot) {
+  const browser = await openPage(`http://${addr}/_console?topic=cs`, [], () => window.rcConsole?.client?.state === 'open');
+  const { page } = browser;
+  const messages = async () => (await rows(page)).filter((r) => r[1] === 'message');
+  try {
+    const pub = await Publisher.connect(ingest);
+    const want = [];
+    for (const data of ['first', 'two\nlines', 'third']) want.push([await pub.publish('cs', data), data]);
+    pub.close();
+    await waitFor('3 events in the console', async () => (await messages()).length >= 3);
+    const shown = (await messages()).map((r) => [r[2], r[5]]);
+    if (JSON.stringify(shown) !== JSON.stringify(want)) fail(`the console shows ${JSON.stringify(shown)}, not ${JSON.stringify(want)}`);
+
+    // The publish form: a wrong token is refused, the right one publishes.
+    await page.fill('#pub-topic', 'cs');
+    await page.fill('#pub-data', 'from the console');
+    await page.fill('#pub-token', 'wrong');
+    await page.click('#pub-button');
+    await waitFor('the refusal', async () => (await page.textContent('#publish-status')).startsWith('401'));
+    await page.fill('#pub-token', token);
+    await page.click('#pub-button');
+    await waitFor('the published id', async () => (await page.textContent('#publish-status')).startsWith('published '));
+    const published = (await page.textContent('#publish-status')).slice('published '.length);
+    await waitFor('the console event in the table', async () => (await messages()).some((r) => r[2] === published));
+    if ((await messages()).length !== 4) fail(`the wrong token published something: ${JSON.stringify(await messages())}`);
+
+    console.log('READY');
+    const epoch = /^RESTARTED ([0-9a-f]+)$/.exec((await Promise.race([readLine(), sleep(30_000)])) ?? '')?.[1];
+    if (!epoch) fail('no RESTARTED line');
+    await waitFor('the reset in the console', async () => (await rows(page)).some((r) => r[1] === 'reset'), 20_000);
+    const reset = (await rows(page)).find((r) => r[1] === 'reset');
+    if (!reset[2].startsWith(`${epoch}-`) || !reset[5].includes('unknown-epoch')) fail(`the reset row: ${JSON.stringify(reset)}`);
+    const fresh = await Publisher.connect(ingest);
+    const after = await fresh.publish('cs', 'after the restart');
+    fresh.close();
+    await waitFor('the event after the restart', async () => (await messages()).some((r) => r[2] === after));
+    await page.fill('#topic', 'news');
+    await page.click('#subscribe button');
+    await page.setViewportSize({ width: 1100, height: 560 });
+    await sleep(300);
+    await page.screenshot({ path: screenshot });
+    return {
+      browser: browser.version,
+      messages: String((await messages()).length),
+      resets: String((await rows(page)).filter((r) => r[1] === 'reset').length),
+      published,
+      epoch,
+      ok: 'yes',
+    };
+  } catch (e) {
+    console.error(`page console:\n${browser.logs.join('\n')}`);
+    throw e;
+  } finally {
+    await browser.close();
+  }
+}
+
 if (import.meta.url === `file://${process.argv[1]}`) {
   const [mode, addr, ingest] = process.argv.slice(2);
   const timer = setTimeout(() => {
@@ -103,8 +177,11 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   timer.unref();
   let code = 0;
   try {
-    if (mode !== 'fallback') fail(`unknown mode ${mode}`);
-    console.log(`RESULT ${JSON.stringify(await fallback(addr, ingest))}`);
+    let out;
+    if (mode === 'fallback') out = await fallback(addr, ingest);
+    else if (mode === 'console') out = await consolePage(addr, ingest, ...process.argv.slice(5));
+    else fail(`unknown mode ${mode}`);
+    console.log(`RESULT ${JSON.stringify(out)}`);
   } catch (e) {
     console.error(`FAIL (${mode}): ${e instanceof Failure ? e.message : e.stack}`);
     code = 1;
