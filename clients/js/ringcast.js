@@ -129,6 +129,7 @@ export class RingcastClient extends EventTarget {
   #retryMs;
   #state = 'idle';
   #everOpen = false;
+  #retryOnce = false;
   #conn = null;
   #gen = 0;
   #timer = null;
@@ -251,7 +252,12 @@ export class RingcastClient extends EventTarget {
   #end(why, info) {
     this.#drop();
     if (this.#state === 'closed') return;
+    // A request right after a connection ended may go out on a kept-alive socket the
+    // server is closing (fetch pools them) and fail at once: that once is retried at once.
+    const retryNow = why === 'down' && this.#retryOnce;
+    this.#retryOnce = this.#state === 'open';
     this.#setState(this.#everOpen ? 'reconnecting' : 'connecting');
+    if (retryNow) return this.#schedule(0);
     if (why === 'expired') {
       // A fresh token is tried at once, but only once in a row: a refresher that keeps
       // handing out refused tokens is backed off like any failure.
@@ -362,7 +368,10 @@ export class RingcastClient extends EventTarget {
 
   /** A failure answer: why, and any Retry-After. */
   #status(res) {
-    if (res.status === 401) return ['expired'];
+    if (res.status === 401) {
+      this.#emit('expired', { status: 401, reason: res.headers.get('www-authenticate') });
+      return ['expired'];
+    }
     const after = retryAfterMs(res.headers.get('retry-after'));
     if (res.status === 429 || res.status === 503) return ['retry-after', after ?? 0];
     return ['refused'];
