@@ -1,6 +1,7 @@
 //! The project's own JavaScript client (`clients/js/ringcast.js`) in real Node and real
 //! Chromium against the real engine: every transport receives; a crash and restart of the
-//! engine is reported as one reset and nothing is delivered twice; behind a proxy that cuts
+//! engine is reported as one reset and nothing is delivered twice; tokens that expire are
+//! refreshed through the app's callback without losing an event; behind a proxy that cuts
 //! connections at random points every event arrives exactly once, in order; 1,000 clients
 //! reconnecting after a crash spread their reconnects out; and a browser behind nginx,
 //! whose `/ws` passes no upgrade, falls back to SSE and still gets every event once.
@@ -283,6 +284,30 @@ fn thousand_node_clients_spread_their_reconnects_after_a_crash() {
     );
 }
 
+/// The HS256 key `tests/js/client_node.mjs` signs its tokens with, base64url.
+const JWKS: &str = r#"{"keys":[{"kty":"oct","kid":"hs","alg":"HS256","k":"cmluZ2Nhc3QtanMtY2xpZW50LXRlc3Qtc2VjcmV0LTAxMjM0NTY3ODk"}]}"#;
+
+#[test]
+fn node_client_refreshes_expiring_tokens_and_loses_nothing() {
+    let dir = TempDir::new();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, JWKS).expect("write jwks.json");
+    let jwks = jwks.to_string_lossy().into_owned();
+    let engine = Engine::start(&["--auth-jwks", &jwks, "--auth-leeway-secs", "0"]);
+    let result = node_script("expiry", &engine).finish();
+    for t in ["websocket", "sse", "poll"] {
+        assert_eq!(number(&result, &format!("{t}.messages")), 25, "{result:?}");
+        assert!(
+            number(&result, &format!("{t}.refreshes")) >= 1,
+            "{t} never asked for a token: {result:?}"
+        );
+        assert!(
+            number(&result, &format!("{t}.expired")) >= 1,
+            "{t} reported no expiry: {result:?}"
+        );
+    }
+}
+
 // ----- Chromium behind nginx -----------------------------------------------------------
 
 /// nginx in front of the engine: `/ws` is passed on as plain HTTP/1.0 (nginx's default,
@@ -465,5 +490,161 @@ fn the_console_is_served_only_with_the_flag() {
     assert!(
         page.contains("data-publish=\"off\""),
         "no admin token, no publishing: {page}"
+    );
+}
+
+// ----- HTTP/2 through HAProxy ----------------------------------------------------------
+
+/// HAProxy (master-worker) running `tuning/haproxy.cfg` itself, with only its addresses,
+/// its certificate path and its `maxconn` (to fit this machine's 20,000 descriptors)
+/// replaced, plus a second file bounding how long an old worker keeps its streams after a
+/// reload (`hard-stop-after`).
+struct Haproxy {
+    child: Child,
+    addr: std::net::SocketAddr,
+    _dir: TempDir,
+}
+
+/// Replaces `from` by `to` in `text`, failing when `from` is not there: the test must
+/// notice when the tuning file it relies on changes.
+fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "tuning/haproxy.cfg must hold {from:?} once"
+    );
+    text.replacen(from, to, 1)
+}
+
+impl Haproxy {
+    fn start(engine: &Engine) -> Haproxy {
+        assert!(
+            Command::new("haproxy").arg("-v").output().is_ok(),
+            "no haproxy on PATH: apt-get install haproxy (see .ci/run)"
+        );
+        let dir = TempDir::new();
+        let pem = dir.path().join("push.pem");
+        let key = dir.path().join("key.pem");
+        let cert = dir.path().join("cert.pem");
+        let openssl = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("run openssl");
+        assert!(
+            openssl.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&openssl.stderr)
+        );
+        let mut both = std::fs::read(&cert).expect("cert");
+        both.extend(std::fs::read(&key).expect("key"));
+        std::fs::write(&pem, both).expect("write push.pem");
+
+        let addr = free_addr();
+        let tuning = std::fs::read_to_string(root().join("tuning/haproxy.cfg")).expect("tuning/haproxy.cfg");
+        let cfg = replace_once(&tuning, "maxconn 2000000", "maxconn 4000");
+        let cfg = replace_once(&cfg, "bind :443 ", &format!("bind {addr} "));
+        let cfg = replace_once(&cfg, "/etc/haproxy/push.pem", &pem.to_string_lossy());
+        let cfg = replace_once(
+            &cfg,
+            "127.0.0.1:8080 check port 9090",
+            &format!("{} check port {}", engine.addr, engine.admin.port()),
+        );
+        std::fs::write(dir.path().join("haproxy.cfg"), cfg).expect("write haproxy.cfg");
+        std::fs::write(dir.path().join("test.cfg"), "global\n    hard-stop-after 1s\n")
+            .expect("write test.cfg");
+        let child = Command::new("haproxy")
+            .arg("-W")
+            .arg("-f")
+            .arg(dir.path().join("haproxy.cfg"))
+            .arg("-f")
+            .arg(dir.path().join("test.cfg"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start haproxy");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "haproxy did not listen on {addr} within 10 s"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        Haproxy {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// A reload: the master starts a new worker on the same listeners; the old one stops
+    /// taking connections and, after `hard-stop-after`, cuts the streams it holds.
+    fn reload(&self) {
+        // SAFETY: kill(2) on the pid of our own child, which is not reaped yet.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGUSR2) };
+        assert_eq!(rc, 0, "SIGUSR2 to haproxy: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        // The master takes its workers down with it on SIGTERM.
+        // SAFETY: kill(2) on the pid of our own child, which is not reaped yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn chromium_over_http2_through_haproxy_holds_20_eventsources_and_a_websocket_across_a_reload() {
+    require_chromium();
+    let engine = Engine::start(&["--retry-ms", "500"]);
+    let haproxy = Haproxy::start(&engine);
+    let mut script = Script::spawn(
+        "client_browser.mjs",
+        &["h2", &haproxy.addr.to_string(), &engine.ingest.to_string_lossy()],
+    );
+    script.expect_line("READY");
+    haproxy.reload();
+    thread::sleep(Duration::from_millis(300));
+    script.send_line("RELOADED");
+    let result = script.finish();
+    assert_eq!(
+        get(&result, "protocol"),
+        "h2",
+        "the browser must speak HTTP/2: {result:?}"
+    );
+    assert!(
+        number(&result, "es_min_opens") >= 2,
+        "every EventSource must have been cut by the reload and resumed: {result:?}"
+    );
+    assert!(
+        number(&result, "ws_opens") >= 2,
+        "the WebSocket must have resumed: {result:?}"
+    );
+    assert_eq!(number(&result, "ws_resets"), 0, "{result:?}");
+    eprintln!(
+        "http/2 through haproxy: 20 EventSources and a WebSocket, all events once after the reload, \
+         {} ms from the reload until every stream held every event",
+        get(&result, "resumed_ms")
     );
 }

@@ -11,6 +11,8 @@
 //               (unknown-epoch) and then exactly the new events
 //   proxy       clients behind a TCP proxy that cuts every connection at a random byte or
 //               moment: each gets every event once, in order
+//   expiry      tokens that expire every 2 s (HS256, signed here): each transport asks for a
+//               new token and delivers every event once
 //   herd        1,000 clients (websocket and sse); READY; kill and restart; RESTARTED:
 //               every client back, the reconnect times reported as a histogram
 //
@@ -312,6 +314,53 @@ async function herd(pub) {
   };
 }
 
+// ----- token expiry --------------------------------------------------------------------
+
+/** The HS256 key of the test's JWKS (tests/js_client.rs writes the same one). */
+const SECRET = 'ringcast-js-client-test-secret-0123456789';
+
+async function token(secs) {
+  const { createHmac } = await import('node:crypto');
+  const b64 = (v) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
+  const head = b64({ alg: 'HS256', typ: 'JWT', kid: 'hs' });
+  const claims = b64({ exp: Math.floor(Date.now() / 1000) + secs, sub: 'js', ringcast: { subscribe: [TOPIC] } });
+  const sig = createHmac('sha256', SECRET).update(`${head}.${claims}`).digest('base64url');
+  return `${head}.${claims}.${sig}`;
+}
+
+async function expiry(pub) {
+  const names = ['websocket', 'sse', 'poll'];
+  const refreshes = names.map(() => 0);
+  const expired = names.map(() => 0);
+  const first = await token(2);
+  const recs = names.map((t, i) => {
+    const r = watch(base, {
+      topics: [TOPIC], transports: [t], token: first, pollWaitSecs: 1,
+      refreshToken: async () => { refreshes[i] += 1; return token(2); },
+    });
+    r.client.addEventListener('expired', () => { expired[i] += 1; });
+    if (process.env.DEBUG) for (const k of ['expired', 'state', 'message']) r.client.addEventListener(k, (e) => console.error(t, performance.now().toFixed(0), k, JSON.stringify(e.detail)));
+    return r;
+  });
+  await waitFor('every client open', () => recs.every((r) => r.client.state === 'open'));
+  // Events published every 200 ms for 5 s: across two expiries of every client's token.
+  const want = [];
+  for (let i = 0; i < 25; i++) {
+    want.push(...(await publishAll(pub, TOPIC, [`tick ${i}`])));
+    await sleep(200);
+  }
+  const out = {};
+  for (const [i, r] of recs.entries()) {
+    await expectMessages(r, want, `${names[i]} across token expiries`);
+    out[`${names[i]}.refreshes`] = String(refreshes[i]);
+    out[`${names[i]}.expired`] = String(expired[i]);
+    out[`${names[i]}.messages`] = String(r.messages.length);
+    r.client.close();
+  }
+  out.ok = 'yes';
+  return out;
+}
+
 // ----- main ----------------------------------------------------------------------------
 
 const timer = setTimeout(() => {
@@ -319,7 +368,7 @@ const timer = setTimeout(() => {
   process.exit(1);
 }, OVERALL_MS);
 timer.unref();
-const modes = { transports, restart, proxy, herd };
+const modes = { transports, restart, proxy, herd, expiry };
 if (!modes[mode]) {
   console.error(`usage: node client_node.mjs <${Object.keys(modes).join('|')}> <host:port> <ingest socket>`);
   process.exit(64);
