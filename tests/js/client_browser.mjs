@@ -2,11 +2,16 @@
 // tests/js_client.rs. The page, the client module and the engine share one origin: nginx.
 //
 //   node client_browser.mjs fallback <nginx host:port> <ingest socket>
+//   node client_browser.mjs h2 <haproxy host:port> <ingest socket>
 //   node client_browser.mjs console <admin host:port> <ingest socket> <admin token> <screenshot.png>
 //
 // fallback: nginx passes /ws without its upgrade, so the client's WebSocket fails; it
 // must fall back to SSE, receive 50 events exactly once and in order, and a second client
 // on the page must start with SSE at once (what worked is remembered).
+//
+// h2: through HAProxy (TLS, HTTP/2 to the browser, tuning/haproxy.cfg): 20 EventSources
+// and a WebSocket (clients/js) from one page all receive; READY, the test reloads HAProxy
+// (its old worker cuts the streams), RELOADED: all resume with exactly the events missed.
 //
 // console: the engine's --console page, loaded from the admin address with ?topic=cs:
 // events published on the ingest socket appear with their ids; the page's form publishes
@@ -168,6 +173,88 @@ async function consolePage(addr, ingest, token, screenshot) {
   }
 }
 
+/** Runs in the page (served by the engine through HAProxy, so same-origin): 20
+ * EventSources and a RingcastClient on a WebSocket, each recording what it receives. */
+function openStreams(n) {
+  const h2 = { es: [], ws: { messages: [], opens: 0, resets: 0 } };
+  window.h2 = h2;
+  for (let i = 0; i < n; i++) {
+    const rec = { messages: [], opens: 0, errors: 0 };
+    const es = new EventSource('/sse?topic=h2');
+    es.onmessage = (e) => rec.messages.push({ id: e.lastEventId, data: e.data });
+    es.onopen = () => rec.opens++;
+    es.onerror = () => rec.errors++;
+    h2.es.push(rec);
+  }
+  const c = new window.RingcastClient(location.origin, { topics: ['h2'], transports: ['websocket'], retryMs: 500 });
+  c.addEventListener('message', (e) => h2.ws.messages.push({ id: e.detail.id, data: e.detail.data }));
+  c.addEventListener('reset', () => h2.ws.resets++);
+  c.addEventListener('state', (e) => { if (e.detail.state === 'open') h2.ws.opens++; });
+}
+
+async function http2(addr, ingest) {
+  const browser = await openPage(`https://${addr}/`, ['--ignore-certificate-errors'], () => true);
+  const { page } = browser;
+  const client = fs.readFileSync(new URL('../../clients/js/ringcast.js', import.meta.url), 'utf8');
+  await page.addScriptTag({ type: 'module', content: `${client}\nwindow.RingcastClient = RingcastClient;` });
+  await page.waitForFunction(() => typeof window.RingcastClient === 'function');
+  const N = 20;
+  const state = () => page.evaluate(() => ({
+    es: window.h2.es.map((r) => ({ n: r.messages.length, opens: r.opens, m: r.messages })),
+    ws: { n: window.h2.ws.messages.length, opens: window.h2.ws.opens, resets: window.h2.ws.resets, m: window.h2.ws.messages },
+  }));
+  const all = (s, n) => s.es.every((r) => r.n >= n) && s.ws.n >= n;
+  try {
+    await page.evaluate(openStreams, N);
+    await waitFor('20 EventSources and the WebSocket open', async () => {
+      const s = await state();
+      return s.es.every((r) => r.opens >= 1) && s.ws.opens >= 1;
+    }, 20_000);
+    const protocol = await page.evaluate(async () => {
+      await fetch('/poll?topic=h2&wait=0');
+      return performance.getEntriesByType('resource').map((e) => e.nextHopProtocol).filter(Boolean).at(-1);
+    });
+    const pub = await Publisher.connect(ingest);
+    const want = [];
+    for (let i = 0; i < 5; i++) want.push({ id: await pub.publish('h2', `before ${i}`), data: `before ${i}` });
+    await waitFor('5 events on all 21', async () => all(await state(), 5), 15_000);
+
+    console.log('READY');
+    if (!/^RELOADED$/.test((await Promise.race([readLine(), sleep(30_000)])) ?? '')) fail('no RELOADED line');
+    const reloaded = performance.now();
+    // Spread over 1.5 s, across the moment the old worker cuts the streams.
+    for (let i = 0; i < 5; i++) {
+      want.push({ id: await pub.publish('h2', `after ${i}`), data: `after ${i}` });
+      await sleep(300);
+    }
+    pub.close();
+    await waitFor('10 events on all 21 after the reload', async () => all(await state(), 10), 20_000);
+    const resumedMs = performance.now() - reloaded;
+    await sleep(400);
+    const s = await state();
+    const exact = JSON.stringify(want);
+    s.es.forEach((r, i) => {
+      if (JSON.stringify(r.m) !== exact) fail(`EventSource ${i} received ${JSON.stringify(r.m)}`);
+    });
+    if (JSON.stringify(s.ws.m) !== exact) fail(`the WebSocket received ${JSON.stringify(s.ws.m)}`);
+    return {
+      browser: browser.version,
+      protocol: String(protocol),
+      eventsources: String(N),
+      es_min_opens: String(Math.min(...s.es.map((r) => r.opens))),
+      ws_opens: String(s.ws.opens),
+      ws_resets: String(s.ws.resets),
+      resumed_ms: resumedMs.toFixed(0),
+      ok: 'yes',
+    };
+  } catch (e) {
+    console.error(`page console:\n${browser.logs.join('\n')}`);
+    throw e;
+  } finally {
+    await browser.close();
+  }
+}
+
 if (import.meta.url === `file://${process.argv[1]}`) {
   const [mode, addr, ingest] = process.argv.slice(2);
   const timer = setTimeout(() => {
@@ -179,6 +266,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   try {
     let out;
     if (mode === 'fallback') out = await fallback(addr, ingest);
+    else if (mode === 'h2') out = await http2(addr, ingest);
     else if (mode === 'console') out = await consolePage(addr, ingest, ...process.argv.slice(5));
     else fail(`unknown mode ${mode}`);
     console.log(`RESULT ${JSON.stringify(out)}`);
