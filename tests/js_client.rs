@@ -3,8 +3,11 @@
 //! engine is reported as one reset and nothing is delivered twice; tokens that expire are
 //! refreshed through the app's callback without losing an event; behind a proxy that cuts
 //! connections at random points every event arrives exactly once, in order; 1,000 clients
-//! reconnecting after a crash spread their reconnects out; and a browser behind nginx,
-//! whose `/ws` passes no upgrade, falls back to SSE and still gets every event once.
+//! reconnecting after a crash spread their reconnects out; behind a proxy that swallows
+//! upgrades and streams the client falls back to polling; a browser behind nginx, whose
+//! `/ws` passes no upgrade, falls back to SSE and still gets every event once. Also the
+//! `--console` page in Chromium, and HTTP/2 through HAProxy running `tuning/haproxy.cfg`:
+//! 20 EventSources and a WebSocket on one page, resuming after a reload.
 //!
 //! The clients run in `tests/js/client_node.mjs` and `tests/js/client_browser.mjs`; each
 //! prints one `RESULT {...}` line that this file judges. In the restart scenarios the
@@ -12,7 +15,8 @@
 //! answers `RESTARTED <epoch>` on the script's stdin.
 //!
 //! Needs `node` 20.10+ (for `--experimental-websocket`), `npm ci` in tests/js (Chromium
-//! is driven by playwright-core), `/usr/bin/chromium` and `nginx`: `.ci/run` installs them.
+//! is driven by playwright-core), `/usr/bin/chromium`, `nginx`, `haproxy` and `openssl`:
+//! `.ci/run` installs them.
 //! Without them these tests fail, saying so.
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -282,6 +286,23 @@ fn thousand_node_clients_spread_their_reconnects_after_a_crash() {
         worst <= clients / 10,
         "{worst} reconnects within one 100 ms window, more than a tenth of {clients}: {result:?}"
     );
+}
+
+#[test]
+fn node_client_falls_back_to_polling_when_upgrades_and_streams_are_swallowed() {
+    let engine = Engine::start(&[]);
+    let result = node_script("blocked", &engine).finish();
+    assert_eq!(get(&result, "transport"), "poll", "{result:?}");
+    assert_eq!(number(&result, "messages"), 20, "{result:?}");
+    assert_eq!(number(&result, "tried_ws"), 1, "the WebSocket first: {result:?}");
+    assert_eq!(number(&result, "tried_sse"), 1, "then SSE: {result:?}");
+    assert_eq!(
+        get(&result, "second.transport"),
+        "poll",
+        "what worked is remembered: {result:?}"
+    );
+    assert_eq!(number(&result, "second.tried_ws"), 0, "{result:?}");
+    assert_eq!(number(&result, "second.tried_sse"), 0, "{result:?}");
 }
 
 /// The HS256 key `tests/js/client_node.mjs` signs its tokens with, base64url.

@@ -13,6 +13,8 @@
 //               moment: each gets every event once, in order
 //   expiry      tokens that expire every 2 s (HS256, signed here): each transport asks for a
 //               new token and delivers every event once
+//   blocked     behind a proxy that swallows the answers to /ws and /sse: the client falls
+//               back to polling and gets every event; a second client starts on polling
 //   herd        1,000 clients (websocket and sse); READY; kill and restart; RESTARTED:
 //               every client back, the reconnect times reported as a histogram
 //
@@ -242,6 +244,64 @@ async function proxy(pub) {
   return out;
 }
 
+// ----- blocked transports --------------------------------------------------------------
+
+/** A TCP proxy that swallows every byte the engine answers a `/ws` or `/sse` request with
+ * (as a proxy that completes nothing of an upgrade, or buffers a stream, would), and
+ * passes everything else. */
+async function swallowingProxy() {
+  const seen = { ws: 0, sse: 0, poll: 0 };
+  const server = net.createServer((client) => {
+    const upstream = net.connect(port, '127.0.0.1');
+    let swallow = null;
+    client.on('error', () => {});
+    upstream.on('error', () => client.destroy());
+    client.on('data', (d) => {
+      if (swallow === null) {
+        const line = d.toString('latin1', 0, 64);
+        swallow = /^GET \/(ws|sse)\?/.test(line);
+        const path = /^GET \/(\w+)/.exec(line)?.[1];
+        if (path in seen) seen[path] += 1;
+      }
+      upstream.write(d);
+    });
+    upstream.on('data', (d) => {
+      if (!swallow) client.write(d);
+    });
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { server, seen, url: `http://127.0.0.1:${server.address().port}` };
+}
+
+async function blocked(pub) {
+  const proxy = await swallowingProxy();
+  const options = { topics: [TOPIC], openTimeoutMs: 1500, pollWaitSecs: 2 };
+  const first = watch(proxy.url, options);
+  await waitFor('the first client open', () => first.client.state === 'open', 20_000);
+  const want = [];
+  for (let i = 0; i < 20; i++) want.push(...(await publishAll(pub, TOPIC, [`polled ${i}`])));
+  await expectMessages(first, want, 'the client behind the swallowing proxy');
+  const tried = { ...proxy.seen };
+  const second = watch(proxy.url, options);
+  await waitFor('the second client open', () => second.client.state === 'open', 20_000);
+  const out = {
+    transport: first.client.transport,
+    messages: String(first.messages.length),
+    tried_ws: String(tried.ws),
+    tried_sse: String(tried.sse),
+    'second.transport': second.client.transport,
+    'second.tried_ws': String(proxy.seen.ws - tried.ws),
+    'second.tried_sse': String(proxy.seen.sse - tried.sse),
+    ok: 'yes',
+  };
+  first.client.close();
+  second.client.close();
+  proxy.server.close();
+  return out;
+}
+
 // ----- the herd ------------------------------------------------------------------------
 
 async function herd(pub) {
@@ -368,7 +428,7 @@ const timer = setTimeout(() => {
   process.exit(1);
 }, OVERALL_MS);
 timer.unref();
-const modes = { transports, restart, proxy, herd, expiry };
+const modes = { transports, restart, proxy, herd, expiry, blocked };
 if (!modes[mode]) {
   console.error(`usage: node client_node.mjs <${Object.keys(modes).join('|')}> <host:port> <ingest socket>`);
   process.exit(64);
