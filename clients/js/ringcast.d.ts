@@ -24,7 +24,8 @@ export interface RingcastOptions {
   retryMs?: number;
   /** Backoff cap, ms. Default 30000. */
   maxDelayMs?: number;
-  /** The engine's --heartbeat-ms (SSE and NDJSON heartbeats; the WebSocket ping period). Default 15000. */
+  /** The engine's --heartbeat-ms (SSE and NDJSON heartbeats; the WebSocket ping period).
+   * Default 15000; 0 turns liveness checks off (for an engine run with --heartbeat-ms 0). */
   heartbeatMs?: number;
   /** Silence beyond heartbeatMs after which a connection is taken for dead, ms. Default 5000. */
   marginMs?: number;

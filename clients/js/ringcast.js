@@ -407,10 +407,13 @@ export class RingcastClient extends EventTarget {
       } catch { /* closing */ }
     };
     // Quiet for a heartbeat: ask for a pong; nothing within the margin: dead.
-    const alive = () => arm(opt.heartbeatMs, () => {
-      ping();
-      arm(opt.marginMs, () => fail('lost'));
-    });
+    const alive = () => {
+      if (opt.heartbeatMs <= 0) return clearTimeout(timer);
+      arm(opt.heartbeatMs, () => {
+        ping();
+        arm(opt.marginMs, () => fail('lost'));
+      });
+    };
     const fail = (why) => {
       clearTimeout(timer);
       if (on.live()) on.end(why);
@@ -532,7 +535,8 @@ export class RingcastClient extends EventTarget {
         verified = true;
         on.verified();
       }
-      arm(opt.heartbeatMs + opt.marginMs, 'lost');
+      if (opt.heartbeatMs > 0) arm(opt.heartbeatMs + opt.marginMs, 'lost');
+      else clearTimeout(timer);
     };
     const parse = name === 'sse' ? this.#sseSink(on) : this.#ndjsonSink(on);
     const url = this.#url(name, { last_event_id: this.#lastId });
