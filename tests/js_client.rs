@@ -289,6 +289,22 @@ fn thousand_node_clients_spread_their_reconnects_after_a_crash() {
 }
 
 #[test]
+fn node_client_notices_a_silent_connection_within_the_heartbeat_and_margin() {
+    let engine = Engine::start(&["--heartbeat-ms", "1000"]);
+    let result = node_script("stall", &engine).finish();
+    let bound = number(&result, "bound_ms");
+    for t in ["websocket", "sse", "ndjson", "poll"] {
+        let noticed = number(&result, &format!("{t}.noticed_ms"));
+        // 1.5 s of slack for timers on a loaded machine; without the liveness check a
+        // frozen connection is never noticed (the test waits 10 s for it).
+        assert!(
+            noticed <= bound + 1500,
+            "{t} took {noticed} ms to notice, over {bound} ms and the slack: {result:?}"
+        );
+    }
+}
+
+#[test]
 fn node_client_falls_back_to_polling_when_upgrades_and_streams_are_swallowed() {
     let engine = Engine::start(&[]);
     let result = node_script("blocked", &engine).finish();

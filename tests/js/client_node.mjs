@@ -13,6 +13,8 @@
 //               moment: each gets every event once, in order
 //   expiry      tokens that expire every 2 s (HS256, signed here): each transport asks for a
 //               new token and delivers every event once
+//   stall       behind a proxy that stops forwarding without closing: each transport notices
+//               within the heartbeat plus the margin, reconnects and misses nothing
 //   blocked     behind a proxy that swallows the answers to /ws and /sse: the client falls
 //               back to polling and gets every event; a second client starts on polling
 //   herd        1,000 clients (websocket and sse); READY; kill and restart; RESTARTED:
@@ -244,6 +246,67 @@ async function proxy(pub) {
   return out;
 }
 
+// ----- a connection that goes silent ---------------------------------------------------
+
+/** A TCP proxy whose `freeze()` stops forwarding on every connection it holds, in both
+ * directions, without closing any (a peer vanished, a NAT entry dropped); connections made
+ * after it pass normally. */
+async function freezingProxy() {
+  const held = new Set();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(port, '127.0.0.1');
+    const conn = { frozen: false, client, upstream };
+    held.add(conn);
+    client.on('error', () => {});
+    upstream.on('error', () => client.destroy());
+    client.on('data', (d) => conn.frozen || upstream.write(d));
+    upstream.on('data', (d) => conn.frozen || client.write(d));
+    const close = () => {
+      held.delete(conn);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('close', close);
+    upstream.on('close', close);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    server,
+    url: `http://127.0.0.1:${server.address().port}`,
+    freeze: () => { for (const c of held) c.frozen = true; },
+    close: () => { for (const c of held) { c.client.destroy(); c.upstream.destroy(); } server.close(); },
+  };
+}
+
+async function stall(pub) {
+  const proxy = await freezingProxy();
+  const names = ['websocket', 'sse', 'ndjson', 'poll'];
+  // The engine runs with --heartbeat-ms 1000; the client is told so, with a 1 s margin.
+  const HEARTBEAT = 1000;
+  const MARGIN = 1000;
+  const recs = names.map((t) => watch(proxy.url, { topics: [TOPIC], transports: [t], heartbeatMs: HEARTBEAT, marginMs: MARGIN, pollWaitSecs: 1, retryMs: 100 }));
+  await waitFor('every client open', () => recs.every((r) => r.client.state === 'open'));
+  const want = await publishAll(pub, TOPIC, ['before the silence']);
+  for (const [i, r] of recs.entries()) await expectMessages(r, want, names[i]);
+  proxy.freeze();
+  const frozen = performance.now();
+  want.push(...(await publishAll(pub, TOPIC, ['during the silence'])));
+  const out = {};
+  for (const [i, r] of recs.entries()) {
+    await waitFor(`${names[i]} to notice`, () => r.states.some((s) => s.state === 'reconnecting' && s.at > frozen), 10_000);
+    const noticed = r.states.find((s) => s.state === 'reconnecting' && s.at > frozen).at - frozen;
+    out[`${names[i]}.noticed_ms`] = noticed.toFixed(0);
+  }
+  for (const [i, r] of recs.entries()) {
+    await expectMessages(r, want, `${names[i]} after the silence`);
+    r.client.close();
+  }
+  proxy.close();
+  out.bound_ms = String(HEARTBEAT + MARGIN);
+  out.ok = 'yes';
+  return out;
+}
+
 // ----- blocked transports --------------------------------------------------------------
 
 /** A TCP proxy that swallows every byte the engine answers a `/ws` or `/sse` request with
@@ -428,7 +491,7 @@ const timer = setTimeout(() => {
   process.exit(1);
 }, OVERALL_MS);
 timer.unref();
-const modes = { transports, restart, proxy, herd, expiry, blocked };
+const modes = { transports, restart, proxy, herd, expiry, blocked, stall };
 if (!modes[mode]) {
   console.error(`usage: node client_node.mjs <${Object.keys(modes).join('|')}> <host:port> <ingest socket>`);
   process.exit(64);
