@@ -220,6 +220,12 @@ fn subscribe_and_unsubscribe_messages_change_the_topics() {
         assert_reply(&ws.recv("c"), "ringcast.error", *topic, Some(reason));
     }
 
+    // The liveness probe a browser can see (it cannot see WebSocket pings).
+    ws.send_text("c", r#"{"op":"ping"}"#);
+    let pong = ws.recv("c");
+    assert_eq!(field(&pong, "j.event"), "ringcast.pong", "{pong:?}");
+    assert!(!pong.contains_key("j.topic"), "{pong:?}");
+
     ws.send_text("c", r#"{"op":"unsubscribe","topic":"s"}"#);
     assert_reply(&ws.recv("c"), "ringcast.unsubscribed", Some("s"), None);
     p.publish("s", b"gone");

@@ -1,6 +1,6 @@
 //! The admin listener, on its own address (`--admin`, loopback by default): `GET /healthz`,
-//! `GET /stats` (JSON), `GET /metrics` (Prometheus text format) and `POST /publish` (HTTP
-//! publishing for convenience).
+//! `GET /stats` (JSON), `GET /metrics` (Prometheus text format), `POST /publish` (HTTP
+//! publishing for convenience) and, with `--console`, the console page (see [`console`]).
 //!
 //! Owns: the accept loop, the cap on connections served at once (`--admin-conns-max`,
 //! one thread each, so a slow client delays nobody else; one more is answered 503 at
@@ -12,6 +12,7 @@
 //! stays the broadcast ring's only producer.
 mod auth;
 mod conn;
+mod console;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -146,6 +147,12 @@ fn route(req: &Request<'_>, admin: &Admin) -> Reply {
     let shared = &admin.shared;
     if let Some(refusal) = admin.gate.check(req.path, &req.authorization) {
         return refusal;
+    }
+    if let (true, Get, Some(&listen)) = (shared.config.console, req.method, shared.config.listen.first()) {
+        if let Some(page) = console::route(req.path, listen, admin.gate.enabled(), shared.config.heartbeat_ms)
+        {
+            return page;
+        }
     }
     match (req.method, req.path) {
         (Get, "/healthz") => healthz(shared),

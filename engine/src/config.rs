@@ -477,6 +477,12 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_WS_ECHO")]
     pub ws_echo: bool,
 
+    /// Serve the console on the admin address: `/_console`, a page that watches topics
+    /// live (ids, resets, gaps) with the JavaScript client and publishes a test event
+    /// through `POST /publish` (only when the admin has a token). Off by default.
+    #[arg(long, env = "RINGCAST_CONSOLE")]
+    pub console: bool,
+
     /// Origins browsers may read the client endpoints from (repeatable; exact
     /// `https://app.example.com`, `https://*.example.com` or `*`). Unset: any origin
     /// (`Access-Control-Allow-Origin: *`). Set: a matching Origin is echoed back, others

@@ -360,6 +360,26 @@ impl Engine {
         self.ready_line = ready_line;
     }
 
+    /// Kills the engine with SIGKILL, as a crash or the OOM killer would, and starts it
+    /// again at once with the same arguments, on the same port and ingest path, as a
+    /// supervisor does. Every client connection drops at the same moment; the new run has
+    /// a new epoch. (The new engine itself waits for the dead one's listeners to close.)
+    ///
+    /// # Panics
+    ///
+    /// If the new engine does not print its ready line within [`READY_TIMEOUT`].
+    pub fn crash_and_restart(&mut self) {
+        self.kill();
+        let (child, stderr, ready_line) =
+            spawn(&self.args).unwrap_or_else(|e| panic!("ringcast did not start after SIGKILL: {e}"));
+        self.epoch = parse_ready(&ready_line, self.addr, &self.ingest);
+        self.admin = parse_admin(&ready_line);
+        self.pid = child.id();
+        self.child = child;
+        self.stderr = stderr;
+        self.ready_line = ready_line;
+    }
+
     /// Waits until nothing accepts on the engine's address. An exited engine's listening
     /// sockets can outlive it briefly (the kernel tears its io_uring instance down after
     /// exit); a new engine sharing the port with them (SO_REUSEPORT) would see some

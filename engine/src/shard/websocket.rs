@@ -8,8 +8,9 @@
 //! Client text messages shaped `{"op":"subscribe","topic":T}` or
 //! `{"op":"unsubscribe","topic":T}` change the connection's subscriptions and are
 //! answered with `{"event":"ringcast.subscribed"|"ringcast.unsubscribed","topic":T}`, or
-//! `{"event":"ringcast.error","reason":..,"topic":..}`. Any other message is upstream
-//! data: it goes to a backend listening on the ingest socket (`UPSTREAM`), tagged with
+//! `{"event":"ringcast.error","reason":..,"topic":..}`; `{"op":"ping"}` is answered
+//! `{"event":"ringcast.pong"}` (a liveness probe a browser can see). Any other message is
+//! upstream data: it goes to a backend listening on the ingest socket (`UPSTREAM`), tagged with
 //! the connection's id, and a backend's `SEND` to that id comes back as a frame. When
 //! no backend listens, the client gets a `ringcast.error` rather than the message vanishing.
 //! With a backplane the loop cannot know of backends on other nodes: every message goes
@@ -240,6 +241,11 @@ impl Shard {
         let Ok(op) = serde_json::from_slice::<ClientOp<'_>>(payload) else {
             return self.upstream(index, true, payload);
         };
+        if op.op == "ping" {
+            // A liveness probe: browsers cannot see WebSocket pings, so a client that
+            // wants to notice a dead connection asks for an answer it can see.
+            return self.send_control(index, ws_control("{\"event\":\"ringcast.pong\"}"));
+        }
         if op.op == "refresh" {
             let reply = match self.ws_refresh(index, op.token.as_deref().unwrap_or("")) {
                 Ok(event) => ws_control(&format!("{{\"event\":\"{event}\"}}")),
@@ -260,7 +266,7 @@ impl Shard {
                     Err("not subscribed to this topic")
                 }
             }
-            _ => Err("unknown op: use subscribe, unsubscribe or refresh"),
+            _ => Err("unknown op: use subscribe, unsubscribe, refresh or ping"),
         };
         let mut text = Vec::with_capacity(96);
         match reply {
