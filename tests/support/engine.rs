@@ -371,7 +371,7 @@ impl Engine {
     pub fn crash_and_restart(&mut self) {
         self.kill();
         let (child, stderr, ready_line) =
-            spawn(&self.args).unwrap_or_else(|e| panic!("ringcast did not start after SIGKILL: {e}"));
+            spawn(&self.args, |_| {}).unwrap_or_else(|e| panic!("ringcast did not start after SIGKILL: {e}"));
         self.epoch = parse_ready(&ready_line, self.addr, &self.ingest);
         self.admin = parse_admin(&ready_line);
         self.pid = child.id();
