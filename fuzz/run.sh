@@ -28,7 +28,7 @@ export RUSTFLAGS="-Cpasses=sancov-module \
 export CARGO_TARGET_DIR="$here/target"
 
 build() {
-  cargo build --manifest-path targets/Cargo.toml --release ${CARGO_LOCKED:+--locked} --target "$triple" --bins
+  cargo build --manifest-path targets/Cargo.toml --release --target "$triple" --bins
 }
 
 run() {

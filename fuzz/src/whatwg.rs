@@ -71,16 +71,12 @@ fn process_line(line: &str, buffers: &mut Buffers, parsed: &mut Parsed) {
             buffers.data.push_str(value);
             buffers.data.push('\n');
         }
-        "id" => {
-            if !value.contains('\0') {
-                buffers.last_event_id = value.to_string();
-            }
-        }
-        "retry" => {
-            if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-                // Big values are valid too; saturate rather than lose them.
-                parsed.retry_ms = Some(value.parse().unwrap_or(u64::MAX));
-            }
+        // An id with NUL is ignored.
+        "id" if !value.contains('\0') => buffers.last_event_id = value.to_string(),
+        // Only ASCII digits set the reconnection time; a big value is valid too, so it
+        // saturates rather than being lost.
+        "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+            parsed.retry_ms = Some(value.parse().unwrap_or(u64::MAX));
         }
         _ => {}
     }
