@@ -1,7 +1,7 @@
 //! `cargo test` fails when the code is not formatted or clippy warns, so neither can
 //! land unnoticed. Clippy runs in its own target directory: the outer `cargo test` may
 //! still hold the lock on the main one.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn cargo(args: &[&str]) -> (bool, String) {
@@ -36,5 +36,28 @@ fn clippy_is_clean() {
     assert!(
         ok,
         "cargo clippy --workspace --all-targets -- -D warnings failed:\n{out}"
+    );
+}
+
+/// The fuzz targets are a workspace of their own (they are built with coverage
+/// instrumentation), so `cargo fmt --all` does not reach them.
+#[test]
+fn fuzz_targets_are_formatted() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/targets/fuzz_targets");
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("fuzz/targets/fuzz_targets exists")
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
+        .collect();
+    assert!(!files.is_empty(), "no fuzz target in {}", dir.display());
+    let out = Command::new("rustfmt")
+        .args(["--edition", "2021", "--check"])
+        .args(&files)
+        .output()
+        .expect("rustfmt runs");
+    assert!(
+        out.status.success(),
+        "fuzz targets are not formatted; run `rustfmt --edition 2021 fuzz/targets/fuzz_targets/*.rs`:\n{}",
+        String::from_utf8_lossy(&out.stdout)
     );
 }
