@@ -230,9 +230,12 @@ fn compressed(plain: &Bytes, codec: &mut ws::deflate::Codec, min_bytes: usize) -
     if payload.len() < min_bytes {
         return plain.clone();
     }
-    codec
-        .frame(ws::Opcode::Text, payload)
-        .map_or_else(|| plain.clone(), Bytes::from)
+    let frame = codec.frame(ws::Opcode::Text, payload);
+    if frame.len() < plain.len() {
+        Bytes::from(frame)
+    } else {
+        plain.clone()
+    }
 }
 
 impl Retained for Event {

@@ -9,8 +9,8 @@
 //! `server_no_context_takeover; client_no_context_takeover`, so an event's compressed frame
 //! is shared like its plain one, and a compressed client message is inflated on its own,
 //! whole, by the loop's one inflater into a buffer bounded by `ws_max_message` (past it:
-//! 1009; a corrupt stream: 1007). An idle connection holds no zlib state. Echoes at or
-//! above `ws_deflate_min_bytes` go back compressed; control replies go plain (RSV1 clear).
+//! 1009; a corrupt stream: 1007). An idle connection holds no zlib state. Echoes go back
+//! compressed; control replies go plain (RSV1 clear).
 //!
 //! Client text messages shaped `{"op":"subscribe","topic":T}` or
 //! `{"op":"unsubscribe","topic":T}` change the connection's subscriptions and are
@@ -277,14 +277,14 @@ impl Shard {
         self.flush(index);
     }
 
-    /// Sends a message back on the echo endpoint: compressed when permessage-deflate was
-    /// negotiated and it is at least `ws_deflate_min_bytes` long and shrinks.
+    /// Sends a message back on the echo endpoint, compressed whenever permessage-deflate
+    /// was negotiated: the endpoint exists for conformance suites, which should see the
+    /// compressor at work on every message (and kosoku 0.1.0 mishandles a plain text
+    /// message on a compressed connection: it hands the case a str).
     fn ws_echo(&mut self, index: u32, opcode: Opcode, payload: &[u8]) {
-        let min = self.shared.config.ws_deflate_min_bytes;
-        if self.conns[index as usize].kind.deflate() && payload.len() >= min {
-            if let Some(frame) = self.deflate.frame(opcode, payload) {
-                return self.send_control(index, Bytes::from(frame));
-            }
+        if self.conns[index as usize].kind.deflate() {
+            let frame = self.deflate.frame(opcode, payload);
+            return self.send_control(index, Bytes::from(frame));
         }
         self.ws_send(index, opcode, payload);
     }

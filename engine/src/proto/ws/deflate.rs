@@ -165,10 +165,10 @@ impl std::fmt::Debug for Codec {
 
 impl Codec {
     /// One unfragmented server frame of `opcode` whose payload is `payload` compressed
-    /// (RSV1 set, §6), or `None` when compressing would not make it smaller (the caller
-    /// then sends a plain frame, which is legal: §6 lets a sender leave any message
+    /// (RSV1 set, §6). It may be longer than the plain frame; a caller that minds sends
+    /// the plain one instead, which is legal (§6 lets a sender leave any message
     /// uncompressed).
-    pub fn frame(&mut self, opcode: Opcode, payload: &[u8]) -> Option<Vec<u8>> {
+    pub fn frame(&mut self, opcode: Opcode, payload: &[u8]) -> Vec<u8> {
         let c = self
             .compress
             .get_or_insert_with(|| Compress::new(Compression::new(LEVEL), false));
@@ -185,15 +185,11 @@ impl Codec {
         }
         debug_assert!(body.ends_with(&TAIL), "a sync flush ends with 00 00 ff ff");
         body.truncate(body.len() - TAIL.len());
-        // §7.2.3.6: an empty message compresses to a single 0x00 byte.
-        if body.len() >= payload.len() && !payload.is_empty() {
-            return None;
-        }
         let (header, n) = server_header_rsv1(opcode, body.len());
         let mut frame = Vec::with_capacity(n + body.len());
         frame.extend_from_slice(&header[..n]);
         frame.extend_from_slice(&body);
-        Some(frame)
+        frame
     }
 
     /// Inflates one whole compressed message into `out` (cleared first).
@@ -323,10 +319,11 @@ mod tests {
         let text: Vec<u8> = br#"{"id":"1-2","topic":"news","data":"hello hello hello hello"}"#.repeat(40);
         for len in [0, 1, 100, 125, 126, 1000, text.len()] {
             let payload = &text[..len];
-            let Some(frame) = codec.frame(Opcode::Text, payload) else {
-                assert!(len < 200, "{len} bytes of repetitive JSON did not shrink");
-                continue;
-            };
+            let frame = codec.frame(Opcode::Text, payload);
+            assert!(
+                len < 200 || body(&frame).len() * 4 < len,
+                "{len} bytes of repetitive JSON"
+            );
             assert_eq!(frame[0], 0x80 | 0x40 | 0x1, "FIN, RSV1, text");
             let mut out = Vec::new();
             codec.inflate(body(&frame), 1 << 20, &mut out).unwrap();
@@ -334,13 +331,14 @@ mod tests {
         }
         // RFC 7692 §7.2.3.1: "Hello" compresses to these bytes (context-free).
         let frame = codec.frame(Opcode::Text, b"Hello");
-        assert!(frame.is_none(), "7 bytes are not fewer than 5");
+        assert_eq!(frame, [0xc1, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
         let mut out = Vec::new();
         codec
             .inflate(&[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00], 100, &mut out)
             .unwrap();
         assert_eq!(out, b"Hello");
         // §7.2.3.6: the empty message.
+        assert_eq!(codec.frame(Opcode::Binary, b""), [0xc2, 0x01, 0x00]);
         codec.inflate(&[0x00], 100, &mut out).unwrap();
         assert!(out.is_empty());
     }
@@ -349,8 +347,8 @@ mod tests {
     fn messages_do_not_share_context() {
         let mut codec = Codec::default();
         let payload = b"abcdefghijklmnopqrstuvwxyz0123456789".repeat(10);
-        let a = codec.frame(Opcode::Binary, &payload).unwrap();
-        let b = codec.frame(Opcode::Binary, &payload).unwrap();
+        let a = codec.frame(Opcode::Binary, &payload);
+        let b = codec.frame(Opcode::Binary, &payload);
         // With context the second would be a back-reference to the first.
         assert_eq!(a, b);
         let mut fresh = Codec::default();
@@ -363,7 +361,7 @@ mod tests {
     fn inflate_is_bounded() {
         let mut codec = Codec::default();
         let zeros = vec![0u8; 1 << 20];
-        let frame = codec.frame(Opcode::Binary, &zeros).unwrap();
+        let frame = codec.frame(Opcode::Binary, &zeros);
         assert!(body(&frame).len() < 2000, "{}", body(&frame).len());
         let mut out = Vec::new();
         for max in [0, 1, 1000, (1 << 20) - 1] {
