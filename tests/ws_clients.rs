@@ -611,7 +611,9 @@ fn deflate_bad_input_closes_only_that_connection() {
     assert!(bomb.len() < MAX, "the bomb itself fits the limit: {}", bomb.len());
     let mut fragmented_rsv1 = client_frame(opcode::TEXT, false, Some([1, 2, 3, 4]), b"a");
     fragmented_rsv1.extend(compressed_frame(opcode::CONTINUATION, b"b"));
-    let cases: Vec<(&str, &[(&str, &str)], Vec<u8>, u16)> = vec![
+    /// What is sent, with which handshake headers, and the close code it must get.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Vec<u8>, u16);
+    let cases: Vec<Case<'_>> = vec![
         (
             "16 MiB inflated from 16 KiB",
             &offer,
