@@ -13,7 +13,11 @@
 //! - `--ws-allow-origin`: 101 for a listed Origin, 403 for another;
 //! - unmasked frames (1002), invalid UTF-8 (1007) and oversized messages (1009) close
 //!   that connection only, counted in `ws_protocol_errors`;
-//! - keepalive: a peer that never answers pings is closed, one that does stays.
+//! - keepalive: a peer that never answers pings is closed, one that does stays;
+//! - `--ws-deflate on`: websockets negotiates permessage-deflate and gets every event
+//!   and reply exactly, its compressed messages inflated; on the wire every deflate
+//!   subscriber gets the same compressed frame (RSV1), small events go plain; bombs
+//!   close with 1009, corrupt streams and bad UTF-8 with 1007, RSV1 misuse with 1002.
 //!
 //! Needs `python3` with the packages of `tests/py/requirements.txt` (`.ci/run` installs
 //! them); without them these tests fail, saying so.
@@ -76,8 +80,8 @@ fn json_and_raw_frames_carry_the_published_events() {
     let mut p = Publisher::connect(&engine.ingest);
     let mut ws = WsDriver::start(engine.addr);
     let open = ws.connect("json", "/ws?topic=news", &[]);
-    // websockets offers permessage-deflate; the engine implements no extension, so it
-    // must not accept one (RFC 6455 §9.1).
+    // websockets offers permessage-deflate; with --ws-deflate off (the default) the
+    // engine must not accept it (RFC 6455 §9.1), as before the setting existed.
     assert_eq!(opt(&open, "extensions"), None, "{open:?}");
     ws.connect("raw", "/ws?topic=news&format=raw", &[]);
     ws.connect("both", "/ws?topic=a&topic=b", &[]);
