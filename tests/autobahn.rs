@@ -55,8 +55,13 @@ const CASES_PER_GROUP: &[(&str, usize)] = &[
     ("13", 126),
 ];
 
-/// Groups 12 and 13 with their subset for CI.
-const DEFLATE_SUBSET: &[&str] = &["12.*.1", "12.1.13", "13.*.1", "13.*.12"];
+/// Groups 12 and 13 with their subset for CI, by case id: kosoku's globs match more than
+/// `12.*.1` suggests (that pattern ran for minutes).
+const DEFLATE_SUBSET: &[&str] = &[
+    "12.1.1", "12.2.1", "12.3.1", "12.4.1", "12.5.1", "12.1.13", "13.1.1", "13.2.1", "13.3.1", "13.4.1",
+    "13.5.1", "13.6.1", "13.7.1", "13.1.12", "13.2.12", "13.3.12", "13.4.12", "13.5.12", "13.6.12",
+    "13.7.12",
+];
 
 /// Cases whose client offers only `server_max_window_bits=9`, which the engine declines.
 const DECLINED_OFFERS: &[&str] = &["13.3.", "13.5."];
