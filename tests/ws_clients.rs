@@ -13,7 +13,11 @@
 //! - `--ws-allow-origin`: 101 for a listed Origin, 403 for another;
 //! - unmasked frames (1002), invalid UTF-8 (1007) and oversized messages (1009) close
 //!   that connection only, counted in `ws_protocol_errors`;
-//! - keepalive: a peer that never answers pings is closed, one that does stays.
+//! - keepalive: a peer that never answers pings is closed, one that does stays;
+//! - `--ws-deflate on`: websockets negotiates permessage-deflate and gets every event
+//!   and reply exactly, its compressed messages inflated; on the wire every deflate
+//!   subscriber gets the same compressed frame (RSV1), small events go plain; bombs
+//!   close with 1009, corrupt streams and bad UTF-8 with 1007, RSV1 misuse with 1002.
 //!
 //! Needs `python3` with the packages of `tests/py/requirements.txt` (`.ci/run` installs
 //! them); without them these tests fail, saying so.
@@ -76,8 +80,8 @@ fn json_and_raw_frames_carry_the_published_events() {
     let mut p = Publisher::connect(&engine.ingest);
     let mut ws = WsDriver::start(engine.addr);
     let open = ws.connect("json", "/ws?topic=news", &[]);
-    // websockets offers permessage-deflate; the engine implements no extension, so it
-    // must not accept one (RFC 6455 §9.1).
+    // websockets offers permessage-deflate; with --ws-deflate off (the default) the
+    // engine must not accept it (RFC 6455 §9.1), as before the setting existed.
     assert_eq!(opt(&open, "extensions"), None, "{open:?}");
     ws.connect("raw", "/ws?topic=news&format=raw", &[]);
     ws.connect("both", "/ws?topic=a&topic=b", &[]);
@@ -456,4 +460,226 @@ fn a_peer_that_never_answers_pings_is_closed_and_one_that_does_stays() {
     let id = p.publish("k", b"still here");
     assert_event(&ws.recv("live"), &id, "k", None, "still here");
     ws.finish();
+}
+
+/// The 101's `Sec-WebSocket-Extensions` when the engine accepts permessage-deflate.
+const DEFLATE_RESPONSE: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// Raw DEFLATE of `data` as a permessage-deflate sender makes it: sync flush, the
+/// `00 00 ff ff` tail removed (RFC 7692 §7.2.1).
+fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+    let mut out = Vec::with_capacity(data.len() + 64);
+    c.compress_vec(data, &mut out, flate2::FlushCompress::Sync)
+        .expect("deflate");
+    assert_eq!(c.total_in() as usize, data.len(), "room for the whole output");
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]), "{out:02x?}");
+    out.truncate(out.len() - 4);
+    out
+}
+
+/// Inflates a compressed message's payload (RFC 7692 §7.2.2), context-free.
+fn inflate(payload: &[u8]) -> Vec<u8> {
+    let mut d = flate2::Decompress::new(false);
+    let mut input = payload.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(1 << 20);
+    d.decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
+        .expect("a valid DEFLATE stream");
+    assert_eq!(d.total_in() as usize, input.len(), "all of it inflated");
+    out
+}
+
+/// A masked client frame with RSV1 set: a compressed message (RFC 7692 §6).
+fn compressed_frame(op: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = client_frame(op, true, Some([9, 8, 7, 6]), payload);
+    frame[0] |= 0x40;
+    frame
+}
+
+/// About 1 KiB of JSON, as the measurements publish: ASCII without characters JSON escapes.
+fn json_kib(i: usize) -> String {
+    let items: Vec<String> = (0..28)
+        .map(|k| {
+            format!(
+                "{{'sym':'S{k:02}','venue':'XNAS','px':{}.{k:02},'qty':{}}}",
+                100 + i + k,
+                10 * k + i
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(",")).replace('\'', "")
+}
+
+#[test]
+fn deflate_with_a_real_client_events_and_messages_round_trip() {
+    let engine = Engine::start(&["--ws-deflate", "on", "--ws-deflate-min-bytes", "64"]);
+    let mut p = Publisher::connect(&engine.ingest);
+    // Python websockets offers `permessage-deflate; client_max_window_bits` and
+    // compresses what it sends.
+    let mut ws = WsDriver::start(engine.addr);
+    let open = ws.connect("json", "/ws?topic=z", &[]);
+    assert_eq!(opt(&open, "extensions"), Some(DEFLATE_RESPONSE), "{open:?}");
+    ws.connect("raw", "/ws?topic=z&format=raw", &[]);
+    let big: Vec<String> = (0..3).map(json_kib).collect();
+    for payload in PAYLOADS.iter().copied().chain(big.iter().map(String::as_str)) {
+        let id = p.publish("z", payload.as_bytes());
+        assert_event(&ws.recv("json"), &id, "z", None, payload);
+        assert_eq!(field(&ws.recv("raw"), "text"), payload);
+    }
+    // Client messages arrive compressed and are inflated: an op and an upstream message.
+    ws.send_text("json", r#"{"op":"subscribe","topic":"more"}"#);
+    assert_reply(&ws.recv("json"), "ringcast.subscribed", Some("more"), None);
+    ws.send_text("json", &json_kib(9));
+    assert_reply(&ws.recv("json"), "ringcast.error", None, Some("no backend"));
+    let id = p.publish("more", big[1].as_bytes());
+    assert_event(&ws.recv("json"), &id, "more", None, &big[1]);
+    assert_eq!(ws.close("json").as_deref(), Some("1000"));
+    ws.finish();
+    assert_eq!(engine.counter("ws_protocol_errors"), 0);
+}
+
+#[test]
+fn deflate_frames_on_the_wire_are_one_shared_encoding() {
+    let engine = Engine::start(&[
+        "--ws-deflate",
+        "on",
+        "--ws-deflate-min-bytes",
+        "200",
+        "--loops",
+        "2",
+    ]);
+    let mut p = Publisher::connect(&engine.ingest);
+    let offer = [(
+        "Sec-WebSocket-Extensions",
+        "permessage-deflate; client_max_window_bits",
+    )];
+    let mut subs: Vec<RawWs> = (0..4)
+        .map(|_| RawWs::connect(engine.addr, "/ws?topic=w&format=raw", &offer))
+        .collect();
+    for sub in &subs {
+        assert_eq!(
+            sub.response.header("Sec-WebSocket-Extensions"),
+            Some(DEFLATE_RESPONSE)
+        );
+    }
+    let mut plain = RawWs::connect(engine.addr, "/ws?topic=w", &[]);
+    assert_eq!(plain.response.header("Sec-WebSocket-Extensions"), None);
+
+    let data = json_kib(1);
+    let id = p.publish("w", data.as_bytes());
+    let frames: Vec<_> = subs
+        .iter_mut()
+        .map(|s| s.next_frame(WAIT).expect("an event"))
+        .collect();
+    for frame in &frames {
+        assert_eq!(
+            (frame.fin, frame.rsv, frame.opcode),
+            (true, 0b100, opcode::TEXT),
+            "{frame:?}"
+        );
+        // Every subscriber, on either loop, gets the same compressed bytes.
+        assert_eq!(frame.payload, frames[0].payload);
+    }
+    assert!(
+        data.len() > 1000 && frames[0].payload.len() * 2 < data.len(),
+        "{} of {}",
+        frames[0].payload.len(),
+        data.len()
+    );
+    assert_eq!(inflate(&frames[0].payload), data.as_bytes());
+    // The subscriber without the extension gets the plain JSON frame.
+    let frame = plain.next_frame(WAIT).expect("an event");
+    assert_eq!(frame.rsv, 0);
+    assert!(
+        frame.text().contains(&id) && frame.text().contains(&data),
+        "{frame:?}"
+    );
+
+    // Below the threshold: plain frames, RSV1 clear.
+    p.publish("w", b"short event");
+    for sub in &mut subs {
+        let frame = sub.next_frame(WAIT).expect("an event");
+        assert_eq!((frame.rsv, frame.payload.as_slice()), (0, &b"short event"[..]));
+    }
+    // A compressed message from a client is inflated (here: an op and its reply).
+    let op = deflate(br#"{"op":"subscribe","topic":"w2"}"#);
+    subs[0].send_raw(&compressed_frame(opcode::TEXT, &op)).unwrap();
+    let reply = subs[0].next_frame(WAIT).expect("a reply");
+    assert_eq!(reply.rsv, 0, "control replies go plain");
+    assert!(reply.text().contains("ringcast.subscribed"), "{reply:?}");
+}
+
+#[test]
+fn deflate_bad_input_closes_only_that_connection() {
+    const MAX: usize = 64 << 10;
+    let engine = Engine::start(&["--ws-deflate", "on", "--ws-max-message", &MAX.to_string()]);
+    let mut p = Publisher::connect(&engine.ingest);
+    let offer = [("Sec-WebSocket-Extensions", "permessage-deflate")];
+    let mut good = RawWs::connect(engine.addr, "/ws?topic=g&format=raw", &offer);
+    let bomb = deflate(&vec![0u8; 16 << 20]);
+    assert!(bomb.len() < MAX, "the bomb itself fits the limit: {}", bomb.len());
+    let mut fragmented_rsv1 = client_frame(opcode::TEXT, false, Some([1, 2, 3, 4]), b"a");
+    fragmented_rsv1.extend(compressed_frame(opcode::CONTINUATION, b"b"));
+    /// What is sent, with which handshake headers, and the close code it must get.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Vec<u8>, u16);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "16 MiB inflated from 16 KiB",
+            &offer,
+            compressed_frame(opcode::BINARY, &bomb),
+            1009,
+        ),
+        (
+            "one byte past the limit",
+            &offer,
+            compressed_frame(opcode::BINARY, &deflate(&vec![b'q'; MAX + 1])),
+            1009,
+        ),
+        (
+            "not a DEFLATE stream",
+            &offer,
+            compressed_frame(opcode::BINARY, &[0xff, 0xff, 0xff]),
+            1007,
+        ),
+        (
+            "compressed text not UTF-8",
+            &offer,
+            compressed_frame(opcode::TEXT, &deflate(b"ok \xF0\x28\x8C\x28")),
+            1007,
+        ),
+        (
+            "RSV1 on a ping",
+            &offer,
+            compressed_frame(opcode::PING, b""),
+            1002,
+        ),
+        ("RSV1 on a continuation", &offer, fragmented_rsv1, 1002),
+        (
+            "RSV1 without negotiation",
+            &[],
+            compressed_frame(opcode::TEXT, &deflate(b"hello")),
+            1002,
+        ),
+    ];
+    for (round, (what, extra, bytes, code)) in cases.into_iter().enumerate() {
+        let before = engine.counter("ws_protocol_errors");
+        let mut raw = RawWs::connect(engine.addr, "/ws?topic=g", extra);
+        let _ = raw.send_raw(&bytes);
+        let (close, skipped) = raw.expect_close(WAIT);
+        assert!(skipped.is_empty(), "{what}: {skipped:?}");
+        assert_eq!(close.close_code(), Some(code), "{what}: {close:?}");
+        assert!(raw.closes_within(WAIT), "{what}: the TCP connection stayed open");
+        assert_eq!(engine.counter("ws_protocol_errors"), before + 1, "{what}");
+        // The engine carries on: the good subscriber still gets events.
+        let data = format!("after {round}");
+        p.publish("g", data.as_bytes());
+        let frame = good.next_frame(WAIT).expect("an event");
+        assert_eq!(frame.payload, data.as_bytes(), "{what}");
+    }
+    // A message inflating to exactly the limit is fine.
+    let exact = deflate(&vec![b'e'; MAX]);
+    good.send_raw(&compressed_frame(opcode::BINARY, &exact)).unwrap();
+    let reply = good.next_frame(WAIT).expect("the upstream error reply");
+    assert!(reply.text().contains("no backend"), "{reply:?}");
 }

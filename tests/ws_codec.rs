@@ -27,6 +27,9 @@ fn owned(msg: Message<'_>) -> Out {
         Message::Ping(p) => Out::Ping(p.to_vec()),
         Message::Pong(p) => Out::Pong(p.to_vec()),
         Message::Close { code, reason } => Out::Close(code, reason.to_vec()),
+        Message::Compressed { .. } => {
+            panic!("a decoder without permessage-deflate returned a compressed message")
+        }
     }
 }
 

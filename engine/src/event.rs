@@ -2,7 +2,10 @@
 //!
 //! An event is encoded for SSE once, by the thread that accepts the publish, as one
 //! HTTP/1.1 chunk; every subscriber on every loop is sent a refcounted slice of those
-//! same bytes (the chunk for HTTP/1.1, the SSE body inside it for HTTP/1.0).
+//! same bytes (the chunk for HTTP/1.1, the SSE body inside it for HTTP/1.0). The
+//! WebSocket frames, plain and compressed (permessage-deflate, RFC 7692, without context
+//! takeover), are made by the first loop that needs them and shared the same way: the
+//! compression cost grows with events published, not with deliveries.
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -88,6 +91,10 @@ pub struct Event {
     /// all (server frames are unmasked, so every subscriber gets the same bytes).
     ws_json: OnceLock<Bytes>,
     ws_raw: OnceLock<Bytes>,
+    /// The same frames for permessage-deflate connections: compressed, or a clone of the
+    /// plain frame when the payload is below the threshold or would not shrink.
+    ws_json_deflate: OnceLock<Bytes>,
+    ws_raw_deflate: OnceLock<Bytes>,
     /// One NDJSON line as one HTTP/1.1 chunk.
     ndjson: OnceLock<Bytes>,
 }
@@ -124,20 +131,36 @@ impl Event {
             sse_start,
             ws_json: OnceLock::new(),
             ws_raw: OnceLock::new(),
+            ws_json_deflate: OnceLock::new(),
+            ws_raw_deflate: OnceLock::new(),
             ndjson: OnceLock::new(),
         }
     }
 
-    /// The bytes a connection of `kind` is sent for this event.
-    pub fn bytes_for(&self, kind: Kind) -> Bytes {
+    /// The bytes a connection of `kind` is sent for this event. A permessage-deflate
+    /// connection gets the event's one compressed frame, made with `codec` by whichever
+    /// loop asks first, when the frame's payload has at least `deflate_min_bytes` bytes.
+    pub fn bytes_for(&self, kind: Kind, codec: &mut ws::deflate::Codec, deflate_min_bytes: usize) -> Bytes {
         match kind {
             Kind::Sse => self.sse(true),
             Kind::Sse10 => self.sse(false),
             Kind::WsJson => self.ws_json.get_or_init(|| self.encode_ws_json()).clone(),
             Kind::WsRaw => self.ws_raw.get_or_init(|| self.encode_ws_raw()).clone(),
+            Kind::WsJsonDeflate => {
+                let plain = self.ws_json.get_or_init(|| self.encode_ws_json());
+                let cell = &self.ws_json_deflate;
+                cell.get_or_init(|| compressed(plain, codec, deflate_min_bytes))
+                    .clone()
+            }
+            Kind::WsRawDeflate => {
+                let plain = self.ws_raw.get_or_init(|| self.encode_ws_raw());
+                let cell = &self.ws_raw_deflate;
+                cell.get_or_init(|| compressed(plain, codec, deflate_min_bytes))
+                    .clone()
+            }
             Kind::Ndjson => self.ndjson.get_or_init(|| self.encode_ndjson()).clone(),
             // The echo endpoint subscribes to nothing.
-            Kind::WsEcho => Bytes::new(),
+            Kind::WsEcho | Kind::WsEchoDeflate => Bytes::new(),
         }
     }
 
@@ -195,6 +218,26 @@ impl Event {
     }
 }
 
+/// The compressed twin of a plain unfragmented text frame `plain` (RSV1 set), or `plain`
+/// itself when its payload is shorter than `min_bytes` or would not shrink.
+fn compressed(plain: &Bytes, codec: &mut ws::deflate::Codec, min_bytes: usize) -> Bytes {
+    let header = match plain[1] & 0x7F {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    let payload = &plain[header..];
+    if payload.len() < min_bytes {
+        return plain.clone();
+    }
+    let frame = codec.frame(ws::Opcode::Text, payload);
+    if frame.len() < plain.len() {
+        Bytes::from(frame)
+    } else {
+        plain.clone()
+    }
+}
+
 impl Retained for Event {
     fn seq(&self) -> u64 {
         self.seq
@@ -238,6 +281,40 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn deflate_frames_are_made_once_and_shared() {
+        let data = br#"{"price":191.2,"symbol":"AAPL","venue":"XNAS"}"#.repeat(20);
+        let ev = Event::new(Epoch::from_raw(1), 7, "t", None, None, &data, Instant::now());
+        let mut codec = ws::deflate::Codec::default();
+        let plain = ev.bytes_for(Kind::WsJson, &mut codec, 0);
+        let z = ev.bytes_for(Kind::WsJsonDeflate, &mut codec, 64);
+        assert_eq!(z[0], 0xC1, "FIN, RSV1, text");
+        assert!(z.len() * 4 < plain.len(), "{} vs {}", z.len(), plain.len());
+        // Every later subscriber shares the same bytes, whatever codec it passes.
+        let again = ev.bytes_for(Kind::WsJsonDeflate, &mut ws::deflate::Codec::default(), 64);
+        assert_eq!(again.as_ptr(), z.as_ptr());
+        let payload = |f: &Bytes| f.slice(if f[1] & 0x7F == 126 { 4 } else { 2 }..);
+        let mut out = Vec::new();
+        codec.inflate(&payload(&z), 1 << 20, &mut out).unwrap();
+        assert_eq!(&out[..], &payload(&plain)[..]);
+        let raw = ev.bytes_for(Kind::WsRawDeflate, &mut codec, 64);
+        codec.inflate(&payload(&raw), 1 << 20, &mut out).unwrap();
+        assert_eq!(out, data);
+        // Below the threshold: the plain frame itself, RSV1 clear.
+        let small = Event::new(
+            Epoch::from_raw(1),
+            8,
+            "t",
+            None,
+            None,
+            b"tiny tiny tiny tiny",
+            Instant::now(),
+        );
+        let a = small.bytes_for(Kind::WsRawDeflate, &mut codec, 64);
+        assert_eq!(a.as_ptr(), small.bytes_for(Kind::WsRaw, &mut codec, 64).as_ptr());
+        assert_eq!(a[0], 0x81);
     }
 
     #[test]

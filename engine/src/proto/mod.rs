@@ -22,10 +22,49 @@ pub enum Kind {
     WsEcho,
     /// Newline-delimited JSON in HTTP/1.1 chunks, one object per event.
     Ndjson,
+    /// [`WsJson`](Kind::WsJson) with permessage-deflate negotiated (RFC 7692): events at
+    /// or above the threshold go as the event's one shared compressed frame.
+    WsJsonDeflate,
+    /// [`WsRaw`](Kind::WsRaw) with permessage-deflate negotiated.
+    WsRawDeflate,
+    /// [`WsEcho`](Kind::WsEcho) with permessage-deflate negotiated.
+    WsEchoDeflate,
 }
 
 impl Kind {
     pub fn is_ws(self) -> bool {
-        matches!(self, Kind::WsJson | Kind::WsRaw | Kind::WsEcho)
+        matches!(
+            self,
+            Kind::WsJson
+                | Kind::WsRaw
+                | Kind::WsEcho
+                | Kind::WsJsonDeflate
+                | Kind::WsRawDeflate
+                | Kind::WsEchoDeflate
+        )
+    }
+
+    /// The echo endpoint, compressed or not.
+    pub fn is_echo(self) -> bool {
+        matches!(self, Kind::WsEcho | Kind::WsEchoDeflate)
+    }
+
+    /// A WebSocket that negotiated permessage-deflate.
+    pub fn deflate(self) -> bool {
+        matches!(
+            self,
+            Kind::WsJsonDeflate | Kind::WsRawDeflate | Kind::WsEchoDeflate
+        )
+    }
+
+    /// The same framing with permessage-deflate negotiated (WebSockets only).
+    #[must_use]
+    pub fn with_deflate(self) -> Kind {
+        match self {
+            Kind::WsJson => Kind::WsJsonDeflate,
+            Kind::WsRaw => Kind::WsRawDeflate,
+            Kind::WsEcho => Kind::WsEchoDeflate,
+            other => other,
+        }
     }
 }

@@ -111,7 +111,7 @@ impl Shard {
         limits: Limits,
         hard_cap: usize,
     ) -> Option<Pushed> {
-        let bytes = event.bytes_for(kind);
+        let bytes = event.bytes_for(kind, &mut self.deflate, self.shared.config.ws_deflate_min_bytes);
         let conn = &mut self.conns[index as usize];
         if conn.queued_bytes() + bytes.len() > hard_cap {
             return None;
@@ -183,7 +183,7 @@ impl Shard {
             // A client catching up hears of losses from its own pages.
             .filter(|(_, c)| {
                 matches!(c.state, State::Stream | State::Ws)
-                    && c.kind != Kind::WsEcho
+                    && !c.kind.is_echo()
                     && !c.has_flag(flags::CATCHING_UP)
             })
             .map(|(i, c)| (i as u32, c.kind))

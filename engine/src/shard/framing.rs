@@ -62,7 +62,13 @@ pub(super) fn control(kind: Kind, name: &str, id: Option<&str>, data: &str) -> B
             body.extend_from_slice(format!("data: {data}\n\n").as_bytes());
             frame(&body, kind == Kind::Sse)
         }
-        Kind::WsJson | Kind::WsRaw | Kind::WsEcho | Kind::Ndjson => {
+        Kind::WsJson
+        | Kind::WsRaw
+        | Kind::WsEcho
+        | Kind::WsJsonDeflate
+        | Kind::WsRawDeflate
+        | Kind::WsEchoDeflate
+        | Kind::Ndjson => {
             let id = id
                 .map(|id| format!("\"id\":{},", json::string(id)))
                 .unwrap_or_default();

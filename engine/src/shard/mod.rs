@@ -112,6 +112,13 @@ pub struct Shard {
     /// WebSocket decoders holding a partial frame or message, by slab index. An idle
     /// WebSocket has none: its record stays 40 bytes.
     decoders: HashMap<u32, Box<ws::Decoder>>,
+    /// permessage-deflate for every connection of this loop that negotiated it: neither
+    /// direction keeps context between messages, so one compressor (events, echoes) and
+    /// one inflater serve them all, made on first use.
+    deflate: ws::deflate::Codec,
+    /// Where the last compressed client message was inflated; at most `ws_max_message`
+    /// + 1 bytes, kept for the next one.
+    inflated: Vec<u8>,
     /// Bytes queued on this loop's connections, all out-queues together (a gauge
     /// published each tick).
     queued: i64,
@@ -228,6 +235,8 @@ impl Shard {
             clock,
             due: Vec::new(),
             decoders: HashMap::new(),
+            deflate: ws::deflate::Codec::default(),
+            inflated: Vec::new(),
             queued: 0,
             queued_peak: 0,
             upstream_waiting: false,

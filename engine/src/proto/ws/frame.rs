@@ -58,6 +58,15 @@ pub enum Message<'a> {
     Text(&'a [u8]),
     /// A whole binary message.
     Binary(&'a [u8]),
+    /// A whole message sent compressed (RSV1 on its first frame, RFC 7692 §6), as it
+    /// came: inflate it, then check a text message's UTF-8. Only from a decoder made
+    /// [`with_deflate`](Decoder::with_deflate).
+    Compressed {
+        /// A text message (else binary).
+        text: bool,
+        /// The DEFLATE bytes without their `00 00 ff ff` tail.
+        payload: &'a [u8],
+    },
     /// A ping; answer with a pong carrying the same payload (§5.5.2).
     Ping(&'a [u8]),
     /// An unsolicited or answering pong (§5.5.3).
@@ -247,6 +256,10 @@ pub struct Decoder {
     utf8: Utf8Carry,
     /// The last message returned lies in `buf` and is dropped at the next call.
     delivered_own: bool,
+    /// permessage-deflate was negotiated: RSV1 may mark a message compressed.
+    deflate: bool,
+    /// The current data message is compressed.
+    compressed: bool,
 }
 
 impl Decoder {
@@ -267,6 +280,19 @@ impl Decoder {
             message: None,
             utf8: Utf8Carry::default(),
             delivered_own: false,
+            deflate: false,
+            compressed: false,
+        }
+    }
+
+    /// A decoder for a connection that negotiated permessage-deflate (RFC 7692): RSV1 on
+    /// the first frame of a data message marks it compressed and it is returned as
+    /// [`Message::Compressed`]; RSV1 anywhere else still fails with 1002 (§6.1).
+    #[must_use]
+    pub fn with_deflate(max_message: usize) -> Self {
+        Decoder {
+            deflate: true,
+            ..Decoder::new(max_message)
         }
     }
 
@@ -290,10 +316,15 @@ impl Decoder {
                     Source::Input(range) => &buf[range],
                     Source::Own(range) => &this.buf[range],
                 };
-                Decoded::Message {
-                    msg: message(op, payload),
-                    consumed,
-                }
+                let msg = if this.compressed && !op.is_control() {
+                    Message::Compressed {
+                        text: op == Opcode::Text,
+                        payload,
+                    }
+                } else {
+                    message(op, payload)
+                };
+                Decoded::Message { msg, consumed }
             }
         }
     }
@@ -394,11 +425,19 @@ impl Decoder {
     /// The rules the first two header bytes decide (§5.2, §5.4, §5.5), checked as soon
     /// as they arrive.
     fn check_start(&self, b0: u8, b1: u8) -> Result<(), Fail> {
-        // No extension is negotiated, so every RSV bit must be 0 (§5.2).
-        if b0 & 0x70 != 0 {
+        // RSV2 and RSV3 belong to no extension we speak, RSV1 to permessage-deflate only
+        // when negotiated (§5.2).
+        if b0 & 0x30 != 0 || (b0 & 0x40 != 0 && !self.deflate) {
             return Err(Fail::new(close::PROTOCOL, "reserved bits set"));
         }
         let op = Opcode::from_bits(b0 & 0x0F).ok_or(Fail::new(close::PROTOCOL, "reserved opcode"))?;
+        // RFC 7692 §6.1: RSV1 only on the first frame of a data message.
+        if b0 & 0x40 != 0 && !matches!(op, Opcode::Text | Opcode::Binary) {
+            return Err(Fail::new(
+                close::PROTOCOL,
+                "RSV1 set on a control or continuation frame",
+            ));
+        }
         // §5.1: "a server MUST close the connection upon receiving a frame that is not
         // masked" ... "with a status code of 1002".
         if b1 & 0x80 == 0 {
@@ -447,6 +486,9 @@ impl Decoder {
             }
         }
         self.mask = hdr[hdr.len() - 4..].try_into().expect("4 mask bytes");
+        if matches!(op, Opcode::Text | Opcode::Binary) {
+            self.compressed = hdr[0] & 0x40 != 0;
+        }
         self.opcode = op;
         self.fin = hdr[0] & 0x80 != 0;
         self.frame_len = len;
@@ -465,7 +507,8 @@ impl Decoder {
         let payload = &mut input[pos..end];
         apply_mask(payload, self.mask, 0);
         let checked = match self.opcode {
-            Opcode::Text if std::str::from_utf8(payload).is_err() => Err(NOT_UTF8),
+            // A compressed message's UTF-8 is checked after inflating it.
+            Opcode::Text if !self.compressed && std::str::from_utf8(payload).is_err() => Err(NOT_UTF8),
             Opcode::Close => close::check_payload(payload),
             _ => Ok(()),
         };
@@ -499,7 +542,7 @@ impl Decoder {
         let take = usize::try_from(remaining).map_or(avail, |r| r.min(avail));
         let chunk = &mut input[*pos..*pos + take];
         apply_mask(chunk, self.mask, (self.frame_pos % 4) as usize);
-        if !self.opcode.is_control() && self.message == Some(DataKind::Text) {
+        if !self.opcode.is_control() && self.message == Some(DataKind::Text) && !self.compressed {
             self.utf8.feed(chunk).map_err(|()| NOT_UTF8)?;
         }
         self.buf.extend_from_slice(chunk);
@@ -576,6 +619,13 @@ fn message(op: Opcode, payload: &[u8]) -> Message<'_> {
 #[must_use]
 pub fn frame_header(opcode: Opcode, len: usize) -> ([u8; 10], usize) {
     server_header(opcode, true, len)
+}
+
+/// [`frame_header`] with RSV1 set: a message compressed by permessage-deflate (RFC 7692 §6).
+pub(super) fn server_header_rsv1(opcode: Opcode, len: usize) -> ([u8; 10], usize) {
+    let (mut header, n) = server_header(opcode, true, len);
+    header[0] |= 0x40;
+    (header, n)
 }
 
 fn server_header(opcode: Opcode, fin: bool, len: usize) -> ([u8; 10], usize) {
@@ -660,6 +710,7 @@ mod tests {
         Ping(Vec<u8>),
         Pong(Vec<u8>),
         Close(Option<u16>, Vec<u8>),
+        Compressed(bool, Vec<u8>),
         Fail(u16),
     }
 
@@ -670,6 +721,7 @@ mod tests {
             Message::Ping(p) => Out::Ping(p.to_vec()),
             Message::Pong(p) => Out::Pong(p.to_vec()),
             Message::Close { code, reason } => Out::Close(code, reason.to_vec()),
+            Message::Compressed { text, payload } => Out::Compressed(text, payload.to_vec()),
         }
     }
 
@@ -1085,6 +1137,78 @@ mod tests {
             drive(&mut dec, &[&frame(Opcode::Text, true, b"ok")]),
             [Out::Fail(1002)]
         );
+    }
+
+    /// `frame` with RSV1 set on its first byte.
+    fn rsv1(mut frame: Vec<u8>) -> Vec<u8> {
+        frame[0] |= 0x40;
+        frame
+    }
+
+    /// Drives a permessage-deflate decoder over every split of `bytes`: each cut in two
+    /// and byte by byte decode like the whole; returns that.
+    fn deflate_split_invariant(bytes: &[u8]) -> Vec<Out> {
+        let expected = drive(&mut Decoder::with_deflate(MAX), &[bytes]);
+        for cut in 0..=bytes.len() {
+            let got = drive(&mut Decoder::with_deflate(MAX), &[&bytes[..cut], &bytes[cut..]]);
+            assert_eq!(got, expected, "cut at {cut}");
+        }
+        let bytewise: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(
+            drive(&mut Decoder::with_deflate(MAX), &bytewise),
+            expected,
+            "byte by byte"
+        );
+        expected
+    }
+
+    #[test]
+    fn rsv1_marks_a_compressed_message_when_negotiated() {
+        // Not negotiated: RSV1 is a protocol error, as RSV2 and RSV3 are.
+        assert_eq!(whole(&rsv1(frame(Opcode::Text, true, b"x"))), [Out::Fail(1002)]);
+        // Compressed text is not checked as UTF-8 until inflated.
+        let bytes = concat(&[
+            rsv1(frame(Opcode::Text, true, b"\xf2\x48")),
+            frame(Opcode::Text, true, b"plain"),
+            rsv1(frame(Opcode::Binary, false, b"ab")),
+            frame(Opcode::Ping, true, b"p"),
+            frame(Opcode::Continuation, true, b"\xffc"),
+            frame(Opcode::Binary, true, b"\xff"),
+        ]);
+        assert_eq!(
+            deflate_split_invariant(&bytes),
+            [
+                Out::Compressed(true, b"\xf2\x48".to_vec()),
+                Out::Text(b"plain".to_vec()),
+                Out::Ping(b"p".to_vec()),
+                Out::Compressed(false, b"ab\xffc".to_vec()),
+                Out::Binary(b"\xff".to_vec()),
+            ]
+        );
+        // Uncompressed text is still checked.
+        let bad = frame(Opcode::Text, true, b"\xff");
+        assert_eq!(deflate_split_invariant(&bad), [Out::Fail(1007)]);
+        // RFC 7692 §6.1: RSV1 on a continuation or a control frame is a protocol error.
+        for bad in [
+            concat(&[
+                frame(Opcode::Text, false, b"a"),
+                rsv1(frame(Opcode::Continuation, true, b"b")),
+            ]),
+            concat(&[
+                rsv1(frame(Opcode::Text, false, b"a")),
+                rsv1(frame(Opcode::Continuation, true, b"b")),
+            ]),
+            rsv1(frame(Opcode::Ping, true, b"")),
+            rsv1(frame(Opcode::Close, true, b"")),
+            raw(0x80 | 0x20 | 0x1, b"x"),
+            raw(0x80 | 0x40 | 0x10 | 0x1, b"x"),
+        ] {
+            assert_eq!(deflate_split_invariant(&bad), [Out::Fail(1002)], "{bad:02x?}");
+        }
+        // The limit bounds the compressed bytes as it bounds plain ones.
+        let mut small = Decoder::with_deflate(4);
+        let over = rsv1(frame(Opcode::Binary, true, b"12345"));
+        assert_eq!(drive(&mut small, &[&over]), [Out::Fail(1009)]);
     }
 
     #[test]

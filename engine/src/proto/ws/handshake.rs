@@ -3,8 +3,9 @@
 //! Owns: which request heads are WebSocket upgrades and how a refused one is answered,
 //! the `Sec-WebSocket-Accept` value and the 101 response, and `Origin` patterns.
 //!
-//! Must never: read past the request head (client frames follow it) or select a
-//! subprotocol or extension (ringcast speaks none).
+//! Must never: read past the request head (client frames follow it), select a
+//! subprotocol (ringcast speaks none) or an extension other than permessage-deflate, or
+//! fail a handshake over an extension offer (an offer it cannot accept is declined).
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
@@ -34,6 +35,9 @@ pub struct Upgrade<'a> {
     /// The first `Sec-WebSocket-Protocol` field, a comma-separated list (§4.1 item 10).
     /// ringcast selects no subprotocol, so the 101 names none.
     pub protocols: Option<&'a [u8]>,
+    /// Some `Sec-WebSocket-Extensions` offer is a permessage-deflate offer ringcast
+    /// accepts (see [`deflate::accepts_any`](super::deflate::accepts_any)).
+    pub deflate: bool,
     /// Bytes of the head, blank line included; client frames start at `head[head_len..]`.
     pub head_len: usize,
 }
@@ -147,6 +151,7 @@ struct UpgradeFields<'a> {
     key: &'a [u8],
     origin: Option<&'a [u8]>,
     protocols: Option<&'a [u8]>,
+    deflate: bool,
     body: bool,
 }
 
@@ -172,6 +177,8 @@ impl<'a> UpgradeFields<'a> {
                 f.origin = f.origin.or(Some(value));
             } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
                 f.protocols = f.protocols.or(Some(value));
+            } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+                f.deflate |= super::deflate::accepts_any([value]);
             } else if name.eq_ignore_ascii_case("content-length") {
                 f.body |= list_items(value).any(|n| n.iter().any(|&d| d != b'0'));
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
@@ -238,6 +245,7 @@ pub fn check_upgrade(head: &[u8]) -> Result<Option<Upgrade<'_>>, HandshakeError>
         key: f.key,
         origin: f.origin,
         protocols: f.protocols,
+        deflate: f.deflate,
         head_len,
     }))
 }
@@ -272,14 +280,19 @@ pub fn accept_key(key: &[u8]) -> [u8; 28] {
 }
 
 /// The whole 101 response that completes a handshake (§4.2.2 item 5), with no
-/// subprotocol and no extension.
+/// subprotocol, and permessage-deflate accepted when `deflate` (RFC 7692 §5,
+/// [`deflate::RESPONSE`](super::deflate::RESPONSE)).
 #[must_use]
-pub fn switching_protocols(key: &[u8]) -> Vec<u8> {
+pub fn switching_protocols(key: &[u8], deflate: bool) -> Vec<u8> {
     const START: &[u8] =
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ";
-    let mut out = Vec::with_capacity(START.len() + 28 + 4);
+    let mut out = Vec::with_capacity(START.len() + 28 + 4 + 100);
     out.extend_from_slice(START);
     out.extend_from_slice(&accept_key(key));
+    if deflate {
+        out.extend_from_slice(b"\r\nSec-WebSocket-Extensions: ");
+        out.extend_from_slice(super::deflate::RESPONSE.as_bytes());
+    }
     out.extend_from_slice(b"\r\n\r\n");
     out
 }
@@ -348,7 +361,7 @@ mod tests {
     #[test]
     fn rfc_example_accept_key() {
         assert_eq!(&accept_key(KEY.as_bytes()), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-        let response = switching_protocols(KEY.as_bytes());
+        let response = switching_protocols(KEY.as_bytes(), false);
         assert_eq!(
             response,
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -366,7 +379,28 @@ mod tests {
         assert_eq!(up.head_len, head.len());
         let bare = request("");
         let up = check(&bare).unwrap().unwrap();
-        assert_eq!((up.origin, up.protocols), (None, None));
+        assert_eq!((up.origin, up.protocols, up.deflate), (None, None, false));
+    }
+
+    #[test]
+    fn deflate_offers_over_field_lines() {
+        let up = |extra: &str| check(&request(extra)).unwrap().unwrap().deflate;
+        assert!(up(
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        ));
+        assert!(up(
+            "Sec-WebSocket-Extensions: foo\r\nsec-websocket-extensions: permessage-deflate\r\n"
+        ));
+        // Declined, and the handshake still succeeds.
+        assert!(!up(
+            "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=9\r\n"
+        ));
+        assert!(!up("Sec-WebSocket-Extensions: permessage-deflate; bogus=1\r\n"));
+        let response = String::from_utf8(switching_protocols(KEY.as_bytes(), true)).unwrap();
+        assert!(response.ends_with(
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; \
+             client_no_context_takeover\r\n\r\n"
+        ));
     }
 
     #[test]

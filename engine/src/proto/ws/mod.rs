@@ -5,6 +5,7 @@
 //! - `frame`: the frame codec: the client frame rules and the bytes of server frames.
 //! - `mask`: the XOR of payloads with the client's key (§5.3).
 //! - [`close`]: close codes and the rules of a close payload (§5.5.1, §7.4).
+//! - [`deflate`]: permessage-deflate (RFC 7692): the offers, and one message's codec.
 //!
 //! Everything is used through the names re-exported here.
 //!
@@ -15,6 +16,7 @@
 //! hold more than `max_message` bytes of a message (the limit is checked against the
 //! announced length before a byte of it is buffered).
 pub mod close;
+pub mod deflate;
 mod frame;
 mod handshake;
 mod mask;
