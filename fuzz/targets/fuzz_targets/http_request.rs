@@ -98,8 +98,10 @@ fn check_request(buf: &[u8], req: &Request<'_>) {
     let _ = http::query_param(req.query, "format");
     if let Ok(Some(upgrade)) = ws::check_upgrade(head) {
         assert!(upgrade.head_len == req.head_len, "{upgrade:?} vs {req:?}");
-        let answer = ws::switching_protocols(upgrade.key);
-        assert!(answer.starts_with(b"HTTP/1.1 101 "), "{answer:?}");
+        for deflate in [false, true] {
+            let answer = ws::switching_protocols(upgrade.key, deflate);
+            assert!(answer.starts_with(b"HTTP/1.1 101 "), "{answer:?}");
+        }
         let _ = ws::origin_allowed(upgrade.origin, &["https://*.example.com".to_string()]);
     }
 }

@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use ringcast::conn::Kind;
 use ringcast::event::{Epoch, Event};
 use ringcast::proto::sse;
 use ringcast_fuzz::{chunked, whatwg};
@@ -82,8 +81,7 @@ fuzz_target!(|stream: Stream| {
                     data.as_bytes(),
                     Instant::now(),
                 );
-                let kind = if stream.chunked { Kind::Sse } else { Kind::Sse10 };
-                wire.extend_from_slice(&event.bytes_for(kind));
+                wire.extend_from_slice(&event.sse(stream.chunked));
                 expected.push(expect(&event.id, name.as_deref(), &data));
             }
             Item::Comment(text) => {

@@ -101,6 +101,9 @@ fn owned(msg: Message<'_>, max_message: usize) -> Msg {
             control_ok(p);
             Msg::Pong(p.to_vec())
         }
+        Message::Compressed { .. } => {
+            panic!("a compressed message from a decoder that negotiated no extension (RSV1 is a 1002)")
+        }
         Message::Close { code, reason } => {
             control_ok(reason);
             assert!(code.is_none_or(close::is_valid), "close code {code:?}");
