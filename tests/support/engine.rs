@@ -350,14 +350,7 @@ impl Engine {
             self.stderr()
         );
         self.wait_port_closed();
-        let (child, stderr, ready_line) =
-            spawn(&self.args, |_| {}).unwrap_or_else(|e| panic!("ringcast did not restart: {e}"));
-        self.epoch = parse_ready(&ready_line, self.addr, &self.ingest);
-        self.admin = parse_admin(&ready_line);
-        self.pid = child.id();
-        self.child = child;
-        self.stderr = stderr;
-        self.ready_line = ready_line;
+        self.respawn("ringcast did not restart");
     }
 
     /// Kills the engine with SIGKILL, as a crash or the OOM killer would, and starts it
@@ -370,8 +363,12 @@ impl Engine {
     /// If the new engine does not print its ready line within [`READY_TIMEOUT`].
     pub fn crash_and_restart(&mut self) {
         self.kill();
-        let (child, stderr, ready_line) =
-            spawn(&self.args, |_| {}).unwrap_or_else(|e| panic!("ringcast did not start after SIGKILL: {e}"));
+        self.respawn("ringcast did not start after SIGKILL");
+    }
+
+    /// Starts the engine again with its arguments and takes the new run's ready line.
+    fn respawn(&mut self, what: &str) {
+        let (child, stderr, ready_line) = spawn(&self.args, |_| {}).unwrap_or_else(|e| panic!("{what}: {e}"));
         self.epoch = parse_ready(&ready_line, self.addr, &self.ingest);
         self.admin = parse_admin(&ready_line);
         self.pid = child.id();
