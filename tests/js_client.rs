@@ -18,16 +18,14 @@
 //! is driven by playwright-core), `/usr/bin/chromium`, `nginx`, `haproxy` and `openssl`:
 //! `.ci/run` installs them.
 //! Without them these tests fail, saying so.
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ringcast_tests::engine::{free_addr, Engine, TempDir};
-use ringcast_tests::json::{parse_flat_object, FlatObject};
+use ringcast_tests::json::FlatObject;
+use ringcast_tests::script::Script;
 
 /// Bound on one script run (the scripts bound themselves at 90 s).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(100);
@@ -40,151 +38,24 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// One running script; killed on drop if still running.
-struct Script {
-    what: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-    deadline: Instant,
+/// `node tests/js/SCRIPT ARGS` (with the WebSocket Node 20 keeps behind a flag).
+fn node(script: &str, args: &[&str]) -> Script {
+    let mut command = Command::new("node");
+    command
+        .arg("--experimental-websocket")
+        .arg("--no-warnings")
+        .arg(root().join("tests/js").join(script))
+        .args(args)
+        .current_dir(root().join("tests/js"));
+    let what = format!("node tests/js/{script} {}", args.join(" "));
+    Script::spawn(what, command, SCRIPT_TIMEOUT, INSTALL_HINT)
 }
 
-impl Script {
-    fn spawn(script: &str, args: &[&str]) -> Script {
-        let what = format!("node tests/js/{script} {}", args.join(" "));
-        let mut child = Command::new("node")
-            .arg("--experimental-websocket")
-            .arg("--no-warnings")
-            .arg(root().join("tests/js").join(script))
-            .args(args)
-            .current_dir(root().join("tests/js"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {what}: {e}; {INSTALL_HINT}"));
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped stdout");
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("piped stderr");
-        let log = Arc::clone(&stderr);
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let mut text = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                text.push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Script {
-            what,
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            stderr,
-            deadline: Instant::now() + SCRIPT_TIMEOUT,
-        }
-    }
-
-    /// The next stdout line starting with `prefix`, without it.
-    ///
-    /// # Panics
-    ///
-    /// If the script exits or the deadline passes first: with the script's stderr.
-    fn expect_line(&mut self, prefix: &str) -> String {
-        loop {
-            let left = self.deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.to_owned();
-                    }
-                    eprintln!("{}: {line}", self.what);
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.kill();
-                    panic!(
-                        "{}: no {prefix:?} line within {SCRIPT_TIMEOUT:?}\n{}",
-                        self.what,
-                        self.stderr()
-                    );
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    thread::sleep(Duration::from_millis(100));
-                    let status = self.child.try_wait().ok().flatten();
-                    panic!(
-                        "{} exited ({status:?}) before printing {prefix:?}:\n{}",
-                        self.what,
-                        self.stderr()
-                    );
-                }
-            }
-        }
-    }
-
-    fn send_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("the script's stdin");
-        writeln!(stdin, "{line}")
-            .unwrap_or_else(|e| panic!("write to {}: {e}\n{}", self.what, self.stderr()));
-    }
-
-    /// Reads the RESULT line, checks the script exits 0 within the deadline.
-    fn finish(mut self) -> FlatObject {
-        let json = self.expect_line("RESULT ");
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait on node") {
-                assert!(
-                    status.success(),
-                    "{} exited with {status}:\n{}",
-                    self.what,
-                    self.stderr()
-                );
-                break;
-            }
-            if Instant::now() >= self.deadline {
-                self.kill();
-                panic!("{}: still running after its RESULT", self.what);
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        let result = parse_flat_object(&json)
-            .unwrap_or_else(|e| panic!("{}: RESULT is not flat JSON: {e}\n{json}", self.what));
-        eprintln!("{}: {result:?}", self.what);
-        assert_eq!(get(&result, "ok"), "yes", "{result:?}");
-        result
-    }
-
-    fn kill(&mut self) {
-        // Not reaped before this, so the pid names no other process.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn stderr(&self) -> String {
-        let text = self
-            .stderr
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        format!("--- stderr of {} ---\n{text}", self.what)
-    }
-}
-
-impl Drop for Script {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.kill();
-        }
-    }
+/// `script`'s result, which must say `"ok":"yes"`.
+fn ok(script: Script) -> FlatObject {
+    let result = script.finish();
+    assert_eq!(get(&result, "ok"), "yes", "{result:?}");
+    result
 }
 
 fn get<'a>(result: &'a FlatObject, key: &str) -> &'a str {
@@ -201,7 +72,7 @@ fn number(result: &FlatObject, key: &str) -> u64 {
 }
 
 fn node_script(mode: &str, engine: &Engine) -> Script {
-    Script::spawn(
+    node(
         "client_node.mjs",
         &[mode, &engine.addr.to_string(), &engine.ingest.to_string_lossy()],
     )
@@ -217,7 +88,7 @@ fn with_crash(mode: &str, engine: &mut Engine) -> FlatObject {
     eprintln!("engine killed and ready again in {:?}", started.elapsed());
     assert_ne!(engine.epoch, old, "a restart must change the epoch");
     script.send_line(&format!("RESTARTED {}", engine.epoch));
-    let result = script.finish();
+    let result = ok(script);
     assert_eq!(get(&result, "epoch"), engine.epoch);
     result
 }
@@ -225,7 +96,7 @@ fn with_crash(mode: &str, engine: &mut Engine) -> FlatObject {
 #[test]
 fn node_client_receives_on_every_transport() {
     let engine = Engine::start(&["--heartbeat-ms", "1000"]);
-    let result = node_script("transports", &engine).finish();
+    let result = ok(node_script("transports", &engine));
     for t in ["websocket", "sse", "ndjson", "poll"] {
         assert_eq!(get(&result, &format!("{t}.transport")), t);
         assert_eq!(number(&result, &format!("{t}.messages")), 7, "{result:?}");
@@ -245,7 +116,7 @@ fn node_client_reports_one_reset_after_an_engine_crash() {
 #[test]
 fn node_client_gets_every_event_once_through_a_dropping_proxy() {
     let engine = Engine::start(&["--retry-ms", "50"]);
-    let result = node_script("proxy", &engine).finish();
+    let result = ok(node_script("proxy", &engine));
     let cuts = number(&result, "cuts");
     assert!(
         cuts >= 20,
@@ -291,7 +162,7 @@ fn thousand_node_clients_spread_their_reconnects_after_a_crash() {
 #[test]
 fn node_client_notices_a_silent_connection_within_the_heartbeat_and_margin() {
     let engine = Engine::start(&["--heartbeat-ms", "1000"]);
-    let result = node_script("stall", &engine).finish();
+    let result = ok(node_script("stall", &engine));
     let bound = number(&result, "bound_ms");
     for t in ["websocket", "sse", "ndjson", "poll"] {
         let noticed = number(&result, &format!("{t}.noticed_ms"));
@@ -307,7 +178,7 @@ fn node_client_notices_a_silent_connection_within_the_heartbeat_and_margin() {
 #[test]
 fn node_client_falls_back_to_polling_when_upgrades_and_streams_are_swallowed() {
     let engine = Engine::start(&[]);
-    let result = node_script("blocked", &engine).finish();
+    let result = ok(node_script("blocked", &engine));
     assert_eq!(get(&result, "transport"), "poll", "{result:?}");
     assert_eq!(number(&result, "messages"), 20, "{result:?}");
     assert_eq!(number(&result, "tried_ws"), 1, "the WebSocket first: {result:?}");
@@ -331,7 +202,7 @@ fn node_client_refreshes_expiring_tokens_and_loses_nothing() {
     std::fs::write(&jwks, JWKS).expect("write jwks.json");
     let jwks = jwks.to_string_lossy().into_owned();
     let engine = Engine::start(&["--auth-jwks", &jwks, "--auth-leeway-secs", "0"]);
-    let result = node_script("expiry", &engine).finish();
+    let result = ok(node_script("expiry", &engine));
     for t in ["websocket", "sse", "poll"] {
         assert_eq!(number(&result, &format!("{t}.messages")), 25, "{result:?}");
         assert!(
@@ -452,15 +323,14 @@ fn chromium_client_falls_back_to_sse_behind_nginx_without_upgrades() {
     require_chromium();
     let engine = Engine::start(&[]);
     let nginx = Nginx::start(&engine);
-    let result = Script::spawn(
+    let result = ok(node(
         "client_browser.mjs",
         &[
             "fallback",
             &nginx.addr.to_string(),
             &engine.ingest.to_string_lossy(),
         ],
-    )
-    .finish();
+    ));
     assert_eq!(get(&result, "transport"), "sse", "{result:?}");
     assert_eq!(number(&result, "messages"), 50, "{result:?}");
     assert!(
@@ -483,7 +353,7 @@ fn chromium_console_shows_events_publishes_with_the_token_and_shows_a_reset() {
     let mut engine = Engine::start(&["--console", "--admin-token", "console-test-token"]);
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console.png");
     let _ = std::fs::remove_file(&shot);
-    let mut script = Script::spawn(
+    let mut script = node(
         "client_browser.mjs",
         &[
             "console",
@@ -496,7 +366,7 @@ fn chromium_console_shows_events_publishes_with_the_token_and_shows_a_reset() {
     script.expect_line("READY");
     engine.crash_and_restart();
     script.send_line(&format!("RESTARTED {}", engine.epoch));
-    let result = script.finish();
+    let result = ok(script);
     assert_eq!(get(&result, "epoch"), engine.epoch);
     assert_eq!(
         number(&result, "messages"),
@@ -656,7 +526,7 @@ fn chromium_over_http2_through_haproxy_holds_20_eventsources_and_a_websocket_acr
     require_chromium();
     let engine = Engine::start(&["--retry-ms", "500"]);
     let haproxy = Haproxy::start(&engine);
-    let mut script = Script::spawn(
+    let mut script = node(
         "client_browser.mjs",
         &["h2", &haproxy.addr.to_string(), &engine.ingest.to_string_lossy()],
     );
@@ -664,7 +534,7 @@ fn chromium_over_http2_through_haproxy_holds_20_eventsources_and_a_websocket_acr
     haproxy.reload();
     thread::sleep(Duration::from_millis(300));
     script.send_line("RELOADED");
-    let result = script.finish();
+    let result = ok(script);
     assert_eq!(
         get(&result, "protocol"),
         "h2",

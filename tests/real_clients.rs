@@ -13,16 +13,13 @@
 //!
 //! Needs `node` (20+), `npm ci --prefix tests/js` and `/usr/bin/chromium`: `.ci/run`
 //! installs them. Without them these tests fail, saying so; they never pass silently.
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ringcast_tests::engine::Engine;
 use ringcast_tests::json::{parse_flat_object, FlatObject};
+use ringcast_tests::script::Script;
 use ringcast_tests::sse::SseClient;
 use ringcast_tests::whatwg::Event;
 use ringcast_tests::{epoch_of, seq_of, WAIT};
@@ -87,162 +84,17 @@ fn require_tools(client: Client) {
     }
 }
 
-/// One running script: its stdout lines arrive on a channel, its stderr is collected.
-/// Killed on drop if still running.
-struct Script {
-    what: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-    deadline: Instant,
-}
-
-impl Script {
-    fn spawn(client: Client, mode: &str, engine: &Engine) -> Script {
-        require_tools(client);
-        let what = format!("node tests/js/{} {mode}", client.script());
-        let mut child = Command::new("node")
-            .arg(js_dir().join(client.script()))
-            .args([mode, &engine.addr.to_string()])
-            .arg(&engine.ingest)
-            .current_dir(js_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {what}: {e}; {INSTALL_HINT}"));
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped stdout");
-        // Both readers end at EOF, when the script exits or is killed.
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("piped stderr");
-        let log = Arc::clone(&stderr);
-        thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            *log.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = text;
-        });
-        Script {
-            what,
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            stderr,
-            deadline: Instant::now() + SCRIPT_TIMEOUT,
-        }
-    }
-
-    /// The next stdout line that starts with `prefix`, without it. Other lines are
-    /// skipped (a script may log).
-    ///
-    /// # Panics
-    ///
-    /// If the script exits or the deadline passes first: with the script's stderr.
-    fn expect_line(&mut self, prefix: &str) -> String {
-        loop {
-            let left = self.deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.to_owned();
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.kill();
-                    panic!(
-                        "{}: no {prefix:?} line within {SCRIPT_TIMEOUT:?}\n{}",
-                        self.what,
-                        self.stderr()
-                    );
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = show(self.wait());
-                    panic!(
-                        "{} exited ({status}) before printing {prefix:?}:\n{}",
-                        self.what,
-                        self.stderr()
-                    );
-                }
-            }
-        }
-    }
-
-    fn send_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("the script's stdin");
-        writeln!(stdin, "{line}")
-            .unwrap_or_else(|e| panic!("write to {}: {e}\n{}", self.what, self.stderr()));
-    }
-
-    /// Reads the RESULT line and checks the script exits with status 0.
-    fn finish(mut self) -> FlatObject {
-        let json = self.expect_line("RESULT ");
-        let status = self.wait();
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "{} exited with {}:\n{}",
-            self.what,
-            show(status),
-            self.stderr()
-        );
-        let result = parse_flat_object(&json)
-            .unwrap_or_else(|e| panic!("{}: RESULT is not flat JSON: {e}\n{json}", self.what));
-        eprintln!("{}: {result:?}", self.what);
-        result
-    }
-
-    /// Waits, bounded by the deadline, for the script to exit; kills it past that and
-    /// returns `None`.
-    fn wait(&mut self) -> Option<ExitStatus> {
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait on node") {
-                // Give the stderr reader a moment to see EOF and store what it read.
-                thread::sleep(Duration::from_millis(50));
-                return Some(status);
-            }
-            if Instant::now() >= self.deadline {
-                self.kill();
-                return None;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn kill(&mut self) {
-        // The child is not reaped before this, so its pid names no other process.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn stderr(&self) -> String {
-        let text = self
-            .stderr
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        format!("--- stderr of {} ---\n{text}", self.what)
-    }
-}
-
-impl Drop for Script {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.kill();
-        }
-    }
-}
-
-fn show(status: Option<ExitStatus>) -> String {
-    status.map_or_else(
-        || format!("killed: still running after {SCRIPT_TIMEOUT:?}"),
-        |s| s.to_string(),
-    )
+/// `node tests/js/<client's script> MODE ADDR INGEST`, once the client's tools are there.
+fn spawn(client: Client, mode: &str, engine: &Engine) -> Script {
+    require_tools(client);
+    let mut command = Command::new("node");
+    command
+        .arg(js_dir().join(client.script()))
+        .args([mode, &engine.addr.to_string()])
+        .arg(&engine.ingest)
+        .current_dir(js_dir());
+    let what = format!("node tests/js/{} {mode}", client.script());
+    Script::spawn(what, command, SCRIPT_TIMEOUT, INSTALL_HINT)
 }
 
 /// The value of `key` in the result; a missing key or a `null` fails the test.
@@ -308,7 +160,7 @@ fn assert_in_order(events: &[Event], epoch: &str) {
 /// 3 events live, every stream dropped, 3 published meanwhile, reconnect, 1 live.
 fn drop_and_resume(client: Client) {
     let engine = Engine::start(ENGINE_ARGS);
-    let result = Script::spawn(client, "drop", &engine).finish();
+    let result = spawn(client, "drop", &engine).finish();
     let want = published(&result);
     let got = received(&result);
     assert_eq!(want.len(), 7, "{result:?}");
@@ -341,7 +193,7 @@ fn drop_and_resume(client: Client) {
 fn restart_and_reset(client: Client) {
     let mut engine = Engine::start(ENGINE_ARGS);
     let old_epoch = engine.epoch.clone();
-    let mut script = Script::spawn(client, "restart", &engine);
+    let mut script = spawn(client, "restart", &engine);
     script.expect_line("READY");
     let started = Instant::now();
     engine.restart();

@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod json;
 pub mod nats;
 pub mod poll;
+pub mod script;
 pub mod slow;
 pub mod sse;
 pub mod whatwg;
