@@ -145,6 +145,11 @@ pub struct CompareArgs {
     /// Bound on one run, seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
+    /// When a run ends short (3 s without a delivery), keep reading this many seconds more
+    /// and count what still arrives as late, not lost: a server that stalled and a server
+    /// that lost events look alike at the idle end.
+    #[arg(long, default_value_t = 10)]
+    pub late_secs: u64,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -185,8 +190,13 @@ struct FanRun {
     deliveries_per_sec: f64,
     delivered: u64,
     expected: u64,
-    /// Deliveries that never arrived (expected - delivered, per subscriber).
+    /// Deliveries that never arrived (expected - delivered, per subscriber), settling
+    /// included.
     lost: u64,
+    /// Deliveries that arrived only after the run's idle end, while settling.
+    late: u64,
+    /// Subscribers still short after settling.
+    short_subscribers: usize,
     /// Gap notices received (ringcast tells each drop) and the events they counted.
     gap_notices: u64,
     gap_dropped: u64,
@@ -459,6 +469,7 @@ fn markdown(args: &CompareArgs, idle: &[Idle], fan: Option<&Fan>) -> String {
                     fixed(r.deliveries_per_sec / 1e6, 3),
                     format!("{}/{}", r.delivered, r.expected),
                     r.lost.to_string(),
+                    r.late.to_string(),
                     format!("{} ({})", r.gap_notices, r.gap_dropped),
                     fixed(r.publish_per_sec, 0),
                 ]
@@ -471,6 +482,7 @@ fn markdown(args: &CompareArgs, idle: &[Idle], fan: Option<&Fan>) -> String {
                 "M deliveries/s",
                 "delivered",
                 "lost",
+                "late",
                 "gap notices (events)",
                 "publishes/s",
             ],
@@ -1381,6 +1393,19 @@ fn fanout(args: &CompareArgs, out: &mut String) -> Result<Fan, String> {
         let secs = (shared.last_ns.load(Ordering::Relaxed).saturating_sub(t0_ns) as f64 / 1e9)
             .max(publish_secs)
             .max(1e-9);
+        // Short at the idle end: keep reading, so that late is told apart from lost.
+        let settle_end = Instant::now() + Duration::from_secs(args.late_secs);
+        let mut settled = got;
+        while settled < expected && Instant::now() < settle_end {
+            thread::sleep(Duration::from_millis(20));
+            settled = shared
+                .counts
+                .iter()
+                .zip(&before)
+                .map(|(c, b)| c.load(Ordering::Relaxed) - b)
+                .sum();
+        }
+        let late = settled - got;
         let short: Vec<u64> = shared
             .counts
             .iter()
@@ -1403,7 +1428,7 @@ fn fanout(args: &CompareArgs, out: &mut String) -> Result<Fan, String> {
         };
         lines.push(format!(
             "    {label}: {:.0} events/s fanned out, {:.3} M deliveries/s, publish {:.0} events/s{}; \
-             {got}/{expected} delivered, {lost} lost ({losers} subscribers short), gap notices {gap_notices} \
+             {got}/{expected} delivered, {lost} lost ({losers} subscribers short), {late} late, gap notices {gap_notices} \
              ({gap_dropped} events), {} closed; latency {}",
             events as f64 / secs,
             got as f64 / secs / 1e6,
@@ -1423,6 +1448,8 @@ fn fanout(args: &CompareArgs, out: &mut String) -> Result<Fan, String> {
                 delivered: got,
                 expected,
                 lost,
+                late,
+                short_subscribers: losers,
                 gap_notices,
                 gap_dropped,
                 publish_per_sec: events as f64 / publish_secs,
@@ -1442,10 +1469,11 @@ fn fanout(args: &CompareArgs, out: &mut String) -> Result<Fan, String> {
     let median = d[d.len() / 2];
     let lost: u64 = rates.iter().map(|r| r.1).sum();
     let dropped: u64 = runs.iter().map(|r| r.gap_dropped).sum();
+    let late: u64 = runs.iter().map(|r| r.late).sum();
     let _ = writeln!(
         out,
         "    SUMMARY {:?}: median {:.3} M deliveries/s ({:.0} events/s fanned out), spread {:.3}..{:.3}; \
-         lost {lost} of {} over {} runs ({dropped} told by gap notices); latency over all runs {}",
+         lost {lost} of {} over {} runs ({dropped} told by gap notices), {late} late; latency over all runs {}",
         args.server,
         median / 1e6,
         median / k as f64,

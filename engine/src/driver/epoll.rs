@@ -503,3 +503,268 @@ fn try_send(fd: RawFd, w: Wait) -> Option<(u64, i32)> {
     };
     (res != -libc::EAGAIN).then_some((data, res))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The driver against real TCP sockets on loopback: readers that fall behind, so that
+    //! sends wait for output room, while input arrives on the same sockets.
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::{IntoRawFd, RawFd};
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use super::{Completion, Epoll, Loop, Op, Setup};
+
+    const CONNS: usize = 24;
+    const BYTES_PER_CONN: usize = 3 << 20;
+    const ECHO_BYTES: usize = 4096;
+    const TICK: u64 = u64::MAX;
+    const RECV: u64 = 1 << 32;
+    const NO_BELLS: &[u64] = &[];
+
+    /// Byte `i` of every connection's stream.
+    fn pattern(i: usize) -> u8 {
+        (i.wrapping_mul(31) ^ (i >> 9)) as u8
+    }
+
+    struct Conn {
+        fd: RawFd,
+        sent: usize,
+        /// The send in flight: its length, and whether it was gathered.
+        in_flight: Option<usize>,
+        sends: u64,
+        received: usize,
+        iov: [libc::iovec; 2],
+        msg: libc::msghdr,
+    }
+
+    /// Streams `BYTES_PER_CONN` of the pattern down every connection, one send in flight
+    /// each, alternating plain and gathered sends of uneven sizes, and takes the input the
+    /// peers send back meanwhile.
+    struct Streams {
+        outbox: Vec<Op>,
+        /// Never resized while the driver runs: sends point into it.
+        conns: Vec<Conn>,
+        data: Vec<u8>,
+        deadline: Instant,
+        failed: Option<String>,
+    }
+
+    impl Streams {
+        fn next_send(&mut self, i: usize) {
+            let c = &mut self.conns[i];
+            if c.sent == BYTES_PER_CONN {
+                return;
+            }
+            let len = (1000 + (c.sends as usize * 7919) % 60_000).min(BYTES_PER_CONN - c.sent);
+            let data = (i as u64) | (c.sends << 16);
+            let base = self.data[c.sent..].as_ptr();
+            c.in_flight = Some(len);
+            if c.sends.is_multiple_of(2) {
+                self.outbox.push(Op::Send {
+                    file: c.fd as u32,
+                    buf: base,
+                    len: len as u32,
+                    data,
+                });
+            } else {
+                let half = len / 2;
+                c.iov = [
+                    libc::iovec {
+                        iov_base: base as *mut libc::c_void,
+                        iov_len: half,
+                    },
+                    libc::iovec {
+                        // SAFETY: `half < len` and `base[..len]` lies inside `data`.
+                        iov_base: unsafe { base.add(half) } as *mut libc::c_void,
+                        iov_len: len - half,
+                    },
+                ];
+                // SAFETY: all-zero is a valid msghdr.
+                c.msg = unsafe { std::mem::zeroed() };
+                c.msg.msg_iov = c.iov.as_mut_ptr();
+                c.msg.msg_iovlen = 2;
+                self.outbox.push(Op::SendMsg {
+                    file: c.fd as u32,
+                    msg: &c.msg,
+                    data,
+                });
+            }
+        }
+    }
+
+    impl Loop for Streams {
+        fn outbox(&mut self) -> &mut Vec<Op> {
+            &mut self.outbox
+        }
+
+        fn complete(&mut self, c: Completion<'_>, now: Instant) {
+            if c.data == TICK {
+                if now > self.deadline {
+                    self.failed.get_or_insert_with(|| "streams stalled".into());
+                }
+                return;
+            }
+            let i = (c.data & 0xffff) as usize;
+            if c.data & RECV != 0 {
+                let conn = &mut self.conns[i];
+                match c.buf {
+                    Some(buf) => conn.received += buf.len(),
+                    None if conn.received < ECHO_BYTES => {
+                        self.failed.get_or_insert_with(|| {
+                            format!(
+                                "connection {i}: receive ended with {} after {}",
+                                c.res, conn.received
+                            )
+                        });
+                    }
+                    None => {}
+                }
+                return;
+            }
+            let conn = &mut self.conns[i];
+            let seq = c.data >> 16;
+            if conn.in_flight.is_none() || seq != conn.sends {
+                self.failed
+                    .get_or_insert_with(|| format!("connection {i}: completion of send {seq} unexpected"));
+                return;
+            }
+            let len = conn.in_flight.take().unwrap_or(0);
+            if c.res <= 0 || c.res as usize > len {
+                self.failed
+                    .get_or_insert_with(|| format!("connection {i}: send of {len} completed with {}", c.res));
+                return;
+            }
+            conn.sent += c.res as usize;
+            conn.sends += 1;
+            self.next_send(i);
+        }
+
+        fn before_wait(&mut self) -> bool {
+            true
+        }
+
+        fn after_wait(&mut self, _slept: bool) {}
+
+        fn end_turn(&mut self) -> bool {
+            self.failed.is_some()
+                || self
+                    .conns
+                    .iter()
+                    .all(|c| c.sent == BYTES_PER_CONN && c.in_flight.is_none() && c.received == ECHO_BYTES)
+        }
+    }
+
+    /// A reader that takes the stream in small pieces with pauses, checks every byte, and
+    /// sends `ECHO_BYTES` back in pieces meanwhile.
+    fn slow_reader(mut s: TcpStream, seed: usize) -> Result<(), String> {
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let mut at = 0;
+        let mut buf = vec![0u8; 8192];
+        let mut echoed = 0;
+        let mut round = seed;
+        // The engine's sockets fill before the first read: its sends must wait.
+        thread::sleep(Duration::from_millis(50));
+        while at < BYTES_PER_CONN {
+            round += 1;
+            let want = 512 + (round * 977) % buf.len().saturating_sub(512);
+            let n = s
+                .read(&mut buf[..want])
+                .map_err(|e| format!("read at {at}: {e}"))?;
+            if n == 0 {
+                return Err(format!("end of stream at {at}"));
+            }
+            if let Some(bad) = (0..n).find(|&k| buf[k] != pattern(at + k)) {
+                return Err(format!("byte {} differs", at + bad));
+            }
+            at += n;
+            if round.is_multiple_of(64) {
+                thread::sleep(Duration::from_millis(2));
+            }
+            if echoed < ECHO_BYTES && round.is_multiple_of(16) {
+                s.write_all(&[7u8; 256]).map_err(|e| e.to_string())?;
+                echoed += 256;
+            }
+        }
+        while echoed < ECHO_BYTES {
+            s.write_all(&[7u8; 256]).map_err(|e| e.to_string())?;
+            echoed += 256;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn sends_that_wait_for_output_room_complete_exactly_once_in_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let mut readers = Vec::new();
+        let mut conns = Vec::new();
+        for i in 0..CONNS {
+            let client = TcpStream::connect(addr).expect("connect");
+            let (server, _) = listener.accept().expect("accept");
+            server.set_nonblocking(true).expect("nonblocking");
+            let fd = server.into_raw_fd();
+            // As the engine's listeners: little unsent data per socket, so sends wait.
+            let lowat: libc::c_int = 16 * 1024;
+            // SAFETY: `lowat` outlives the call and its size is passed with it.
+            let res = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_NOTSENT_LOWAT,
+                    std::ptr::from_ref(&lowat).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(res, 0, "TCP_NOTSENT_LOWAT");
+            readers.push(thread::spawn(move || slow_reader(client, i * 13)));
+            conns.push(Conn {
+                fd,
+                sent: 0,
+                in_flight: None,
+                sends: 0,
+                received: 0,
+                // SAFETY: all-zero iovecs are valid values, replaced before use.
+                iov: unsafe { std::mem::zeroed() },
+                // SAFETY: as above, for the msghdr.
+                msg: unsafe { std::mem::zeroed() },
+            });
+        }
+        let setup = Setup {
+            tick_data: TICK,
+            tick_ms: 50,
+            bell_data: NO_BELLS,
+            direct: false,
+            files: 1024,
+            sq_entries: 64,
+        };
+        let driver = Epoll::new(setup, Vec::new(), 2048).expect("epoll");
+        let mut streams = Streams {
+            outbox: Vec::new(),
+            conns,
+            data: (0..BYTES_PER_CONN).map(pattern).collect(),
+            deadline: Instant::now() + Duration::from_secs(20),
+            failed: None,
+        };
+        for i in 0..CONNS {
+            let fd = streams.conns[i].fd;
+            streams.outbox.push(Op::RecvMulti {
+                file: fd as u32,
+                data: RECV | i as u64,
+            });
+            streams.next_send(i);
+        }
+        driver.run(&mut streams).expect("driver");
+        assert_eq!(streams.failed, None);
+        for r in readers {
+            r.join().expect("reader thread").expect("reader");
+        }
+        for c in &streams.conns {
+            assert!(c.sends as usize > BYTES_PER_CONN / 60_000, "sends were split");
+            // SAFETY: the test owns the descriptor and the driver is gone.
+            unsafe { libc::close(c.fd) };
+        }
+    }
+}
