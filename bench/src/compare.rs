@@ -208,6 +208,8 @@ struct FanRun {
 struct Fan {
     held: usize,
     requested: usize,
+    /// Subscribers not held, by why.
+    failures: std::collections::BTreeMap<String, usize>,
     runs: Vec<FanRun>,
     median_deliveries_per_sec: f64,
     latency: Histogram<u64>,
@@ -377,6 +379,7 @@ struct Json<'a> {
 struct FanJson<'a> {
     requested: usize,
     held: usize,
+    failures: &'a std::collections::BTreeMap<String, usize>,
     median_deliveries_per_sec: f64,
     lost: u64,
     gap_dropped: u64,
@@ -404,6 +407,7 @@ fn json(args: &CompareArgs, c: &Conditions, idle: &[Idle], fan: Option<&Fan>) ->
         fanout: fan.map(|f| FanJson {
             requested: f.requested,
             held: f.held,
+            failures: &f.failures,
             median_deliveries_per_sec: f.median_deliveries_per_sec,
             lost: f.runs.iter().map(|r| r.lost).sum(),
             gap_dropped: f.runs.iter().map(|r| r.gap_dropped).sum(),
@@ -1486,6 +1490,7 @@ fn fanout(args: &CompareArgs, out: &mut String) -> Result<Fan, String> {
     Ok(Fan {
         held: k,
         requested: args.fast,
+        failures,
         runs,
         median_deliveries_per_sec: median,
         latency: all,
