@@ -50,6 +50,8 @@ use crate::driver::tag::{ingest as tag, pack, unpack};
 pub const UPSTREAM_BELL_DATA: u64 = user_data(tag::UPSTREAM_BELL, 0);
 /// The `user_data` of the backplane thread's doorbell to this thread.
 pub const BACKPLANE_BELL_DATA: u64 = user_data(tag::BACKPLANE_BELL, 0);
+/// The `user_data` of a loop's doorbell when it reached the mark publishes wait for.
+pub const FLOW_BELL_DATA: u64 = user_data(tag::FLOW_BELL, 0);
 
 /// Replies of one publisher waiting for the backplane's answer (and the replies behind
 /// them); beyond this its commands wait, and its input is not read, until some are
@@ -76,6 +78,9 @@ const LINE_MAX: usize = 1024;
 const SHUTDOWN_TICKS: u32 = 20;
 /// Connections from the engine's own process accepted beyond `--publishers-max`.
 pub const OWN_CONNECTIONS_MAX: usize = 8;
+/// With `--ingest-flow lag`, a loop behind the bound rings this thread once it has read
+/// this fraction of the bound more (64 events of the default 4096).
+const FLOW_HYSTERESIS_DIV: u64 = 64;
 /// Idle publishers are looked for this often (1 s).
 const IDLE_CHECK_TICKS: u32 = 10;
 
@@ -134,6 +139,21 @@ struct Ingest {
     next_serial: u64,
     /// This node's id in the cluster, naming it in connection ids.
     node: Box<str>,
+    /// With `--ingest-flow lag`: the lag at which publishes wait, and since when the
+    /// loops have been behind it.
+    flow_lag: Option<u64>,
+    behind_since: Option<Instant>,
+    /// Where the next round over held publishers starts.
+    next_held: usize,
+}
+
+/// What a `PUB` may do under `--ingest-flow`.
+enum Flow {
+    Go,
+    /// Wait: its publisher is held until a loop's doorbell (or the tick) says more.
+    Hold,
+    /// The loops have been behind for `--ingest-flow-wait-ms`: refuse it, with the lag.
+    Refuse(u64),
 }
 
 /// What the ingest thread needs; the thread itself builds its ring (`SINGLE_ISSUER`
@@ -154,7 +174,7 @@ impl IngestThread {
         let setup = crate::driver::Setup {
             tick_data: user_data(tag::TICK, 0),
             tick_ms: TICK_MS,
-            bell_data: &[UPSTREAM_BELL_DATA, BACKPLANE_BELL_DATA],
+            bell_data: &[UPSTREAM_BELL_DATA, BACKPLANE_BELL_DATA, FLOW_BELL_DATA],
             direct: false,
             files: 0,
             sq_entries: 256,
@@ -199,6 +219,7 @@ impl Ingest {
             payload_max: shared.config.payload_max,
             line_max: LINE_MAX,
         };
+        let shared_flow_lag = shared.config.flow_lag();
         let mut ingest = Ingest {
             ops: Vec::with_capacity(64),
             accept_armed: false,
@@ -214,6 +235,9 @@ impl Ingest {
             stopping_since: None,
             next_serial: 0,
             node,
+            flow_lag: shared_flow_lag,
+            behind_since: None,
+            next_held: 0,
         };
         ingest.arm_accept();
         // Stream events may have arrived before this doorbell existed to be rung.
@@ -270,6 +294,7 @@ impl Ingest {
             tag::DOORBELL => {}
             tag::UPSTREAM_BELL => self.route_upstream(),
             tag::BACKPLANE_BELL => self.on_backplane(),
+            tag::FLOW_BELL => self.on_flow(),
             t => debug_assert!(false, "unknown ingest completion tag {t}"),
         }
     }
@@ -395,6 +420,22 @@ impl Ingest {
                         self.publishers[index].held = true;
                         break;
                     }
+                    if let Command::Publish(_) = command {
+                        match self.flow() {
+                            Flow::Go => {}
+                            Flow::Hold => {
+                                self.publishers[index].held = true;
+                                break;
+                            }
+                            Flow::Refuse(lag) => {
+                                at += consumed;
+                                self.publishers[index].last_command = self.ticks;
+                                let reason = self.behind_reason(lag);
+                                self.reply(index, reason.as_bytes());
+                                continue;
+                            }
+                        }
+                    }
                     at += consumed;
                     self.publishers[index].last_command = self.ticks;
                     self.execute(index, command);
@@ -444,14 +485,63 @@ impl Ingest {
         }
     }
 
+    /// With `--ingest-flow lag`: whether a `PUB` may be published now. While the slowest
+    /// loop trails the head by more than the bound it waits, and the loops behind are
+    /// asked to ring this thread once they are a 64th of it closer (a hysteresis, so a
+    /// loop at the bound does not ring per event, yet a slow loop releases publishes
+    /// soon); once they have been behind for
+    /// `--ingest-flow-wait-ms`, publishes are refused until they catch up.
+    fn flow(&mut self) -> Flow {
+        let Some(bound) = self.flow_lag else {
+            return Flow::Go;
+        };
+        let ring = Arc::clone(self.producer.ring());
+        if ring.lag() <= bound {
+            self.behind_since = None;
+            return Flow::Go;
+        }
+        let since = *self.behind_since.get_or_insert_with(Instant::now);
+        let waited_ms = since.elapsed().as_millis();
+        if waited_ms >= u128::from(self.shared.config.ingest_flow_wait_ms) {
+            return Flow::Refuse(ring.lag());
+        }
+        let mark = ring.head() - bound + (bound / FLOW_HYSTERESIS_DIV).max(1);
+        if ring.watch(mark) <= bound {
+            self.behind_since = None;
+            return Flow::Go;
+        }
+        // Loops asleep since the last publishes of this read have not been told yet.
+        if std::mem::take(&mut self.published) {
+            self.ring_doorbells(false);
+        }
+        Flow::Hold
+    }
+
+    /// The refusal of a `PUB` the loops had no room for.
+    fn behind_reason(&self, lag: u64) -> String {
+        format!(
+            "-ERR engine behind: a loop trails the newest event by {lag} events (--ingest-flow-lag {}) \
+             for over {} ms (--ingest-flow-wait-ms); not published, try again\r\n",
+            self.flow_lag.unwrap_or(0),
+            self.shared.config.ingest_flow_wait_ms
+        )
+    }
+
     /// Lets held publishers go on once answers have made room.
     fn resume_held(&mut self) {
-        let held: Vec<usize> = self
+        let mut held: Vec<usize> = self
             .publishers
             .iter()
             .filter(|(_, p)| p.held)
             .map(|(i, _)| i)
             .collect();
+        // Each round starts with another publisher, so that under flow control the first
+        // in the table does not take the room every time.
+        if !held.is_empty() {
+            self.next_held = self.next_held.wrapping_add(1);
+            let start = self.next_held % held.len();
+            held.rotate_left(start);
+        }
         for index in held {
             // Nothing arms a receive for a held publisher, so its input is not lent out.
             debug_assert!(
@@ -463,6 +553,20 @@ impl Ingest {
             self.arm_recv(index);
             self.flush(index);
         }
+        if std::mem::take(&mut self.published) {
+            self.ring_doorbells(false);
+        }
+    }
+
+    /// A loop reached the mark publishes wait for, or the tick: the loops may have
+    /// caught up, and the waits of `--ingest-flow-wait-ms` may be over.
+    fn on_flow(&mut self) {
+        if let Some(bound) = self.flow_lag {
+            if self.producer.ring().lag() <= bound {
+                self.behind_since = None;
+            }
+        }
+        self.resume_held();
     }
 
     fn execute(&mut self, index: usize, command: Command<'_>) {
@@ -939,6 +1043,10 @@ impl Ingest {
         self.ring_doorbells(true);
         // The safety net behind a backplane doorbell rung before this ring existed.
         self.on_backplane();
+        if self.flow_lag.is_some() {
+            // Ends the waits of `--ingest-flow-wait-ms`, to the tick.
+            self.on_flow();
+        }
         if self.ticks.is_multiple_of(IDLE_CHECK_TICKS) {
             self.close_idle();
         }
