@@ -1356,6 +1356,38 @@ mod tests {
     }
 
     #[test]
+    fn flow_control_defaults_to_accept_and_its_bounds_are_checked() {
+        let cfg = load("", &[]).unwrap();
+        assert_eq!((cfg.ingest_flow, cfg.flow_lag()), (IngestFlow::Accept, None));
+        let cfg = load("ingest-flow = \"lag\"\n", &["--ring-slots", "1024"]).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.flow_lag(), Some(256), "a quarter of the ring");
+        let cfg = load("", &["--ingest-flow", "lag", "--ingest-flow-lag", "100"]).unwrap();
+        assert_eq!(cfg.flow_lag(), Some(100));
+        for (flags, flag) in [
+            (
+                ["--ring-slots", "1024", "--ingest-flow-lag", "513"],
+                "--ingest-flow-lag 513",
+            ),
+            (
+                ["--ring-slots", "1024", "--ingest-flow-lag", "7"],
+                "--ingest-flow-lag 7",
+            ),
+            (
+                ["--ingest-flow-wait-ms", "99", "--loops", "1"],
+                "--ingest-flow-wait-ms 99",
+            ),
+            (
+                ["--ingest-flow-wait-ms", "4001", "--loops", "1"],
+                "--ingest-flow-wait-ms 4001",
+            ),
+        ] {
+            let e = load("", &flags).unwrap().validate().expect_err(flag).to_string();
+            assert!(e.starts_with(flag), "{flags:?}: {e}");
+        }
+    }
+
+    #[test]
     fn topic_patterns() {
         assert!(topic_matches("*", "a"));
         assert!(topic_matches("px.*", "px.AAPL") && !topic_matches("px.*", "py.AAPL"));
