@@ -489,22 +489,23 @@ impl Ingest {
     /// loop trails the head by more than the bound it waits, and the loops behind are
     /// asked to ring this thread once they are a 64th of it closer (a hysteresis, so a
     /// loop at the bound does not ring per event, yet a slow loop releases publishes
-    /// soon); once they have been behind for
-    /// `--ingest-flow-wait-ms`, publishes are refused until they catch up.
+    /// soon); once they have been behind for `--ingest-flow-wait-ms`, publishes are
+    /// refused until they catch up.
     fn flow(&mut self) -> Flow {
         let Some(bound) = self.flow_lag else {
             return Flow::Go;
         };
-        let ring = Arc::clone(self.producer.ring());
-        if ring.lag() <= bound {
+        let lag = self.producer.ring().lag();
+        if lag <= bound {
             self.behind_since = None;
             return Flow::Go;
         }
         let since = *self.behind_since.get_or_insert_with(Instant::now);
         let waited_ms = since.elapsed().as_millis();
         if waited_ms >= u128::from(self.shared.config.ingest_flow_wait_ms) {
-            return Flow::Refuse(ring.lag());
+            return Flow::Refuse(lag);
         }
+        let ring = self.producer.ring();
         let mark = ring.head() - bound + (bound / FLOW_HYSTERESIS_DIV).max(1);
         if ring.watch(mark) <= bound {
             self.behind_since = None;
