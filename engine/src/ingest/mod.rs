@@ -26,6 +26,8 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, PoisonError};
+#[cfg(test)]
+use std::time::Duration;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -1136,5 +1138,168 @@ impl WriteReply for &UnixStream {
         let mut s = self;
         s.set_nonblocking(true)?;
         s.write_all(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::counters::Counters;
+    use crate::event::Epoch;
+    use crate::ring::broadcast::Broadcast;
+    use crate::ring::history::History;
+    use std::os::fd::IntoRawFd;
+    use std::sync::atomic::{AtomicBool, AtomicI32};
+    use std::sync::Mutex;
+
+    /// One loop's worth of shared state; the loop itself is played by the test, which
+    /// moves that loop's ring cursor by hand.
+    fn shared(flags: &[&str]) -> Arc<Shared> {
+        let config = Config::from_flags(flags).expect("test flags parse");
+        config.validate().expect("test flags are valid");
+        Arc::new(Shared {
+            epoch: Epoch::from_raw(0x5eed),
+            broadcast: Broadcast::new(config.ring_slots, 1),
+            history: Mutex::new(History::with_origin(config.history_limits(), 0)),
+            counters: vec![Arc::new(Counters::default())],
+            mailboxes: vec![crate::upstream::Mailbox::default()],
+            upstream_listeners: crate::upstream::Listeners::default(),
+            ingest_ring_fd: AtomicI32::new(-1),
+            stopping: AtomicBool::new(false),
+            ingest_stopped: AtomicBool::new(false),
+            backplane: None,
+            auth: None,
+            admission: None,
+            start_seq: 0,
+            driver: crate::driver::Kind::Epoll,
+            config,
+        })
+    }
+
+    /// The ingest thread with one publisher, connected over a real socket pair. The test
+    /// is its driver: it hands the publisher's input in and takes the replies out, and
+    /// runs none of the queued ops.
+    fn ingest(flags: &[&str]) -> (Ingest, UnixStream) {
+        let shared = shared(flags);
+        let mut ingest = Ingest::new(shared, vec![-1], -1);
+        let (ours, theirs) = UnixStream::pair().expect("socket pair");
+        ingest.on_accept(theirs.into_raw_fd(), true);
+        (ingest, ours)
+    }
+
+    /// Hands `input` to publisher 0 as a receive would, and returns the replies it made.
+    fn feed(ingest: &mut Ingest, input: &[u8]) -> String {
+        ingest.publishers[0].recv_armed = false;
+        ingest.publishers[0].input.extend_from_slice(input);
+        ingest.process(0);
+        replies(ingest)
+    }
+
+    /// The replies handed to the kernel (as if it sent them whole) and those not yet.
+    fn replies(ingest: &mut Ingest) -> String {
+        let p = &mut ingest.publishers[0];
+        p.recv_armed = false;
+        p.send_armed = false;
+        let mut out = std::mem::take(&mut p.sending);
+        p.sent = 0;
+        out.append(&mut p.replies);
+        String::from_utf8(out).expect("UTF-8 replies")
+    }
+
+    fn pubs(n: usize) -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| format!("PUB t 1\n{}\n", i % 10).into_bytes())
+            .collect()
+    }
+
+    fn oks(replies: &str) -> usize {
+        replies.lines().filter(|l| l.starts_with("+OK ")).count()
+    }
+
+    const LAG: [&str; 8] = [
+        "--ingest-flow",
+        "lag",
+        "--ingest-flow-lag",
+        "8",
+        "--ring-slots",
+        "64",
+        "--ingest-flow-wait-ms",
+        "100",
+    ];
+
+    #[test]
+    fn publishes_wait_for_a_loop_behind_the_bound_and_go_on_when_it_reads() {
+        let (mut ingest, _peer) = ingest(&LAG);
+        let ring = Arc::clone(&ingest.shared.broadcast);
+        // The loop reads nothing: 9 publishes take the lag to 9, past the bound of 8.
+        let first = feed(&mut ingest, &pubs(20));
+        assert_eq!((oks(&first), first.lines().count()), (9, 9), "{first}");
+        assert!(ingest.publishers[0].held, "the 10th PUB waits");
+        assert_eq!(ring.lag(), 9);
+        // The loop reads two events: not yet the mark (a 64th of the bound, at least one
+        // event, below the lag at the hold).
+        ring.set_cursor(0, 2);
+        assert!(!ring.reached_mark(0, 2));
+        ring.set_cursor(0, 3);
+        assert!(
+            ring.reached_mark(0, 3),
+            "the loop would ring the ingest thread now"
+        );
+        ingest.on_flow();
+        assert_eq!(oks(&replies(&mut ingest)), 2, "two more fit under the bound");
+        assert!(ingest.publishers[0].held);
+        // A PING behind the held PUBs waits with them: replies keep the command order.
+        assert_eq!(feed(&mut ingest, b"PING\n"), "");
+        // The loop reads everything: the last 9 go (the lag back at 9), and the PING is
+        // answered after them.
+        ring.set_cursor(0, ring.head());
+        assert!(ring.reached_mark(0, ring.head()));
+        ingest.on_flow();
+        let rest = replies(&mut ingest);
+        assert_eq!((oks(&rest), rest.lines().count()), (9, 10), "{rest}");
+        assert!(rest.ends_with("+PONG\r\n"), "{rest}");
+        assert!(!ingest.publishers[0].held);
+        assert_eq!(ring.lag(), 9);
+        // One more PUB finds the loop past the bound and waits.
+        assert_eq!(feed(&mut ingest, &pubs(1)), "");
+        assert!(ingest.publishers[0].held);
+    }
+
+    #[test]
+    fn publishes_are_refused_once_the_loops_stay_behind_for_the_wait() {
+        let (mut ingest, _peer) = ingest(&LAG);
+        let ring = Arc::clone(&ingest.shared.broadcast);
+        assert_eq!(oks(&feed(&mut ingest, &pubs(12))), 9);
+        std::thread::sleep(Duration::from_millis(150));
+        // The tick ends the wait: the held PUB and those behind it are refused, not
+        // published, and the connection stays open.
+        ingest.on_flow();
+        let refused = replies(&mut ingest);
+        assert_eq!(refused.lines().count(), 3, "{refused}");
+        for line in refused.lines() {
+            assert!(
+                line.starts_with("-ERR engine behind: a loop trails the newest event by 9 events (--ingest-flow-lag 8) for over 100 ms"),
+                "{line}"
+            );
+        }
+        assert_eq!(ring.head(), 10, "nothing refused was published");
+        assert!(!ingest.publishers[0].closing && !ingest.publishers[0].held);
+        // Once the loop has caught up, publishing goes on at once.
+        ring.set_cursor(0, ring.head());
+        ingest.on_flow();
+        assert_eq!(oks(&feed(&mut ingest, &pubs(1))), 1);
+    }
+
+    #[test]
+    fn with_accept_nothing_waits_for_the_loops() {
+        let (mut ingest, _peer) = ingest(&["--ring-slots", "64"]);
+        let all = feed(&mut ingest, &pubs(200));
+        assert_eq!(
+            oks(&all),
+            200,
+            "the ring is lapped, every publish is acknowledged"
+        );
+        assert!(!ingest.publishers[0].held);
     }
 }
