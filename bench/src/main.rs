@@ -8,7 +8,8 @@
 //!   source and destination), and reports the engine's resident memory per connection
 //!   with the conditions of the run.
 //! - `hold-worker` (hidden): one such worker process, spawned by `hold`.
-//! - `fanout`, `slow`, `churn`, `storm`, `compare`, `check`, `backplane`: see bench/README.md.
+//! - `fanout`, `slow`, `churn`, `storm`, `compare`, `check`, `backplane`, `publish`: see
+//!   bench/README.md.
 //!
 //! Module map: [`hold`] orchestrates and measures, [`worker`] runs one worker process,
 //! [`client`] is its io_uring client engine, [`handshake`] recognises a held SSE, NDJSON
@@ -36,6 +37,7 @@ mod hold;
 mod output;
 mod plan;
 mod procfs;
+mod publish;
 mod refpeer;
 mod report;
 mod slow;
@@ -87,6 +89,9 @@ enum Cmd {
     /// Start NATS JetStream and ringcast nodes; backplane throughput against raw JetStream,
     /// cross-node latency against a single node.
     Backplane(backplane::BackplaneArgs),
+    /// Acknowledged publishes per second: pipelined on the ingest socket, or POST /publish
+    /// (single or NDJSON batches) over keep-alive.
+    Publish(publish::PublishArgs),
 }
 
 fn main() -> ExitCode {
@@ -100,6 +105,7 @@ fn main() -> ExitCode {
         Cmd::Compare(args) => compare::main(args),
         Cmd::Slow(args) => slow::main(args),
         Cmd::Backplane(args) => backplane::main(args),
+        Cmd::Publish(args) => publish::main(args),
         Cmd::WsRefServer(args) => refpeer::main(args),
     }
 }

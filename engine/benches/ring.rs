@@ -1,5 +1,7 @@
 //! The broadcast ring and the history: cost per published event on the producer side and
-//! per event read on a consumer.
+//! per event read on a consumer; and the ingest thread's whole work per `PUB` without its
+//! sockets (decode, build the event with its SSE chunk, retain it, push it, for a loop
+//! that keeps up), the bound on acknowledged publishes per second of one ingest thread.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,5 +60,44 @@ fn history(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, broadcast, history);
+fn ingest_publish(c: &mut Criterion) {
+    use ringcast::proto::ingest::{Command, Decoded, IngestDecoder, IngestLimits};
+    let mut g = c.benchmark_group("ingest_publish");
+    g.throughput(Throughput::Elements(1));
+    let epoch = Epoch::from_raw(1);
+    for size in [128usize, 16384] {
+        // The engine's default history budgets, one topic.
+        let config = ringcast::config::Config::from_flags(&[]).expect("default flags");
+        let mut history = History::new(config.history_limits());
+        let ring = Broadcast::<Event>::new(16_384, 1);
+        let mut producer = Producer::new(Arc::clone(&ring));
+        let mut frame = format!("PUB prices {size}\n").into_bytes();
+        frame.resize(frame.len() + size, b'x');
+        frame.push(b'\n');
+        let mut decoder = IngestDecoder::new(IngestLimits {
+            payload_max: 1 << 20,
+            line_max: 1024,
+        });
+        g.bench_function(format!("decode_event_retain_push_{size}B"), |b| {
+            b.iter(|| {
+                let Decoded::Command {
+                    command: Command::Publish(p),
+                    ..
+                } = decoder.decode(&frame)
+                else {
+                    unreachable!("one whole PUB")
+                };
+                let now = Instant::now();
+                let seq = producer.next_seq();
+                let event = Arc::new(Event::new(epoch, seq, p.topic, p.event, p.key, p.payload, now));
+                history.insert(Arc::clone(&event), now);
+                producer.push(event);
+                ring.set_cursor(0, seq + 1);
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, broadcast, history, ingest_publish);
 criterion_main!(benches);

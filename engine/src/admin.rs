@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::counters::{self, Counter, Scope, Snapshot, TABLE};
-use crate::ingest::client::{PublishError, Publisher};
+use crate::ingest::client::{Outgoing, PublishError, Publisher};
 use crate::proto::http;
 use crate::proto::json;
 use crate::shared::Shared;
@@ -38,6 +38,16 @@ const CONN_STACK_BYTES: usize = 256 << 10;
 /// How long the accept loop waits after an accept error (out of descriptors or memory)
 /// rather than spinning on it.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
+
+/// The media type of a batch publish's body and answer: one JSON object per line.
+const NDJSON: &str = "application/x-ndjson";
+
+/// Events in one batch publish at most.
+pub const BATCH_EVENTS_MAX: usize = 1000;
+
+/// Body bytes of one batch publish at most (a single publish's body is bounded by
+/// `--payload-max`, which may be larger).
+pub const BATCH_BYTES_MAX: usize = 4 << 20;
 
 /// The `Retry-After` of a 503, in seconds: the causes (a full table, a restarting
 /// engine) clear in about that time.
@@ -82,7 +92,7 @@ pub fn serve(listener: TcpListener, shared: Arc<Shared>, token: Option<Token>) {
         limits: conn::Limits {
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             idle_timeout: Duration::from_millis(config.keepalive_idle_ms),
-            body_max: config.payload_max,
+            body_max: config.payload_max.max(BATCH_BYTES_MAX),
         },
         open: AtomicUsize::new(0),
         refusal: conn::render(&refusal, false, false, 1),
@@ -162,6 +172,7 @@ fn route(req: &Request<'_>, admin: &Admin) -> Reply {
             "text/plain; version=0.0.4; charset=utf-8",
             metrics(shared, &admin.gate),
         ),
+        (Post, "/publish") if req.media_type == NDJSON => publish_batch(req.query, req.body, admin),
         (Post, "/publish") => publish(req.query, req.body, admin),
         (_, "/healthz" | "/stats" | "/metrics") => Reply::text(405, "use GET").with_header("Allow", "GET"),
         (_, "/publish") => Reply::text(405, "use POST").with_header("Allow", "POST"),
@@ -189,6 +200,14 @@ fn publish(query: &str, body: &[u8], admin: &Admin) -> Reply {
     let Some(topic) = http::query_param(query, "topic") else {
         return json_error(400, "topic is required: POST /publish?topic=NAME");
     };
+    let payload_max = admin.shared.config.payload_max;
+    if body.len() > payload_max {
+        let why = format!(
+            "payload of {} bytes exceeds the limit of {payload_max} bytes",
+            body.len()
+        );
+        return json_error(413, &why);
+    }
     if !http::is_valid_topic(topic.as_bytes()) {
         return json_error(400, "invalid topic: topics are 1-200 bytes of [A-Za-z0-9._~:/-]");
     }
@@ -216,14 +235,174 @@ fn publish(query: &str, body: &[u8], admin: &Admin) -> Reply {
             "application/json",
             format!("{{\"id\":{}}}", json::string(&id)),
         ),
-        // The backplane's refusals are the engine's trouble, not the request's.
-        Err(PublishError::Refused(reason)) if reason.starts_with("backplane ") => {
+        Err(PublishError::Refused(reason)) if is_engine_trouble(&reason) => {
             json_error(503, &reason).with_header("Retry-After", RETRY_AFTER_SECS)
         }
         Err(PublishError::Refused(reason)) => json_error(400, &reason),
         Err(e @ PublishError::BadArgument(_)) => json_error(400, &e.to_string()),
         Err(e) => json_error(503, &e.to_string()).with_header("Retry-After", RETRY_AFTER_SECS),
     }
+}
+
+/// One line of a batch publish: the fields of a single publish's query, and the payload
+/// as a JSON string. `topic`, `event` and `key` default to the request's query parameters.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchLine<'a> {
+    #[serde(borrow, default)]
+    topic: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    event: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    key: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    data: std::borrow::Cow<'a, str>,
+}
+
+/// A batch line that may be published, or why not (HTTP status and reason).
+type Checked<'a> = Result<BatchLine<'a>, (u16, String)>;
+
+/// `POST /publish[?topic=T&event=E&key=K]` with `Content-Type: application/x-ndjson`: one
+/// event per non-empty line, `{"topic":..,"data":..[,"event":..][,"key":..]}`, published
+/// in order through one pipelined exchange with the ingest socket. The answer is `200`
+/// with one NDJSON line per event, in order: `{"id":..}`, or `{"error":..,"status":..}`
+/// with the status a single publish of that line would have had; a bad line does not
+/// stop the others. A body over [`BATCH_BYTES_MAX`] is 413 and one of more than
+/// [`BATCH_EVENTS_MAX`] lines 400, before anything is published.
+fn publish_batch(query: &str, body: &[u8], admin: &Admin) -> Reply {
+    if body.len() > BATCH_BYTES_MAX {
+        let why = format!(
+            "batch of {} bytes exceeds the limit of {BATCH_BYTES_MAX} bytes",
+            body.len()
+        );
+        return json_error(413, &why);
+    }
+    let lines: Vec<&[u8]> = body
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.trim_ascii().is_empty())
+        .collect();
+    if lines.len() > BATCH_EVENTS_MAX {
+        let why = format!(
+            "batch of {} events exceeds the limit of {BATCH_EVENTS_MAX}; split it",
+            lines.len()
+        );
+        return json_error(400, &why);
+    }
+    let defaults = (
+        http::query_param(query, "topic"),
+        http::query_param(query, "event"),
+        http::query_param(query, "key"),
+    );
+    let payload_max = admin.shared.config.payload_max;
+    let checked: Vec<Checked<'_>> = lines
+        .iter()
+        .map(|line| check_line(line, &defaults, payload_max))
+        .collect();
+    let outgoing: Vec<Outgoing<'_>> = checked
+        .iter()
+        .filter_map(|c| c.as_ref().ok())
+        .map(|l| Outgoing {
+            topic: l.topic.as_deref().unwrap_or(""),
+            event: l.event.as_deref(),
+            key: l.key.as_deref(),
+            data: l.data.as_bytes(),
+        })
+        .collect();
+    let mut published = admin
+        .publisher
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .publish_batch(&outgoing)
+        .into_iter();
+    let mut answer = String::with_capacity(checked.len() * 32);
+    for c in &checked {
+        let (status, reason) = match c {
+            Err((status, reason)) => (*status, reason.clone()),
+            Ok(_) => match published.next().unwrap_or(Err(PublishError::NoReply)) {
+                Ok(id) => {
+                    answer.push_str(&format!("{{\"id\":{}}}\n", json::string(&id)));
+                    continue;
+                }
+                Err(e) => (publish_status(&e), publish_reason(e)),
+            },
+        };
+        answer.push_str(&format!(
+            "{{\"error\":{},\"status\":{status}}}\n",
+            json::string(&reason)
+        ));
+    }
+    typed(200, NDJSON, answer)
+}
+
+/// Parses and checks one batch line as [`publish`] checks a request.
+fn check_line<'a>(
+    line: &'a [u8],
+    defaults: &(Option<String>, Option<String>, Option<String>),
+    payload_max: usize,
+) -> Checked<'a> {
+    let mut parsed: BatchLine<'a> = serde_json::from_slice(line).map_err(|e| {
+        (
+            400,
+            format!("not a publish: {e}; expected {{\"topic\":..,\"data\":..}}"),
+        )
+    })?;
+    let or = |v: &mut Option<std::borrow::Cow<'a, str>>, d: &Option<String>| {
+        if v.is_none() {
+            *v = d.clone().map(std::borrow::Cow::Owned);
+        }
+    };
+    or(&mut parsed.topic, &defaults.0);
+    or(&mut parsed.event, &defaults.1);
+    or(&mut parsed.key, &defaults.2);
+    let Some(topic) = parsed.topic.as_deref() else {
+        return Err((400, "topic is required: in the line or as ?topic=NAME".into()));
+    };
+    if !http::is_valid_topic(topic.as_bytes()) {
+        return Err((
+            400,
+            "invalid topic: topics are 1-200 bytes of [A-Za-z0-9._~:/-]".into(),
+        ));
+    }
+    let printable = |v: &Option<std::borrow::Cow<'_, str>>| {
+        v.as_ref()
+            .is_none_or(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic()))
+    };
+    if !printable(&parsed.event) || !printable(&parsed.key) {
+        return Err((
+            400,
+            "event and key are 1 or more bytes of printable ASCII (0x21-0x7E)".into(),
+        ));
+    }
+    if parsed.data.len() > payload_max {
+        let why = format!(
+            "payload of {} bytes exceeds the limit of {payload_max} bytes",
+            parsed.data.len()
+        );
+        return Err((413, why));
+    }
+    Ok(parsed)
+}
+
+/// The HTTP status of a publish that did not return an id.
+fn publish_status(e: &PublishError) -> u16 {
+    match e {
+        PublishError::Refused(reason) if is_engine_trouble(reason) => 503,
+        PublishError::Refused(_) | PublishError::BadArgument(_) => 400,
+        _ => 503,
+    }
+}
+
+fn publish_reason(e: PublishError) -> String {
+    match e {
+        PublishError::Refused(reason) => reason,
+        e => e.to_string(),
+    }
+}
+
+/// Refusals that are the engine's trouble, not the request's: the backplane is down, or
+/// the loops are behind (`--ingest-flow lag`).
+fn is_engine_trouble(reason: &str) -> bool {
+    reason.starts_with("backplane ") || reason.starts_with("engine behind")
 }
 
 fn json_error(status: u16, reason: &str) -> Reply {

@@ -317,6 +317,40 @@ pub struct Config {
     )]
     pub publisher_idle_ms: u64,
 
+    /// What a publish waits for. `accept`: every publish is acknowledged at once, however
+    /// far a loop is behind; a loop lapped on the broadcast ring refills what it missed from
+    /// the history and tells its subscribers a `ringcast.gap` for what the history no longer
+    /// holds. `lag`: while some loop's read position is more than --ingest-flow-lag events
+    /// behind the newest event, the next `PUB` (on the ingest socket and through `POST
+    /// /publish`) waits, and with it its acknowledgement and everything its publisher sent
+    /// after it, so a publisher with a window of publishes in flight is slowed to what the
+    /// loops deliver and subscribers that keep up lose nothing; a `PUB` that finds the
+    /// loops behind for longer than --ingest-flow-wait-ms is refused with `-ERR engine
+    /// behind` (HTTP 503) rather than published.
+    #[arg(
+        long,
+        value_name = "MODE",
+        value_enum,
+        default_value_t = IngestFlow::Accept,
+        env = "RINGCAST_INGEST_FLOW"
+    )]
+    pub ingest_flow: IngestFlow,
+
+    /// With --ingest-flow lag: how many events a loop may trail the newest one before
+    /// publishes wait; at most half of --ring-slots [default: a quarter of --ring-slots].
+    #[arg(long, value_name = "N", env = "RINGCAST_INGEST_FLOW_LAG")]
+    pub ingest_flow_lag: Option<usize>,
+
+    /// With --ingest-flow lag: how long the loops may stay behind before publishes are
+    /// refused, in milliseconds (100 to 4000, below the admin's 5 s wait for an ingest reply).
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 2000,
+        env = "RINGCAST_INGEST_FLOW_WAIT_MS"
+    )]
+    pub ingest_flow_wait_ms: u64,
+
     /// Slots of the broadcast ring between the ingest thread and the loops (a power of two).
     #[arg(long, value_name = "N", default_value_t = 16_384, env = "RINGCAST_RING_SLOTS")]
     pub ring_slots: usize,
@@ -822,6 +856,15 @@ pub enum OnOff {
     Off,
 }
 
+/// What a publish waits for (`--ingest-flow`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IngestFlow {
+    /// Acknowledged at once: today's single node.
+    Accept,
+    /// Held while a loop trails the ring's head by more than `--ingest-flow-lag`.
+    Lag,
+}
+
 /// How publishes reach JetStream (`--backplane-publish`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackplanePublish {
@@ -899,6 +942,20 @@ impl Config {
             "ring-slots",
             self.ring_slots,
             "must be a power of two from 64 to 4194304",
+        )?;
+        if let Some(lag) = self.ingest_flow_lag {
+            check(
+                lag >= 8 && lag <= self.ring_slots / 2,
+                "ingest-flow-lag",
+                lag,
+                "must be at least 8 and at most half of --ring-slots",
+            )?;
+        }
+        check(
+            (100..=4000).contains(&self.ingest_flow_wait_ms),
+            "ingest-flow-wait-ms",
+            self.ingest_flow_wait_ms,
+            "must be 100 to 4000 ms",
         )?;
         check(
             self.recv_buffers.is_power_of_two() && self.recv_buffers <= 32_768,
@@ -1064,6 +1121,15 @@ impl Config {
             )?;
         }
         Ok(())
+    }
+
+    /// With `--ingest-flow lag`, the events a loop may trail the ring's head before
+    /// publishes wait; `None` with `accept`.
+    pub fn flow_lag(&self) -> Option<u64> {
+        match self.ingest_flow {
+            IngestFlow::Accept => None,
+            IngestFlow::Lag => Some(self.ingest_flow_lag.unwrap_or(self.ring_slots / 4) as u64),
+        }
     }
 
     /// This node's name: `--node-id`, else the hostname.
@@ -1286,6 +1352,38 @@ mod tests {
                 e.starts_with("--node-id ") && e.contains("[A-Za-z0-9_.-]"),
                 "{bad}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn flow_control_defaults_to_accept_and_its_bounds_are_checked() {
+        let cfg = load("", &[]).unwrap();
+        assert_eq!((cfg.ingest_flow, cfg.flow_lag()), (IngestFlow::Accept, None));
+        let cfg = load("ingest-flow = \"lag\"\n", &["--ring-slots", "1024"]).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.flow_lag(), Some(256), "a quarter of the ring");
+        let cfg = load("", &["--ingest-flow", "lag", "--ingest-flow-lag", "100"]).unwrap();
+        assert_eq!(cfg.flow_lag(), Some(100));
+        for (flags, flag) in [
+            (
+                ["--ring-slots", "1024", "--ingest-flow-lag", "513"],
+                "--ingest-flow-lag 513",
+            ),
+            (
+                ["--ring-slots", "1024", "--ingest-flow-lag", "7"],
+                "--ingest-flow-lag 7",
+            ),
+            (
+                ["--ingest-flow-wait-ms", "99", "--loops", "1"],
+                "--ingest-flow-wait-ms 99",
+            ),
+            (
+                ["--ingest-flow-wait-ms", "4001", "--loops", "1"],
+                "--ingest-flow-wait-ms 4001",
+            ),
+        ] {
+            let e = load("", &flags).unwrap().validate().expect_err(flag).to_string();
+            assert!(e.starts_with(flag), "{flags:?}: {e}");
         }
     }
 

@@ -64,6 +64,8 @@ pub struct Request<'a> {
     pub query: &'a str,
     /// The `Authorization` field(s) of the head.
     pub authorization: Authorization<'a>,
+    /// The `Content-Type`'s media type, lower-cased, without parameters (`""`: none).
+    pub media_type: &'a str,
     pub body: &'a [u8],
 }
 
@@ -117,6 +119,7 @@ struct Head {
     body_len: usize,
     /// Where the `Authorization` value lies in the head, if it has exactly one.
     authorization: Field,
+    media_type: String,
 }
 
 /// [`Authorization`] as a place in the buffer, which grows (and moves) as the body is read.
@@ -174,6 +177,7 @@ pub fn serve(
             path: &head.path,
             query: &head.query,
             authorization,
+            media_type: &head.media_type,
             body: &buf[head.len..end],
         });
         let bytes = render(
@@ -239,6 +243,7 @@ fn read_request(
         len,
         body_len: length as usize,
         authorization: authorization_field(&buf[..len]),
+        media_type: media_type(head.content_type),
     };
     // One allocation for the whole body: its pages become resident only as bytes arrive.
     buf.reserve((head.len + head.body_len + READ_CHUNK).saturating_sub(buf.len()));
@@ -254,6 +259,14 @@ fn read_request(
         }
     }
     Ok(head)
+}
+
+/// The media type of a `Content-Type` value (RFC 9110 §8.3.1: `type/subtype` before any
+/// `;` parameters, case-insensitive), lower-cased; `""` when absent or not text.
+fn media_type(value: Option<&[u8]>) -> String {
+    let value = value.and_then(|v| std::str::from_utf8(v).ok()).unwrap_or("");
+    let essence = value.split(';').next().unwrap_or("").trim();
+    essence.to_ascii_lowercase()
 }
 
 /// Finds the `Authorization` field(s) of `head`, a head [`http::parse_request`] accepted.

@@ -49,6 +49,8 @@ pub mod ingest {
     pub const UPSTREAM_BELL: u8 = 0x16;
     /// The backplane thread's doorbell: stream events or acknowledgements wait.
     pub const BACKPLANE_BELL: u8 = 0x17;
+    /// A loop's doorbell: it reached the mark the ingest thread waits for (`--ingest-flow lag`).
+    pub const FLOW_BELL: u8 = 0x18;
 }
 
 /// The drivers' own operations, never handed to a loop as they are (0xf0 and above).
@@ -83,6 +85,7 @@ mod tests {
             ingest::DOORBELL,
             ingest::UPSTREAM_BELL,
             ingest::BACKPLANE_BELL,
+            ingest::FLOW_BELL,
         ];
         let driver = [driver::ACCEPT, driver::TICK];
         let all: Vec<u8> = shard.iter().chain(&ingest).chain(&driver).copied().collect();

@@ -162,6 +162,143 @@ impl Publisher {
     }
 }
 
+/// One event of [`Publisher::publish_batch`].
+#[derive(Clone, Copy, Debug)]
+pub struct Outgoing<'a> {
+    pub topic: &'a str,
+    pub event: Option<&'a str>,
+    pub key: Option<&'a str>,
+    pub data: &'a [u8],
+}
+
+impl Publisher {
+    /// Publishes `events` pipelined, in one write followed by a `PING`, and returns one
+    /// result per event, in order: its id, or why it was not published. An event the
+    /// engine refused does not stop the ones behind it.
+    ///
+    /// # Errors
+    /// Per event, as [`Publisher::publish`]; when the write fails, or the engine closes
+    /// the connection before answering, the events without an answer get `Io` or
+    /// `NoReply` (whether they were published is unknown); the one answered `-ERR` just
+    /// before a close gets `TurnedAway`.
+    pub fn publish_batch(&mut self, events: &[Outgoing<'_>]) -> Vec<Result<String, PublishError>> {
+        let mut results: Vec<Option<Result<String, PublishError>>> = Vec::with_capacity(events.len());
+        let mut frames = Vec::new();
+        for e in events {
+            match check_line_safe(e.topic, e.event, e.key) {
+                Ok(()) => {
+                    frames.extend_from_slice(&pub_frame(e.topic, e.event, e.key, e.data));
+                    results.push(None);
+                }
+                Err(bad) => results.push(Some(Err(PublishError::BadArgument(bad)))),
+            }
+        }
+        let sent = results.iter().filter(|r| r.is_none()).count();
+        if sent > 0 {
+            frames.extend_from_slice(b"PING\r\n");
+            let answers = self.exchange(&frames, sent);
+            let mut answers = answers.into_iter();
+            for slot in results.iter_mut().filter(|r| r.is_none()) {
+                *slot = answers.next();
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(PublishError::NoReply)))
+            .collect()
+    }
+
+    /// Writes `frames` (`count` `PUB`s and a `PING`) and reads their replies.
+    fn exchange(&mut self, frames: &[u8], count: usize) -> Vec<Result<String, PublishError>> {
+        let stream = match self.stream.take().filter(is_idle_and_open) {
+            Some(stream) => (&stream)
+                .write_all(frames)
+                .map(|()| stream)
+                .map_err(PublishError::Io),
+            None => self.send_on_new(frames),
+        };
+        let mut stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                let reason = e.to_string();
+                let mut out = vec![Err(e)];
+                out.extend((1..count).map(|_| Err(PublishError::Io(io::Error::other(reason.clone())))));
+                return out;
+            }
+        };
+        let mut lines = LineReader::default();
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
+            let answer = match lines.next(&mut stream) {
+                Ok(line) => match (line.strip_prefix("+OK "), line.strip_prefix("-ERR ")) {
+                    (Some(id), _) => Ok(id.to_owned()),
+                    (_, Some(reason)) => Err(PublishError::Refused(reason.to_owned())),
+                    _ => Err(PublishError::BadReply(line)),
+                },
+                Err(e) => Err(e),
+            };
+            let lost = matches!(answer, Err(PublishError::NoReply | PublishError::Io(_)));
+            out.push(answer);
+            if lost {
+                out.extend((out.len()..count).map(|_| Err(PublishError::NoReply)));
+                break;
+            }
+        }
+        let ponged = lines
+            .next(&mut stream)
+            .is_ok_and(|line| line.as_bytes() == PONG.trim_ascii_end());
+        if ponged && lines.is_empty() {
+            self.stream = Some(stream);
+        } else if let Some(last) = out
+            .iter_mut()
+            .rev()
+            .find(|r| matches!(r, Err(PublishError::Refused(_))))
+        {
+            // The engine closes a connection right after the reply that ends it.
+            if let Err(PublishError::Refused(reason)) = std::mem::replace(last, Err(PublishError::NoReply)) {
+                *last = Err(PublishError::TurnedAway(reason));
+            }
+        }
+        out
+    }
+}
+
+/// Reply lines read from a pipelined exchange, keeping what came after the last one.
+#[derive(Default)]
+struct LineReader {
+    buf: Vec<u8>,
+}
+
+impl LineReader {
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The next line without its line end.
+    fn next(&mut self, stream: &mut UnixStream) -> Result<String, PublishError> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(at) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=at).collect();
+                let line = &line[..line.len() - 1];
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                return Ok(String::from_utf8_lossy(line).into_owned());
+            }
+            if self.buf.len() >= REPLY_LINE_MAX {
+                return Err(PublishError::BadReply(
+                    String::from_utf8_lossy(&self.buf).into_owned(),
+                ));
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) => return Err(PublishError::NoReply),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(PublishError::Io(e)),
+            }
+        }
+    }
+}
+
 /// `PUB <topic> <length>[ event=E][ key=K]\r\n<data>\r\n`.
 fn pub_frame(topic: &str, event: Option<&str>, key: Option<&str>, data: &[u8]) -> Vec<u8> {
     let mut frame = format!("PUB {topic} {}", data.len()).into_bytes();

@@ -26,6 +26,8 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, PoisonError};
+#[cfg(test)]
+use std::time::Duration;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -50,6 +52,8 @@ use crate::driver::tag::{ingest as tag, pack, unpack};
 pub const UPSTREAM_BELL_DATA: u64 = user_data(tag::UPSTREAM_BELL, 0);
 /// The `user_data` of the backplane thread's doorbell to this thread.
 pub const BACKPLANE_BELL_DATA: u64 = user_data(tag::BACKPLANE_BELL, 0);
+/// The `user_data` of a loop's doorbell when it reached the mark publishes wait for.
+pub const FLOW_BELL_DATA: u64 = user_data(tag::FLOW_BELL, 0);
 
 /// Replies of one publisher waiting for the backplane's answer (and the replies behind
 /// them); beyond this its commands wait, and its input is not read, until some are
@@ -76,6 +80,9 @@ const LINE_MAX: usize = 1024;
 const SHUTDOWN_TICKS: u32 = 20;
 /// Connections from the engine's own process accepted beyond `--publishers-max`.
 pub const OWN_CONNECTIONS_MAX: usize = 8;
+/// With `--ingest-flow lag`, a loop behind the bound rings this thread once it has read
+/// this fraction of the bound more (64 events of the default 4096).
+const FLOW_HYSTERESIS_DIV: u64 = 64;
 /// Idle publishers are looked for this often (1 s).
 const IDLE_CHECK_TICKS: u32 = 10;
 
@@ -134,6 +141,21 @@ struct Ingest {
     next_serial: u64,
     /// This node's id in the cluster, naming it in connection ids.
     node: Box<str>,
+    /// With `--ingest-flow lag`: the lag at which publishes wait, and since when the
+    /// loops have been behind it.
+    flow_lag: Option<u64>,
+    behind_since: Option<Instant>,
+    /// Where the next round over held publishers starts.
+    next_held: usize,
+}
+
+/// What a `PUB` may do under `--ingest-flow`.
+enum Flow {
+    Go,
+    /// Wait: its publisher is held until a loop's doorbell (or the tick) says more.
+    Hold,
+    /// The loops have been behind for `--ingest-flow-wait-ms`: refuse it, with the lag.
+    Refuse(u64),
 }
 
 /// What the ingest thread needs; the thread itself builds its ring (`SINGLE_ISSUER`
@@ -154,7 +176,7 @@ impl IngestThread {
         let setup = crate::driver::Setup {
             tick_data: user_data(tag::TICK, 0),
             tick_ms: TICK_MS,
-            bell_data: &[UPSTREAM_BELL_DATA, BACKPLANE_BELL_DATA],
+            bell_data: &[UPSTREAM_BELL_DATA, BACKPLANE_BELL_DATA, FLOW_BELL_DATA],
             direct: false,
             files: 0,
             sq_entries: 256,
@@ -199,6 +221,7 @@ impl Ingest {
             payload_max: shared.config.payload_max,
             line_max: LINE_MAX,
         };
+        let shared_flow_lag = shared.config.flow_lag();
         let mut ingest = Ingest {
             ops: Vec::with_capacity(64),
             accept_armed: false,
@@ -214,6 +237,9 @@ impl Ingest {
             stopping_since: None,
             next_serial: 0,
             node,
+            flow_lag: shared_flow_lag,
+            behind_since: None,
+            next_held: 0,
         };
         ingest.arm_accept();
         // Stream events may have arrived before this doorbell existed to be rung.
@@ -270,6 +296,7 @@ impl Ingest {
             tag::DOORBELL => {}
             tag::UPSTREAM_BELL => self.route_upstream(),
             tag::BACKPLANE_BELL => self.on_backplane(),
+            tag::FLOW_BELL => self.on_flow(),
             t => debug_assert!(false, "unknown ingest completion tag {t}"),
         }
     }
@@ -395,6 +422,22 @@ impl Ingest {
                         self.publishers[index].held = true;
                         break;
                     }
+                    if let Command::Publish(_) = command {
+                        match self.flow() {
+                            Flow::Go => {}
+                            Flow::Hold => {
+                                self.publishers[index].held = true;
+                                break;
+                            }
+                            Flow::Refuse(lag) => {
+                                at += consumed;
+                                self.publishers[index].last_command = self.ticks;
+                                let reason = self.behind_reason(lag);
+                                self.reply(index, reason.as_bytes());
+                                continue;
+                            }
+                        }
+                    }
                     at += consumed;
                     self.publishers[index].last_command = self.ticks;
                     self.execute(index, command);
@@ -444,14 +487,64 @@ impl Ingest {
         }
     }
 
+    /// With `--ingest-flow lag`: whether a `PUB` may be published now. While the slowest
+    /// loop trails the head by more than the bound it waits, and the loops behind are
+    /// asked to ring this thread once they are a 64th of it closer (a hysteresis, so a
+    /// loop at the bound does not ring per event, yet a slow loop releases publishes
+    /// soon); once they have been behind for `--ingest-flow-wait-ms`, publishes are
+    /// refused until they catch up.
+    fn flow(&mut self) -> Flow {
+        let Some(bound) = self.flow_lag else {
+            return Flow::Go;
+        };
+        let lag = self.producer.ring().lag();
+        if lag <= bound {
+            self.behind_since = None;
+            return Flow::Go;
+        }
+        let since = *self.behind_since.get_or_insert_with(Instant::now);
+        let waited_ms = since.elapsed().as_millis();
+        if waited_ms >= u128::from(self.shared.config.ingest_flow_wait_ms) {
+            return Flow::Refuse(lag);
+        }
+        let ring = self.producer.ring();
+        let mark = ring.head() - bound + (bound / FLOW_HYSTERESIS_DIV).max(1);
+        if ring.watch(mark) <= bound {
+            self.behind_since = None;
+            return Flow::Go;
+        }
+        // Loops asleep since the last publishes of this read have not been told yet.
+        if std::mem::take(&mut self.published) {
+            self.ring_doorbells(false);
+        }
+        Flow::Hold
+    }
+
+    /// The refusal of a `PUB` the loops had no room for.
+    fn behind_reason(&self, lag: u64) -> String {
+        format!(
+            "-ERR engine behind: a loop trails the newest event by {lag} events (--ingest-flow-lag {}) \
+             for over {} ms (--ingest-flow-wait-ms); not published, try again\r\n",
+            self.flow_lag.unwrap_or(0),
+            self.shared.config.ingest_flow_wait_ms
+        )
+    }
+
     /// Lets held publishers go on once answers have made room.
     fn resume_held(&mut self) {
-        let held: Vec<usize> = self
+        let mut held: Vec<usize> = self
             .publishers
             .iter()
             .filter(|(_, p)| p.held)
             .map(|(i, _)| i)
             .collect();
+        // Each round starts with another publisher, so that under flow control the first
+        // in the table does not take the room every time.
+        if !held.is_empty() {
+            self.next_held = self.next_held.wrapping_add(1);
+            let start = self.next_held % held.len();
+            held.rotate_left(start);
+        }
         for index in held {
             // Nothing arms a receive for a held publisher, so its input is not lent out.
             debug_assert!(
@@ -463,6 +556,20 @@ impl Ingest {
             self.arm_recv(index);
             self.flush(index);
         }
+        if std::mem::take(&mut self.published) {
+            self.ring_doorbells(false);
+        }
+    }
+
+    /// A loop reached the mark publishes wait for, or the tick: the loops may have
+    /// caught up, and the waits of `--ingest-flow-wait-ms` may be over.
+    fn on_flow(&mut self) {
+        if let Some(bound) = self.flow_lag {
+            if self.producer.ring().lag() <= bound {
+                self.behind_since = None;
+            }
+        }
+        self.resume_held();
     }
 
     fn execute(&mut self, index: usize, command: Command<'_>) {
@@ -939,6 +1046,10 @@ impl Ingest {
         self.ring_doorbells(true);
         // The safety net behind a backplane doorbell rung before this ring existed.
         self.on_backplane();
+        if self.flow_lag.is_some() {
+            // Ends the waits of `--ingest-flow-wait-ms`, to the tick.
+            self.on_flow();
+        }
         if self.ticks.is_multiple_of(IDLE_CHECK_TICKS) {
             self.close_idle();
         }
@@ -1027,5 +1138,168 @@ impl WriteReply for &UnixStream {
         let mut s = self;
         s.set_nonblocking(true)?;
         s.write_all(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::counters::Counters;
+    use crate::event::Epoch;
+    use crate::ring::broadcast::Broadcast;
+    use crate::ring::history::History;
+    use std::os::fd::IntoRawFd;
+    use std::sync::atomic::{AtomicBool, AtomicI32};
+    use std::sync::Mutex;
+
+    /// One loop's worth of shared state; the loop itself is played by the test, which
+    /// moves that loop's ring cursor by hand.
+    fn shared(flags: &[&str]) -> Arc<Shared> {
+        let config = Config::from_flags(flags).expect("test flags parse");
+        config.validate().expect("test flags are valid");
+        Arc::new(Shared {
+            epoch: Epoch::from_raw(0x5eed),
+            broadcast: Broadcast::new(config.ring_slots, 1),
+            history: Mutex::new(History::with_origin(config.history_limits(), 0)),
+            counters: vec![Arc::new(Counters::default())],
+            mailboxes: vec![crate::upstream::Mailbox::default()],
+            upstream_listeners: crate::upstream::Listeners::default(),
+            ingest_ring_fd: AtomicI32::new(-1),
+            stopping: AtomicBool::new(false),
+            ingest_stopped: AtomicBool::new(false),
+            backplane: None,
+            auth: None,
+            admission: None,
+            start_seq: 0,
+            driver: crate::driver::Kind::Epoll,
+            config,
+        })
+    }
+
+    /// The ingest thread with one publisher, connected over a real socket pair. The test
+    /// is its driver: it hands the publisher's input in and takes the replies out, and
+    /// runs none of the queued ops.
+    fn ingest(flags: &[&str]) -> (Ingest, UnixStream) {
+        let shared = shared(flags);
+        let mut ingest = Ingest::new(shared, vec![-1], -1);
+        let (ours, theirs) = UnixStream::pair().expect("socket pair");
+        ingest.on_accept(theirs.into_raw_fd(), true);
+        (ingest, ours)
+    }
+
+    /// Hands `input` to publisher 0 as a receive would, and returns the replies it made.
+    fn feed(ingest: &mut Ingest, input: &[u8]) -> String {
+        ingest.publishers[0].recv_armed = false;
+        ingest.publishers[0].input.extend_from_slice(input);
+        ingest.process(0);
+        replies(ingest)
+    }
+
+    /// The replies handed to the kernel (as if it sent them whole) and those not yet.
+    fn replies(ingest: &mut Ingest) -> String {
+        let p = &mut ingest.publishers[0];
+        p.recv_armed = false;
+        p.send_armed = false;
+        let mut out = std::mem::take(&mut p.sending);
+        p.sent = 0;
+        out.append(&mut p.replies);
+        String::from_utf8(out).expect("UTF-8 replies")
+    }
+
+    fn pubs(n: usize) -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| format!("PUB t 1\n{}\n", i % 10).into_bytes())
+            .collect()
+    }
+
+    fn oks(replies: &str) -> usize {
+        replies.lines().filter(|l| l.starts_with("+OK ")).count()
+    }
+
+    const LAG: [&str; 8] = [
+        "--ingest-flow",
+        "lag",
+        "--ingest-flow-lag",
+        "8",
+        "--ring-slots",
+        "64",
+        "--ingest-flow-wait-ms",
+        "100",
+    ];
+
+    #[test]
+    fn publishes_wait_for_a_loop_behind_the_bound_and_go_on_when_it_reads() {
+        let (mut ingest, _peer) = ingest(&LAG);
+        let ring = Arc::clone(&ingest.shared.broadcast);
+        // The loop reads nothing: 9 publishes take the lag to 9, past the bound of 8.
+        let first = feed(&mut ingest, &pubs(20));
+        assert_eq!((oks(&first), first.lines().count()), (9, 9), "{first}");
+        assert!(ingest.publishers[0].held, "the 10th PUB waits");
+        assert_eq!(ring.lag(), 9);
+        // The loop reads two events: not yet the mark (a 64th of the bound, at least one
+        // event, below the lag at the hold).
+        ring.set_cursor(0, 2);
+        assert!(!ring.reached_mark(0, 2));
+        ring.set_cursor(0, 3);
+        assert!(
+            ring.reached_mark(0, 3),
+            "the loop would ring the ingest thread now"
+        );
+        ingest.on_flow();
+        assert_eq!(oks(&replies(&mut ingest)), 2, "two more fit under the bound");
+        assert!(ingest.publishers[0].held);
+        // A PING behind the held PUBs waits with them: replies keep the command order.
+        assert_eq!(feed(&mut ingest, b"PING\n"), "");
+        // The loop reads everything: the last 9 go (the lag back at 9), and the PING is
+        // answered after them.
+        ring.set_cursor(0, ring.head());
+        assert!(ring.reached_mark(0, ring.head()));
+        ingest.on_flow();
+        let rest = replies(&mut ingest);
+        assert_eq!((oks(&rest), rest.lines().count()), (9, 10), "{rest}");
+        assert!(rest.ends_with("+PONG\r\n"), "{rest}");
+        assert!(!ingest.publishers[0].held);
+        assert_eq!(ring.lag(), 9);
+        // One more PUB finds the loop past the bound and waits.
+        assert_eq!(feed(&mut ingest, &pubs(1)), "");
+        assert!(ingest.publishers[0].held);
+    }
+
+    #[test]
+    fn publishes_are_refused_once_the_loops_stay_behind_for_the_wait() {
+        let (mut ingest, _peer) = ingest(&LAG);
+        let ring = Arc::clone(&ingest.shared.broadcast);
+        assert_eq!(oks(&feed(&mut ingest, &pubs(12))), 9);
+        std::thread::sleep(Duration::from_millis(150));
+        // The tick ends the wait: the held PUB and those behind it are refused, not
+        // published, and the connection stays open.
+        ingest.on_flow();
+        let refused = replies(&mut ingest);
+        assert_eq!(refused.lines().count(), 3, "{refused}");
+        for line in refused.lines() {
+            assert!(
+                line.starts_with("-ERR engine behind: a loop trails the newest event by 9 events (--ingest-flow-lag 8) for over 100 ms"),
+                "{line}"
+            );
+        }
+        assert_eq!(ring.head(), 10, "nothing refused was published");
+        assert!(!ingest.publishers[0].closing && !ingest.publishers[0].held);
+        // Once the loop has caught up, publishing goes on at once.
+        ring.set_cursor(0, ring.head());
+        ingest.on_flow();
+        assert_eq!(oks(&feed(&mut ingest, &pubs(1))), 1);
+    }
+
+    #[test]
+    fn with_accept_nothing_waits_for_the_loops() {
+        let (mut ingest, _peer) = ingest(&["--ring-slots", "64"]);
+        let all = feed(&mut ingest, &pubs(200));
+        assert_eq!(
+            oks(&all),
+            200,
+            "the ring is lapped, every publish is acknowledged"
+        );
+        assert!(!ingest.publishers[0].held);
     }
 }

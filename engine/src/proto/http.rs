@@ -110,6 +110,8 @@ pub struct Request<'a> {
     pub has_body: bool,
     /// The `Content-Length`, when given.
     pub content_length: Option<u64>,
+    /// The value of the first `Content-Type` header field, if any (RFC 9110 §8.3).
+    pub content_type: Option<&'a [u8]>,
     /// Bytes of the head, blank line included; a pipelined request starts at
     /// `buf[head_len..]` (after the body, when `has_body`).
     pub head_len: usize,
@@ -290,6 +292,7 @@ struct Fields<'a> {
     origin: Option<&'a [u8]>,
     authorization: Option<&'a [u8]>,
     cookie: Option<&'a [u8]>,
+    content_type: Option<&'a [u8]>,
 }
 
 /// The transfer codings of every `Transfer-Encoding` line, read as one list in order
@@ -360,6 +363,7 @@ fn build<'a>(req: &httparse::Request<'_, 'a>, head_len: usize) -> Result<Request
         cookie: fields.cookie,
         has_body: fields.content_length.is_some_and(|n| n > 0),
         content_length: fields.content_length,
+        content_type: fields.content_type,
         head_len,
     })
 }
@@ -392,6 +396,8 @@ fn read_fields<'a>(headers: &[httparse::Header<'a>]) -> Result<Fields<'a>, HttpE
             fields.authorization = Some(header.value);
         } else if name.eq_ignore_ascii_case("cookie") && fields.cookie.is_none() {
             fields.cookie = Some(header.value);
+        } else if name.eq_ignore_ascii_case("content-type") && fields.content_type.is_none() {
+            fields.content_type = Some(header.value);
         }
     }
     Ok(fields)
@@ -929,6 +935,7 @@ mod tests {
                 cookie: None,
                 has_body: false,
                 content_length: None,
+                content_type: None,
                 head_len: SIMPLE.len(),
             }
         );

@@ -15,6 +15,11 @@
 //! Parking: a consumer about to sleep sets its `parked` flag and re-reads `head`; the
 //! producer advances `head` and then reads the flags. Both sides use `SeqCst`, so at least
 //! one of them sees the other (Dekker), and no wake-up is lost.
+//!
+//! Flow control (the producer waiting while a consumer trails by more than a bound) uses
+//! the same handshake the other way round: the producer sets a consumer's `mark` and
+//! re-reads its cursor; the consumer stores its cursor and then reads the mark
+//! ([`Broadcast::reached_mark`]), and tells the producer once it has passed it.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -39,6 +44,8 @@ struct Reader {
     parked: AtomicBool,
     /// The next sequence number this consumer will read.
     cursor: AtomicU64,
+    /// The producer waits for this consumer to reach this sequence number (0: it does not).
+    mark: AtomicU64,
 }
 
 /// The ring. Sequence numbers start at 1.
@@ -106,7 +113,44 @@ impl<T> Broadcast<T> {
 
     /// Records that consumer `reader` has consumed everything below `cursor`.
     pub fn set_cursor(&self, reader: usize, cursor: u64) {
-        self.readers[reader].cursor.store(cursor, Ordering::Release);
+        // SeqCst, not Release: the store must be ordered before `reached_mark`'s load.
+        self.readers[reader].cursor.store(cursor, Ordering::SeqCst);
+    }
+
+    /// After [`Broadcast::set_cursor`]: true, exactly once per mark, when the producer
+    /// waits for this consumer ([`Broadcast::watch`]) and `cursor` has reached the mark;
+    /// the consumer must then wake the producer.
+    pub fn reached_mark(&self, reader: usize, cursor: u64) -> bool {
+        let r = &self.readers[reader];
+        let mark = r.mark.load(Ordering::SeqCst);
+        mark != 0
+            && cursor >= mark
+            && r.mark
+                .compare_exchange(mark, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+    }
+
+    /// How far the slowest consumer trails the head, in items.
+    pub fn lag(&self) -> u64 {
+        let head = self.head();
+        self.readers
+            .iter()
+            .map(|r| head.saturating_sub(r.cursor.load(Ordering::SeqCst)))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Asks every consumer whose cursor is below `mark` to report when it reaches it
+    /// ([`Broadcast::reached_mark`]). Returns the lag re-read after the marks are set: a
+    /// consumer that passes its mark after this read is sure to see the mark, so a
+    /// producer that waits while this is over its bound is always woken.
+    pub fn watch(&self, mark: u64) -> u64 {
+        for r in self.readers.iter() {
+            if r.cursor.load(Ordering::SeqCst) < mark {
+                r.mark.store(mark, Ordering::SeqCst);
+            }
+        }
+        self.lag()
     }
 
     /// Marks consumer `reader` as about to sleep. Returns false when items arrived at or
@@ -265,6 +309,74 @@ mod tests {
         p.push(Arc::new(2));
         assert_eq!(p.take_parked().collect::<Vec<_>>(), vec![0]);
         assert_eq!(p.take_parked().count(), 0, "each parked consumer is woken once");
+    }
+
+    #[test]
+    fn a_watched_consumer_reports_its_mark_once() {
+        let ring = Broadcast::<u64>::new(16, 2);
+        let mut p = Producer::new(Arc::clone(&ring));
+        for v in 1..=10 {
+            p.push(Arc::new(v));
+        }
+        ring.set_cursor(0, 11);
+        assert_eq!(ring.lag(), 10, "reader 1 has read nothing");
+        assert_eq!(ring.watch(8), 10);
+        assert!(!ring.reached_mark(0, 11), "reader 0 was past the mark: not asked");
+        ring.set_cursor(1, 5);
+        assert!(!ring.reached_mark(1, 5), "below the mark");
+        ring.set_cursor(1, 9);
+        assert!(ring.reached_mark(1, 9));
+        assert!(!ring.reached_mark(1, 9), "each mark is reported once");
+        assert_eq!(ring.lag(), 2);
+    }
+
+    #[test]
+    fn a_producer_waiting_on_a_concurrent_consumer_is_always_woken() {
+        // The producer publishes while the lag is at most `bound`, and otherwise waits to
+        // be told a mark was reached; a lost wake-up would hang this test (bounded by
+        // the consumer's finite work and a deadline).
+        let ring = Broadcast::<u64>::new(64, 1);
+        let mut p = Producer::new(Arc::clone(&ring));
+        let reader = Arc::clone(&ring);
+        let woken = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let told = Arc::clone(&woken);
+        let total = 100_000u64;
+        let bound = 16;
+        let consumer = std::thread::spawn(move || {
+            let (mut next, mut lost) = (1u64, 0u64);
+            while next <= total {
+                match reader.read(next) {
+                    Read::Item(_) => next += 1,
+                    Read::Overrun => lost += 1,
+                    Read::Empty => std::hint::spin_loop(),
+                }
+                reader.set_cursor(0, next);
+                if reader.reached_mark(0, next) {
+                    told.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            lost
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut seen = 0;
+        for v in 1..=total {
+            while ring.lag() >= bound {
+                if ring.watch(ring.head() - bound / 2) < bound {
+                    break;
+                }
+                while woken.load(Ordering::SeqCst) == seen {
+                    assert!(std::time::Instant::now() < deadline, "producer never woken");
+                    std::hint::spin_loop();
+                }
+                seen = woken.load(Ordering::SeqCst);
+            }
+            p.push(Arc::new(v));
+        }
+        assert_eq!(
+            consumer.join().unwrap(),
+            0,
+            "a bound below the capacity loses nothing"
+        );
     }
 
     #[test]

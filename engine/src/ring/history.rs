@@ -66,10 +66,12 @@ impl PageLimits {
 
 /// Per-topic event logs with global budgets.
 pub struct History<T> {
-    topics: HashMap<Box<str>, TopicLog<T>>,
+    /// Each name is allocated once, when its topic enters the table, and shared with
+    /// `by_recency`: an insert into a known topic allocates no name.
+    topics: HashMap<Arc<str>, TopicLog<T>>,
     /// Topics by the sequence number of their newest event: the first is the least
     /// recently published, evicted first when a global budget is exceeded.
-    by_recency: BTreeMap<u64, Box<str>>,
+    by_recency: BTreeMap<u64, Arc<str>>,
     /// The highest sequence number of any topic dropped from the table whole.
     forgotten_upto: u64,
     bytes_total: usize,
@@ -108,30 +110,33 @@ impl<T: Retained> History<T> {
     pub fn insert(&mut self, event: Arc<T>, now: Instant) {
         let seq = event.seq();
         let cost = event.cost();
-        if !self.topics.contains_key(event.topic()) {
-            while self.topics.len() >= self.limits.topics_max.max(1) {
-                self.forget_oldest_topic();
-            }
-            // A topic may be one the table dropped earlier: it inherits everything ever
-            // forgotten as possibly its own, so resuming across the drop reports the hole.
-            self.topics.insert(
-                event.topic().into(),
-                TopicLog {
+        let name = match self.topics.get_key_value(event.topic()) {
+            Some((name, _)) => Arc::clone(name),
+            None => {
+                while self.topics.len() >= self.limits.topics_max.max(1) {
+                    self.forget_oldest_topic();
+                }
+                // A topic may be one the table dropped earlier: it inherits everything
+                // ever forgotten as possibly its own, so resuming across the drop reports
+                // the hole.
+                let name: Arc<str> = event.topic().into();
+                let log = TopicLog {
                     events: VecDeque::new(),
                     bytes: 0,
                     evicted_upto: self.forgotten_upto,
-                },
-            );
-        }
-        let name: Box<str> = event.topic().into();
-        let log = self.topics.get_mut(&name).expect("inserted above");
+                };
+                self.topics.insert(Arc::clone(&name), log);
+                name
+            }
+        };
+        let log = self.topics.get_mut(&*name).expect("inserted above");
         if let Some(last) = log.events.back() {
             self.by_recency.remove(&last.seq());
         }
         log.events.push_back(event);
         log.bytes += cost;
         self.bytes_total += cost;
-        self.by_recency.insert(seq, name.clone());
+        self.by_recency.insert(seq, Arc::clone(&name));
         self.trim_topic(&name, now);
         while self.bytes_total > self.limits.bytes_total {
             if !self.evict_globally_oldest(&name) {
@@ -144,8 +149,8 @@ impl<T: Retained> History<T> {
     /// Cheap when nothing is due: it stops at the first topic with a fresh event.
     pub fn expire(&mut self, now: Instant) {
         while let Some((_, name)) = self.by_recency.first_key_value() {
-            let name = name.clone();
-            let log = &self.topics[&name];
+            let name = Arc::clone(name);
+            let log = &self.topics[&*name];
             let newest = log.events.back().map(|e| e.published());
             if newest.is_some_and(|t| now.duration_since(t) <= self.limits.max_age) {
                 break;

@@ -148,6 +148,26 @@ impl Shard {
         self.deliver_batch(&mut batch);
         self.batch = batch;
         broadcast.set_cursor(self.id, self.next_seq);
+        if broadcast.reached_mark(self.id, self.next_seq) {
+            self.ring_flow();
+        }
+    }
+
+    /// Tells the ingest thread, which holds publishes while this loop trails the ring
+    /// (`--ingest-flow lag`), that it has caught up to the mark it waits for.
+    fn ring_flow(&mut self) {
+        let fd = self
+            .shared
+            .ingest_ring_fd
+            .load(std::sync::atomic::Ordering::Acquire);
+        if fd < 0 {
+            return;
+        }
+        self.push(crate::driver::Op::Bell {
+            target: fd,
+            deliver: crate::ingest::FLOW_BELL_DATA,
+            data: super::pack(super::tag::DOORBELL, 0, 0),
+        });
     }
 
     /// Delivers `batch` in order, as runs of consecutive events of one topic, and
