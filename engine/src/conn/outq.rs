@@ -969,4 +969,138 @@ mod tests {
         assert!(q.queue.capacity() <= POOLED_ENTRIES_MAX);
         assert!(q.is_empty());
     }
+
+    /// Every unsent byte in the queue, in order.
+    fn unsent(q: &OutQueue) -> Vec<u8> {
+        q.queue
+            .iter()
+            .enumerate()
+            .flat_map(|(i, e)| e.bytes[if i == 0 { q.offset } else { 0 }..].to_vec())
+            .collect()
+    }
+
+    fn gap_summary(q: &mut OutQueue) -> Vec<(String, u64, u64, u64)> {
+        q.take_gaps()
+            .iter()
+            .map(|g| (g.first.topic.to_string(), g.first.seq, g.last.seq, g.dropped))
+            .collect()
+    }
+
+    #[test]
+    fn a_run_queued_whole_is_the_same_as_its_events_queued_one_by_one() {
+        // Against a queue fed event by event: runs of 1-5 events of two topics, some
+        // keyed, short sends, under each policy, with limits small enough that the policy
+        // acts often, including on queued runs.
+        for policy in [Policy::DropOldest, Policy::DropNewest, Policy::Coalesce] {
+            let limits = Limits { bytes: 40, events: 6 };
+            let (mut one, mut runs) = (OutQueue::default(), OutQueue::default());
+            let mut rng = 0x2545_f491_4f6c_dd1du64;
+            let mut next = |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n
+            };
+            let (mut seq, mut whole) = (0, 0);
+            for step in 0..3000 {
+                if next(3) > 0 {
+                    let topic = if next(2) == 0 { "a" } else { "b" };
+                    let events: Vec<Arc<Event>> = (0..1 + next(5))
+                        .map(|_| {
+                            seq += 1;
+                            let key = [None, None, Some("x"), Some("y")][next(4) as usize];
+                            event(seq, topic, key)
+                        })
+                        .collect();
+                    let run = Arc::new(Run::new(&events, |e| bytes_of(e.seq)));
+                    let pushed: Vec<Pushed> = events
+                        .iter()
+                        .map(|e| one.push_event(bytes_of(e.seq), e, policy, limits))
+                        .collect();
+                    if runs.push_run(&run, policy, limits) {
+                        whole += 1;
+                        assert!(
+                            pushed.iter().all(|p| *p == Pushed::Queued { dropped: 0 }),
+                            "step {step}: a run is queued whole only when no event of it makes the policy act: {pushed:?}"
+                        );
+                    } else {
+                        for (e, p) in events.iter().zip(&pushed) {
+                            assert_eq!(
+                                runs.push_event(bytes_of(e.seq), e, policy, limits),
+                                *p,
+                                "step {step}"
+                            );
+                        }
+                    }
+                } else if !one.is_empty() {
+                    let a = gathered(&mut one);
+                    let b = gathered(&mut runs);
+                    assert_eq!(a[..], b[..a.len().min(b.len())], "step {step}");
+                    let n = 1 + next(a.len().min(b.len()) as u64) as usize;
+                    one.sent(n);
+                    runs.sent(n);
+                }
+                assert_eq!(unsent(&one), unsent(&runs), "step {step}: {policy:?}");
+                assert_eq!(seqs(&one), seqs(&runs), "step {step}");
+                assert_eq!(
+                    (one.bytes(), one.event_bytes(), one.events()),
+                    (runs.bytes(), runs.event_bytes(), runs.events()),
+                    "step {step}"
+                );
+                if next(4) == 0 {
+                    assert_eq!(gap_summary(&mut one), gap_summary(&mut runs), "step {step}");
+                }
+            }
+            assert!(whole > 50, "{policy:?}: runs were queued whole {whole} times");
+        }
+    }
+
+    #[test]
+    fn a_short_send_inside_a_run_pins_only_the_half_sent_event() {
+        let mut q = OutQueue::default();
+        let events: Vec<Arc<Event>> = (1..=3).map(|seq| event(seq, "t", None)).collect();
+        let run = Arc::new(Run::new(&events, |e| bytes_of(e.seq)));
+        assert!(q.push_run(&run, Policy::DropOldest, LIMITS));
+        assert_eq!(q.events(), 3);
+        assert_eq!(gathered(&mut q), b"<1><2><3>");
+        q.sent(4); // "<1>" and the "<" of "<2>"
+        assert_eq!(seqs(&q), vec![2, 3]);
+        // "<3>" is not in flight: a newcomer over the limit of three pushes it out.
+        q.push_event(bytes_of(4), &event(4, "t", None), Policy::DropOldest, LIMITS);
+        assert_eq!(
+            q.push_event(bytes_of(5), &event(5, "t", None), Policy::DropOldest, LIMITS),
+            Pushed::Queued { dropped: 1 }
+        );
+        assert_eq!(seqs(&q), vec![2, 4, 5]);
+        assert_eq!(gathered(&mut q), b"2><4><5>");
+        let gap = &q.take_gaps()[0];
+        assert_eq!((gap.first.seq, gap.last.seq, gap.dropped), (3, 3, 1));
+    }
+
+    #[test]
+    fn a_run_that_would_make_the_policy_act_is_refused_whole() {
+        let mut q = OutQueue::default();
+        let events: Vec<Arc<Event>> = (1..=4).map(|seq| event(seq, "t", None)).collect();
+        let run = Arc::new(Run::new(&events, |e| bytes_of(e.seq)));
+        assert!(
+            !q.push_run(&run, Policy::DropOldest, LIMITS),
+            "four events, room for three"
+        );
+        let keyed: Vec<Arc<Event>> = (1..=2).map(|seq| event(seq, "t", Some("k"))).collect();
+        let run = Arc::new(Run::new(&keyed, |e| bytes_of(e.seq)));
+        assert!(
+            !q.push_run(&run, Policy::Coalesce, LIMITS),
+            "the second supersedes the first"
+        );
+        assert!(
+            q.push_run(&run, Policy::DropOldest, LIMITS),
+            "no coalescing under drop-oldest"
+        );
+        let single = Arc::new(Run::new(&events[..1], |e| bytes_of(e.seq)));
+        assert!(
+            !q.push_run(&single, Policy::DropOldest, LIMITS),
+            "a run of one is an event"
+        );
+        assert_eq!(q.events(), 2);
+    }
 }
