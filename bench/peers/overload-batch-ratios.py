@@ -40,7 +40,7 @@ def main(out):
                 f"{s} {rate(r) / 1e6:.2f} M/s (lost {r['fanout']['lost']}, gap-told {r['fanout']['gap_dropped']}, "
                 f"held {r['fanout']['held']}, p99 {r['fanout']['latency']['p99_ms']:.0f} ms)"
                 for s, r in rs.items() if r)
-            a, b, k, u = (rate(rs[s]) for s in SERVERS)
+            b, a, k, u = (rate(rs[s]) for s in SERVERS)
             print(f"  round {n + 1}: {line}")
             print(f"    after/before {ratio(a, b)}, after/kernel {ratio(a, k)}, after/uws {ratio(a, u)}, "
                   f"before/kernel {ratio(b, k)}")
