@@ -3,7 +3,7 @@
 # run, alternating round by round, so the before/after ratio is read within one run of a
 # shared machine (issue 16's saturated fan-out and overload targets).
 #   bench/peers/overload-batch.sh BEFORE_BIN AFTER_BIN [ROUNDS]
-# Every server is pinned to CPU 0 (PIN_CPU), the client to CPU 1 (CLIENT_CPU), one server
+# The two builds run in alternating order. Every server is pinned to CPU 0 (PIN_CPU), the client to CPU 1 (CLIENT_CPU), one server
 # at a time, one core each (ringcast --loops 1). Per server and round, with 128 B events:
 #   overload, 2,000 subscribers, OVERLOAD_EVENTS (4,000) events, W = 32 and W = 1000
 #   (uWebSockets: W = 32 only, unless UWS_W1000=1: it answers 1,000 publishes in 10-30 s);
@@ -65,8 +65,15 @@ ringcast() {
 }
 
 for round in $(seq "$rounds"); do
-  ringcast before "$before" "$round" "$port"
-  ringcast after "$after" "$round" $((port + 10))
+  # The order alternates (before-after, after-before, ...), so that a load trend over the
+  # run does not favour one build.
+  if [ $((round % 2)) = 1 ]; then
+    ringcast before "$before" "$round" "$port"
+    ringcast after "$after" "$round" $((port + 10))
+  else
+    ringcast after "$after" "$round" $((port + 10))
+    ringcast before "$before" "$round" "$port"
+  fi
 
   note "kernel round $round"
   taskset -c "$server_cpu" "$bench" ws-ref-server --listen "127.0.0.1:$((port + 20))" --max-secs 1800 \
