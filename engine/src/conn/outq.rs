@@ -12,6 +12,16 @@
 //! and the gaps are told to the client, ahead of the next event it does get, by a notice
 //! the caller builds in the client's own format ([`OutQueue::take_gaps`]).
 //!
+//! A turn's consecutive events of one topic can also be queued as one [`Run`]: their
+//! encodings back to back in one buffer, built once per loop turn and shared by every
+//! subscriber of that transport whose queue takes the whole run without its policy acting
+//! (see [`OutQueue::push_run`]). A run is one entry and one iovec, so a subscriber that
+//! keeps up costs one queue entry per run rather than one per event. Whenever the policy
+//! must pick single events out of a run (a drop, a coalesce), or a short send stops
+//! inside one, the run is split back into one entry per event, each a slice of the shared
+//! buffer: the client gets the same bytes, the same drops and the same gaps as if every
+//! event had been queued on its own.
+//!
 //! The queue is boxed, so the `msghdr` and `iovec`s keep their address while the kernel
 //! reads them, even if the slab moves the connection record. The entries handed to the
 //! kernel by [`OutQueue::prepare`] are neither dropped nor replaced until
@@ -94,10 +104,100 @@ pub struct Gap {
     pub dropped: u64,
 }
 
+/// Consecutive events of one topic encoded for one transport, back to back in one
+/// buffer. Built once per loop turn and transport, shared by every subscriber queueing it.
+#[derive(Debug)]
+pub struct Run {
+    bytes: Bytes,
+    events: Vec<Arc<Event>>,
+    /// Where each event's bytes end in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Run {
+    /// The run of `events`, each encoded as `encode` gives it.
+    pub fn new(events: &[Arc<Event>], mut encode: impl FnMut(&Arc<Event>) -> Bytes) -> Run {
+        let pieces: Vec<Bytes> = events.iter().map(&mut encode).collect();
+        let mut buf = Vec::with_capacity(pieces.iter().map(Bytes::len).sum());
+        let mut ends = Vec::with_capacity(pieces.len());
+        for piece in &pieces {
+            buf.extend_from_slice(piece);
+            ends.push(buf.len());
+        }
+        Run {
+            bytes: Bytes::from(buf),
+            events: events.to_vec(),
+            ends,
+        }
+    }
+
+    /// Events in the run.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Bytes of all its events.
+    pub fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// One entry per event, each a slice of the shared buffer.
+    fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        self.events.iter().enumerate().map(|(i, event)| {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            Entry {
+                bytes: self.bytes.slice(start..self.ends[i]),
+                content: Content::Event(Arc::clone(event)),
+            }
+        })
+    }
+}
+
+/// What an entry's bytes are.
+enum Content {
+    /// Control bytes, never dropped.
+    Control,
+    /// The encoding of one event.
+    Event(Arc<Event>),
+    /// The encodings of a run of events; never half-sent (see [`OutQueue::sent`]).
+    Run(Arc<Run>),
+}
+
 struct Entry {
     bytes: Bytes,
-    /// The event these bytes encode; `None` for control bytes, which are never dropped.
-    event: Option<Arc<Event>>,
+    content: Content,
+}
+
+impl Entry {
+    fn control(bytes: Bytes) -> Entry {
+        Entry {
+            bytes,
+            content: Content::Control,
+        }
+    }
+
+    /// Events the entry carries.
+    fn events(&self) -> usize {
+        match &self.content {
+            Content::Control => 0,
+            Content::Event(_) => 1,
+            Content::Run(run) => run.len(),
+        }
+    }
+
+    /// Whether the entry carries an event of `event`'s topic and key.
+    fn has_same_key(&self, event: &Event) -> bool {
+        let same = |old: &Arc<Event>| old.key == event.key && old.topic == event.topic;
+        match &self.content {
+            Content::Control => false,
+            Content::Event(old) => same(old),
+            Content::Run(run) => run.events.iter().any(same),
+        }
+    }
 }
 
 pub struct OutQueue {
@@ -172,7 +272,7 @@ impl OutQueue {
             return;
         }
         self.bytes += bytes.len();
-        self.queue.push_back(Entry { bytes, event: None });
+        self.queue.push_back(Entry::control(bytes));
     }
 
     /// Puts control bytes ahead of everything queued. Only valid while no send from this
@@ -183,7 +283,7 @@ impl OutQueue {
             "push_front during a send"
         );
         self.bytes += bytes.len();
-        self.queue.push_front(Entry { bytes, event: None });
+        self.queue.push_front(Entry::control(bytes));
     }
 
     /// Queues a notice (a gap, a slow-client warning) ahead of every queued byte except
@@ -192,8 +292,7 @@ impl OutQueue {
     pub fn push_notice(&mut self, bytes: Bytes, nth: usize) {
         let at = usize::from(self.offset > 0) + nth;
         self.bytes += bytes.len();
-        self.queue
-            .insert(at.min(self.queue.len()), Entry { bytes, event: None });
+        self.queue.insert(at.min(self.queue.len()), Entry::control(bytes));
     }
 
     /// Queues the pong `frame` to go out ahead of everything not yet sent (control frames
@@ -224,13 +323,8 @@ impl OutQueue {
         self.pongs_last = 0;
         self.pongs_waiting = 0;
         let at = usize::from(self.offset > 0);
-        self.queue.insert(
-            at.min(self.queue.len()),
-            Entry {
-                bytes: frames,
-                event: None,
-            },
-        );
+        self.queue
+            .insert(at.min(self.queue.len()), Entry::control(frames));
     }
 
     /// Drops everything not yet handed to the kernel: queued entries, waiting pongs and
@@ -242,9 +336,9 @@ impl OutQueue {
         while self.queue.len() > keep {
             let entry = self.queue.pop_back().expect("longer than keep");
             self.bytes -= entry.bytes.len();
-            if entry.event.is_some() {
+            if entry.events() > 0 {
                 self.event_bytes -= entry.bytes.len();
-                self.events -= 1;
+                self.events -= entry.events();
             }
         }
         self.bytes -= self.pongs.len();
@@ -292,7 +386,7 @@ impl OutQueue {
         self.events += 1;
         self.queue.push_back(Entry {
             bytes,
-            event: Some(Arc::clone(event)),
+            content: Content::Event(Arc::clone(event)),
         });
         if coalesced && dropped == 0 {
             Pushed::Coalesced
@@ -301,17 +395,62 @@ impl OutQueue {
         }
     }
 
+    /// Queues `run` as one entry when every event of it would be queued by
+    /// [`OutQueue::push_event`] under `policy` with nothing dropped, refused or coalesced,
+    /// so the queue ends up holding the same events as if each had been pushed; returns
+    /// false and queues nothing otherwise (the caller pushes the events one by one).
+    pub fn push_run(&mut self, run: &Arc<Run>, policy: Policy, limits: Limits) -> bool {
+        // A run of one event has nothing to share; and `push_event` lets one event into an
+        // event-free queue whatever its size, which this bound does not model.
+        if run.len() < 2
+            || self.event_bytes + run.bytes() > limits.bytes
+            || self.events + run.len() > limits.events
+        {
+            return false;
+        }
+        if policy == Policy::Coalesce && run.events.iter().any(|e| e.key.is_some()) {
+            // A keyed event may supersede a queued one, or an earlier one of the run.
+            return false;
+        }
+        self.bytes += run.bytes();
+        self.event_bytes += run.bytes();
+        self.events += run.len();
+        self.queue.push_back(Entry {
+            bytes: run.bytes.clone(),
+            content: Content::Run(Arc::clone(run)),
+        });
+        true
+    }
+
+    /// Splits the run at `queue[at]` into one entry per event. The entry must not be in
+    /// flight.
+    fn split_run(&mut self, at: usize) {
+        let mut tail = self.queue.split_off(at);
+        let entry = tail.pop_front().expect("an entry to split");
+        let Content::Run(run) = &entry.content else {
+            unreachable!("split_run on an entry that is not a run");
+        };
+        self.queue.extend(run.entries());
+        self.queue.append(&mut tail);
+    }
+
+    /// The position of the first entry at or after `start` carrying an event for which
+    /// `pick` holds, with a run it falls in split so that the event is an entry of its own.
+    fn find_event(&mut self, start: usize, pick: impl Fn(&Entry) -> bool) -> Option<usize> {
+        let pos = start + self.queue.iter().skip(start).position(&pick)?;
+        if !matches!(self.queue[pos].content, Content::Run(_)) {
+            return Some(pos);
+        }
+        self.split_run(pos);
+        Some(pos + self.queue.iter().skip(pos).position(pick)?)
+    }
+
     /// Removes a queued, not in flight, event with the same topic and key as `event`.
     fn remove_same_key(&mut self, event: &Arc<Event>) -> bool {
-        let start = self.in_flight;
-        let Some(pos) = self.queue.iter().skip(start).position(|e| {
-            e.event
-                .as_ref()
-                .is_some_and(|old| old.key == event.key && old.topic == event.topic)
-        }) else {
+        let Some(pos) = self.find_event(self.in_flight, |e| e.has_same_key(event)) else {
             return false;
         };
-        let entry = self.queue.remove(start + pos).expect("position found");
+        let entry = self.queue.remove(pos).expect("position found");
         self.bytes -= entry.bytes.len();
         self.event_bytes -= entry.bytes.len();
         self.events -= 1;
@@ -320,15 +459,17 @@ impl OutQueue {
 
     /// Drops the oldest event not in flight; false when there is none.
     fn drop_oldest(&mut self) -> bool {
-        let start = self.in_flight;
-        let Some(pos) = self.queue.iter().skip(start).position(|e| e.event.is_some()) else {
+        let Some(pos) = self.find_event(self.in_flight, |e| e.events() > 0) else {
             return false;
         };
-        let entry = self.queue.remove(start + pos).expect("position found");
+        let entry = self.queue.remove(pos).expect("position found");
         self.bytes -= entry.bytes.len();
         self.event_bytes -= entry.bytes.len();
         self.events -= 1;
-        self.record_gap(entry.event.as_ref().expect("an event entry"));
+        let Content::Event(event) = &entry.content else {
+            unreachable!("find_event returns an entry of one event");
+        };
+        self.record_gap(event);
         true
     }
 
@@ -433,13 +574,30 @@ impl OutQueue {
                 n -= rest;
                 self.offset = 0;
                 let entry = self.queue.pop_front().expect("front exists");
-                if entry.event.is_some() {
+                if entry.events() > 0 {
                     self.event_bytes -= entry.bytes.len();
-                    self.events -= 1;
+                    self.events -= entry.events();
                 }
             } else {
+                let in_run = matches!(front.content, Content::Run(_));
                 self.offset += n;
                 n = 0;
+                if in_run {
+                    // The send stopped inside a run: it goes on as single events, so that
+                    // only the one half-sent stays pinned and the policy can still drop
+                    // the rest. The events before the offset were sent whole.
+                    self.split_run(0);
+                    loop {
+                        let len = self.queue.front().expect("the split run").bytes.len();
+                        if self.offset < len {
+                            break;
+                        }
+                        self.offset -= len;
+                        self.queue.pop_front();
+                        self.event_bytes -= len;
+                        self.events -= 1;
+                    }
+                }
             }
         }
         // A partly sent entry stays pinned: its remaining bytes must follow its first ones.
@@ -516,7 +674,11 @@ mod tests {
     fn seqs(q: &OutQueue) -> Vec<u64> {
         q.queue
             .iter()
-            .filter_map(|e| e.event.as_ref().map(|e| e.seq))
+            .flat_map(|e| match &e.content {
+                Content::Control => Vec::new(),
+                Content::Event(event) => vec![event.seq],
+                Content::Run(run) => run.events.iter().map(|e| e.seq).collect(),
+            })
             .collect()
     }
 
@@ -806,5 +968,139 @@ mod tests {
         q.clear();
         assert!(q.queue.capacity() <= POOLED_ENTRIES_MAX);
         assert!(q.is_empty());
+    }
+
+    /// Every unsent byte in the queue, in order.
+    fn unsent(q: &OutQueue) -> Vec<u8> {
+        q.queue
+            .iter()
+            .enumerate()
+            .flat_map(|(i, e)| e.bytes[if i == 0 { q.offset } else { 0 }..].to_vec())
+            .collect()
+    }
+
+    fn gap_summary(q: &mut OutQueue) -> Vec<(String, u64, u64, u64)> {
+        q.take_gaps()
+            .iter()
+            .map(|g| (g.first.topic.to_string(), g.first.seq, g.last.seq, g.dropped))
+            .collect()
+    }
+
+    #[test]
+    fn a_run_queued_whole_is_the_same_as_its_events_queued_one_by_one() {
+        // Against a queue fed event by event: runs of 1-5 events of two topics, some
+        // keyed, short sends, under each policy, with limits small enough that the policy
+        // acts often, including on queued runs.
+        for policy in [Policy::DropOldest, Policy::DropNewest, Policy::Coalesce] {
+            let limits = Limits { bytes: 40, events: 6 };
+            let (mut one, mut runs) = (OutQueue::default(), OutQueue::default());
+            let mut rng = 0x2545_f491_4f6c_dd1du64;
+            let mut next = |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n
+            };
+            let (mut seq, mut whole) = (0, 0);
+            for step in 0..3000 {
+                if next(3) > 0 {
+                    let topic = if next(2) == 0 { "a" } else { "b" };
+                    let events: Vec<Arc<Event>> = (0..1 + next(5))
+                        .map(|_| {
+                            seq += 1;
+                            let key = [None, None, Some("x"), Some("y")][next(4) as usize];
+                            event(seq, topic, key)
+                        })
+                        .collect();
+                    let run = Arc::new(Run::new(&events, |e| bytes_of(e.seq)));
+                    let pushed: Vec<Pushed> = events
+                        .iter()
+                        .map(|e| one.push_event(bytes_of(e.seq), e, policy, limits))
+                        .collect();
+                    if runs.push_run(&run, policy, limits) {
+                        whole += 1;
+                        assert!(
+                            pushed.iter().all(|p| *p == Pushed::Queued { dropped: 0 }),
+                            "step {step}: a run is queued whole only when no event of it makes the policy act: {pushed:?}"
+                        );
+                    } else {
+                        for (e, p) in events.iter().zip(&pushed) {
+                            assert_eq!(
+                                runs.push_event(bytes_of(e.seq), e, policy, limits),
+                                *p,
+                                "step {step}"
+                            );
+                        }
+                    }
+                } else if !one.is_empty() {
+                    let a = gathered(&mut one);
+                    let b = gathered(&mut runs);
+                    assert_eq!(a[..], b[..a.len().min(b.len())], "step {step}");
+                    let n = 1 + next(a.len().min(b.len()) as u64) as usize;
+                    one.sent(n);
+                    runs.sent(n);
+                }
+                assert_eq!(unsent(&one), unsent(&runs), "step {step}: {policy:?}");
+                assert_eq!(seqs(&one), seqs(&runs), "step {step}");
+                assert_eq!(
+                    (one.bytes(), one.event_bytes(), one.events()),
+                    (runs.bytes(), runs.event_bytes(), runs.events()),
+                    "step {step}"
+                );
+                if next(4) == 0 {
+                    assert_eq!(gap_summary(&mut one), gap_summary(&mut runs), "step {step}");
+                }
+            }
+            assert!(whole > 50, "{policy:?}: runs were queued whole {whole} times");
+        }
+    }
+
+    #[test]
+    fn a_short_send_inside_a_run_pins_only_the_half_sent_event() {
+        let mut q = OutQueue::default();
+        let events: Vec<Arc<Event>> = (1..=3).map(|seq| event(seq, "t", None)).collect();
+        let run = Arc::new(Run::new(&events, |e| bytes_of(e.seq)));
+        assert!(q.push_run(&run, Policy::DropOldest, LIMITS));
+        assert_eq!(q.events(), 3);
+        assert_eq!(gathered(&mut q), b"<1><2><3>");
+        q.sent(4); // "<1>" and the "<" of "<2>"
+        assert_eq!(seqs(&q), vec![2, 3]);
+        // "<3>" is not in flight: a newcomer over the limit of three pushes it out.
+        q.push_event(bytes_of(4), &event(4, "t", None), Policy::DropOldest, LIMITS);
+        assert_eq!(
+            q.push_event(bytes_of(5), &event(5, "t", None), Policy::DropOldest, LIMITS),
+            Pushed::Queued { dropped: 1 }
+        );
+        assert_eq!(seqs(&q), vec![2, 4, 5]);
+        assert_eq!(gathered(&mut q), b"2><4><5>");
+        let gap = &q.take_gaps()[0];
+        assert_eq!((gap.first.seq, gap.last.seq, gap.dropped), (3, 3, 1));
+    }
+
+    #[test]
+    fn a_run_that_would_make_the_policy_act_is_refused_whole() {
+        let mut q = OutQueue::default();
+        let events: Vec<Arc<Event>> = (1..=4).map(|seq| event(seq, "t", None)).collect();
+        let run = Arc::new(Run::new(&events, |e| bytes_of(e.seq)));
+        assert!(
+            !q.push_run(&run, Policy::DropOldest, LIMITS),
+            "four events, room for three"
+        );
+        let keyed: Vec<Arc<Event>> = (1..=2).map(|seq| event(seq, "t", Some("k"))).collect();
+        let run = Arc::new(Run::new(&keyed, |e| bytes_of(e.seq)));
+        assert!(
+            !q.push_run(&run, Policy::Coalesce, LIMITS),
+            "the second supersedes the first"
+        );
+        assert!(
+            q.push_run(&run, Policy::DropOldest, LIMITS),
+            "no coalescing under drop-oldest"
+        );
+        let single = Arc::new(Run::new(&events[..1], |e| bytes_of(e.seq)));
+        assert!(
+            !q.push_run(&single, Policy::DropOldest, LIMITS),
+            "a run of one is an event"
+        );
+        assert_eq!(q.events(), 2);
     }
 }

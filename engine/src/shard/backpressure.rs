@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{bump, bump_by, control, Shard};
-use crate::conn::outq::{Gap, Limits, Policy, Pushed};
+use crate::conn::outq::{Gap, Limits, Policy, Pushed, Run};
 use crate::conn::{flags, State};
 use crate::event::Event;
 use crate::proto::Kind;
@@ -27,7 +27,10 @@ impl Shard {
     /// subscriber is visited once for the whole run and gets every event of it queued
     /// before one flush: with thousands of subscribers, visiting each connection once per
     /// run rather than once per event keeps the loop from walking every connection's
-    /// queue out of the cache for every event.
+    /// queue out of the cache for every event. A subscriber whose queue takes the whole
+    /// run without its policy acting gets it as one shared [`Run`], encoded once per
+    /// transport for the loop: one queue entry, one buffer reference and one iovec for
+    /// the lot; any other gets the events one by one.
     pub(super) fn deliver(&mut self, run: &[Arc<Event>]) {
         let Some(first) = run.first() else {
             return;
@@ -49,6 +52,8 @@ impl Shard {
         let mut slow = Vec::new();
         let mut overflowed = Vec::new();
         let mut polls = Vec::new();
+        // The run encoded for each transport among the subscribers, made on first use.
+        let mut shared: Vec<(Kind, Arc<Run>)> = Vec::new();
         'subscribers: for &index in &subscribers {
             let conn = &mut self.conns[index as usize];
             if conn.state == State::Poll {
@@ -61,6 +66,11 @@ impl Shard {
                 continue;
             }
             let kind = conn.kind;
+            if run.len() > 1 && self.queue_run(index, run, kind, policy, limits, hard_cap, &mut shared) {
+                delivered += run.len() as u64;
+                self.flush(index);
+                continue;
+            }
             for event in run {
                 let Some(pushed) = self.queue_event(index, event, kind, policy, limits, hard_cap) else {
                     overflowed.push(index);
@@ -98,6 +108,44 @@ impl Shard {
         for index in overflowed {
             self.overflow(index);
         }
+    }
+
+    /// Queues all of `run` as one shared [`Run`] in the framing of `kind` on connection
+    /// `index` when its queue takes every event without `policy` acting and without
+    /// passing `hard_cap`; returns false, having queued nothing, otherwise. `shared` holds
+    /// the run's encodings made so far in this delivery, one per transport.
+    #[allow(clippy::too_many_arguments)]
+    fn queue_run(
+        &mut self,
+        index: u32,
+        run: &[Arc<Event>],
+        kind: Kind,
+        policy: Policy,
+        limits: Limits,
+        hard_cap: usize,
+        shared: &mut Vec<(Kind, Arc<Run>)>,
+    ) -> bool {
+        let encoded = match shared.iter().find(|(k, _)| *k == kind) {
+            Some((_, encoded)) => Arc::clone(encoded),
+            None => {
+                let (deflate, min) = (&mut self.deflate, self.shared.config.ws_deflate_min_bytes);
+                let encoded = Arc::new(Run::new(run, |event| event.bytes_for(kind, deflate, min)));
+                shared.push((kind, Arc::clone(&encoded)));
+                encoded
+            }
+        };
+        let conn = &mut self.conns[index as usize];
+        if conn.queued_bytes() + encoded.bytes() > hard_cap {
+            return false;
+        }
+        let out = conn
+            .out
+            .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+        if !out.push_run(&encoded, policy, limits) {
+            return false;
+        }
+        self.queued += encoded.bytes() as i64;
+        true
     }
 
     /// Queues `event` in the framing of `kind` on connection `index` under `policy`, or

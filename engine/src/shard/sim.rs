@@ -551,3 +551,218 @@ fn the_drain_ends_streams_with_a_retry_and_answers_polls() {
     );
     assert!(bye.ends_with("0\r\n\r\n"), "the chunked stream ends: {bye:?}");
 }
+
+/// The upgrade request of a WebSocket subscriber to `path`, offering permessage-deflate
+/// when `deflate`.
+fn ws_upgrade(path: &str, deflate: bool) -> Vec<u8> {
+    let offer = if deflate {
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
+    )
+    .into_bytes()
+}
+
+/// Opens a subscriber with `request` and completes its response head's send.
+fn open(sim: &mut Sim, request: &[u8]) -> Client {
+    let c = sim.connect();
+    let ops = sim.send(c, request);
+    let (head, data) = send_to(&ops, c.file);
+    assert!(head.starts_with("HTTP/1."), "{head}");
+    sim.sent(data, head.len());
+    c
+}
+
+/// The sends among `ops` by file: the bytes, the address of their first byte, the data.
+fn sends(ops: Vec<Op>) -> Vec<(u32, Vec<u8>, usize, u64)> {
+    ops.into_iter()
+        .filter_map(|op| {
+            let at = match &op {
+                Op::Send { buf, .. } => *buf as usize,
+                // SAFETY: the msghdr and its first iovec are alive until the completion.
+                Op::SendMsg { msg, .. } => unsafe { (*(**msg).msg_iov).iov_base as usize },
+                _ => return None,
+            };
+            match did(op) {
+                Did::Send { file, bytes, data } => Some((file, bytes, at, data)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The single send to `file` among `ops`, as bytes.
+fn raw_send_to(ops: &[Did], file: u32) -> (Vec<u8>, u64) {
+    let mut sends = ops.iter().filter_map(|d| match d {
+        Did::Send { file: f, bytes, data } if *f == file => Some((bytes.clone(), *data)),
+        _ => None,
+    });
+    let send = sends
+        .next()
+        .unwrap_or_else(|| panic!("a send to {file}: {ops:?}"));
+    assert!(sends.next().is_none(), "one send to {file}: {ops:?}");
+    send
+}
+
+/// What a subscriber of `kind` is sent for `events`, one after another.
+fn encoded(events: &[Arc<Event>], kind: Kind) -> Vec<u8> {
+    let mut codec = ws::deflate::Codec::default();
+    events
+        .iter()
+        .flat_map(|e| e.bytes_for(kind, &mut codec, 0).to_vec())
+        .collect()
+}
+
+use crate::proto::Kind;
+
+#[test]
+fn a_turns_events_reach_every_transport_byte_for_byte_in_one_shared_buffer() {
+    let mut sim = Sim::new(&["--ws-deflate", "on", "--ws-deflate-min-bytes", "1"]);
+    let subscribers = [
+        (
+            b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            Kind::Sse,
+        ),
+        (
+            b"GET /sse?topic=a HTTP/1.0\r\nHost: x\r\n\r\n".to_vec(),
+            Kind::Sse10,
+        ),
+        (
+            b"GET /stream?topic=a HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            Kind::Ndjson,
+        ),
+        (ws_upgrade("/ws?topic=a", false), Kind::WsJson),
+        (ws_upgrade("/ws?topic=a&format=raw", false), Kind::WsRaw),
+        (ws_upgrade("/ws?topic=a", true), Kind::WsJsonDeflate),
+        (ws_upgrade("/ws?topic=a&format=raw", true), Kind::WsRawDeflate),
+    ];
+    // Two subscribers of each transport.
+    let clients: Vec<(Client, Kind)> = subscribers
+        .iter()
+        .chain(subscribers.iter())
+        .map(|(request, kind)| (open(&mut sim, request), *kind))
+        .collect();
+    let events: Vec<Arc<Event>> = (0..5)
+        .map(|i| sim.publish("a", format!("event {i}\nline two of {i}").as_bytes()))
+        .collect();
+    sim.shard.before_wait();
+    sim.shard.end_turn();
+    let sent = sends(sim.shard.take_ops());
+    assert_eq!(sent.len(), clients.len(), "one send per subscriber: {sent:?}");
+    for (i, &(c, kind)) in clients.iter().enumerate() {
+        let (_, bytes, at, _) = sent
+            .iter()
+            .find(|s| s.0 == c.file)
+            .unwrap_or_else(|| panic!("a send to {c:?}"));
+        assert_eq!(
+            text(bytes),
+            text(&encoded(&events, kind)),
+            "{kind:?}: each event's own framing, in order"
+        );
+        let twin = clients[(i + subscribers.len()) % clients.len()].0;
+        let twin_at = sent.iter().find(|s| s.0 == twin.file).expect("a send").2;
+        assert_eq!(*at, twin_at, "{kind:?}: both subscribers are sent the one buffer");
+    }
+    let sse = &sent.iter().find(|s| s.0 == clients[0].0.file).expect("a send").1;
+    let body = format!("id: {}\ndata: event 0\ndata: line two of 0\n\n", events[0].id);
+    assert!(
+        text(sse).starts_with(&format!("{:x}\r\n{body}\r\n", body.len())),
+        "{}",
+        text(sse)
+    );
+    assert_eq!(
+        sim.counters().deliveries.load(Ordering::Relaxed),
+        5 * clients.len() as u64
+    );
+}
+
+#[test]
+fn a_subscriber_that_falls_behind_mid_run_loses_the_oldest_and_hears_of_it() {
+    let mut sim = Sim::new(&["--queue-events", "4", "--policy", "*=drop-oldest"]);
+    let slow = open(&mut sim, b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n");
+    let fast = open(&mut sim, b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n");
+    let e0 = sim.publish("a", b"e0");
+    let ops = sim.turn();
+    let (_, stuck) = send_to(&ops, slow.file);
+    let (first, data) = send_to(&ops, fast.file);
+    sim.sent(data, first.len());
+    // The slow client's send of e0 stays out. A run of three fits its queue whole...
+    let run: Vec<Arc<Event>> = (1..=3)
+        .map(|i| sim.publish("a", format!("e{i}").as_bytes()))
+        .collect();
+    let ops = sim.turn();
+    let (got, data) = send_to(&ops, fast.file);
+    assert_eq!(got, text(&encoded(&run, Kind::Sse)));
+    sim.sent(data, got.len());
+    // ...a run of two does not: the oldest of the queued run make room.
+    let next: Vec<Arc<Event>> = (4..=5)
+        .map(|i| sim.publish("a", format!("e{i}").as_bytes()))
+        .collect();
+    let ops = sim.turn();
+    let (got, _) = send_to(&ops, fast.file);
+    assert_eq!(
+        got,
+        text(&encoded(&next, Kind::Sse)),
+        "the fast client misses nothing"
+    );
+    assert_eq!(sim.counters().dropped.load(Ordering::Relaxed), 2);
+    let ops = sim.sent(stuck, encoded(&[e0], Kind::Sse).len());
+    let (bytes, _) = sim.flush_all(ops, slow.file);
+    let gap = format!(
+        "event: ringcast.gap\ndata: {{\"topic\":\"a\",\"dropped\":2,\"first_id\":\"{}\",\"last_id\":\"{}\"}}\n\n",
+        run[0].id, run[1].id
+    );
+    let mut expected = format!("{:x}\r\n{gap}\r\n", gap.len()).into_bytes();
+    expected.extend(encoded(
+        &[run[2].clone(), next[0].clone(), next[1].clone()],
+        Kind::Sse,
+    ));
+    assert_eq!(
+        text(&bytes),
+        text(&expected),
+        "the notice, then the newest events in order"
+    );
+}
+
+#[test]
+fn short_sends_inside_a_run_resume_mid_frame_and_the_policy_still_applies_after() {
+    let mut sim = Sim::new(&["--queue-events", "3", "--policy", "*=drop-oldest"]);
+    let c = open(&mut sim, &ws_upgrade("/ws?topic=a&format=raw", false));
+    let run: Vec<Arc<Event>> = (0..3)
+        .map(|i| sim.publish("a", format!("payload-{i}").as_bytes()))
+        .collect();
+    let all = encoded(&run, Kind::WsRaw);
+    let frame = all.len() / 3;
+    let (got, data) = raw_send_to(&sim.turn(), c.file);
+    assert_eq!(got, all, "one send of the three frames");
+    // The kernel takes the first frame and half of the second: the next send starts in
+    // the middle of the second frame.
+    let cut = frame + frame / 2;
+    let (rest, data) = raw_send_to(&sim.sent(data, cut), c.file);
+    assert_eq!(rest, &all[cut..]);
+    // While it is out, a run of two comes: with two events in flight only one more fits
+    // the queue of three, so the run is queued event by event and its first is dropped.
+    let later: Vec<Arc<Event>> = (3..5)
+        .map(|i| sim.publish("a", format!("payload-{i}").as_bytes()))
+        .collect();
+    assert!(sim.turn().is_empty(), "one send in flight per connection");
+    assert_eq!(sim.counters().dropped.load(Ordering::Relaxed), 1);
+    // Another short send, inside the third frame; then everything is taken.
+    let taken = 2 * frame + frame / 2 - cut;
+    let ops = sim.sent(data, taken);
+    let (tail, _) = sim.flush_all(ops, c.file);
+    let mut received = all[..cut + taken].to_vec();
+    received.extend_from_slice(&tail);
+    let notice = format!(
+        "{{\"event\":\"ringcast.gap\",\"data\":{{\"topic\":\"a\",\"dropped\":1,\"first_id\":\"{id}\",\"last_id\":\"{id}\"}}}}",
+        id = later[0].id
+    );
+    let mut expected = all.clone();
+    expected.extend_from_slice(&ws_control(&notice));
+    expected.extend(encoded(&later[1..], Kind::WsRaw));
+    assert_eq!(received, expected, "whole frames, the notice, the newest event");
+}
