@@ -27,6 +27,7 @@ mod drain;
 mod framing;
 mod poll;
 mod request;
+mod runs;
 mod send;
 #[cfg(test)]
 mod sim;
@@ -133,6 +134,8 @@ pub struct Shard {
     catchup: HashMap<u32, catchup::CatchUp>,
     /// Catching-up connections waiting for this loop's cursor to pass their id.
     waiting: Vec<u32>,
+    /// Topics' retained events encoded end to end, shared by resuming clients (see `runs`).
+    runs: Vec<runs::Run>,
     /// The ids of resuming clients that will be told of a reset once the stream answers.
     reset_ids: HashMap<u32, Vec<u8>>,
     /// The topics of polls held until the stream answers (they subscribe to nothing).
@@ -243,6 +246,7 @@ impl Shard {
             poll_cors: HashMap::new(),
             catchup: HashMap::new(),
             waiting: Vec::new(),
+            runs: Vec::new(),
             reset_ids: HashMap::new(),
             poll_topics: HashMap::new(),
             peer_keys: by_address.then(|| vec![0; max_conns as usize]),
