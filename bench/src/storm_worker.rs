@@ -473,9 +473,9 @@ fn judge(storm: &Storm, published: &[u64], dropped_at: Instant) -> String {
     let mut live_us = Vec::new();
     for (i, slot) in storm.slots.iter().enumerate() {
         if let Some(e) = &slot.error {
-            *errors
-                .entry(e.split(':').next().unwrap_or(e).to_owned())
-                .or_insert(0) += 1;
+            // The kind and, for an HTTP answer, its status line: `http: status HTTP/1.1 408 ...`.
+            let kind: String = e.chars().take(48).collect();
+            *errors.entry(kind).or_insert(0) += 1;
             continue;
         }
         if let Some(at) = slot.back_at {

@@ -193,11 +193,17 @@ pub struct Shard {
 ///
 /// # Errors
 /// A message naming the address and what to do.
+/// The listen backlog asked for. The kernel caps it at `net.core.somaxconn` (4096 by
+/// default); where that is raised (tuning/sysctl.conf), a reconnect storm of tens of
+/// thousands waits in the queue instead of having its handshakes dropped and retried
+/// after growing timeouts.
+const LISTEN_BACKLOG: i32 = 65_535;
+
 pub fn listeners(cfg: &crate::config::Config) -> Result<Vec<std::os::fd::OwnedFd>, String> {
     cfg.listen
         .iter()
         .map(|addr| {
-            crate::sys::socket::tcp_listener(*addr, 4096, cfg.tcp_user_timeout_ms, cfg.tcp_notsent_lowat)
+            crate::sys::socket::tcp_listener(*addr, LISTEN_BACKLOG, cfg.tcp_user_timeout_ms, cfg.tcp_notsent_lowat)
                 .map_err(|e| {
                     format!("cannot listen on {addr}: {e}; is another program using it? pass --listen ADDR")
                 })
