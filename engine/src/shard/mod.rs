@@ -203,10 +203,15 @@ pub fn listeners(cfg: &crate::config::Config) -> Result<Vec<std::os::fd::OwnedFd
     cfg.listen
         .iter()
         .map(|addr| {
-            crate::sys::socket::tcp_listener(*addr, LISTEN_BACKLOG, cfg.tcp_user_timeout_ms, cfg.tcp_notsent_lowat)
-                .map_err(|e| {
-                    format!("cannot listen on {addr}: {e}; is another program using it? pass --listen ADDR")
-                })
+            crate::sys::socket::tcp_listener(
+                *addr,
+                LISTEN_BACKLOG,
+                cfg.tcp_user_timeout_ms,
+                cfg.tcp_notsent_lowat,
+            )
+            .map_err(|e| {
+                format!("cannot listen on {addr}: {e}; is another program using it? pass --listen ADDR")
+            })
         })
         .collect()
 }
