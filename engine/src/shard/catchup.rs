@@ -41,7 +41,7 @@ use crate::conn::{flags, State};
 use crate::event::{Event, LastId};
 use crate::proto::json;
 use crate::proto::Kind;
-use crate::ring::history::PageLimits;
+use crate::ring::history::{PageLimits, Retained};
 
 /// A connection catching up (flag `CATCHING_UP`).
 pub(super) struct CatchUp {
@@ -413,7 +413,9 @@ impl Shard {
         };
         let min = self.shared.config.ws_deflate_min_bytes;
         let deflate = &mut self.deflate;
-        let encoded = events.iter().map(|e| (e.seq, e.bytes_for(kind, deflate, min)));
+        let encoded = events
+            .iter()
+            .map(|e| (e.seq, e.cost(), e.bytes_for(kind, deflate, min)));
         let run = super::runs::Run::new(topic, kind, upto, lost_upto, tick, encoded);
         let at = match found {
             Some(at) => at,

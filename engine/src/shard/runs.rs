@@ -36,9 +36,12 @@ pub(super) struct Run {
     /// The tick it last served a page in.
     pub(super) used: u32,
     bytes: Bytes,
-    /// Per event, in order: its sequence number and where its bytes end in `bytes`.
+    /// Per event, in order: its sequence number, where its bytes end in `bytes`, and the
+    /// history's cost of it and every event before it (pages are bounded by cost, as
+    /// [`History::page`](crate::ring::history::History::page) bounds them).
     seqs: Vec<u64>,
     ends: Vec<usize>,
+    costs: Vec<usize>,
 }
 
 /// One page cut from a run.
@@ -53,22 +56,26 @@ pub(super) struct Slice {
 }
 
 impl Run {
-    /// A run of `events` (sequence number and encoding each, in order).
+    /// A run of `events` (sequence number, history cost and encoding each, in order).
     pub(super) fn new(
         topic: &str,
         kind: Kind,
         upto: u64,
         lost_upto: u64,
         tick: u32,
-        events: impl Iterator<Item = (u64, Bytes)>,
+        events: impl Iterator<Item = (u64, usize, Bytes)>,
     ) -> Run {
         let mut buf = Vec::new();
         let mut seqs = Vec::new();
         let mut ends = Vec::new();
-        for (seq, bytes) in events {
+        let mut costs = Vec::new();
+        let mut cost_sum = 0;
+        for (seq, cost, bytes) in events {
             buf.extend_from_slice(&bytes);
+            cost_sum += cost;
             seqs.push(seq);
             ends.push(buf.len());
+            costs.push(cost_sum);
         }
         Run {
             topic: topic.into(),
@@ -80,19 +87,21 @@ impl Run {
             bytes: Bytes::from(buf),
             seqs,
             ends,
+            costs,
         }
     }
 
     /// The events after `after` that fit `limits` (at least one, however large; bytes
-    /// counted as encoded), or `None` when the run holds none after it.
+    /// counted as the history's cost), or `None` when the run holds none after it.
     pub(super) fn page(&self, after: u64, limits: PageLimits) -> Option<Slice> {
         let start = self.seqs.partition_point(|&s| s <= after);
         if start >= self.seqs.len() {
             return None;
         }
         let begin = if start == 0 { 0 } else { self.ends[start - 1] };
+        let spent = if start == 0 { 0 } else { self.costs[start - 1] };
         let most = start + limits.events.max(1).min(self.seqs.len() - start);
-        let fit = self.ends[start..most].partition_point(|&end| end - begin <= limits.bytes);
+        let fit = self.costs[start..most].partition_point(|&cost| cost - spent <= limits.bytes);
         let end = start + fit.max(1);
         Some(Slice {
             bytes: self.bytes.slice(begin..self.ends[end - 1]),
@@ -109,7 +118,11 @@ mod tests {
     use super::*;
 
     fn run(seqs: &[u64]) -> Run {
-        let events = seqs.iter().map(|&s| (s, Bytes::from(format!("<{s}>"))));
+        // Each event's cost is its length, as if encodings were all it kept.
+        let events = seqs.iter().map(|&s| {
+            let bytes = Bytes::from(format!("<{s}>"));
+            (s, bytes.len(), bytes)
+        });
         Run::new("t", Kind::Sse, 100, 0, 0, events)
     }
 
