@@ -121,7 +121,13 @@ impl Churn {
         self.counts.opened += 1;
         let id = self.next_id;
         self.next_id += 1;
-        match Sub::start(&self.epoll, self.target, self.request.clone(), CHURN_BIT | id) {
+        match Sub::start(
+            &self.epoll,
+            None,
+            self.target,
+            self.request.clone(),
+            CHURN_BIT | id,
+        ) {
             Ok(sub) => drop(self.churners.insert(id, Churner { sub, close_at: None })),
             Err(e) => self.fail(e),
         }
@@ -150,7 +156,7 @@ impl Churn {
         let (seqs, notices) = (&mut slot.seqs, &mut self.counts.notices);
         let result = sub.ready(&self.epoll, token, &mut self.buf, &mut |f| match f {
             Found::Event { seq, .. } => seqs.push(seq),
-            Found::Notice => *notices += 1,
+            Found::Notice | Found::Reset | Found::Gap(_) => *notices += 1,
             Found::Head => {}
         });
         match result {
@@ -249,7 +255,7 @@ fn run(args: &ChurnArgs) -> Result<(String, bool), String> {
         tokens: Vec::new(),
     };
     for i in 0..args.steady {
-        let sub = Sub::start(&churn.epoll, churn.target, churn.request.clone(), i as u64)?;
+        let sub = Sub::start(&churn.epoll, None, churn.target, churn.request.clone(), i as u64)?;
         churn.steady.push(Steady {
             sub: Some(sub),
             seqs: Vec::new(),

@@ -43,6 +43,7 @@ mod report;
 mod slow;
 mod sse;
 mod storm;
+mod storm_worker;
 mod sys;
 mod wire;
 mod worker;
@@ -79,6 +80,9 @@ enum Cmd {
     Churn(churn::ChurnArgs),
     /// Drop N subscribers at once, reconnect them with Last-Event-ID, time it, verify ids.
     Storm(storm::StormArgs),
+    /// One client process of `storm` (internal).
+    #[command(hide = true)]
+    StormWorker(storm_worker::WorkerArgs),
     /// Run one scenario (idle memory, fan-out) against ringcast, nginx+nchan or Pushpin.
     Compare(compare::CompareArgs),
     /// Fast and slow readers on one topic: what backpressure does to each class.
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
         Cmd::Check(args) => check::main(args),
         Cmd::Churn(args) => churn::main(args),
         Cmd::Storm(args) => storm::main(args),
+        Cmd::StormWorker(args) => storm_worker::main(args),
         Cmd::Compare(args) => compare::main(args),
         Cmd::Slow(args) => slow::main(args),
         Cmd::Backplane(args) => backplane::main(args),

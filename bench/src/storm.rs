@@ -12,9 +12,10 @@
 //! Must never: wait without a bound (every loop has a deadline), or leave a socket open
 //! after it returns.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddrV4, TcpStream, ToSocketAddrs};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -31,11 +32,6 @@ use crate::engine_args::EngineArgs;
 use crate::sse::{split_id, Decoder, Item};
 use crate::sys::{self, Epoll};
 
-/// Bytes read per `recv`.
-const READ_BYTES: usize = 64 * 1024;
-/// Longest `epoll_wait`.
-const WAIT_MS: i32 = 20;
-
 /// What [`IdScan`] found in the bytes fed to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Found {
@@ -43,7 +39,13 @@ pub enum Found {
     Head,
     /// An event with id `<epoch>-<seq>` (the epoch's hash is kept to detect a reset).
     Event { epoch: u64, seq: u64 },
-    /// An `event: ringcast.*` notice (gap, reset, slow).
+    /// `event: ringcast.reset`: the engine could not honour the resume; what follows
+    /// starts over from what it retained.
+    Reset,
+    /// `event: ringcast.gap`: events were lost; `first..=last` when the notice names the
+    /// range (`first_id`, `last_id`), `None` when it does not.
+    Gap(Option<(u64, u64)>),
+    /// Any other `event: ringcast.*` notice (slow, error).
     Notice,
 }
 
@@ -65,6 +67,23 @@ fn epoch_hash(bytes: &[u8]) -> u64 {
     })
 }
 
+/// What an `event: ringcast.*` block with `data` says.
+fn notice(name: &[u8], data: &[u8]) -> Found {
+    match name {
+        b"ringcast.reset" => Found::Reset,
+        b"ringcast.gap" => {
+            let seq_of = |key: &str| {
+                let text = std::str::from_utf8(data).ok()?;
+                let at = text.find(&format!("\"{key}\":\""))? + key.len() + 4;
+                let id = &text[at..at + text[at..].find('"')?];
+                Some(split_id(id.as_bytes()).1)
+            };
+            Found::Gap(seq_of("first_id").zip(seq_of("last_id")))
+        }
+        _ => Found::Notice,
+    }
+}
+
 impl IdScan {
     /// Consumes `input`, calling `found` for the head and every event completed.
     ///
@@ -76,8 +95,8 @@ impl IdScan {
             Item::Head => found(Found::Head),
             Item::End => {}
             Item::Block(block) => {
-                if block.event.is_some_and(|e| e.starts_with(b"ringcast.")) {
-                    found(Found::Notice);
+                if let Some(name) = block.event.filter(|e| e.starts_with(b"ringcast.")) {
+                    found(notice(name, block.data.unwrap_or_default()));
                 } else if let Some(id) = block.id {
                     let (epoch, seq) = split_id(id);
                     *last_id = Some(String::from_utf8_lossy(id).into_owned());
@@ -116,12 +135,18 @@ pub struct Sub {
 }
 
 impl Sub {
-    /// Starts connecting to `target`, registered in `epoll` under `token`.
+    /// Starts connecting to `target` (from `source`, or the kernel's choice), registered in `epoll` under `token`.
     ///
     /// # Errors
     /// The failed call's `errno` name (`socket/EMFILE`, ...).
-    pub fn start(epoll: &Epoll, target: SocketAddrV4, req: Vec<u8>, token: u64) -> Result<Sub, String> {
-        let fd = sys::connect_start(None, target).map_err(|e| e.kind())?;
+    pub fn start(
+        epoll: &Epoll,
+        source: Option<Ipv4Addr>,
+        target: SocketAddrV4,
+        req: Vec<u8>,
+        token: u64,
+    ) -> Result<Sub, String> {
+        let fd = sys::connect_start(source, target).map_err(|e| e.kind())?;
         let events = (libc::EPOLLIN | libc::EPOLLOUT) as u32;
         epoll
             .add(fd.as_raw_fd(), events, token)
@@ -332,6 +357,123 @@ pub fn verify(got: &[u64], published: &[u64]) -> Result<(), String> {
     }
 }
 
+/// What the engine told a subscriber between two of its events (see [`classify`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    Reset,
+    /// A gap notice, with the range it names if it names one.
+    Gap(Option<(u64, u64)>),
+}
+
+/// What one subscriber's stream through the storm was, by its ids and the notices
+/// between them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Class {
+    /// Exactly the published sequence from its first event on: a gap-free resume.
+    Whole,
+    /// The engine sent `ringcast.reset` and the ids were whole from where it restarted.
+    Reset,
+    /// Ids were missing, and a `ringcast.gap` before the next event covered them.
+    Gap,
+    /// Ids missing with no notice covering them: an engine bug.
+    Hole(String),
+    /// An id twice or out of order, or of another epoch, with no reset before it.
+    Disorder(String),
+    /// Whole so far, but its last events had not arrived when the wait ended.
+    Short(String),
+}
+
+impl Class {
+    /// The class's name in the reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Class::Whole => "whole",
+            Class::Reset => "reset",
+            Class::Gap => "gap",
+            Class::Hole(_) => "hole",
+            Class::Disorder(_) => "disorder",
+            Class::Short(_) => "short",
+        }
+    }
+}
+
+/// Every class name, in report order.
+pub const CLASSES: [&str; 6] = ["whole", "reset", "gap", "hole", "disorder", "short"];
+
+/// Classifies a subscriber's ids `got` (with the epoch hash of each) against the
+/// acknowledged sequence `published`; `marks` are the notices it received, each with the
+/// number of events it had received before it. A reset excuses whatever jump follows it
+/// (forward or back); a gap notice excuses missing ids it covers (or any, when it names
+/// no range); anything else missing is a hole. A subscriber told of a reset (or a gap)
+/// is counted as such even when no id was missing.
+pub fn classify(got: &[u64], epochs: &[u64], marks: &[(usize, Mark)], published: &[u64]) -> Class {
+    let Some(&first) = got.first() else {
+        return Class::Short("no event".into());
+    };
+    let Some(start) = published.iter().position(|&s| s == first) else {
+        return Class::Disorder(format!("first id {first} was never published"));
+    };
+    let mut want = start;
+    let mut told = Class::Whole;
+    let mut at_mark = 0;
+    for (i, &g) in got.iter().enumerate() {
+        let mut reset = false;
+        let mut gaps: Vec<Option<(u64, u64)>> = Vec::new();
+        while let Some(&(pos, mark)) = marks.get(at_mark).filter(|(pos, _)| *pos <= i) {
+            debug_assert!(pos <= i);
+            match mark {
+                Mark::Reset => reset = true,
+                Mark::Gap(range) => gaps.push(range),
+            }
+            at_mark += 1;
+        }
+        if reset {
+            told = Class::Reset;
+        } else if !gaps.is_empty() && told == Class::Whole {
+            told = Class::Gap;
+        }
+        if i > 0 && epochs.get(i) != epochs.get(i - 1) && !reset {
+            return Class::Disorder(format!("event {i}: id {g} of another epoch, no reset before it"));
+        }
+        if published.get(want) == Some(&g) {
+            want += 1;
+            continue;
+        }
+        if reset {
+            let Some(at) = published.iter().position(|&s| s == g) else {
+                return Class::Disorder(format!("event {i}: got {g}, never published"));
+            };
+            want = at + 1;
+            continue;
+        }
+        let Some(skip) = published[want.min(published.len())..]
+            .iter()
+            .position(|&s| s == g)
+        else {
+            let expected = published.get(want).map_or("nothing".to_owned(), u64::to_string);
+            return Class::Disorder(format!(
+                "event {i}: got {g} again or out of order, expected {expected}"
+            ));
+        };
+        let (lost_first, lost_last) = (published[want], published[want + skip - 1]);
+        let covered = gaps
+            .iter()
+            .any(|r| r.is_none_or(|(first, last)| first <= lost_first && last >= lost_last));
+        if !covered {
+            return Class::Hole(format!(
+                "event {i}: got {g}, missed {lost_first}..={lost_last} ({skip} events) with no notice"
+            ));
+        }
+        want += skip + 1;
+    }
+    match published.len().saturating_sub(want) {
+        0 => told,
+        short => Class::Short(format!(
+            "missed the last {short} events (not arrived when the wait ended)"
+        )),
+    }
+}
+
 /// Arguments of `ringcast-bench storm`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct StormArgs {
@@ -341,6 +483,15 @@ pub struct StormArgs {
     /// Subscribers.
     #[arg(long, default_value_t = 1000)]
     pub conns: usize,
+    /// Client processes the subscribers are split across (each holds at most its
+    /// `RLIMIT_NOFILE`, 20,000 here, minus a few).
+    #[arg(long, default_value_t = 1)]
+    pub procs: usize,
+    /// Source addresses 127.0.0.2.. to connect from, round robin (each gives another
+    /// range of ephemeral ports; the engine's `--max-conns-per-ip` applies to each); 0:
+    /// the kernel's choice.
+    #[arg(long, default_value_t = 0)]
+    pub sources: u32,
     /// The topic.
     #[arg(long, default_value = "storm")]
     pub topic: String,
@@ -350,6 +501,10 @@ pub struct StormArgs {
     /// Seconds all subscribers stay live before the drop.
     #[arg(long, default_value_t = 2)]
     pub before_secs: u64,
+    /// Milliseconds between closing every socket and reconnecting (events published
+    /// meanwhile must come from the history).
+    #[arg(long, default_value_t = 0)]
+    pub pause_ms: u64,
     /// Seconds of publishing after all are live again.
     #[arg(long, default_value_t = 2)]
     pub after_secs: u64,
@@ -369,119 +524,6 @@ pub struct StormArgs {
     pub out: Option<PathBuf>,
 }
 
-/// Per subscriber: its live connection and every event it received.
-struct Slot {
-    sub: Option<Sub>,
-    seqs: Vec<u64>,
-    epochs: Vec<u64>,
-    last_id: Option<String>,
-    /// When its first event on the second connection arrived.
-    back_at: Option<Instant>,
-    error: Option<String>,
-}
-
-struct Storm {
-    epoll: Epoll,
-    slots: Vec<Slot>,
-    generation: u64,
-    buf: Vec<u8>,
-    tokens: Vec<u64>,
-}
-
-impl Storm {
-    /// `conns` slots, none connected.
-    fn new(conns: usize) -> Result<Storm, String> {
-        let slot = || Slot {
-            sub: None,
-            seqs: Vec::new(),
-            epochs: Vec::new(),
-            last_id: None,
-            back_at: None,
-            error: None,
-        };
-        Ok(Storm {
-            epoll: Epoll::new().map_err(|e| format!("epoll: {e}"))?,
-            slots: (0..conns).map(|_| slot()).collect(),
-            generation: 0,
-            buf: vec![0; READ_BYTES],
-            tokens: Vec::new(),
-        })
-    }
-
-    /// Connects every slot (again), resuming from its last id on the second round.
-    fn connect_all(&mut self, target: SocketAddrV4, topic: &str, resume: bool) {
-        self.generation += 1;
-        for (i, slot) in self.slots.iter_mut().enumerate() {
-            let last = slot.last_id.clone().filter(|_| resume);
-            let token = (self.generation << 32) | i as u64;
-            match Sub::start(&self.epoll, target, request(topic, last.as_deref()), token) {
-                Ok(sub) => slot.sub = Some(sub),
-                Err(e) => slot.error = Some(e),
-            }
-        }
-    }
-
-    /// Serves readiness for up to `WAIT_MS`.
-    fn turn(&mut self, second: bool) -> Result<(), String> {
-        self.epoll
-            .wait(&mut self.tokens, 1024, WAIT_MS)
-            .map_err(|e| format!("epoll_wait: {e}"))?;
-        for &token in &self.tokens {
-            if token >> 32 != self.generation {
-                continue;
-            }
-            let slot = &mut self.slots[(token & 0xffff_ffff) as usize];
-            let Some(sub) = slot.sub.as_mut() else { continue };
-            let (seqs, epochs, back_at) = (&mut slot.seqs, &mut slot.epochs, &mut slot.back_at);
-            let result = sub.ready(&self.epoll, token, &mut self.buf, &mut |f| {
-                if let Found::Event { epoch, seq } = f {
-                    seqs.push(seq);
-                    epochs.push(epoch);
-                    if second && back_at.is_none() {
-                        *back_at = Some(Instant::now());
-                    }
-                }
-            });
-            if sub.scan.last_id.is_some() {
-                slot.last_id.clone_from(&sub.scan.last_id);
-            }
-            match result {
-                Ok(true) => {}
-                Ok(false) => {
-                    slot.error = Some("closed by the server".into());
-                    slot.sub = None;
-                }
-                Err(e) => {
-                    slot.error = Some(e);
-                    slot.sub = None;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Turns until `done` holds or `timeout` passes; returns whether `done` held.
-    fn until(
-        &mut self,
-        second: bool,
-        timeout: Duration,
-        done: impl Fn(&Storm) -> bool,
-    ) -> Result<bool, String> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            self.turn(second)?;
-            if done(self) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-}
-
-fn failed(slot: &Slot) -> bool {
-    slot.error.is_some()
-}
-
 /// Runs `ringcast-bench storm`.
 pub fn main(args: StormArgs) -> ExitCode {
     crate::report::finish("storm", run(&args))
@@ -494,15 +536,26 @@ struct Outcome {
     stats_back_ms: Option<f64>,
     live: Histogram<u64>,
     published: usize,
-    verified: usize,
+    classes: BTreeMap<&'static str, u64>,
     bad: Vec<String>,
-    errors: std::collections::BTreeMap<String, u64>,
+    errors: BTreeMap<String, u64>,
     events_before: u64,
     /// From the drop until every new connection had its response head.
     heads_ms: Option<f64>,
-    /// CPU seconds of the engine and of this tool from the drop until all were live.
+    /// CPU seconds of the engine and of the client processes from the drop until all
+    /// were live.
     engine_cpu: Option<f64>,
     bench_cpu: Option<f64>,
+    /// The engine's `resets`, `replay_gaps` and `replayed` counters over the run.
+    engine_resets: Option<i64>,
+    engine_gaps: Option<i64>,
+    engine_replayed: Option<i64>,
+}
+
+impl Outcome {
+    fn class(&self, name: &str) -> u64 {
+        self.classes.get(name).copied().unwrap_or(0)
+    }
 }
 
 /// User plus system CPU seconds of process `pid` (`/proc/<pid>/stat` fields 14 and 15).
@@ -515,46 +568,62 @@ fn cpu_secs(pid: u32) -> Option<f64> {
     Some(ticks as f64 / hz as f64)
 }
 
+/// The sum of [`cpu_secs`] over `pids`, if every one is known.
+fn cpu_sum(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|&p| cpu_secs(p)).sum()
+}
+
+/// The engine counters the report shows, read before and after.
+const COUNTERS: [&str; 3] = ["resets", "replay_gaps", "replayed"];
+
 fn run(args: &StormArgs) -> Result<(String, bool), String> {
     if args.conns == 0 || args.conns > 1 << 20 {
         return Err(format!("--conns {} must be 1..=1048576", args.conns));
     }
-    crate::sys::raise_nofile().map_err(|e| format!("raise RLIMIT_NOFILE: {e}"))?;
+    if args.procs == 0 || args.procs > args.conns {
+        return Err(format!("--procs {} must be 1..=--conns", args.procs));
+    }
     let conditions = Conditions::collect(args.engine.pid().unwrap_or_else(std::process::id));
     let target = resolve(&args.engine.target)?;
+    if args.sources > 0 && !target.ip().is_loopback() {
+        return Err(format!(
+            "source addresses 127.0.0.x cannot reach {target}; pass --sources 0"
+        ));
+    }
     let timeout = Duration::from_secs(args.timeout_secs);
-    let mut storm = Storm::new(args.conns)?;
+    let counters_before = COUNTERS.map(|c| stat(&args.engine.admin, c));
     let started = Instant::now();
-    storm.connect_all(target, &args.topic, false);
-    let heads = storm.until(false, timeout, |s| {
-        s.slots
-            .iter()
-            .all(|x| failed(x) || x.sub.as_ref().is_some_and(|s| s.head_at.is_some()))
-    })?;
+    let mut fleet = crate::storm_worker::Fleet::spawn(args, target)?;
+    let readies = fleet.collect("ready", started + timeout)?;
     let connect_ms = started.elapsed().as_secs_f64() * 1e3;
-    if !heads {
-        return Err(format!("not every subscriber was answered within {timeout:?}"));
+    let failed_to_connect: Vec<&String> = readies.iter().filter(|r| r.starts_with("failed")).collect();
+    if let Some(why) = failed_to_connect.first() {
+        return Err(format!("a client process could not connect its share: {why}"));
     }
     let pacer = Pacer::start(&args.engine.ingest, &args.topic, args.rate)?;
-    storm.until(false, Duration::from_secs(args.before_secs), |_| false)?;
-    let events_before = storm.slots.iter().map(|s| s.seqs.len() as u64).min().unwrap_or(0);
-    let back = reconnect(&mut storm, args, target, timeout)?;
-    storm.until(true, Duration::from_secs(args.after_secs), |_| false)?;
+    thread::sleep(Duration::from_secs(args.before_secs));
+    let back = reconnect(&mut fleet, args, timeout)?;
+    thread::sleep(Duration::from_secs(args.after_secs));
     let published: Vec<u64> = pacer.finish()?.into_iter().map(|(_, seq)| seq).collect();
-    let last = published.last().copied().unwrap_or(0);
-    storm.until(true, Duration::from_secs(5), |s| {
-        s.slots.iter().all(|x| failed(x) || x.seqs.last() == Some(&last))
-    })?;
+    let results = fleet.finish(&published, Instant::now() + timeout)?;
     let stats_back_ms = back.watcher.join().map_err(|_| "the /stats watcher panicked")?;
-    let times = (connect_ms, back.all_live_ms, stats_back_ms);
-    let outcome = judge(&storm, times, &published, back.dropped_at, events_before);
-    let outcome = Outcome {
-        heads_ms: back.heads_ms,
-        engine_cpu: back.cpu[0],
-        bench_cpu: back.cpu[1],
-        ..outcome
-    };
-    let ok = outcome.bad.is_empty() && outcome.errors.is_empty() && back.all_live_ms.is_some();
+    let counters_after = COUNTERS.map(|c| stat(&args.engine.admin, c));
+    let delta = |i: usize| Some(counters_after[i]? - counters_before[i]?);
+    let mut outcome = merge(&results, published.len())?;
+    outcome.connect_ms = connect_ms;
+    outcome.all_live_ms = back.all_live_ms;
+    outcome.stats_back_ms = stats_back_ms;
+    outcome.heads_ms = back.heads_ms;
+    outcome.events_before = back.events_before;
+    (outcome.engine_cpu, outcome.bench_cpu) = (back.cpu[0], back.cpu[1]);
+    (
+        outcome.engine_resets,
+        outcome.engine_gaps,
+        outcome.engine_replayed,
+    ) = (delta(0), delta(1), delta(2));
+    let ok = outcome.class("whole") == args.conns as u64
+        && outcome.errors.is_empty()
+        && back.all_live_ms.is_some();
     let mut text = if args.json {
         json(args, &conditions, &outcome)
     } else {
@@ -582,54 +651,60 @@ fn run(args: &StormArgs) -> Result<(String, bool), String> {
 
 /// What the drop and reconnection measured.
 struct Reconnect {
-    dropped_at: Instant,
+    /// The fewest events any subscriber had before the drop.
+    events_before: u64,
     /// From the drop until every subscriber had an event on its new connection.
     all_live_ms: Option<f64>,
     /// From the drop until every new connection had its response head.
     heads_ms: Option<f64>,
-    /// CPU seconds of the engine and of this tool from the drop until all were live.
+    /// CPU seconds of the engine and of the client processes from the drop until all
+    /// were live.
     cpu: [Option<f64>; 2],
     /// The `/stats` watcher: milliseconds until the engine accepted all and `open` was back.
     watcher: JoinHandle<Option<f64>>,
 }
 
-/// The storm: every socket closed, then every subscriber reconnects with its last id;
-/// returns once all are live again or `timeout` passed.
+/// The storm: every client process closes all its sockets and reconnects each with its
+/// last id; returns once all are live again or `timeout` passed.
 fn reconnect(
-    storm: &mut Storm,
+    fleet: &mut crate::storm_worker::Fleet,
     args: &StormArgs,
-    target: SocketAddrV4,
     timeout: Duration,
 ) -> Result<Reconnect, String> {
     let accepted_before = stat(&args.engine.admin, "accepted")
         .ok_or_else(|| format!("no /stats at --admin {}", args.engine.admin))?;
     let open_live = open_count(&args.engine.admin).ok_or("no open count in /stats")?;
     let pid = args.engine.pid().unwrap_or(0);
-    let cpu_before = [cpu_secs(pid), cpu_secs(std::process::id())];
+    let workers = fleet.pids();
+    let cpu_before = [cpu_secs(pid), cpu_sum(&workers)];
     let dropped_at = Instant::now();
-    for slot in &mut storm.slots {
-        slot.sub = None;
-    }
-    storm.connect_all(target, &args.topic, !args.no_resume);
+    fleet.send_all("drop")?;
     let admin = args.engine.admin.clone();
     let want_accepted = accepted_before + args.conns as i64;
-    let watcher = thread::spawn(move || watch_open(&admin, open_live, want_accepted, dropped_at, timeout));
-    let all_live = storm.until(true, timeout, |s| {
-        s.slots.iter().all(|x| failed(x) || x.back_at.is_some())
-    })?;
-    let all_live_ms = all_live.then(|| dropped_at.elapsed().as_secs_f64() * 1e3);
-    let cpu_after = [cpu_secs(pid), cpu_secs(std::process::id())];
-    let cpu = [0, 1].map(|i| Some(cpu_after[i]? - cpu_before[i]?));
-    let heads_ms = storm
-        .slots
+    let watch_for = timeout + Duration::from_millis(args.pause_ms);
+    let watcher = thread::spawn(move || watch_open(&admin, open_live, want_accepted, dropped_at, watch_for));
+    let dropped = fleet.collect("dropped", dropped_at + timeout)?;
+    let events_before = dropped
         .iter()
-        .filter_map(|x| x.sub.as_ref()?.head_at)
-        .max()
-        .map(|at| at.duration_since(dropped_at).as_secs_f64() * 1e3);
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .min()
+        .unwrap_or(0);
+    // Each process reports at its own deadline, which starts after it reconnected all.
+    let lives = fleet.collect("live", dropped_at + watch_for + timeout)?;
+    let cpu_after = [cpu_secs(pid), cpu_sum(&workers)];
+    let cpu = [0, 1].map(|i| Some(cpu_after[i]? - cpu_before[i]?));
+    // Each process times from its own drop, within a millisecond of ours.
+    let field = |line: &String, n: usize| line.split_whitespace().nth(n).and_then(|v| v.parse::<f64>().ok());
+    let max_of = |n: usize| -> Option<f64> {
+        lives
+            .iter()
+            .map(|l| field(l, n))
+            .try_fold(0.0_f64, |acc, v| Some(acc.max(v?)))
+    };
     Ok(Reconnect {
-        dropped_at,
-        all_live_ms,
-        heads_ms,
+        events_before,
+        all_live_ms: max_of(0),
+        heads_ms: max_of(1),
         cpu,
         watcher,
     })
@@ -656,51 +731,47 @@ fn watch_open(
     None
 }
 
-/// Checks every subscriber's ids against `published`; `times` are the first connect, all
-/// live and `/stats` back, in milliseconds.
-fn judge(
-    storm: &Storm,
-    times: (f64, Option<f64>, Option<f64>),
-    published: &[u64],
-    dropped_at: Instant,
-    events_before: u64,
-) -> Outcome {
-    let (connect_ms, all_live_ms, stats_back_ms) = times;
+/// Adds up the client processes' `result` lines.
+fn merge(results: &[String], published: usize) -> Result<Outcome, String> {
     let mut live = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds");
+    let mut classes: BTreeMap<&'static str, u64> = CLASSES.iter().map(|&c| (c, 0)).collect();
+    let mut errors = BTreeMap::new();
     let mut bad = Vec::new();
-    let mut errors = std::collections::BTreeMap::new();
-    let mut verified = 0;
-    for (i, slot) in storm.slots.iter().enumerate() {
-        if let Some(e) = &slot.error {
-            *errors
-                .entry(e.split(':').next().unwrap_or(e).to_owned())
-                .or_insert(0) += 1;
-            continue;
+    for line in results {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("a client process's result {line:?}: {e}"))?;
+        for &c in &CLASSES {
+            *classes.get_mut(c).expect("every class") += v["classes"][c].as_u64().unwrap_or(0);
         }
-        if let Some(at) = slot.back_at {
-            let _ = live.record(at.duration_since(dropped_at).as_micros().max(1) as u64);
+        if let Some(map) = v["errors"].as_object() {
+            for (kind, n) in map {
+                *errors.entry(kind.clone()).or_insert(0) += n.as_u64().unwrap_or(0);
+            }
         }
-        let one_epoch = slot.epochs.windows(2).all(|w| w[0] == w[1]);
-        match verify(&slot.seqs, published) {
-            Ok(()) if one_epoch => verified += 1,
-            Ok(()) => bad.push(format!("subscriber {i}: ids of two epochs")),
-            Err(e) => bad.push(format!("subscriber {i}: {e}")),
+        for b in v["bad"].as_array().into_iter().flatten() {
+            bad.push(b.as_str().unwrap_or_default().to_owned());
+        }
+        for us in v["live_us"].as_array().into_iter().flatten() {
+            let _ = live.record(us.as_u64().unwrap_or(0).max(1));
         }
     }
-    Outcome {
-        connect_ms,
-        all_live_ms,
-        stats_back_ms,
+    Ok(Outcome {
+        connect_ms: 0.0,
+        all_live_ms: None,
+        stats_back_ms: None,
         live,
-        published: published.len(),
-        verified,
+        published,
+        classes,
         bad,
         errors,
-        events_before,
+        events_before: 0,
         heads_ms: None,
         engine_cpu: None,
         bench_cpu: None,
-    }
+        engine_resets: None,
+        engine_gaps: None,
+        engine_replayed: None,
+    })
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -711,8 +782,8 @@ fn text(args: &StormArgs, c: &Conditions, o: &Outcome) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "storm: {} SSE subscribers on topic {:?}, {} events/s",
-        args.conns, args.topic, args.rate
+        "storm: {} SSE subscribers on topic {:?} from {} client process(es), {} events/s",
+        args.conns, args.topic, args.procs, args.rate
     );
     let _ = writeln!(
         out,
@@ -746,10 +817,20 @@ fn text(args: &StormArgs, c: &Conditions, o: &Outcome) -> String {
         "  per subscriber, drop to first new event: {}",
         crate::output::percentiles(&o.live)
     );
+    let count = |v: Option<i64>| v.map_or_else(|| "unknown".to_owned(), |v| v.to_string());
     let _ = writeln!(
         out,
-        "  events published: {}; subscribers whose ids are exactly the published sequence: {} of {}",
-        o.published, o.verified, args.conns
+        "  engine counters over the run: resets {}, replay gaps {}, events replayed {}",
+        count(o.engine_resets),
+        count(o.engine_gaps),
+        count(o.engine_replayed)
+    );
+    let classes: Vec<String> = CLASSES.iter().map(|&k| format!("{k} {}", o.class(k))).collect();
+    let _ = writeln!(
+        out,
+        "  events published: {}; subscribers by outcome: {}",
+        o.published,
+        classes.join(", ")
     );
     for (kind, n) in &o.errors {
         let _ = writeln!(out, "  failed: {kind}: {n}");
@@ -766,7 +847,10 @@ fn text(args: &StormArgs, c: &Conditions, o: &Outcome) -> String {
 struct Json<'a> {
     subcommand: &'static str,
     conns: usize,
+    procs: usize,
+    sources: u32,
     rate: f64,
+    pause_ms: u64,
     connect_ms: f64,
     all_live_ms: Option<f64>,
     stats_open_back_ms: Option<f64>,
@@ -778,8 +862,14 @@ struct Json<'a> {
     live_max_ms: f64,
     events_before_drop_min: u64,
     published: usize,
-    verified: usize,
-    failures: &'a std::collections::BTreeMap<String, u64>,
+    /// Subscribers whose ids were exactly the published sequence (class `whole`).
+    verified: u64,
+    /// Subscribers per outcome: whole, reset, gap, hole, disorder, short.
+    classes: &'a BTreeMap<&'static str, u64>,
+    engine_resets: Option<i64>,
+    engine_replay_gaps: Option<i64>,
+    engine_replayed: Option<i64>,
+    failures: &'a BTreeMap<String, u64>,
     bad: &'a [String],
     conditions: serde_json::Value,
 }
@@ -788,7 +878,10 @@ fn json(args: &StormArgs, c: &Conditions, o: &Outcome) -> String {
     let report = Json {
         subcommand: "storm",
         conns: args.conns,
+        procs: args.procs,
+        sources: args.sources,
         rate: args.rate,
+        pause_ms: args.pause_ms,
         connect_ms: o.connect_ms,
         all_live_ms: o.all_live_ms,
         stats_open_back_ms: o.stats_back_ms,
@@ -800,7 +893,11 @@ fn json(args: &StormArgs, c: &Conditions, o: &Outcome) -> String {
         live_max_ms: o.live.max() as f64 / 1e3,
         events_before_drop_min: o.events_before,
         published: o.published,
-        verified: o.verified,
+        verified: o.class("whole"),
+        classes: &o.classes,
+        engine_resets: o.engine_resets,
+        engine_replay_gaps: o.engine_gaps,
+        engine_replayed: o.engine_replayed,
         failures: &o.errors,
         bad: &o.bad[..o.bad.len().min(100)],
         conditions: c.to_value(),
@@ -815,7 +912,9 @@ mod tests {
     const STREAM: &[u8] =
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n\
 d\r\nretry: 3000\n\n\r\n17\r\nid: e1-41\ndata: hello\n\n\r\n\
-3c\r\nevent: ringcast.gap\ndata: {\"dropped\":1}\n\nid: e1-42\ndata: x\n\n\r\n";
+3c\r\nevent: ringcast.gap\ndata: {\"dropped\":1}\n\nid: e1-42\ndata: x\n\n\r\n\
+5e\r\nevent: ringcast.gap\ndata: {\"topic\":null,\"dropped\":null,\"first_id\":\"e1-43\",\"last_id\":\"e1-45\"}\n\n\r\n\
+53\r\nid: e1-40\nevent: ringcast.reset\ndata: {\"reason\":\"expired\",\"last_event_id\":\"e1-2\"}\n\n\r\n";
 
     fn scan_all(parts: &[&[u8]]) -> Vec<Found> {
         let mut scan = IdScan::default();
@@ -835,8 +934,10 @@ d\r\nretry: 3000\n\n\r\n17\r\nid: e1-41\ndata: hello\n\n\r\n\
             vec![
                 Found::Head,
                 Found::Event { epoch: e, seq: 41 },
-                Found::Notice,
-                Found::Event { epoch: e, seq: 42 }
+                Found::Gap(None),
+                Found::Event { epoch: e, seq: 42 },
+                Found::Gap(Some((43, 45))),
+                Found::Reset,
             ]
         );
         for at in 0..=STREAM.len() {
@@ -862,6 +963,64 @@ d\r\nretry: 3000\n\n\r\n17\r\nid: e1-41\ndata: hello\n\n\r\n\
         assert!(verify(&[6, 7, 8], &published).unwrap_err().contains("last 1"));
         assert!(verify(&[4], &published).is_err());
         assert!(verify(&[], &published).is_err());
+    }
+
+    fn class(got: &[u64], marks: &[(usize, Mark)], published: &[u64]) -> Class {
+        classify(got, &vec![7; got.len()], marks, published)
+    }
+
+    #[test]
+    fn classify_tells_whole_reset_gap_hole_disorder_and_short_apart() {
+        let published: Vec<u64> = (5..=12).collect();
+        assert_eq!(class(&[6, 7, 8, 9, 10, 11, 12], &[], &published), Class::Whole);
+        let reset = [(2, Mark::Reset)];
+        assert_eq!(
+            class(&[6, 7, 10, 11, 12], &reset, &published),
+            Class::Reset,
+            "forward"
+        );
+        assert_eq!(
+            class(&[6, 7, 5, 6, 7, 8, 9, 10, 11, 12], &reset, &published),
+            Class::Reset,
+            "back"
+        );
+        let gap = [(2, Mark::Gap(Some((8, 9))))];
+        assert_eq!(class(&[6, 7, 10, 11, 12], &gap, &published), Class::Gap);
+        let unnamed = [(2, Mark::Gap(None))];
+        assert_eq!(class(&[6, 7, 10, 11, 12], &unnamed, &published), Class::Gap);
+        let narrow = [(2, Mark::Gap(Some((8, 8))))];
+        assert!(
+            matches!(class(&[6, 7, 10, 11, 12], &narrow, &published), Class::Hole(w) if w.contains("missed 8..=9"))
+        );
+        assert!(matches!(
+            class(&[6, 7, 10, 11, 12], &[], &published),
+            Class::Hole(_)
+        ));
+        let late = [(3, Mark::Reset)];
+        assert!(
+            matches!(class(&[6, 7, 10, 11, 12], &late, &published), Class::Hole(_)),
+            "a notice after the jump does not excuse it"
+        );
+        assert!(matches!(
+            class(&[6, 7, 7, 8, 9, 10, 11, 12], &[], &published),
+            Class::Disorder(_)
+        ));
+        assert!(matches!(
+            class(&[6, 8, 7], &[(1, Mark::Gap(None))], &published),
+            Class::Disorder(_)
+        ));
+        assert!(matches!(class(&[6, 7, 8], &[], &published), Class::Short(w) if w.contains("last 4")));
+        assert!(matches!(class(&[], &[], &published), Class::Short(_)));
+        assert!(matches!(class(&[99], &[], &published), Class::Disorder(_)));
+        let two_epochs = classify(&[6, 7, 8, 9, 10, 11, 12], &[1, 1, 2, 2, 2, 2, 2], &[], &published);
+        assert!(matches!(two_epochs, Class::Disorder(w) if w.contains("epoch")));
+        let with_reset = classify(
+            &[6, 7, 8, 9, 10, 11, 12],
+            &[1, 1, 2, 2, 2, 2, 2],
+            &[(2, Mark::Reset)],
+            &published,
+        );
+        assert_eq!(with_reset, Class::Reset, "a reset announces the new epoch");
     }
 
     #[test]

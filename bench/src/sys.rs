@@ -56,6 +56,20 @@ pub fn errno_name(errno: i32) -> String {
     name.to_owned()
 }
 
+/// Sets `O_NONBLOCK` on `fd` (a pipe such as stdin), keeping its other flags.
+///
+/// # Errors
+/// If `fcntl` fails.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl with F_GETFL/F_SETFL takes integers and touches no memory of ours.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns `(soft, hard)` after.
 ///
 /// # Errors
@@ -313,6 +327,14 @@ impl Epoll {
     /// If `epoll_ctl` fails (e.g. `EPERM` for a regular file).
     pub fn add(&self, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_ADD, fd, events, token)
+    }
+
+    /// Removes `fd` from the set.
+    ///
+    /// # Errors
+    /// If `epoll_ctl` fails.
+    pub fn delete(&self, fd: RawFd) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
     }
 
     /// Changes the events of a registered `fd`.

@@ -224,6 +224,26 @@ impl<T: Retained> History<T> {
         }
     }
 
+    /// Every retained event of `topic` with `seq <= upto`, in order (none past the age
+    /// budget), and the highest sequence number of the topic known lost: evicted,
+    /// forgotten with the topic, or past the age budget. A replay of these events after
+    /// `after` is complete, as [`History::page`] would say, iff that number is `<= after`.
+    pub fn log_of(&self, topic: &str, upto: u64, now: Instant) -> (Vec<Arc<T>>, u64) {
+        let Some(log) = self.topics.get(topic) else {
+            return (Vec::new(), self.forgotten_upto);
+        };
+        let mut lost_upto = log.evicted_upto;
+        let mut events = Vec::with_capacity(log.events.len());
+        for event in log.events.iter().take_while(|e| e.seq() <= upto) {
+            if now.duration_since(event.published()) > self.limits.max_age {
+                lost_upto = lost_upto.max(event.seq());
+            } else {
+                events.push(Arc::clone(event));
+            }
+        }
+        (events, lost_upto)
+    }
+
     fn trim_topic(&mut self, name: &str, now: Instant) {
         let limits = self.limits;
         let log = self.topics.get_mut(name).expect("topic present");
@@ -407,6 +427,41 @@ mod tests {
         h.insert(ev(4, "c", now), now);
         assert!(h.bytes() <= 300);
         assert_eq!(seqs(&h.since(&["a", "b", "c"], 0, 4, now)), vec![2, 3, 4]);
+    }
+
+    /// `log_of` agrees with `page` on every resume point: the same events after it, and
+    /// the same word on completeness.
+    #[test]
+    fn log_of_agrees_with_page() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(61);
+        let mut h = History::new(HistoryLimits {
+            events_per_topic: 4,
+            topics_max: 2,
+            ..limits()
+        });
+        for seq in 1..=12 {
+            let at = if seq < 9 { t0 } else { later };
+            h.insert(ev(seq, ["a", "b"][seq as usize % 2], at), at);
+        }
+        h.insert(ev(13, "c", later), later); // topics_max 2: "a" or "b" is forgotten
+        for topic in ["a", "b", "c", "zzz"] {
+            for now in [t0, later, later + Duration::from_secs(1)] {
+                for upto in [8, 13] {
+                    let (events, lost_upto) = h.log_of(topic, upto, now);
+                    for after in 0..=13 {
+                        let page = h.since(&[topic], after, upto, now);
+                        let mine: Vec<u64> = events.iter().map(|e| e.seq).filter(|&s| s > after).collect();
+                        assert_eq!(mine, seqs(&page), "{topic} after {after} upto {upto}");
+                        assert_eq!(
+                            lost_upto <= after,
+                            page.complete,
+                            "{topic} after {after} upto {upto}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -41,7 +41,7 @@ use crate::conn::{flags, State};
 use crate::event::{Event, LastId};
 use crate::proto::json;
 use crate::proto::Kind;
-use crate::ring::history::PageLimits;
+use crate::ring::history::{PageLimits, Retained};
 
 /// A connection catching up (flag `CATCHING_UP`).
 pub(super) struct CatchUp {
@@ -105,6 +105,11 @@ impl Shard {
     /// [`Shard::next_page`]). False when the client was failed instead (it exceeded its
     /// cap): the caller must leave the connection alone.
     pub(super) fn replay(&mut self, index: u32, topics: &[String], last: &[u8], kind: Kind) -> bool {
+        if let [topic] = topics {
+            if let Some(done) = self.replay_run(index, topic, last, kind) {
+                return done;
+            }
+        }
         // Already subscribed: live events the loop delivers while the resume is worked out
         // (`resume_from` may catch the loop up) pass this client by; the replay has them.
         self.conns[index as usize].flags |= flags::CATCHING_UP;
@@ -245,7 +250,7 @@ impl Shard {
         let read_enough = conn
             .out
             .as_ref()
-            .is_none_or(|q| q.events() <= limits.events && q.event_bytes() <= limits.bytes);
+            .is_none_or(|q| q.events() <= limits.events && q.bytes() <= limits.bytes);
         if !read_enough || !matches!(conn.state, State::Stream | State::Ws) {
             return;
         }
@@ -258,6 +263,9 @@ impl Shard {
             Phase::Fetching(_) => return,
             Phase::Ahead if after > upto => return,
             Phase::Ahead | Phase::Local => {}
+        }
+        if self.next_page_from_run(index, after, kind) {
+            return;
         }
         let page = {
             let names: Vec<&str> = self.subs.topics_of(&self.conns, index).collect();
@@ -288,6 +296,142 @@ impl Shard {
             _ => self.end_catchup(index),
         }
         self.flush(index);
+    }
+
+    /// A single-node resume on one topic, answered with a slice of the topic's run: the
+    /// reset if the id cannot be honoured, then one page. `None` when the run holds
+    /// nothing after the id (the client is about caught up, or the id is ahead of this
+    /// loop's cursor): the event-by-event path answers then.
+    fn replay_run(&mut self, index: u32, topic: &str, last: &[u8], kind: Kind) -> Option<bool> {
+        if self.shared.backplane.is_some() {
+            return None;
+        }
+        let epoch = self.shared.epoch;
+        let upto = self.delivered_upto();
+        let parsed = epoch.parse(last);
+        let seen = match parsed {
+            LastId::Seq(seen) if seen > upto => return None,
+            LastId::Seq(seen) => seen,
+            LastId::OtherEpoch | LastId::Malformed => 0,
+        };
+        let run = self.run_for(topic, kind);
+        let complete = self.runs[run].lost_upto <= seen;
+        let reason = match parsed {
+            LastId::Seq(_) if complete => None,
+            LastId::Seq(_) => Some("expired"),
+            LastId::OtherEpoch => Some("unknown-epoch"),
+            LastId::Malformed => Some("malformed-id"),
+        };
+        let after = if reason.is_some() { 0 } else { seen };
+        let slice = self.runs[run].page(after, self.page_limits())?;
+        if let Some(reason) = reason {
+            bump(&self.counters.resets);
+            let id = epoch.id(slice.first - 1);
+            let data = super::reset_json(reason, last, Some(epoch.id(slice.first)));
+            if !self.enqueue(index, control(kind, "ringcast.reset", Some(&id), &data)) {
+                return Some(false);
+            }
+        }
+        let run_upto = self.runs[run].upto;
+        Some(self.queue_slice(index, slice, run_upto, last))
+    }
+
+    /// The next page of a single-node catch-up on one topic from the topic's run. False
+    /// when the run holds nothing after `after`: the caller pages from the history.
+    fn next_page_from_run(&mut self, index: u32, after: u64, kind: Kind) -> bool {
+        if self.shared.backplane.is_some() {
+            return false;
+        }
+        let topic = {
+            let mut topics = self.subs.topics_of(&self.conns, index);
+            match (topics.next(), topics.next()) {
+                (Some(topic), None) => Box::<str>::from(topic),
+                _ => return false,
+            }
+        };
+        let run = self.run_for(&topic, kind);
+        let Some(slice) = self.runs[run].page(after, self.page_limits()) else {
+            return false;
+        };
+        if self.runs[run].lost_upto > after {
+            // Evicted before this client read it: say which range is gone.
+            let lost_upto = slice.first - 1;
+            if lost_upto > after && !self.tell_lost(index, kind, after + 1, lost_upto) {
+                return true;
+            }
+        }
+        let run_upto = self.runs[run].upto;
+        if self.queue_slice(index, slice, run_upto, &[]) {
+            self.flush(index);
+        }
+        true
+    }
+
+    /// Queues `slice` of a run built up to `run_upto`, then goes on catching up after its
+    /// last event, or ends the catch-up when that reaches this loop's cursor. False when
+    /// the client was failed instead.
+    fn queue_slice(&mut self, index: u32, slice: super::runs::Slice, run_upto: u64, last: &[u8]) -> bool {
+        bump_by(&self.counters.replayed, slice.events as u64);
+        if !self.enqueue(index, slice.bytes) {
+            return false;
+        }
+        // A run built in an earlier tick may end before the cursor: the rest follows.
+        let more = slice.more_in_run || run_upto < self.delivered_upto();
+        let catching_up = self.conns[index as usize].has_flag(flags::CATCHING_UP);
+        match (more, catching_up) {
+            (true, true) => self.set_phase(index, slice.last, Phase::Local),
+            (true, false) => self.start_catchup(index, slice.last, Phase::Local, last),
+            (false, _) => self.end_catchup(index),
+        }
+        true
+    }
+
+    /// The index in `self.runs` of `topic`'s run for `kind`, built or rebuilt from the
+    /// history when it is missing, or behind this loop's cursor and built in an earlier
+    /// tick.
+    fn run_for(&mut self, topic: &str, kind: Kind) -> usize {
+        let upto = self.delivered_upto();
+        let tick = self.tick;
+        let found = self
+            .runs
+            .iter()
+            .position(|r| r.kind == kind && *r.topic == *topic);
+        if let Some(at) = found {
+            let run = &mut self.runs[at];
+            run.used = tick;
+            if run.upto == upto || run.built == tick {
+                return at;
+            }
+        }
+        let (events, lost_upto) = {
+            let history = self
+                .shared
+                .history
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            history.log_of(topic, upto, self.now)
+        };
+        let min = self.shared.config.ws_deflate_min_bytes;
+        let deflate = &mut self.deflate;
+        let encoded = events
+            .iter()
+            .map(|e| (e.seq, e.cost(), e.bytes_for(kind, deflate, min)));
+        let run = super::runs::Run::new(topic, kind, upto, lost_upto, tick, encoded);
+        let at = match found {
+            Some(at) => at,
+            None if self.runs.len() < super::runs::RUNS_MAX => {
+                self.runs.push(run);
+                return self.runs.len() - 1;
+            }
+            None => self
+                .runs
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, r)| tick.wrapping_sub(r.used))
+                .map_or(0, |(i, _)| i),
+        };
+        self.runs[at] = run;
+        at
     }
 
     fn set_phase(&mut self, index: u32, after: u64, phase: Phase) {

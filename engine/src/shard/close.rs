@@ -38,7 +38,14 @@ impl Shard {
         conn.state = State::Closing;
         conn.staging = None;
         let (file, generation) = (conn.file, conn.generation);
-        conn.ops |= ops::CANCEL;
+        // A cancel by descriptor makes the kernel walk every request of the ring, so a
+        // storm of closes would cost the square of the connections: a peer that closed
+        // first has ended its receive, and with nothing in flight there is nothing to
+        // cancel.
+        let in_flight = conn.ops != 0;
+        if in_flight {
+            conn.ops |= ops::CANCEL;
+        }
         self.wheel.remove(index);
         self.end_catchup(index);
         self.poll_topics.remove(&index);
@@ -52,10 +59,14 @@ impl Shard {
         // on it (see `maybe_free`): an op the kernel runs later from its worker pool, such
         // as a shutdown, looks the slot up when it runs, and by then a freed slot may
         // hold the next accepted connection.
-        self.push(Op::Cancel {
-            file,
-            data: pack(tag::CANCEL, generation, index),
-        });
+        if in_flight {
+            self.push(Op::Cancel {
+                file,
+                data: pack(tag::CANCEL, generation, index),
+            });
+        } else {
+            self.maybe_free(index);
+        }
     }
 
     /// Moves connection `index` into (`+1`) or out of (`-1`) its transport's gauge; a

@@ -27,6 +27,7 @@ mod drain;
 mod framing;
 mod poll;
 mod request;
+mod runs;
 mod send;
 #[cfg(test)]
 mod sim;
@@ -133,6 +134,8 @@ pub struct Shard {
     catchup: HashMap<u32, catchup::CatchUp>,
     /// Catching-up connections waiting for this loop's cursor to pass their id.
     waiting: Vec<u32>,
+    /// Topics' retained events encoded end to end, shared by resuming clients (see `runs`).
+    runs: Vec<runs::Run>,
     /// The ids of resuming clients that will be told of a reset once the stream answers.
     reset_ids: HashMap<u32, Vec<u8>>,
     /// The topics of polls held until the stream answers (they subscribe to nothing).
@@ -190,14 +193,25 @@ pub struct Shard {
 ///
 /// # Errors
 /// A message naming the address and what to do.
+/// The listen backlog asked for. The kernel caps it at `net.core.somaxconn` (4096 by
+/// default); where that is raised (tuning/sysctl.conf), a reconnect storm of tens of
+/// thousands waits in the queue instead of having its handshakes dropped and retried
+/// after growing timeouts.
+const LISTEN_BACKLOG: i32 = 65_535;
+
 pub fn listeners(cfg: &crate::config::Config) -> Result<Vec<std::os::fd::OwnedFd>, String> {
     cfg.listen
         .iter()
         .map(|addr| {
-            crate::sys::socket::tcp_listener(*addr, 4096, cfg.tcp_user_timeout_ms, cfg.tcp_notsent_lowat)
-                .map_err(|e| {
-                    format!("cannot listen on {addr}: {e}; is another program using it? pass --listen ADDR")
-                })
+            crate::sys::socket::tcp_listener(
+                *addr,
+                LISTEN_BACKLOG,
+                cfg.tcp_user_timeout_ms,
+                cfg.tcp_notsent_lowat,
+            )
+            .map_err(|e| {
+                format!("cannot listen on {addr}: {e}; is another program using it? pass --listen ADDR")
+            })
         })
         .collect()
 }
@@ -243,6 +257,7 @@ impl Shard {
             poll_cors: HashMap::new(),
             catchup: HashMap::new(),
             waiting: Vec::new(),
+            runs: Vec::new(),
             reset_ids: HashMap::new(),
             poll_topics: HashMap::new(),
             peer_keys: by_address.then(|| vec![0; max_conns as usize]),

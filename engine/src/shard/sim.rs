@@ -398,6 +398,10 @@ fn a_final_answer_lingers_then_closes_at_the_linger_deadline() {
 fn a_closed_connection_is_freed_only_after_its_last_op_completes() {
     let mut sim = Sim::new(&[]);
     let c = sim.connect();
+    let ops = sim.send(c, b"GET /sse?topic=t HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (head, send) = send_to(&ops, c.file);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The peer goes while the head is still being sent: that send must be cancelled.
     sim.complete(Completion::of(c.recv, 0, false));
     let ops = sim.ops();
     let Some(&Did::Cancel { data: cancel, .. }) = ops.first() else {
@@ -405,6 +409,8 @@ fn a_closed_connection_is_freed_only_after_its_last_op_completes() {
     };
     assert_eq!(sim.shard.len(), 1);
     sim.complete(Completion::of(cancel, 0, false));
+    assert!(sim.ops().is_empty(), "the send is still in flight");
+    sim.complete(Completion::of(send, -libc::ECANCELED, false));
     let ops = sim.ops();
     let Some(&Did::Close { file, data }) = ops.first() else {
         panic!("then the descriptor is closed: {ops:?}");
@@ -420,6 +426,23 @@ fn a_closed_connection_is_freed_only_after_its_last_op_completes() {
     // A late completion for the freed slot is recognised by its generation and ignored.
     sim.complete(Completion::of(c.recv, -libc::ECANCELED, false));
     assert!(sim.ops().is_empty());
+}
+
+#[test]
+fn a_peer_that_closes_an_idle_connection_costs_no_cancel() {
+    let mut sim = Sim::new(&[]);
+    let c = sim.connect();
+    // EOF ends the receive; nothing else is in flight, so nothing is cancelled (a cancel
+    // by descriptor walks every request of the ring: a storm of them costs N squared).
+    sim.complete(Completion::of(c.recv, 0, false));
+    let ops = sim.ops();
+    assert!(!cancelled(&ops, c.file), "{ops:?}");
+    let Some(&Did::Close { file, data }) = ops.first() else {
+        panic!("the descriptor is closed at once: {ops:?}");
+    };
+    assert_eq!((file, sim.shard.len()), (c.file, 1));
+    sim.complete(Completion::of(data, 0, false));
+    assert!(sim.shard.is_empty());
 }
 
 #[test]
