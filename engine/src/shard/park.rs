@@ -16,15 +16,22 @@
 //!   any --(close: cancel every op)--> the final completions free the record
 //! ```
 //!
-//! Each sweep (once a period) parks the connections that received no byte since the
-//! previous sweep: a connection is parked after between one and two periods of silence.
+//! Each sweep (once a period) lists the connections that received no byte since the
+//! previous sweep, and the ticks after it park them, `PARK_BATCH` a tick: a connection is
+//! parked after between one and two periods of silence.
 //! Two bits per connection slot, no kernel timer; the loop never parks on epoll, whose
 //! idle connections hold no armed receive.
 //!
 //! Must never: park a connection twice, or re-arm a receive beside a poll.
 use super::{bump, pack, tag, Shard};
+
 use crate::conn::{ops, State};
 use crate::driver::Op;
+
+/// Receives parked per tick at most. io_uring keeps every request it frees for reuse, so
+/// the cancels in flight at once stay allocated as the ring's spare requests (256 bytes
+/// each); in batches they are a few hundred, not one per connection.
+const PARK_BATCH: usize = 512;
 
 /// One bit per connection slot.
 pub(super) struct Bits(Vec<u64>);
@@ -68,7 +75,8 @@ pub(super) struct Park {
     heard: Bits,
     /// Slots whose input waits on a poll, or whose receive is being cancelled for one.
     parked: Bits,
-    /// The connections one sweep parks.
+    /// The connections the last sweep found idle and that are not parked yet; at most one
+    /// per slot.
     due: Vec<u32>,
 }
 
@@ -98,28 +106,40 @@ impl Park {
 }
 
 impl Shard {
-    /// Once a period: parks every connection with a receive armed that received nothing
-    /// since the previous sweep.
+    /// Once a period: lists every connection with a receive armed that received nothing
+    /// since the previous sweep. Each tick then parks at most `PARK_BATCH` of them.
     pub(super) fn sweep_idle_receives(&mut self) {
         let period = self.park.period;
-        if period == 0 || self.tick.wrapping_sub(self.park.swept_at) < period {
+        if period == 0 {
             return;
         }
-        self.park.swept_at = self.tick;
-        let mut due = std::mem::take(&mut self.park.due);
-        for (index, conn) in &self.conns {
-            let index = index as u32;
-            let open = matches!(conn.state, State::Request | State::Stream | State::Ws | State::Poll);
-            if open && conn.has_op(ops::RECV) && !self.park.heard.get(index) && !self.park.parked.get(index) {
-                due.push(index);
+        if self.park.due.is_empty() && self.tick.wrapping_sub(self.park.swept_at) >= period {
+            self.park.swept_at = self.tick;
+            for (index, conn) in &self.conns {
+                let index = index as u32;
+                if self.may_park(index, conn) {
+                    self.park.due.push(index);
+                }
+            }
+            self.park.heard.clear_all();
+            // Popped from the end: the oldest slots first.
+            self.park.due.reverse();
+        }
+        for _ in 0..PARK_BATCH {
+            let Some(index) = self.park.due.pop() else {
+                break;
+            };
+            // Still idle, and still the same connection: one accepted since the sweep
+            // was heard on its accept.
+            if self.conns.get(index as usize).is_some_and(|c| self.may_park(index, c)) {
+                self.park_receive(index);
             }
         }
-        self.park.heard.clear_all();
-        for &index in &due {
-            self.park_receive(index);
-        }
-        due.clear();
-        self.park.due = due;
+    }
+
+    fn may_park(&self, index: u32, conn: &crate::conn::Conn) -> bool {
+        let open = matches!(conn.state, State::Request | State::Stream | State::Ws | State::Poll);
+        open && conn.has_op(ops::RECV) && !self.park.heard.get(index) && !self.park.parked.get(index)
     }
 
     /// Cancels connection `index`'s receive; its final completion arms the poll (see
