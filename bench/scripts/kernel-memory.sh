@@ -30,7 +30,8 @@
 # Variants, alternated within each round: BASE_BIN and the engine under test for SSE and
 # WebSocket, then the engine under test with --recv-park-ms 0 (parking off) and with
 # --tcp-notsent-lowat 0 --tcp-user-timeout-ms 0 (the kernel's defaults) for SSE.
-# One engine per run (--loops 1, heartbeats and pings off), a fresh port per run (34100..).
+# One engine per run (--loops 1, heartbeats and pings off, no per-address limit: the
+# client has one address), a fresh port per run (34100..).
 # Every wait is bounded; the namespaces, cgroups and processes are removed on exit.
 set -euo pipefail
 BASE=${1:?usage: kernel-memory.sh BASE_BIN [OUT_DIR] [STEPS] [ROUNDS] [SETTLE_SECS]}
@@ -68,7 +69,7 @@ run() {
   mkdir -p /tmp/h16-kmem
   # nsenter joins the namespace without remounting /sys, so the cgroup files stay in reach.
   sh -c "echo \$\$ > $CGE/cgroup.procs; exec nsenter --net=/run/netns/$NE $bin serve --listen $EADDR:$PORT \
-    --admin 127.0.0.1:$((PORT + 500)) --ingest $sock --loops 1 --heartbeat-ms 0 \
+    --admin 127.0.0.1:$((PORT + 500)) --ingest $sock --loops 1 --heartbeat-ms 0 --max-conns-per-ip 0 \
     --ws-ping-ms 600000 $*" 2>"$OUT/raw/$name.engine.log" &
   ENGINE=$!
   sleep 1

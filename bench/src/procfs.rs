@@ -65,7 +65,12 @@ pub fn kernel_memory_file(cgroup: &str) -> Option<(String, bool)> {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
         if controllers.split(',').any(|c| c == "memory") {
-            return (path != "/").then(|| (format!("/sys/fs/cgroup/memory{path}/memory.kmem.usage_in_bytes"), true));
+            return (path != "/").then(|| {
+                (
+                    format!("/sys/fs/cgroup/memory{path}/memory.kmem.usage_in_bytes"),
+                    true,
+                )
+            });
         }
         if controllers.is_empty() && path != "/" {
             unified = Some((format!("/sys/fs/cgroup{path}/memory.stat"), false));
@@ -167,7 +172,10 @@ mod tests {
         let v1 = "9:name=systemd:/\n4:memory:/bench/engine\n0::/\n";
         assert_eq!(
             kernel_memory_file(v1),
-            Some(("/sys/fs/cgroup/memory/bench/engine/memory.kmem.usage_in_bytes".into(), true))
+            Some((
+                "/sys/fs/cgroup/memory/bench/engine/memory.kmem.usage_in_bytes".into(),
+                true
+            ))
         );
         assert_eq!(kernel_memory_file("4:memory:/\n0::/\n"), None);
         assert_eq!(
@@ -175,7 +183,10 @@ mod tests {
             Some(("/sys/fs/cgroup/bench/engine/memory.stat".into(), false))
         );
         assert_eq!(kernel_memory_file("0::/\n"), None);
-        assert_eq!(stat_kernel_bytes("anon 4096\nkernel 123456\nkernel_stack 16384\n"), Some(123_456));
+        assert_eq!(
+            stat_kernel_bytes("anon 4096\nkernel 123456\nkernel_stack 16384\n"),
+            Some(123_456)
+        );
         assert_eq!(stat_kernel_bytes("anon 4096\n"), None);
     }
 

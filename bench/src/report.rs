@@ -125,7 +125,11 @@ impl Step {
     /// Growth of the kernel memory charged to the engine's cgroup per held connection at
     /// this step, bytes (the server's end alone).
     pub fn kernel_bytes_per_conn(&self, baseline: &Snapshot) -> Option<f64> {
-        growth_bytes_per(baseline.cgroup_kernel_kb?, self.loaded?.cgroup_kernel_kb?, self.held)
+        growth_bytes_per(
+            baseline.cgroup_kernel_kb?,
+            self.loaded?.cgroup_kernel_kb?,
+            self.held,
+        )
     }
 }
 
@@ -145,7 +149,11 @@ impl Report {
     /// bytes: the server's end alone.
     pub fn kernel_bytes_per_conn(&self) -> Option<f64> {
         let loaded = self.loaded?;
-        growth_bytes_per(self.baseline.cgroup_kernel_kb?, loaded.cgroup_kernel_kb?, self.held)
+        growth_bytes_per(
+            self.baseline.cgroup_kernel_kb?,
+            loaded.cgroup_kernel_kb?,
+            self.held,
+        )
     }
 
     /// Kernel `Slab:` growth per held connection pair (client and server end), bytes.

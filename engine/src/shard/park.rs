@@ -48,7 +48,9 @@ impl Bits {
     }
 
     fn get(&self, index: u32) -> bool {
-        self.0.get(index as usize / 64).is_some_and(|w| w & (1 << (index % 64)) != 0)
+        self.0
+            .get(index as usize / 64)
+            .is_some_and(|w| w & (1 << (index % 64)) != 0)
     }
 
     /// Clears the bit and says whether it was set.
@@ -131,14 +133,21 @@ impl Shard {
             };
             // Still idle, and still the same connection: one accepted since the sweep
             // was heard on its accept.
-            if self.conns.get(index as usize).is_some_and(|c| self.may_park(index, c)) {
+            if self
+                .conns
+                .get(index as usize)
+                .is_some_and(|c| self.may_park(index, c))
+            {
                 self.park_receive(index);
             }
         }
     }
 
     fn may_park(&self, index: u32, conn: &crate::conn::Conn) -> bool {
-        let open = matches!(conn.state, State::Request | State::Stream | State::Ws | State::Poll);
+        let open = matches!(
+            conn.state,
+            State::Request | State::Stream | State::Ws | State::Poll
+        );
         open && conn.has_op(ops::RECV) && !self.park.heard.get(index) && !self.park.parked.get(index)
     }
 

@@ -585,7 +585,8 @@ fn recv_on(ops: &[Did], file: u32) -> Option<u64> {
     })
 }
 
-const UPGRADE: &[u8] = b"GET /ws?topic=a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+const UPGRADE: &[u8] =
+    b"GET /ws?topic=a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
 impl Sim {
@@ -607,14 +608,21 @@ impl Sim {
             left -= step;
             cancel = parking(&self.advance(step), c.recv);
         }
-        let cancel = cancel.unwrap_or_else(|| panic!("the receive of {} is parked within {within:?}", c.file));
+        let cancel =
+            cancel.unwrap_or_else(|| panic!("the receive of {} is parked within {within:?}", c.file));
         self.complete(Completion::of(c.recv, -libc::ECANCELED, false));
         let ops = self.ops();
         assert!(!cancelled(&ops, c.file), "a parked receive is no close: {ops:?}");
-        assert!(recv_on(&ops, c.file).is_none(), "no receive beside the poll: {ops:?}");
+        assert!(
+            recv_on(&ops, c.file).is_none(),
+            "no receive beside the poll: {ops:?}"
+        );
         let poll = poll_on(&ops, c.file).unwrap_or_else(|| panic!("a poll in the receive's place: {ops:?}"));
         self.complete(Completion::of(cancel, 0, false));
-        assert!(self.ops().is_empty(), "the cancel's own completion changes nothing");
+        assert!(
+            self.ops().is_empty(),
+            "the cancel's own completion changes nothing"
+        );
         poll
     }
 
@@ -622,7 +630,11 @@ impl Sim {
     fn readable(&mut self, c: Client, poll: u64) {
         self.complete(Completion::of(poll, libc::POLLIN as i32, false));
         let ops = self.ops();
-        assert_eq!(recv_on(&ops, c.file), Some(c.recv), "the receive is back: {ops:?}");
+        assert_eq!(
+            recv_on(&ops, c.file),
+            Some(c.recv),
+            "the receive is back: {ops:?}"
+        );
     }
 
     fn count(&self, counter: &std::sync::atomic::AtomicU64) -> u64 {
@@ -632,7 +644,10 @@ impl Sim {
 
 #[test]
 fn an_idle_stream_parks_its_receive_still_gets_events_and_notices_the_close() {
-    let mut sim = Sim::on(crate::driver::Kind::IoUring, &["--recv-park-ms", "1000", "--heartbeat-ms", "0"]);
+    let mut sim = Sim::on(
+        crate::driver::Kind::IoUring,
+        &["--recv-park-ms", "1000", "--heartbeat-ms", "0"],
+    );
     let c = sim.connect();
     sim.open(c, b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n");
     // Silent for one period at least, two at most.
@@ -661,14 +676,24 @@ fn a_keep_alive_connection_parked_between_requests_answers_the_next_one() {
     let poll = sim.park(c, 3 * SECOND);
     sim.readable(c, poll);
     let (reply, _) = send_to(&sim.send(c, b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n"), c.file);
-    assert!(reply.starts_with("HTTP/1.1 404"), "the second request is answered: {reply}");
+    assert!(
+        reply.starts_with("HTTP/1.1 404"),
+        "the second request is answered: {reply}"
+    );
 }
 
 #[test]
 fn a_parked_websocket_is_pinged_kept_by_its_pong_and_reaped_without_one() {
     let mut sim = Sim::on(
         crate::driver::Kind::IoUring,
-        &["--recv-park-ms", "1000", "--ws-ping-ms", "5000", "--ws-pong-timeout-ms", "3000"],
+        &[
+            "--recv-park-ms",
+            "1000",
+            "--ws-ping-ms",
+            "5000",
+            "--ws-pong-timeout-ms",
+            "3000",
+        ],
     );
     let c = sim.connect();
     sim.open(c, UPGRADE);
@@ -684,7 +709,10 @@ fn a_parked_websocket_is_pinged_kept_by_its_pong_and_reaped_without_one() {
     assert_eq!(bytes, [0x89, 0x00]);
     sim.sent(data, 2);
     sim.readable(c, poll);
-    assert!(sim.send(c, &[0x8a, 0x80, 1, 2, 3, 4]).is_empty(), "the pong is read");
+    assert!(
+        sim.send(c, &[0x8a, 0x80, 1, 2, 3, 4]).is_empty(),
+        "the pong is read"
+    );
     let poll = sim.park(c, 3 * SECOND);
     assert!(!cancelled(&sim.advance(SECOND), c.file), "the pong kept it");
     // The next ping goes unanswered: the reaper closes it, poll and all.
@@ -731,7 +759,10 @@ fn a_websocket_that_keeps_talking_is_never_parked() {
 
 #[test]
 fn a_receive_that_ends_while_its_park_is_in_flight_leaves_one_poll() {
-    let mut sim = Sim::on(crate::driver::Kind::IoUring, &["--recv-park-ms", "1000", "--heartbeat-ms", "0"]);
+    let mut sim = Sim::on(
+        crate::driver::Kind::IoUring,
+        &["--recv-park-ms", "1000", "--heartbeat-ms", "0"],
+    );
     let c = sim.connect();
     sim.open(c, b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n");
     let cancel = (0..30)
@@ -753,13 +784,19 @@ fn epoll_loops_never_park() {
     let c = sim.connect();
     sim.open(c, b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n");
     let ops = sim.advance(10 * SECOND);
-    assert!(parking(&ops, c.recv).is_none() && poll_on(&ops, c.file).is_none(), "{ops:?}");
+    assert!(
+        parking(&ops, c.recv).is_none() && poll_on(&ops, c.file).is_none(),
+        "{ops:?}"
+    );
     assert_eq!(sim.count(&sim.counters().recv_parked), 0);
 }
 
 #[test]
 fn parking_off_never_parks() {
-    let mut sim = Sim::on(crate::driver::Kind::IoUring, &["--recv-park-ms", "0", "--heartbeat-ms", "0"]);
+    let mut sim = Sim::on(
+        crate::driver::Kind::IoUring,
+        &["--recv-park-ms", "0", "--heartbeat-ms", "0"],
+    );
     let c = sim.connect();
     sim.open(c, b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n");
     let ops = sim.advance(10 * SECOND);
