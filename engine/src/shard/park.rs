@@ -16,10 +16,11 @@
 //!   any --(close: cancel every op)--> the final completions free the record
 //! ```
 //!
-//! Each sweep (once a period) lists the connections that received no byte since the
-//! previous sweep, and the ticks after it park them, `PARK_BATCH` a tick: a connection is
-//! parked after between one and two periods of silence.
-//! Two bits per connection slot, no kernel timer; the loop never parks on epoll, whose
+//! Each sweep (once a period) walks the slots over the next ticks, `SCAN_BATCH` slots and
+//! at most `PARK_BATCH` parks a tick, and parks the connections that received no byte in
+//! the period before the sweep nor since: a connection is parked after between one and
+//! two periods of silence (and the ticks the walk takes to reach it). Three bits per
+//! connection slot, no list and no kernel timer; the loop never parks on epoll, whose
 //! idle connections hold no armed receive.
 //!
 //! Must never: park a connection twice, or re-arm a receive beside a poll.
@@ -32,6 +33,9 @@ use crate::driver::Op;
 /// the cancels in flight at once stay allocated as the ring's spare requests (256 bytes
 /// each); in batches they are a few hundred, not one per connection.
 const PARK_BATCH: usize = 512;
+/// Slots a sweep looks at per tick at most, so that a sweep over a full table is spread
+/// over a few ticks rather than held in one.
+const SCAN_BATCH: u32 = 8192;
 
 /// One bit per connection slot.
 pub(super) struct Bits(Vec<u64>);
@@ -75,11 +79,13 @@ pub(super) struct Park {
     swept_at: u32,
     /// Slots whose connection received bytes (or was accepted) since the last sweep.
     heard: Bits,
+    /// Slots whose connection received bytes (or was accepted) in the period before the
+    /// last sweep.
+    heard_before: Bits,
     /// Slots whose input waits on a poll, or whose receive is being cancelled for one.
     parked: Bits,
-    /// The connections the last sweep found idle and that are not parked yet; at most one
-    /// per slot.
-    due: Vec<u32>,
+    /// The next slot the sweep in progress looks at; `None` between sweeps.
+    cursor: Option<u32>,
 }
 
 impl Park {
@@ -90,8 +96,9 @@ impl Park {
             period,
             swept_at: 0,
             heard: Bits::new(slots),
+            heard_before: Bits::new(slots),
             parked: Bits::new(slots),
-            due: Vec::new(),
+            cursor: None,
         }
     }
 
@@ -108,39 +115,37 @@ impl Park {
 }
 
 impl Shard {
-    /// Once a period: lists every connection with a receive armed that received nothing
-    /// since the previous sweep. Each tick then parks at most `PARK_BATCH` of them.
+    /// Once a period a sweep starts; each tick it walks at most `SCAN_BATCH` slots and
+    /// parks at most `PARK_BATCH` connections: those with a receive armed that received
+    /// nothing in the period before the sweep nor since.
     pub(super) fn sweep_idle_receives(&mut self) {
-        let period = self.park.period;
-        if period == 0 {
+        let park = &mut self.park;
+        if park.period == 0 {
             return;
         }
-        if self.park.due.is_empty() && self.tick.wrapping_sub(self.park.swept_at) >= period {
-            self.park.swept_at = self.tick;
-            for (index, conn) in &self.conns {
-                let index = index as u32;
-                if self.may_park(index, conn) {
-                    self.park.due.push(index);
-                }
-            }
-            self.park.heard.clear_all();
-            // Popped from the end: the oldest slots first.
-            self.park.due.reverse();
+        if park.cursor.is_none() && self.tick.wrapping_sub(park.swept_at) >= park.period {
+            park.swept_at = self.tick;
+            std::mem::swap(&mut park.heard, &mut park.heard_before);
+            park.heard.clear_all();
+            park.cursor = Some(0);
         }
-        for _ in 0..PARK_BATCH {
-            let Some(index) = self.park.due.pop() else {
-                break;
-            };
-            // Still idle, and still the same connection: one accepted since the sweep
-            // was heard on its accept.
+        let Some(mut slot) = park.cursor else {
+            return;
+        };
+        let end = (self.max_conns as u32).min(slot.saturating_add(SCAN_BATCH));
+        let mut parked = 0;
+        while slot < end && parked < PARK_BATCH {
             if self
                 .conns
-                .get(index as usize)
-                .is_some_and(|c| self.may_park(index, c))
+                .get(slot as usize)
+                .is_some_and(|c| self.may_park(slot, c))
             {
-                self.park_receive(index);
+                self.park_receive(slot);
+                parked += 1;
             }
+            slot += 1;
         }
+        self.park.cursor = (slot < self.max_conns as u32).then_some(slot);
     }
 
     fn may_park(&self, index: u32, conn: &crate::conn::Conn) -> bool {
@@ -148,7 +153,11 @@ impl Shard {
             conn.state,
             State::Request | State::Stream | State::Ws | State::Poll
         );
-        open && conn.has_op(ops::RECV) && !self.park.heard.get(index) && !self.park.parked.get(index)
+        let p = &self.park;
+        open && conn.has_op(ops::RECV)
+            && !p.heard.get(index)
+            && !p.heard_before.get(index)
+            && !p.parked.get(index)
     }
 
     /// Cancels connection `index`'s receive; its final completion arms the poll (see
