@@ -1,5 +1,6 @@
 //! Reads the numbers the bench measures and the limits it plans with from `/proc`:
-//! a process's resident memory, the kernel's slab memory, the ephemeral port range.
+//! a process's resident memory, the kernel memory charged to its memory cgroup, the
+//! kernel's slab memory, the ephemeral port range.
 //!
 //! Parsing is split from reading so it is tested on fixed text; only the `read_*`
 //! functions touch the filesystem.
@@ -17,6 +18,10 @@ pub struct Snapshot {
     pub slab_kb: u64,
     /// The kernel's `SUnreclaim:` from `/proc/meminfo`.
     pub sunreclaim_kb: u64,
+    /// Kernel memory charged to the engine's memory cgroup (v1 `memory.kmem.usage_in_bytes`,
+    /// v2 `memory.stat` `kernel`): its sockets, files, io_uring requests and page tables,
+    /// apart from any client's. `None` unless the engine runs in a memory cgroup of its own.
+    pub cgroup_kernel_kb: Option<u64>,
 }
 
 impl Snapshot {
@@ -30,7 +35,10 @@ impl Snapshot {
             .map_err(|e| format!("cannot read {path} ({e}): is the engine pid {pid} running?"))?;
         let meminfo =
             fs::read_to_string("/proc/meminfo").map_err(|e| format!("cannot read /proc/meminfo: {e}"))?;
-        Snapshot::parse(&status, &meminfo).map_err(|field| format!("no {field} in {path} or /proc/meminfo"))
+        let mut snap = Snapshot::parse(&status, &meminfo)
+            .map_err(|field| format!("no {field} in {path} or /proc/meminfo"))?;
+        snap.cgroup_kernel_kb = read_cgroup_kernel_kb(pid);
+        Ok(snap)
     }
 
     /// Builds a snapshot from the text of `/proc/<pid>/status` and `/proc/meminfo`.
@@ -44,8 +52,49 @@ impl Snapshot {
             hwm_kb: field(status, "VmHWM")?,
             slab_kb: field(meminfo, "Slab")?,
             sunreclaim_kb: field(meminfo, "SUnreclaim")?,
+            cgroup_kernel_kb: None,
         })
     }
+}
+
+/// Where a process's memory cgroup keeps its kernel-memory figure, from the text of
+/// `/proc/<pid>/cgroup`: `None` in the root cgroup, whose figures are the whole machine's.
+pub fn kernel_memory_file(cgroup: &str) -> Option<(String, bool)> {
+    let mut unified = None;
+    for line in cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controllers.split(',').any(|c| c == "memory") {
+            return (path != "/").then(|| {
+                (
+                    format!("/sys/fs/cgroup/memory{path}/memory.kmem.usage_in_bytes"),
+                    true,
+                )
+            });
+        }
+        if controllers.is_empty() && path != "/" {
+            unified = Some((format!("/sys/fs/cgroup{path}/memory.stat"), false));
+        }
+    }
+    unified
+}
+
+/// The `kernel` line of a cgroup v2 `memory.stat`, in bytes.
+pub fn stat_kernel_bytes(stat: &str) -> Option<u64> {
+    stat.lines()
+        .find_map(|l| l.strip_prefix("kernel ").and_then(|v| v.trim().parse().ok()))
+}
+
+fn read_cgroup_kernel_kb(pid: u32) -> Option<u64> {
+    let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let (file, v1) = kernel_memory_file(&cgroup)?;
+    let text = fs::read_to_string(file).ok()?;
+    let bytes = if v1 {
+        text.trim().parse().ok()?
+    } else {
+        stat_kernel_bytes(&text)?
+    };
+    Some(bytes / 1024)
 }
 
 /// The value of a `Key:   1234 kB` line, in kB.
@@ -113,8 +162,32 @@ mod tests {
                 hwm_kb: 20_480,
                 slab_kb: 512_000,
                 sunreclaim_kb: 412_000,
+                cgroup_kernel_kb: None,
             }
         );
+    }
+
+    #[test]
+    fn the_memory_cgroup_is_found_on_v1_and_v2_and_the_root_is_not_one() {
+        let v1 = "9:name=systemd:/\n4:memory:/bench/engine\n0::/\n";
+        assert_eq!(
+            kernel_memory_file(v1),
+            Some((
+                "/sys/fs/cgroup/memory/bench/engine/memory.kmem.usage_in_bytes".into(),
+                true
+            ))
+        );
+        assert_eq!(kernel_memory_file("4:memory:/\n0::/\n"), None);
+        assert_eq!(
+            kernel_memory_file("0::/bench/engine\n"),
+            Some(("/sys/fs/cgroup/bench/engine/memory.stat".into(), false))
+        );
+        assert_eq!(kernel_memory_file("0::/\n"), None);
+        assert_eq!(
+            stat_kernel_bytes("anon 4096\nkernel 123456\nkernel_stack 16384\n"),
+            Some(123_456)
+        );
+        assert_eq!(stat_kernel_bytes("anon 4096\n"), None);
     }
 
     #[test]

@@ -121,6 +121,16 @@ impl Step {
     pub fn bytes_per_conn(&self, baseline: &Snapshot) -> Option<f64> {
         growth_bytes_per(baseline.rss_kb, self.loaded?.rss_kb, self.held)
     }
+
+    /// Growth of the kernel memory charged to the engine's cgroup per held connection at
+    /// this step, bytes (the server's end alone).
+    pub fn kernel_bytes_per_conn(&self, baseline: &Snapshot) -> Option<f64> {
+        growth_bytes_per(
+            baseline.cgroup_kernel_kb?,
+            self.loaded?.cgroup_kernel_kb?,
+            self.held,
+        )
+    }
 }
 
 impl Report {
@@ -133,6 +143,17 @@ impl Report {
     pub fn bytes_per_conn(&self) -> Option<f64> {
         let loaded = self.loaded?;
         growth_bytes_per(self.baseline.rss_kb, loaded.rss_kb, self.held)
+    }
+
+    /// Growth of the kernel memory charged to the engine's cgroup per held connection,
+    /// bytes: the server's end alone.
+    pub fn kernel_bytes_per_conn(&self) -> Option<f64> {
+        let loaded = self.loaded?;
+        growth_bytes_per(
+            self.baseline.cgroup_kernel_kb?,
+            loaded.cgroup_kernel_kb?,
+            self.held,
+        )
     }
 
     /// Kernel `Slab:` growth per held connection pair (client and server end), bytes.
@@ -288,6 +309,14 @@ impl Report {
             bytes(self.slab_bytes_per_pair()),
             bytes(self.sunreclaim_bytes_per_pair())
         );
+        if let (Some(before), Some(after)) = (b.cgroup_kernel_kb, h.cgroup_kernel_kb) {
+            let _ = writeln!(
+                out,
+                "  server kernel {:+} kB charged to the engine's cgroup: {} bytes per connection",
+                after as i64 - before as i64,
+                bytes(self.kernel_bytes_per_conn())
+            );
+        }
     }
 
     /// One JSON object, no trailing newline.
@@ -306,6 +335,8 @@ impl Report {
                     "rss_kb": s.loaded.map(|l| l.rss_kb),
                     "slab_kb": s.loaded.map(|l| l.slab_kb),
                     "bytes_per_conn": finite(s.bytes_per_conn(&self.baseline)),
+                    "cgroup_kernel_kb": s.loaded.and_then(|l| l.cgroup_kernel_kb),
+                    "kernel_bytes_per_conn": finite(s.kernel_bytes_per_conn(&self.baseline)),
                 })
             })
             .collect();
@@ -328,6 +359,9 @@ impl Report {
             "held_slab_kb": loaded.map(|s| s.slab_kb),
             "held_sunreclaim_kb": loaded.map(|s| s.sunreclaim_kb),
             "kernel_slab_bytes_per_pair": finite(self.slab_bytes_per_pair()),
+            "baseline_cgroup_kernel_kb": self.baseline.cgroup_kernel_kb,
+            "held_cgroup_kernel_kb": loaded.and_then(|s| s.cgroup_kernel_kb),
+            "kernel_bytes_per_conn": finite(self.kernel_bytes_per_conn()),
             "kernel_sunreclaim_bytes_per_pair": finite(self.sunreclaim_bytes_per_pair()),
             "steps": steps,
             "handshake_samples": l.count,
@@ -572,12 +606,14 @@ mod tests {
                 hwm_kb: 1_000,
                 slab_kb: 50_000,
                 sunreclaim_kb: 40_000,
+                cgroup_kernel_kb: None,
             },
             loaded: Some(Snapshot {
                 rss_kb: 3_000,
                 hwm_kb: 3_100,
                 slab_kb: 57_500,
                 sunreclaim_kb: 47_000,
+                cgroup_kernel_kb: None,
             }),
             steps: vec![Step {
                 requested: 1_002,
@@ -588,6 +624,7 @@ mod tests {
                     hwm_kb: 3_100,
                     slab_kb: 57_500,
                     sunreclaim_kb: 47_000,
+                    cgroup_kernel_kb: None,
                 }),
             }],
             after_close_rss_kb: Some(2_000),

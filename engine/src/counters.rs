@@ -200,6 +200,16 @@ counters! {
         "ringcast_recv_enobufs_total",
         "Receives that found the buffer ring empty.",
     );
+    /// Idle connections whose armed receive was traded for a poll on their input.
+    recv_parked: Loop, Family::counter(
+        "ringcast_recv_parked_total",
+        "Idle connections whose receive was parked on a poll.",
+    );
+    /// Parked connections whose input arrived and whose receive was armed again.
+    recv_unparked: Loop, Family::counter(
+        "ringcast_recv_unparked_total",
+        "Parked connections given their receive back.",
+    );
     /// Requests answered 4xx for malformed input.
     bad_requests: Loop, Family::counter(
         "ringcast_bad_requests_total",
@@ -545,7 +555,7 @@ mod tests {
         assert_eq!(
             stats.join(" "),
             "accepted open open_sse open_ndjson open_ws polls_held queued_bytes accept_full \
-             accept_errors recv_enobufs bad_requests streams polls resets replayed events \
+             accept_errors recv_enobufs recv_parked recv_unparked bad_requests streams polls resets replayed events \
              deliveries slow_closed dropped coalesced slow_disconnected ring_overrun ring_lost \
              replay_gaps heartbeats request_timeouts idle_closed stalled tcp_timeouts websockets \
              ws_protocol_errors ws_pings ws_pong_timeouts upstream upstream_refused \
@@ -588,6 +598,8 @@ mod tests {
             "ws_rate_limited_total",
             "ws_rate_closed_total",
             "recv_enobufs_total",
+            "recv_parked_total",
+            "recv_unparked_total",
             "admission_refusals_total",
             "auth_refusals_total",
             "auth_forbidden_total",

@@ -14,6 +14,9 @@
 //!   socket's output edge. Either way it completes exactly once, with the bytes taken.
 //! - Ops that end at once (shutdown, close, cancel, a send that went out) complete in the
 //!   same turn, after the completion that caused them.
+//! - A poll for input completes at once: the registration already waits for readiness,
+//!   so there is no armed receive to trade for it (the loops park receives only on
+//!   io_uring), and the receive armed next reads what is there or waits.
 //! - The tick is the wait's timeout; no timerfd.
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -254,6 +257,20 @@ impl Epoll {
                 self.socket(fd).multi = data;
                 // Bytes may already wait: their edge may have passed before this receive.
                 self.ready.push(fd);
+            }
+            // The registration already waits for readiness: report it at once, and the
+            // receive armed next waits on the same registration.
+            Op::PollIn { data, .. } => self.done.push_back((data, libc::POLLIN as i32, false)),
+            Op::CancelOp { file, op, data } => {
+                let s = self.socket(file as RawFd);
+                let res = if op != 0 && s.multi == op {
+                    s.multi = 0;
+                    self.done.push_back((op, -libc::ECANCELED, false));
+                    0
+                } else {
+                    -libc::ENOENT
+                };
+                self.done.push_back((data, res, false));
             }
             Op::Recv { file, buf, len, data } => {
                 let fd = file as RawFd;

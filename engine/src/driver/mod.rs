@@ -111,6 +111,12 @@ pub enum Op {
     /// Receives into buffers the driver provides, completion after completion, until the
     /// peer closes, an error, or a cancel: [`Completion::buf`] holds each one's bytes.
     RecvMulti { file: u32, data: u64 },
+    /// Completes once, with the `poll(2)` event mask, when `file` is readable (or at its
+    /// EOF or error). Holds no buffer and less kernel memory than an armed `RecvMulti`.
+    PollIn { file: u32, data: u64 },
+    /// Cancels the one op on `file` whose `data` is `op` (it completes with
+    /// `-ECANCELED`), then completes with 0, or `-ENOENT` when that op had already ended.
+    CancelOp { file: u32, op: u64, data: u64 },
     /// Receives once into `buf[..len]`.
     Recv {
         file: u32,

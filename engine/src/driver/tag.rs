@@ -34,6 +34,10 @@ pub mod shard {
     pub const TICK: u8 = 0x07;
     /// A doorbell from the ingest or backplane thread: the broadcast ring has news.
     pub const DOORBELL: u8 = 0x08;
+    /// A parked connection's poll: its input is readable again.
+    pub const POLL: u8 = 0x09;
+    /// The cancel that parks an idle connection's receive.
+    pub const PARK: u8 = 0x0a;
 }
 
 /// The ingest thread's operations (`crate::ingest`): the index is a publisher's slot or
@@ -76,6 +80,8 @@ mod tests {
             shard::SHUTDOWN,
             shard::TICK,
             shard::DOORBELL,
+            shard::POLL,
+            shard::PARK,
         ];
         let ingest = [
             ingest::ACCEPT,

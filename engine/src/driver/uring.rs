@@ -274,6 +274,10 @@ impl Uring {
             Op::Recv { file, buf, len, data } => {
                 on!(file, |fd| opcode::Recv::new(fd, buf, len).build()).user_data(data)
             }
+            Op::PollIn { file, data } => {
+                on!(file, |fd| opcode::PollAdd::new(fd, libc::POLLIN as u32).build()).user_data(data)
+            }
+            Op::CancelOp { op, data, .. } => opcode::AsyncCancel::new(op).build().user_data(data),
             Op::Send { file, buf, len, data } => on!(file, |fd| opcode::Send::new(fd, buf, len)
                 .flags(libc::MSG_NOSIGNAL)
                 .build())

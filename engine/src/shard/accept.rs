@@ -167,6 +167,8 @@ impl Shard {
         self.arm_timer(index, self.tick.wrapping_add(self.deadlines.request));
         bump(&self.counters.accepted);
         add(&self.counters.open, 1);
+        // Not idle yet: the first sweep after the accept leaves it armed.
+        self.park.heard(index);
         self.arm_recv(index);
     }
 

@@ -15,7 +15,8 @@
 //! tick. Beside it, one file per part of a connection's life: `accept` and `admission`
 //! (a new connection), `request` (input and requests), `auth`, `stream` (subscribing and
 //! the fan-out), `catchup` (resume and replay), `poll`, `websocket`, `send` and
-//! `backpressure` (out-queues), `timers`, `drain`, `close`; `framing` builds the bytes
+//! `backpressure` (out-queues), `timers`, `park` (idle receives traded for polls),
+//! `drain`, `close`; `framing` builds the bytes
 //! the transports send, `subs` the topic index.
 mod accept;
 mod admission;
@@ -25,6 +26,7 @@ mod catchup;
 mod close;
 mod drain;
 mod framing;
+mod park;
 mod poll;
 mod request;
 mod runs;
@@ -110,6 +112,8 @@ pub struct Shard {
     clock: Clock,
     /// Scratch list of timers due this tick.
     due: Vec<u32>,
+    /// Idle connections' receives traded for polls (see `park`).
+    park: park::Park,
     /// WebSocket decoders holding a partial frame or message, by slab index. An idle
     /// WebSocket has none: its record stays 40 bytes.
     decoders: HashMap<u32, Box<ws::Decoder>>,
@@ -246,6 +250,7 @@ impl Shard {
             pool: Vec::new(),
             wheel: Wheel::with_capacity(WHEEL_SLOTS, 0, max_conns as usize),
             deadlines: Deadlines::new(cfg, &clock),
+            park: park::Park::new(max_conns as usize, park_ticks(&shared, &clock)),
             clock,
             due: Vec::new(),
             decoders: HashMap::new(),
@@ -345,7 +350,10 @@ impl Shard {
             tag::CANCEL => self.op_done(index, generation, ops::CANCEL),
             tag::SHUTDOWN => self.op_done(index, generation, ops::SHUTDOWN),
             tag::TICK => self.on_tick(now),
-            tag::DOORBELL => {}
+            tag::POLL => self.on_poll(index, generation, c.res),
+            // The cancel that parks a receive holds nothing of the connection's: the
+            // receive's own final completion says what became of it.
+            tag::DOORBELL | tag::PARK => {}
             _ => debug_assert!(false, "unknown completion tag {tag} (user_data {:#x})", c.data),
         }
     }
@@ -390,6 +398,7 @@ impl Shard {
             self.arm_accepts();
         }
         self.run_timers();
+        self.sweep_idle_receives();
     }
 
     /// Once the loop's backlog has shrunk to a quarter of a peak of a megabyte or more,
@@ -441,6 +450,16 @@ impl crate::driver::Loop for Shard {
         self.broadcast = Some(broadcast);
         done
     }
+}
+
+/// Ticks between sweeps for idle receives: `--recv-park-ms` on io_uring, 0 (never) on
+/// epoll, whose connections hold no armed receive.
+fn park_ticks(shared: &Shared, clock: &Clock) -> u32 {
+    let ms = shared.config.recv_park_ms;
+    if ms == 0 || shared.driver != crate::driver::Kind::IoUring {
+        return 0;
+    }
+    clock.ticks_in(std::time::Duration::from_millis(ms)).max(1)
 }
 
 const SSE_HEADERS: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\n";

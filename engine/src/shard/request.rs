@@ -30,11 +30,14 @@ impl Shard {
             self.conns[index as usize].ops &= !ops::RECV;
         }
         if res > 0 {
+            self.park.heard(index);
             let data = buf.expect("a receive of bytes lends them");
             self.on_input(index, data);
         } else if res == -libc::ENOBUFS {
             // Every buffer was in use for a moment; the receive ended and is re-armed below.
             bump(&self.counters.recv_enobufs);
+        } else if res == -libc::ECANCELED && self.park.is_parked(index) {
+            // Parked: the poll is armed below in the receive's place.
         } else {
             // EOF or a socket error: the peer is gone.
             if res == -libc::ETIMEDOUT {
@@ -47,9 +50,13 @@ impl Shard {
         }
     }
 
+    /// After a receive's (or a poll's) final completion: a closing connection may be
+    /// freed, a parked one waits on a poll, any other gets its receive again.
     pub(super) fn rearm_or_finish(&mut self, index: u32) {
+        let parked = self.unpark(index);
         match self.conns.get(index as usize).map(|c| c.state) {
             Some(State::Closing) => self.maybe_free(index),
+            Some(_) if parked => self.arm_poll(index),
             Some(_) => self.arm_recv(index),
             None => {}
         }

@@ -34,6 +34,8 @@ struct Client {
 #[derive(Debug)]
 enum Did {
     Recv { file: u32, data: u64 },
+    Poll { file: u32, data: u64 },
+    CancelOp { op: u64, data: u64 },
     Send { file: u32, bytes: Vec<u8>, data: u64 },
     Shutdown { data: u64 },
     Cancel { file: u32, data: u64 },
@@ -42,7 +44,7 @@ enum Did {
 }
 
 /// Without per-address limits, so a listener has one multishot accept.
-fn shared(flags: &[&str]) -> Arc<Shared> {
+fn shared(driver: crate::driver::Kind, flags: &[&str]) -> Arc<Shared> {
     let mut all = vec!["--max-conns-per-ip", "0"];
     all.extend_from_slice(flags);
     let config = Config::from_flags(&all).expect("test flags parse");
@@ -63,14 +65,19 @@ fn shared(flags: &[&str]) -> Arc<Shared> {
             .filter(crate::admission::Limits::any)
             .map(crate::admission::Admission::new),
         start_seq: 0,
-        driver: crate::driver::Kind::Epoll,
+        driver,
         config,
     })
 }
 
 impl Sim {
     fn new(flags: &[&str]) -> Sim {
-        let shared = shared(flags);
+        Sim::on(crate::driver::Kind::Epoll, flags)
+    }
+
+    /// A loop as the `driver` runs it (idle receives are parked on io_uring only).
+    fn on(driver: crate::driver::Kind, flags: &[&str]) -> Sim {
+        let shared = shared(driver, flags);
         let now = Instant::now();
         let mut shard = Shard::new(0, 64, 1, Arc::clone(&shared), now);
         let accepts = shard.take_ops();
@@ -203,6 +210,8 @@ impl Sim {
 fn did(op: Op) -> Did {
     match op {
         Op::RecvMulti { file, data } => Did::Recv { file, data },
+        Op::PollIn { file, data } => Did::Poll { file, data },
+        Op::CancelOp { op, data, .. } => Did::CancelOp { op, data },
         Op::Send { file, buf, len, data } => Did::Send {
             file,
             // SAFETY: the shard keeps the bytes of a queued send alive and untouched until
@@ -788,4 +797,252 @@ fn short_sends_inside_a_run_resume_mid_frame_and_the_policy_still_applies_after(
     expected.extend_from_slice(&ws_control(&notice));
     expected.extend(encoded(&later[1..], Kind::WsRaw));
     assert_eq!(received, expected, "whole frames, the notice, the newest event");
+}
+
+/// The cancel among `ops` that parks the receive `recv`, if any.
+fn parking(ops: &[Did], recv: u64) -> Option<u64> {
+    ops.iter().find_map(|d| match d {
+        Did::CancelOp { op, data } if *op == recv => Some(*data),
+        _ => None,
+    })
+}
+
+/// The poll among `ops` on `file`, if any.
+fn poll_on(ops: &[Did], file: u32) -> Option<u64> {
+    ops.iter().find_map(|d| match d {
+        Did::Poll { file: f, data } if *f == file => Some(*data),
+        _ => None,
+    })
+}
+
+/// The receive among `ops` on `file`, if any.
+fn recv_on(ops: &[Did], file: u32) -> Option<u64> {
+    ops.iter().find_map(|d| match d {
+        Did::Recv { file: f, data } if *f == file => Some(*data),
+        _ => None,
+    })
+}
+
+const UPGRADE: &[u8] =
+    b"GET /ws?topic=a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+      Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+impl Sim {
+    /// Opens `c` as a stream (or WebSocket) with `request` and completes the head's send.
+    fn open(&mut self, c: Client, request: &[u8]) {
+        let ops = self.send(c, request);
+        let (head, data) = send_to(&ops, c.file);
+        assert!(head.starts_with("HTTP/1.1 "), "{head}");
+        assert!(self.sent(data, head.len()).is_empty());
+    }
+
+    /// Lets `c` go idle until its receive is parked: the receive is cancelled, ends with
+    /// `-ECANCELED`, and a poll takes its place. Returns the poll's `data`.
+    fn park(&mut self, c: Client, within: Duration) -> u64 {
+        let mut cancel = None;
+        let mut left = within;
+        while cancel.is_none() && !left.is_zero() {
+            let step = left.min(Duration::from_millis(100));
+            left -= step;
+            cancel = parking(&self.advance(step), c.recv);
+        }
+        let cancel =
+            cancel.unwrap_or_else(|| panic!("the receive of {} is parked within {within:?}", c.file));
+        self.complete(Completion::of(c.recv, -libc::ECANCELED, false));
+        let ops = self.ops();
+        assert!(!cancelled(&ops, c.file), "a parked receive is no close: {ops:?}");
+        assert!(
+            recv_on(&ops, c.file).is_none(),
+            "no receive beside the poll: {ops:?}"
+        );
+        let poll = poll_on(&ops, c.file).unwrap_or_else(|| panic!("a poll in the receive's place: {ops:?}"));
+        self.complete(Completion::of(cancel, 0, false));
+        assert!(
+            self.ops().is_empty(),
+            "the cancel's own completion changes nothing"
+        );
+        poll
+    }
+
+    /// The parked `c` becomes readable: its receive is armed again.
+    fn readable(&mut self, c: Client, poll: u64) {
+        self.complete(Completion::of(poll, libc::POLLIN as i32, false));
+        let ops = self.ops();
+        assert_eq!(
+            recv_on(&ops, c.file),
+            Some(c.recv),
+            "the receive is back: {ops:?}"
+        );
+    }
+
+    fn count(&self, counter: &std::sync::atomic::AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn an_idle_stream_parks_its_receive_still_gets_events_and_notices_the_close() {
+    let mut sim = Sim::on(
+        crate::driver::Kind::IoUring,
+        &["--recv-park-ms", "1000", "--heartbeat-ms", "0"],
+    );
+    let c = sim.connect();
+    sim.open(c, b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n");
+    // Silent for one period at least, two at most.
+    assert!(parking(&sim.advance(900 * Duration::from_millis(1)), c.recv).is_none());
+    let poll = sim.park(c, 2 * SECOND);
+    sim.publish("a", b"while parked");
+    let (event, data) = send_to(&sim.turn(), c.file);
+    assert!(event.contains("data: while parked\n"), "{event}");
+    assert!(sim.sent(data, event.len()).is_empty());
+    assert!(sim.advance(5 * SECOND).is_empty(), "parked once, not again");
+    // The client half-closes: the poll reports it, the receive reads the EOF.
+    sim.readable(c, poll);
+    sim.complete(Completion::of(c.recv, 0, false));
+    // Nothing is left in flight, so the descriptor closes at once, without a cancel.
+    let ops = sim.ops();
+    assert!(
+        ops.iter()
+            .any(|d| matches!(d, Did::Close { file, .. } if *file == c.file)),
+        "EOF closes the stream: {ops:?}"
+    );
+    assert_eq!(sim.count(&sim.counters().recv_parked), 1);
+    assert_eq!(sim.count(&sim.counters().recv_unparked), 1);
+}
+
+#[test]
+fn a_keep_alive_connection_parked_between_requests_answers_the_next_one() {
+    let mut sim = Sim::on(crate::driver::Kind::IoUring, &["--recv-park-ms", "1000"]);
+    let c = sim.connect();
+    let (reply, data) = send_to(&sim.send(c, b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n"), c.file);
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+    sim.sent(data, reply.len());
+    let poll = sim.park(c, 3 * SECOND);
+    sim.readable(c, poll);
+    let (reply, _) = send_to(&sim.send(c, b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n"), c.file);
+    assert!(
+        reply.starts_with("HTTP/1.1 404"),
+        "the second request is answered: {reply}"
+    );
+}
+
+#[test]
+fn a_parked_websocket_is_pinged_kept_by_its_pong_and_reaped_without_one() {
+    let mut sim = Sim::on(
+        crate::driver::Kind::IoUring,
+        &[
+            "--recv-park-ms",
+            "1000",
+            "--ws-ping-ms",
+            "5000",
+            "--ws-pong-timeout-ms",
+            "3000",
+        ],
+    );
+    let c = sim.connect();
+    sim.open(c, UPGRADE);
+    let poll = sim.park(c, 3 * SECOND);
+    // The ping goes out while the input waits on the poll.
+    let ops = (0..50)
+        .map(|_| sim.advance(Duration::from_millis(100)))
+        .find(|ops| !ops.is_empty())
+        .expect("a ping within 5 s");
+    let Some(Did::Send { bytes, data, .. }) = ops.into_iter().find(|d| matches!(d, Did::Send { .. })) else {
+        panic!("a ping, while parked");
+    };
+    assert_eq!(bytes, [0x89, 0x00]);
+    sim.sent(data, 2);
+    sim.readable(c, poll);
+    assert!(
+        sim.send(c, &[0x8a, 0x80, 1, 2, 3, 4]).is_empty(),
+        "the pong is read"
+    );
+    let poll = sim.park(c, 3 * SECOND);
+    assert!(!cancelled(&sim.advance(SECOND), c.file), "the pong kept it");
+    // The next ping goes unanswered: the reaper closes it, poll and all.
+    let mut ops = Vec::new();
+    for _ in 0..12 {
+        ops.extend(sim.advance(SECOND));
+        if let Some(Did::Send { data, .. }) = ops.iter().find(|d| matches!(d, Did::Send { .. })) {
+            let data = *data;
+            ops.clear();
+            sim.sent(data, 2);
+        }
+        if cancelled(&ops, c.file) {
+            break;
+        }
+    }
+    assert!(cancelled(&ops, c.file), "no pong: reaped while parked: {ops:?}");
+    assert_eq!(sim.count(&sim.counters().ws_pong_timeouts), 1);
+    let Some(&Did::Cancel { data: cancel, .. }) = ops.iter().find(|d| matches!(d, Did::Cancel { .. })) else {
+        unreachable!("checked above");
+    };
+    sim.complete(Completion::of(poll, -libc::ECANCELED, false));
+    assert!(sim.ops().is_empty(), "the cancel still owes its completion");
+    sim.complete(Completion::of(cancel, 0, false));
+    let ops = sim.ops();
+    let Some(&Did::Close { data, .. }) = ops.first() else {
+        panic!("then the descriptor is closed: {ops:?}");
+    };
+    sim.complete(Completion::of(data, 0, false));
+    assert!(sim.shard.is_empty(), "the record is freed");
+}
+
+#[test]
+fn a_websocket_that_keeps_talking_is_never_parked() {
+    let mut sim = Sim::on(crate::driver::Kind::IoUring, &["--recv-park-ms", "1000"]);
+    let c = sim.connect();
+    sim.open(c, UPGRADE);
+    for _ in 0..20 {
+        assert!(parking(&sim.advance(Duration::from_millis(500)), c.recv).is_none());
+        // An unsolicited pong (RFC 6455 §5.5.3): a frame that asks for no answer.
+        assert!(sim.send(c, &[0x8a, 0x80, 1, 2, 3, 4]).is_empty());
+    }
+    assert_eq!(sim.count(&sim.counters().recv_parked), 0);
+}
+
+#[test]
+fn a_receive_that_ends_while_its_park_is_in_flight_leaves_one_poll() {
+    let mut sim = Sim::on(
+        crate::driver::Kind::IoUring,
+        &["--recv-park-ms", "1000", "--heartbeat-ms", "0"],
+    );
+    let c = sim.connect();
+    sim.open(c, b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n");
+    let cancel = (0..30)
+        .find_map(|_| parking(&sim.advance(Duration::from_millis(100)), c.recv))
+        .expect("parked");
+    // The buffer ring ran dry just before the cancel reached the receive.
+    sim.complete(Completion::of(c.recv, -libc::ENOBUFS, false));
+    let ops = sim.ops();
+    assert!(recv_on(&ops, c.file).is_none(), "{ops:?}");
+    let poll = poll_on(&ops, c.file).expect("the poll in the receive's place");
+    sim.complete(Completion::of(cancel, -libc::ENOENT, false));
+    assert!(sim.ops().is_empty());
+    sim.readable(c, poll);
+}
+
+#[test]
+fn epoll_loops_never_park() {
+    let mut sim = Sim::new(&["--recv-park-ms", "1000", "--heartbeat-ms", "0"]);
+    let c = sim.connect();
+    sim.open(c, b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n");
+    let ops = sim.advance(10 * SECOND);
+    assert!(
+        parking(&ops, c.recv).is_none() && poll_on(&ops, c.file).is_none(),
+        "{ops:?}"
+    );
+    assert_eq!(sim.count(&sim.counters().recv_parked), 0);
+}
+
+#[test]
+fn parking_off_never_parks() {
+    let mut sim = Sim::on(
+        crate::driver::Kind::IoUring,
+        &["--recv-park-ms", "0", "--heartbeat-ms", "0"],
+    );
+    let c = sim.connect();
+    sim.open(c, b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n");
+    let ops = sim.advance(10 * SECOND);
+    assert!(parking(&ops, c.recv).is_none(), "{ops:?}");
 }
