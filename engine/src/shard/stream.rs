@@ -156,6 +156,11 @@ impl Shard {
     /// Tells the ingest thread, which holds publishes while this loop trails the ring
     /// (`--ingest-flow lag`), that it has caught up to the mark it waits for.
     fn ring_flow(&mut self) {
+        self.ring_ingest(crate::ingest::FLOW_BELL_DATA);
+    }
+
+    /// Rings the ingest thread's doorbell with `deliver`, once it has one.
+    pub(super) fn ring_ingest(&mut self, deliver: u64) {
         let fd = self
             .shared
             .ingest_ring_fd
@@ -165,7 +170,7 @@ impl Shard {
         }
         self.push(crate::driver::Op::Bell {
             target: fd,
-            deliver: crate::ingest::FLOW_BELL_DATA,
+            deliver,
             data: super::pack(super::tag::DOORBELL, 0, 0),
         });
     }

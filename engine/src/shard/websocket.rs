@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use std::sync::Arc;
 
-use super::{bump, pack, tag, ws_control, Shard};
+use super::{bump, ws_control, Shard};
 use crate::conn::{flags, State};
 use crate::ingest::UPSTREAM_BELL_DATA;
 use crate::proto::http::{self, Request, SubscriptionError, TOPICS_MAX};
@@ -414,18 +414,7 @@ impl Shard {
         if !std::mem::take(&mut self.upstream_waiting) {
             return;
         }
-        let fd = self
-            .shared
-            .ingest_ring_fd
-            .load(std::sync::atomic::Ordering::Acquire);
-        if fd < 0 {
-            return;
-        }
-        self.push(crate::driver::Op::Bell {
-            target: fd,
-            deliver: UPSTREAM_BELL_DATA,
-            data: pack(tag::DOORBELL, 0, 0),
-        });
+        self.ring_ingest(UPSTREAM_BELL_DATA);
     }
 
     /// Delivers backends' `SEND`s to their connections; a connection that has closed
