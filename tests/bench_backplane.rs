@@ -1,15 +1,14 @@
 //! `ringcast-bench backplane` at a tiny size: it starts its own nats-server and three
 //! ringcast nodes, measures acknowledged publishes against raw JetStream at two windows
 //! and cross-node latency against a single node, and reports every delivery.
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use ringcast_tests::engine::{bench_binary, binary};
+use ringcast_tests::engine::{bench_binary, binary, output_within};
 
 #[test]
 fn backplane_reports_throughput_against_raw_jetstream_and_latency_across_nodes() {
-    let mut child = Command::new(bench_binary())
-        .arg("backplane")
+    let mut cmd = Command::new(bench_binary());
+    cmd.arg("backplane")
         .arg("--engine-bin")
         .arg(binary())
         .args([
@@ -23,21 +22,9 @@ fn backplane_reports_throughput_against_raw_jetstream_and_latency_across_nodes()
             "100",
         ])
         .args(["--subscribers", "20", "--rates", "200", "--latency-events", "100"])
-        .args(["--timeout-secs", "30", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringcast-bench backplane");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            // Its nats-server and nodes die with it (PR_SET_PDEATHSIG).
-            let _ = child.kill();
-            panic!("ringcast-bench backplane ran past 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().expect("output");
+        .args(["--timeout-secs", "30", "--json"]);
+    // Killed past its time, its nats-server and nodes die with it (PR_SET_PDEATHSIG).
+    let output = output_within(&mut cmd, 90, "ringcast-bench backplane");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let report: serde_json::Value =

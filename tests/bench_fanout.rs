@@ -1,16 +1,15 @@
 //! `ringcast-bench fanout` against the real engine: subscribers spread over several
 //! topics, a publisher paced at a rate, every delivery accounted for, and latency
 //! measured from each event's scheduled publish time.
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use ringcast_tests::engine::{bench_binary, Engine};
+use ringcast_tests::engine::{bench_binary, output_within, Engine};
 
 #[test]
 fn paced_fanout_over_topics_delivers_each_event_to_its_topic_only() {
     let engine = Engine::start(&[]);
-    let mut child = Command::new(bench_binary())
-        .arg("fanout")
+    let mut cmd = Command::new(bench_binary());
+    cmd.arg("fanout")
         .args(["--target", &engine.addr.to_string()])
         .args(["--ingest", engine.ingest.to_str().expect("utf-8 path")])
         .args(["--admin", &engine.admin.to_string()])
@@ -25,17 +24,8 @@ fn paced_fanout_over_topics_delivers_each_event_to_its_topic_only() {
             "--duration",
             "1",
         ])
-        .args(["--bytes", "128", "--runs", "2", "--warmup", "0", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringcast-bench fanout");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "fanout ran past 60 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().expect("output");
+        .args(["--bytes", "128", "--runs", "2", "--warmup", "0", "--json"]);
+    let output = output_within(&mut cmd, 60, "ringcast-bench fanout");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
         panic!(

@@ -4,14 +4,13 @@
 //! subscription is reported as a failure with exit status 1.
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::time::Duration;
 
-use ringcast_tests::engine::{bench_binary, Engine, TempDir};
+use ringcast_tests::engine::{bench_binary, output_within, Engine, TempDir};
 
 /// Runs `hold` with a bound on its run time.
 fn hold(engine: &Engine, args: &[&str]) -> Output {
-    let mut child = Command::new(bench_binary())
-        .arg("hold")
+    let mut cmd = Command::new(bench_binary());
+    cmd.arg("hold")
         .args([
             "--target",
             &engine.addr.to_string(),
@@ -19,20 +18,8 @@ fn hold(engine: &Engine, args: &[&str]) -> Output {
             &engine.pid.to_string(),
         ])
         .args(["--settle-secs", "0", "--sources", "4", "--per-ring", "150"])
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn ringcast-bench");
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while child.try_wait().expect("wait").is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("ringcast-bench hold {args:?} ran past 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("output")
+        .args(args);
+    output_within(&mut cmd, 90, &format!("ringcast-bench hold {args:?}"))
 }
 
 fn json_of(output: &Output) -> serde_json::Value {

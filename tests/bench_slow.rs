@@ -8,10 +8,9 @@
 //! what its kernel buffers (`TCP_NOTSENT_LOWAT` 128 KiB, a 4 KiB `SO_RCVBUF`) and the
 //! engine's 256 KiB queue hold, so the policy must act.
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
-use ringcast_tests::engine::{bench_binary, Engine, TempDir};
+use ringcast_tests::engine::{bench_binary, output_within, Engine, TempDir};
 
 /// Slow readers per run.
 const SLOW: u64 = 20;
@@ -44,20 +43,7 @@ fn slow(engine: &Engine, topic: &str, out: Option<&Path>) -> Output {
     if let Some(dir) = out {
         cmd.arg("--out").arg(dir);
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringcast-bench");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("ringcast-bench slow --topic {topic} ran past 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("output")
+    output_within(&mut cmd, 60, &format!("ringcast-bench slow --topic {topic}"))
 }
 
 /// The stdout of a run that must have succeeded (exit 0: no fast reader lost anything).

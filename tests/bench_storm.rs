@@ -4,15 +4,14 @@
 //! is whole (a hole there is an engine bug and fails the first test), a resume the
 //! history cannot honour is a reset the engine announced, and a reconnect without an id
 //! misses events with no notice, which the tool must call holes.
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
-use ringcast_tests::engine::{bench_binary, Engine};
+use ringcast_tests::engine::{bench_binary, output_within, Engine};
 
 /// Runs `storm` with `--json` and `extra` flags, bounded to 90 s.
 fn storm(engine: &Engine, conns: usize, extra: &[&str]) -> Output {
-    let mut child = Command::new(bench_binary())
-        .arg("storm")
+    let mut cmd = Command::new(bench_binary());
+    cmd.arg("storm")
         .args(["--target", &engine.addr.to_string()])
         .arg("--ingest")
         .arg(&engine.ingest)
@@ -32,20 +31,8 @@ fn storm(engine: &Engine, conns: usize, extra: &[&str]) -> Output {
             "30",
             "--json",
         ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringcast-bench");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("ringcast-bench storm ran past 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("output")
+        .args(extra);
+    output_within(&mut cmd, 90, "ringcast-bench storm")
 }
 
 /// The number after `"key":` in compact JSON (the first occurrence).

@@ -6,9 +6,9 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ringcast_tests::engine::{bench_binary, Engine};
+use ringcast_tests::engine::{bench_binary, output_within, Engine};
 
 /// A server process this test started; killed (by its own PID) when dropped.
 struct Peer {
@@ -74,23 +74,14 @@ fn kernel_ref() -> Peer {
 
 /// Runs `compare` with `extra` flags and returns its JSON report.
 fn compare(server: &str, target: &str, pid: u32, extra: &[&str]) -> serde_json::Value {
-    let mut child = Command::new(bench_binary())
-        .args(["compare", "--server", server, "--transport", "ws"])
+    let mut cmd = Command::new(bench_binary());
+    cmd.args(["compare", "--server", server, "--transport", "ws"])
         .args(["--target", target, "--pid", &pid.to_string()])
         .args(["--idle", "100,200", "--rate", "2000", "--settle-secs", "1"])
         .args(["--fast", "40", "--events", "300", "--runs", "1", "--bytes", "128"])
         .args(["--in-flight", "8", "--timeout-secs", "20", "--json"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringcast-bench compare");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "compare ran past 60 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().expect("output");
+        .args(extra);
+    let output = output_within(&mut cmd, 60, "ringcast-bench compare");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
         panic!(

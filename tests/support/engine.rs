@@ -12,7 +12,7 @@ use std::fmt;
 use std::io::{self, BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -64,6 +64,29 @@ pub fn bench_binary() -> PathBuf {
         "no ringcast-bench at {bin:?}: build it first: cargo build --release -p ringcast-bench"
     );
     bin
+}
+
+/// Runs `cmd` to its end with its output captured, and returns what it printed; past
+/// `secs` it is killed (by its own PID) and the test fails naming `what`.
+///
+/// # Panics
+///
+/// If it cannot be started, or runs past `secs`.
+pub fn output_within(cmd: &mut Command, secs: u64, what: &str) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} ran past {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
 }
 
 /// A loopback address with a port nobody listens on, never the same twice in this
