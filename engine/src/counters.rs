@@ -231,6 +231,8 @@ counters! {
         "ringcast_events_fanned_out_total",
         "Events with at least one subscriber on the loop.",
     );
+    /// Sends handed to the kernel (plain and gathered).
+    sends: Loop, Family::counter("ringcast_sends_total", "Sends handed to the kernel.");
     /// Events queued to a subscriber.
     deliveries: Loop, Family::counter("ringcast_events_delivered_total", "Events queued to a subscriber.");
     /// Clients closed at the hard cap of their queue.
@@ -556,7 +558,7 @@ mod tests {
             stats.join(" "),
             "accepted open open_sse open_ndjson open_ws polls_held queued_bytes accept_full \
              accept_errors recv_enobufs recv_parked recv_unparked bad_requests streams polls resets replayed events \
-             deliveries slow_closed dropped coalesced slow_disconnected ring_overrun ring_lost \
+             sends deliveries slow_closed dropped coalesced slow_disconnected ring_overrun ring_lost \
              replay_gaps heartbeats request_timeouts idle_closed stalled tcp_timeouts websockets \
              ws_protocol_errors ws_pings ws_pong_timeouts upstream upstream_refused \
              downstream_dropped admission_per_ip admission_rate admission_shed admission_dropped \

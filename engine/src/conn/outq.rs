@@ -219,6 +219,8 @@ pub struct OutQueue {
     pongs_waiting: usize,
     iov: [libc::iovec; IOV_MAX],
     msg: libc::msghdr,
+    /// Counted among its loop's deep queues (see `shard::Shard::note_depth`).
+    pub deep: bool,
 }
 
 impl std::fmt::Debug for OutQueue {
@@ -249,6 +251,7 @@ impl Default for OutQueue {
                 iov_len: 0,
             }; IOV_MAX],
             msg: empty_msghdr(),
+            deep: false,
         }
     }
 }

@@ -69,6 +69,7 @@ impl Shard {
             if run.len() > 1 && self.queue_run(index, run, kind, policy, limits, hard_cap, &mut shared) {
                 delivered += run.len() as u64;
                 self.flush(index);
+                self.note_depth(index);
                 continue;
             }
             for event in run {
@@ -90,6 +91,7 @@ impl Shard {
                 }
             }
             self.flush(index);
+            self.note_depth(index);
         }
         bump_by(&self.counters.dropped, dropped);
         bump_by(&self.counters.coalesced, coalesced);
@@ -138,9 +140,7 @@ impl Shard {
         if conn.queued_bytes() + encoded.bytes() > hard_cap {
             return false;
         }
-        let out = conn
-            .out
-            .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+        let out = conn.out.get_or_insert_with(|| self.pool.take());
         if !out.push_run(&encoded, policy, limits) {
             return false;
         }
@@ -164,9 +164,7 @@ impl Shard {
         if conn.queued_bytes() + bytes.len() > hard_cap {
             return None;
         }
-        let out = conn
-            .out
-            .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+        let out = conn.out.get_or_insert_with(|| self.pool.take());
         let before = out.bytes();
         let pushed = out.push_event(bytes, event, policy, limits);
         self.queued += out.bytes() as i64 - before as i64;

@@ -4,7 +4,7 @@ use crate::conn::{flags, ops, State};
 use crate::driver::Op;
 use crate::proto::Kind;
 
-use super::{add, pack, tag, Shard, OUT_QUEUE_POOL_MAX};
+use super::{add, pack, tag, Shard};
 
 impl Shard {
     /// Shuts our side down and waits (bounded) for the peer's EOF, so that a final answer
@@ -117,10 +117,10 @@ impl Shard {
         self.release_admission(index, conn.has_flag(flags::REFUSED));
         if let Some(mut out) = conn.out {
             self.queued -= out.bytes() as i64;
-            if self.pool.len() < OUT_QUEUE_POOL_MAX {
-                out.clear();
-                self.pool.push(out);
+            if std::mem::take(&mut out.deep) {
+                self.deep -= 1;
             }
+            self.pool.give(out);
         }
     }
 }

@@ -45,7 +45,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use slab::Slab;
 
-use crate::conn::{ops, Conn, OutQueue};
+use crate::conn::{ops, Conn};
 use crate::driver::{Completion, Op};
 use crate::engine::{Counters, Shared};
 use crate::event::Event;
@@ -71,15 +71,23 @@ pub const TICK_DATA: u64 = pack(tag::TICK, 0, 0);
 /// The loop's clock: one tick per `TICK_MS`.
 pub const TICK_MS: u64 = 100;
 /// At most this many events, or this many payload bytes, are fanned out per loop turn
-/// (see `drain_broadcast`): a turn's events fit in one gathered send per client.
-const DRAIN_BATCH_EVENTS: usize = crate::conn::outq::IOV_MAX;
-const DRAIN_BATCH_BYTES: usize = 64 << 10;
+/// (see `drain_broadcast`), and at most half a subscriber's queue limits unless those are
+/// below the `DRAIN_MIN_*`: a turn's events of one topic go to each subscriber as one run,
+/// so a loop that is behind hands each client a deep send rather than many shallow ones,
+/// and a queue holding a turn still has room for another. While a client is behind, turns
+/// are of the `DRAIN_MIN_*`.
+const DRAIN_BATCH_EVENTS: usize = 512;
+const DRAIN_BATCH_BYTES: usize = 128 << 10;
+const DRAIN_MIN_EVENTS: usize = 64;
+const DRAIN_MIN_BYTES: usize = 64 << 10;
 /// Slots of the connection timer wheel: 4096 ticks of 100 ms, a turn of about 7 minutes.
 const WHEEL_SLOTS: usize = 4096;
 /// A loop at its connection limit reports it at most this often (10 s).
 const FULL_LOG_TICKS: u32 = 100;
-/// Queues kept for reuse, so a burst of sends does not allocate per connection.
+/// Queues kept for reuse, so a burst of sends does not allocate per connection; an idle
+/// loop keeps the fewer (see `send::QueuePool`).
 const OUT_QUEUE_POOL_MAX: usize = 1024;
+const OUT_QUEUE_POOL_IDLE: usize = 64;
 /// Submission queue entries of an io_uring driver; the completion queue is eight times
 /// larger.
 pub const SQ_ENTRIES: u32 = 4096;
@@ -102,10 +110,8 @@ pub struct Shard {
     pause_reported: bool,
     conns: Slab<Conn>,
     subs: Subscriptions,
-    /// Out-queues are boxed so their `msghdr` keeps its address while a send is in
-    /// flight; the pool keeps those boxes for the next connection that needs one.
-    #[allow(clippy::vec_box)]
-    pool: Vec<Box<OutQueue>>,
+    /// Out-queues kept for the next connection that needs one (see `send::QueuePool`).
+    pool: send::QueuePool,
     /// One timer per connection, keyed by slab index (see `timers`).
     wheel: Wheel,
     deadlines: Deadlines,
@@ -180,6 +186,15 @@ pub struct Shard {
     max_conns: usize,
     /// Connections with a send in flight; every queue is empty when this is zero.
     sending: usize,
+    /// Events and payload bytes one turn fans out at most (see `DRAIN_BATCH_*`).
+    turn_events: usize,
+    turn_bytes: usize,
+    /// Connections whose queue holds at least half its limit (`deep_events`,
+    /// `deep_bytes`) after their last send: clients behind, whose policy the next turns
+    /// would make act (see `note_depth`).
+    deep: usize,
+    deep_events: usize,
+    deep_bytes: usize,
     /// Set once the ingest thread has stopped: the loop drains its connections and exits.
     drain: Option<drain::Drain>,
     /// The ingest thread has stopped: no accept is re-armed, and the loop drains.
@@ -233,6 +248,7 @@ impl Shard {
         let cfg = &shared.config;
         let retry = cfg.retry_ms;
         let clock = Clock::new(now, std::time::Duration::from_millis(TICK_MS));
+        let turn_events = DRAIN_BATCH_EVENTS.min((cfg.queue_events / 2).max(DRAIN_MIN_EVENTS));
         let by_address = shared.admission.as_ref().is_some_and(|a| a.limits().by_address());
         Shard {
             ops: Vec::with_capacity(256),
@@ -247,7 +263,7 @@ impl Shard {
             // the slab never moves its records by growing.
             conns: Slab::with_capacity(max_conns as usize),
             subs: Subscriptions::with_capacity(max_conns as usize),
-            pool: Vec::new(),
+            pool: send::QueuePool::default(),
             wheel: Wheel::with_capacity(WHEEL_SLOTS, 0, max_conns as usize),
             deadlines: Deadlines::new(cfg, &clock),
             park: park::Park::new(max_conns as usize, park_ticks(&shared, &clock)),
@@ -272,7 +288,7 @@ impl Shard {
             rng: 0x2545_f491_4f6c_dd1d ^ ((id as u64 + 1) << 17),
             sessions: auth::Sessions::default(),
             refill: std::collections::VecDeque::new(),
-            batch: Vec::with_capacity(DRAIN_BATCH_EVENTS),
+            batch: Vec::with_capacity(turn_events),
             id,
             next_seq: shared.broadcast.head(),
             ring_seq: shared.start_seq,
@@ -282,6 +298,11 @@ impl Shard {
             generation: 0,
             max_conns: max_conns as usize,
             sending: 0,
+            turn_events,
+            turn_bytes: DRAIN_BATCH_BYTES.min((cfg.queue_bytes / 2).max(DRAIN_MIN_BYTES)),
+            deep: 0,
+            deep_events: (cfg.queue_events / 2).max(1),
+            deep_bytes: (cfg.queue_bytes / 2).max(1),
             drain: None,
             shutting_down: false,
             stream_head: stream_head(true, retry, id),
@@ -403,11 +424,16 @@ impl Shard {
 
     /// Once the loop's backlog has shrunk to a quarter of a peak of a megabyte or more,
     /// hands the freed memory back to the OS: a burst or a flood must not stay resident.
-    /// Checked each tick, so it runs at most once per drained peak.
+    /// Checked each tick, so it runs at most once per drained peak. Each second, the
+    /// out-queues pooled but not needed in that second are freed too (down to
+    /// `OUT_QUEUE_POOL_IDLE`): the burst of handshakes that opened the loop's connections
+    /// leaves no queue per connection behind.
     fn release_memory(&mut self) {
         const PEAK_MIN: i64 = 1 << 20;
         self.queued_peak = self.queued_peak.max(self.queued);
-        if self.queued_peak >= PEAK_MIN && self.queued <= self.queued_peak / 4 {
+        let trimmed =
+            self.tick.is_multiple_of(10) && self.pool.trim(OUT_QUEUE_POOL_IDLE) >= OUT_QUEUE_POOL_IDLE;
+        if trimmed || (self.queued_peak >= PEAK_MIN && self.queued <= self.queued_peak / 4) {
             crate::sys::alloc::release_free_memory();
             self.queued_peak = self.queued;
         }

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::conn::{flags, ops, State};
+use crate::conn::{flags, ops, OutQueue, State};
 use crate::driver::Op;
 use crate::proto::ws;
 
@@ -20,9 +20,7 @@ impl Shard {
             self.overflow(index);
             return false;
         }
-        let out = conn
-            .out
-            .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+        let out = conn.out.get_or_insert_with(|| self.pool.take());
         self.queued += bytes.len() as i64;
         out.push(bytes);
         true
@@ -61,9 +59,7 @@ impl Shard {
         let mut frame = Vec::with_capacity(32);
         ws::encode_close(&mut frame, ws::close::POLICY, "send queue limit exceeded");
         let conn = &mut self.conns[index as usize];
-        let out = conn
-            .out
-            .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+        let out = conn.out.get_or_insert_with(|| self.pool.take());
         self.queued += frame.len() as i64;
         out.push(Bytes::from(frame));
         conn.state = State::Draining;
@@ -104,6 +100,7 @@ impl Shard {
         };
         conn.ops |= ops::SEND;
         self.sending += 1;
+        bump(&self.counters.sends);
         self.push(op);
         // A write-stall deadline applies while bytes are unsent.
         self.arm_earlier(index);
@@ -142,9 +139,7 @@ impl Shard {
             if !rest.is_empty() {
                 // Rare: a short send. The rest goes ahead of anything queued meanwhile.
                 let conn = &mut self.conns[index as usize];
-                let out = conn
-                    .out
-                    .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+                let out = conn.out.get_or_insert_with(|| self.pool.take());
                 self.queued += rest.len() as i64;
                 out.push_front(rest);
             }
@@ -155,6 +150,8 @@ impl Shard {
         let out = conn.out.as_mut().expect("a send completed, so a queue exists");
         out.sent(res as usize);
         self.queued -= i64::from(res);
+        self.note_depth(index);
+        let conn = &mut self.conns[index as usize];
         if conn.has_flag(flags::CATCHING_UP) {
             self.next_page(index);
             if self.conns[index as usize].state == State::Closing {
@@ -175,13 +172,80 @@ impl Shard {
             self.flush(index);
             return;
         }
-        let mut out = conn.out.take().expect("checked above");
-        if self.pool.len() < OUT_QUEUE_POOL_MAX {
-            out.clear();
-            self.pool.push(out);
-        }
+        let out = conn.out.take().expect("checked above");
+        self.pool.give(out);
         if conn.state == State::Draining {
             self.linger(index);
         }
+    }
+}
+
+/// Out-queues kept for reuse, so that a burst of sends does not allocate per connection.
+/// They are boxed so that their `msghdr` keeps its address while a send is in flight.
+/// What no turn needed for a while is handed back (see [`QueuePool::trim`]): after a
+/// burst, an idle loop keeps `OUT_QUEUE_POOL_IDLE` of them.
+#[derive(Default)]
+pub(super) struct QueuePool {
+    #[allow(clippy::vec_box)]
+    free: Vec<Box<OutQueue>>,
+    /// The fewest queues `free` held since the last trim.
+    low: usize,
+}
+
+impl QueuePool {
+    /// A queue from the pool, or a new one.
+    pub(super) fn take(&mut self) -> Box<OutQueue> {
+        let queue = self.free.pop().unwrap_or_default();
+        self.low = self.low.min(self.free.len());
+        queue
+    }
+
+    /// Keeps an emptied queue for reuse, up to `OUT_QUEUE_POOL_MAX`.
+    pub(super) fn give(&mut self, mut queue: Box<OutQueue>) {
+        debug_assert!(!queue.deep, "a deep queue is uncounted before it is pooled");
+        if self.free.len() < OUT_QUEUE_POOL_MAX {
+            queue.clear();
+            self.free.push(queue);
+        }
+    }
+
+    /// Frees the queues that stayed unused since the last trim, beyond `keep`, the least
+    /// recently used first; returns how many.
+    pub(super) fn trim(&mut self, keep: usize) -> usize {
+        let spare = self.low.saturating_sub(keep).min(self.free.len());
+        self.free.drain(..spare);
+        self.low = self.free.len();
+        spare
+    }
+
+    /// Queues held for reuse.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.free.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_frees_what_went_unused_since_its_last_trim_beyond_what_it_keeps() {
+        let mut pool = QueuePool::default();
+        // A burst: 100 queues at once, all given back.
+        let burst: Vec<_> = (0..100).map(|_| pool.take()).collect();
+        burst.into_iter().for_each(|q| pool.give(q));
+        assert_eq!(pool.len(), 100);
+        assert_eq!(pool.trim(10), 0, "the burst needed all of them");
+        // Then 30 at a time: 70 go unused, of which all but 10 are freed.
+        for _ in 0..3 {
+            let some: Vec<_> = (0..30).map(|_| pool.take()).collect();
+            some.into_iter().for_each(|q| pool.give(q));
+        }
+        assert_eq!(pool.trim(10), 60);
+        assert_eq!(pool.len(), 40);
+        assert_eq!(pool.trim(10), 30, "idle: down to what it keeps");
+        assert_eq!(pool.trim(10), 0);
+        assert_eq!(pool.len(), 10);
     }
 }

@@ -2,6 +2,7 @@
 //! completions at virtual times and reads the ops it queues (quinn-proto's model). Each
 //! test walks one row of the timer table in `timers`, one transport's framing, a
 //! backpressure policy or the drain.
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -543,6 +544,75 @@ fn a_slow_subscriber_over_its_event_cap_is_told_of_the_gap_under_the_drop_policy
     assert!(got.contains("event: ringcast.gap"), "the loss is told: {got}");
     assert!(got.contains("data: e19\n"), "the newest events are kept: {got}");
     assert!(sim.counters().dropped.load(Ordering::Relaxed) > 0);
+}
+
+/// Every byte each client is sent until no send is left, completing each send in full
+/// and running a turn after each round, as a driver does.
+fn read_all(sim: &mut Sim, mut ops: Vec<Did>) -> HashMap<u32, Vec<u8>> {
+    let mut got: HashMap<u32, Vec<u8>> = HashMap::new();
+    loop {
+        let mut next = Vec::new();
+        for d in ops {
+            if let Did::Send { file, bytes, data } = d {
+                got.entry(file).or_default().extend_from_slice(&bytes);
+                next.extend(sim.sent(data, bytes.len()));
+            }
+        }
+        next.extend(sim.turn());
+        if !next.iter().any(|d| matches!(d, Did::Send { .. })) {
+            return got;
+        }
+        ops = next;
+    }
+}
+
+/// `n` SSE subscribers of topic `a`, their heads sent.
+fn subscribers(sim: &mut Sim, n: usize) -> Vec<Client> {
+    (0..n)
+        .map(|_| open(sim, b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .collect()
+}
+
+/// Publishes `n` events to topic `a`.
+fn publish_n(sim: &mut Sim, n: usize) -> Vec<Arc<Event>> {
+    (0..n)
+        .map(|i| sim.publish("a", format!("e{i}").as_bytes()))
+        .collect()
+}
+
+#[test]
+fn turns_are_small_while_a_client_is_behind_and_deep_again_once_it_has_read() {
+    // Turns of 128 events, 64 while a queue is deep (128 of its 256).
+    let mut sim = Sim::new(&["--queue-events", "256", "--policy", "*=drop-oldest"]);
+    let clients = subscribers(&mut sim, 2);
+    let (slow, fast) = (clients[0], clients[1]);
+    let e0 = sim.publish("a", b"first");
+    let ops = sim.turn();
+    let (_, stuck) = send_to(&ops, slow.file);
+    let (bytes, data) = send_to(&ops, fast.file);
+    sim.sent(data, bytes.len());
+    let later = publish_n(&mut sim, 400);
+    let frames = |ops: &[Did], c: Client| send_to(ops, c.file).0.matches("data: ").count();
+    // The slow client's queue takes a turn of 128 behind its send: it is behind.
+    let ops = sim.turn();
+    assert_eq!(frames(&ops, fast), 128);
+    let (bytes, data) = send_to(&ops, fast.file);
+    sim.sent(data, bytes.len());
+    let ops = sim.turn();
+    assert_eq!(frames(&ops, fast), 64, "a small turn");
+    let (bytes, data) = send_to(&ops, fast.file);
+    sim.sent(data, bytes.len());
+    // It reads everything, and nothing was dropped...
+    let ops = sim.sent(stuck, encoded(&[e0], Kind::Sse).len());
+    let got = read_all(&mut sim, ops);
+    assert_eq!(text(&got[&slow.file]), text(&encoded(&later, Kind::Sse)));
+    assert_eq!(text(&got[&fast.file]), text(&encoded(&later[192..], Kind::Sse)));
+    assert_eq!(sim.counters().dropped.load(Ordering::Relaxed), 0);
+    // ...and with nobody behind, turns are deep again.
+    publish_n(&mut sim, 200);
+    let ops = sim.turn();
+    assert_eq!(frames(&ops, fast), 128, "a deep turn");
+    assert_eq!(frames(&ops, slow), 128);
 }
 
 #[test]

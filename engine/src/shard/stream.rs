@@ -9,7 +9,7 @@ use crate::proto::http::{self, Method, Request};
 use crate::proto::Kind;
 use crate::ring::broadcast::{Broadcast, Read};
 
-use super::{bump, bump_by, with_cors, Shard, Static, DRAIN_BATCH_BYTES, DRAIN_BATCH_EVENTS};
+use super::{bump, bump_by, with_cors, Shard, Static};
 
 impl Shard {
     /// Opens an SSE stream, or with `ndjson` a stream of JSON lines.
@@ -90,9 +90,41 @@ impl Shard {
 
     /// Delivers what the broadcast ring holds, at most one batch per loop turn: between
     /// batches the loop reaps send completions, so a client that keeps up drains its queue
-    /// as fast as events arrive and never meets its queue's limits.
+    /// as fast as events arrive and never meets its queue's limits. While some client's
+    /// queue is deep, batches are small: a loop that hands out deep batches outpaces a
+    /// client reading many sockets, and the backlog would move from the ring, which every
+    /// subscriber shares, into the queues of the clients behind, which are bounded each and
+    /// whose policy then drops. Small batches cost the loop more sends per event, which
+    /// leaves the backlog in the ring until the client has read.
     pub(super) fn drain_broadcast(&mut self, broadcast: &Broadcast<Event>) {
-        self.drain_broadcast_upto(broadcast, DRAIN_BATCH_EVENTS, DRAIN_BATCH_BYTES);
+        let (events, bytes) = if self.deep > 0 {
+            (
+                self.turn_events.min(super::DRAIN_MIN_EVENTS),
+                self.turn_bytes.min(super::DRAIN_MIN_BYTES),
+            )
+        } else {
+            (self.turn_events, self.turn_bytes)
+        };
+        self.drain_broadcast_upto(broadcast, events, bytes);
+    }
+
+    /// Counts connection `index` among the deep queues while its queue holds at least half
+    /// its limit, and out of them once it holds less. A queue fills only while its sends
+    /// wait for the client, so what is still deep once the turn's sends completed is a
+    /// client behind.
+    pub(super) fn note_depth(&mut self, index: u32) {
+        let Some(out) = self.conns[index as usize].out.as_mut() else {
+            return;
+        };
+        let deep = out.events() >= self.deep_events || out.bytes() >= self.deep_bytes;
+        if deep != out.deep {
+            out.deep = deep;
+            if deep {
+                self.deep += 1;
+            } else {
+                self.deep -= 1;
+            }
+        }
     }
 
     /// Delivers everything the ring holds now (to catch up before a resume).

@@ -268,6 +268,7 @@ impl Shard {
                 Static::Ping => ops::SEND_PING,
             };
         self.sending += 1;
+        super::bump(&self.counters.sends);
         let op = Op::Send {
             file: conn.file,
             buf: bytes.as_ptr(),

@@ -271,9 +271,7 @@ impl Shard {
         if conn.queued_bytes() + frame.len() > self.shared.config.out_queue_bytes_max {
             return self.overflow(index);
         }
-        let out = conn
-            .out
-            .get_or_insert_with(|| self.pool.pop().unwrap_or_default());
+        let out = conn.out.get_or_insert_with(|| self.pool.take());
         self.queued += out.push_pong(&frame) as i64;
         self.flush(index);
     }
