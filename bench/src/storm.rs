@@ -20,7 +20,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -212,9 +212,14 @@ impl Sub {
 /// recording the sequence numbers the engine acknowledged, in order.
 pub struct Pacer {
     stop: Arc<AtomicBool>,
+    /// The longest the engine took to acknowledge one publish, in microseconds.
+    slowest_ack_us: Arc<AtomicU64>,
     pub published: Arc<Mutex<Vec<(String, u64)>>>,
     handle: JoinHandle<Result<(), String>>,
 }
+
+/// How long the publisher waits for one acknowledgement before it gives up.
+const ACK_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Pacer {
     /// Connects to `ingest` and starts publishing `rate` events per second.
@@ -224,19 +229,32 @@ impl Pacer {
     pub fn start(ingest: &Path, topic: &str, rate: f64) -> Result<Pacer, String> {
         let stream =
             UnixStream::connect(ingest).map_err(|e| format!("ingest socket {}: {e}", ingest.display()))?;
+        // A slow acknowledgement is measured (`slowest_ack`); only one this late fails.
         stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(ACK_TIMEOUT))
             .map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
         let published = Arc::new(Mutex::new(Vec::new()));
-        let (s, p, topic) = (Arc::clone(&stop), Arc::clone(&published), topic.to_owned());
+        let slowest_ack_us = Arc::new(AtomicU64::new(0));
+        let (s, p, slowest, topic) = (
+            Arc::clone(&stop),
+            Arc::clone(&published),
+            Arc::clone(&slowest_ack_us),
+            topic.to_owned(),
+        );
         let period = Duration::from_secs_f64(1.0 / rate.max(0.1));
-        let handle = thread::spawn(move || publish_loop(stream, &topic, period, &s, &p));
+        let handle = thread::spawn(move || publish_loop(stream, &topic, period, &s, &p, &slowest));
         Ok(Pacer {
             stop,
+            slowest_ack_us,
             published,
             handle,
         })
+    }
+
+    /// The longest the engine has taken to acknowledge one publish so far.
+    pub fn slowest_ack(&self) -> Duration {
+        Duration::from_micros(self.slowest_ack_us.load(Relaxed))
     }
 
     /// Stops publishing; returns the acknowledged ids in order.
@@ -260,6 +278,7 @@ fn publish_loop(
     period: Duration,
     stop: &AtomicBool,
     published: &Mutex<Vec<(String, u64)>>,
+    slowest_ack_us: &AtomicU64,
 ) -> Result<(), String> {
     let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
     let mut writer = stream;
@@ -275,9 +294,14 @@ fn publish_loop(
             .write_all(format!("PUB {topic} {}\n{payload}\n", payload.len()).as_bytes())
             .map_err(|e| format!("ingest write: {e}"))?;
         line.clear();
-        reader
-            .read_line(&mut line)
-            .map_err(|e| format!("ingest read: {e}"))?;
+        let sent = Instant::now();
+        reader.read_line(&mut line).map_err(|e| {
+            format!(
+                "ingest read (no acknowledgement in {} s): {e}",
+                ACK_TIMEOUT.as_secs()
+            )
+        })?;
+        slowest_ack_us.fetch_max(sent.elapsed().as_micros() as u64, Relaxed);
         let id = line
             .trim_end()
             .strip_prefix("+OK ")
@@ -532,6 +556,8 @@ pub fn main(args: StormArgs) -> ExitCode {
 /// What a storm measured.
 struct Outcome {
     connect_ms: f64,
+    /// The longest the engine took to acknowledge one of the publisher's events.
+    slowest_ack_ms: f64,
     all_live_ms: Option<f64>,
     stats_back_ms: Option<f64>,
     live: Histogram<u64>,
@@ -604,6 +630,7 @@ fn run(args: &StormArgs) -> Result<(String, bool), String> {
     thread::sleep(Duration::from_secs(args.before_secs));
     let back = reconnect(&mut fleet, args, timeout)?;
     thread::sleep(Duration::from_secs(args.after_secs));
+    let slowest_ack = pacer.slowest_ack();
     let published: Vec<u64> = pacer.finish()?.into_iter().map(|(_, seq)| seq).collect();
     let results = fleet.finish(&published, Instant::now() + timeout)?;
     let stats_back_ms = back.watcher.join().map_err(|_| "the /stats watcher panicked")?;
@@ -611,6 +638,7 @@ fn run(args: &StormArgs) -> Result<(String, bool), String> {
     let delta = |i: usize| Some(counters_after[i]? - counters_before[i]?);
     let mut outcome = merge(&results, published.len())?;
     outcome.connect_ms = connect_ms;
+    outcome.slowest_ack_ms = slowest_ack.as_secs_f64() * 1e3;
     outcome.all_live_ms = back.all_live_ms;
     outcome.stats_back_ms = stats_back_ms;
     outcome.heads_ms = back.heads_ms;
@@ -757,6 +785,7 @@ fn merge(results: &[String], published: usize) -> Result<Outcome, String> {
     }
     Ok(Outcome {
         connect_ms: 0.0,
+        slowest_ack_ms: 0.0,
         all_live_ms: None,
         stats_back_ms: None,
         live,
@@ -805,6 +834,11 @@ fn text(args: &StormArgs, c: &Conditions, o: &Outcome) -> String {
         "  engine /stats accepted all and open back to N: {}",
         ms(o.stats_back_ms)
     );
+    let _ = writeln!(
+        out,
+        "  slowest acknowledgement of a publish: {:.1} ms",
+        o.slowest_ack_ms
+    );
     let secs = |v: Option<f64>| v.map_or_else(|| "unknown".to_owned(), |v| format!("{v:.2} s"));
     let _ = writeln!(
         out,
@@ -852,6 +886,7 @@ struct Json<'a> {
     rate: f64,
     pause_ms: u64,
     connect_ms: f64,
+    slowest_ack_ms: f64,
     all_live_ms: Option<f64>,
     stats_open_back_ms: Option<f64>,
     heads_ms: Option<f64>,
@@ -883,6 +918,7 @@ fn json(args: &StormArgs, c: &Conditions, o: &Outcome) -> String {
         rate: args.rate,
         pause_ms: args.pause_ms,
         connect_ms: o.connect_ms,
+        slowest_ack_ms: o.slowest_ack_ms,
         all_live_ms: o.all_live_ms,
         stats_open_back_ms: o.stats_back_ms,
         heads_ms: o.heads_ms,
