@@ -135,6 +135,8 @@ pub struct Shard {
     queued: i64,
     /// The most `queued` has been since memory was last handed back to the OS.
     queued_peak: i64,
+    /// The tick at which freed memory is handed back once more (see `release_memory`).
+    release_again: Option<u32>,
     /// Client messages were queued for the ingest thread this turn: ring it.
     upstream_waiting: bool,
     /// CORS header lines of held long-polls, when `--cors-origin` is configured.
@@ -274,6 +276,7 @@ impl Shard {
             inflated: Vec::new(),
             queued: 0,
             queued_peak: 0,
+            release_again: None,
             upstream_waiting: false,
             poll_cors: HashMap::new(),
             catchup: HashMap::new(),
@@ -428,14 +431,24 @@ impl Shard {
     /// out-queues pooled but not needed in that second are freed too (down to
     /// `OUT_QUEUE_POOL_IDLE`): the burst of handshakes that opened the loop's connections
     /// leaves no queue per connection behind.
+    /// A second later it does so once more: the connections a flood filled are often
+    /// freed after their backlog, once their last bytes are sent and they close.
     fn release_memory(&mut self) {
         const PEAK_MIN: i64 = 1 << 20;
+        const AGAIN_TICKS: u32 = 10;
         self.queued_peak = self.queued_peak.max(self.queued);
         let trimmed =
             self.tick.is_multiple_of(10) && self.pool.trim(OUT_QUEUE_POOL_IDLE) >= OUT_QUEUE_POOL_IDLE;
-        if trimmed || (self.queued_peak >= PEAK_MIN && self.queued <= self.queued_peak / 4) {
+        let again = self
+            .release_again
+            .is_some_and(|at| self.tick.wrapping_sub(at) < u32::MAX / 2);
+        if self.queued_peak >= PEAK_MIN && self.queued <= self.queued_peak / 4 {
             crate::sys::alloc::release_free_memory();
             self.queued_peak = self.queued;
+            self.release_again = Some(self.tick.wrapping_add(AGAIN_TICKS));
+        } else if trimmed || again {
+            crate::sys::alloc::release_free_memory();
+            self.release_again = None;
         }
     }
 }
