@@ -839,11 +839,12 @@ fn judge_drop_oldest(view: &View, p: u64, what: &str) -> u64 {
         "after the last gap, not the newest events: {what}"
     );
     // The queue held the newest events that fit: at least the limit's worth, less what
-    // was in flight (one send gathers at most 64 entries) and one event of rounding.
-    // An encoded event is the payload plus at most 128 bytes of id and framing.
+    // was in flight and one event of rounding. In flight is one send: a loop turn's run
+    // (at most half the queue's bytes) and up to 64 entries more. An encoded event is
+    // the payload plus at most 128 bytes of id and framing.
     let encoded = PAYLOAD as u64 + 128;
     assert!(
-        newest.len() as u64 >= (QUEUE_BYTES / encoded).saturating_sub(64 + 1),
+        newest.len() as u64 >= (QUEUE_BYTES / 2 / encoded).saturating_sub(64 + 1),
         "only {} newest events kept: {what}",
         newest.len()
     );
