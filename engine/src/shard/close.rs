@@ -117,9 +117,7 @@ impl Shard {
         self.release_admission(index, conn.has_flag(flags::REFUSED));
         if let Some(mut out) = conn.out {
             self.queued -= out.bytes() as i64;
-            if std::mem::take(&mut out.deep) {
-                self.deep -= 1;
-            }
+            super::stream::count_depth(&mut self.deep, &mut out, false);
             self.pool.give(out);
         }
     }

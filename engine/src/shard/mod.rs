@@ -427,12 +427,12 @@ impl Shard {
 
     /// Once the loop's backlog has shrunk to a quarter of a peak of a megabyte or more,
     /// hands the freed memory back to the OS: a burst or a flood must not stay resident.
-    /// Checked each tick, so it runs at most once per drained peak. Each second, the
-    /// out-queues pooled but not needed in that second are freed too (down to
-    /// `OUT_QUEUE_POOL_IDLE`): the burst of handshakes that opened the loop's connections
-    /// leaves no queue per connection behind.
-    /// A second later it does so once more: the connections a flood filled are often
-    /// freed after their backlog, once their last bytes are sent and they close.
+    /// Checked each tick, so it runs at most once per drained peak, and once more a second
+    /// later: the connections a flood filled are often freed after their backlog, once
+    /// their last bytes are sent and they close. Each second, the out-queues pooled but
+    /// not needed in that second are freed too (down to `OUT_QUEUE_POOL_IDLE`), so the
+    /// burst of handshakes that opened the loop's connections leaves no queue per
+    /// connection behind.
     fn release_memory(&mut self) {
         const PEAK_MIN: i64 = 1 << 20;
         const AGAIN_TICKS: u32 = 10;

@@ -9,7 +9,7 @@ use crate::proto::http::{self, Method, Request};
 use crate::proto::Kind;
 use crate::ring::broadcast::{Broadcast, Read};
 
-use super::{bump, bump_by, with_cors, Shard, Static};
+use super::{bump, bump_by, with_cors, Shard, Static, DRAIN_MIN_BYTES, DRAIN_MIN_EVENTS};
 
 impl Shard {
     /// Opens an SSE stream, or with `ndjson` a stream of JSON lines.
@@ -98,10 +98,7 @@ impl Shard {
     /// leaves the backlog in the ring until the client has read.
     pub(super) fn drain_broadcast(&mut self, broadcast: &Broadcast<Event>) {
         let (events, bytes) = if self.deep > 0 {
-            (
-                self.turn_events.min(super::DRAIN_MIN_EVENTS),
-                self.turn_bytes.min(super::DRAIN_MIN_BYTES),
-            )
+            (DRAIN_MIN_EVENTS, DRAIN_MIN_BYTES)
         } else {
             (self.turn_events, self.turn_bytes)
         };
@@ -117,14 +114,7 @@ impl Shard {
             return;
         };
         let deep = out.events() >= self.deep_events || out.bytes() >= self.deep_bytes;
-        if deep != out.deep {
-            out.deep = deep;
-            if deep {
-                self.deep += 1;
-            } else {
-                self.deep -= 1;
-            }
-        }
+        count_depth(&mut self.deep, out, deep);
     }
 
     /// Delivers everything the ring holds now (to catch up before a resume).
@@ -254,5 +244,17 @@ impl Shard {
             self.refill.extend(replay.events);
         }
         self.refill.push_back(next);
+    }
+}
+
+/// Marks `out` deep or not, keeping `count`, the loop's number of deep queues, in step.
+pub(super) fn count_depth(count: &mut usize, out: &mut crate::conn::OutQueue, deep: bool) {
+    if deep != out.deep {
+        out.deep = deep;
+        if deep {
+            *count += 1;
+        } else {
+            *count -= 1;
+        }
     }
 }
