@@ -3,12 +3,11 @@
 //! installs it), the kernel-only reference server and ringcast, each measured for idle
 //! memory and fan-out over WebSockets with publishes kept in flight. Small N, seconds.
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use ringcast_tests::engine::{bench_binary, output_within, Engine};
+use ringcast_tests::engine::{bench_binary, free_addr, output_within, Engine};
 
 /// A server process this test started; killed (by its own PID) when dropped.
 struct Peer {
@@ -21,13 +20,6 @@ impl Drop for Peer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// Starts `cmd` and waits (at most 10 s) for a stdout line containing `listening`.
@@ -58,14 +50,14 @@ fn uws() -> Peer {
         dir.join("node_modules/uwebsockets/package.json").is_file(),
         "uwebsockets is not installed: run .ci/run, or (cd bench/peers/uws && npm ci)"
     );
-    let port = free_port();
+    let port = free_addr().port();
     let mut cmd = Command::new("node");
     cmd.arg(dir.join("server.js")).arg(port.to_string());
     start(cmd, format!("127.0.0.1:{port}"))
 }
 
 fn kernel_ref() -> Peer {
-    let port = free_port();
+    let port = free_addr().port();
     let addr = format!("127.0.0.1:{port}");
     let mut cmd = Command::new(bench_binary());
     cmd.args(["ws-ref-server", "--listen", &addr, "--max-secs", "120"]);

@@ -6,14 +6,13 @@
 //! on a full pipe), and the temporary directory.
 //!
 //! Must never: signal a process it did not start, or wait without a deadline.
-use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -92,21 +91,28 @@ pub fn output_within(cmd: &mut Command, secs: u64, what: &str) -> Output {
 /// A loopback address with a port nobody listens on, never the same twice in this
 /// process, so that tests running in parallel cannot meet on one port.
 ///
+/// The port is taken below the kernel's ephemeral range (32768 and up by default):
+/// between this probe and the engine's own bind, an outgoing connection or a bind to
+/// port 0 elsewhere (another engine's admin listener) can be handed any ephemeral port,
+/// and once took the one probed here. Each process starts at its own offset in the
+/// range, so test binaries running side by side rarely probe the same ports.
+///
 /// # Panics
 ///
-/// If the kernel hands out only ports already given.
+/// If 1,000 ports in a row are in use or already given.
 pub fn free_addr() -> SocketAddr {
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    for _ in 0..100 {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("local_addr");
-        drop(listener);
-        let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if given.get_or_insert_with(HashSet::new).insert(addr.port()) {
-            return addr;
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 32_768 - LOW;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..1_000 {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + start.wrapping_add(step) % SPAN).expect("below 32768");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return SocketAddr::from(([127, 0, 0, 1], port));
         }
     }
-    panic!("100 ephemeral ports in a row were already handed out");
+    panic!("1,000 ports in a row below the ephemeral range were in use");
 }
 
 /// A fresh directory under the system temp dir, removed with its contents on drop.
